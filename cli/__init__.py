@@ -1,0 +1,1 @@
+"""agriseg command-line front end (installed as ``agriseg_cli``)."""
