@@ -13,8 +13,14 @@ from affine import Affine
 from pyproj import CRS, Geod, Transformer
 
 
-def is_planar_metric(crs: CRS) -> bool:
+def as_pyproj(crs: object) -> CRS:
+    """A pyproj CRS from a pyproj or rasterio CRS, or any user input pyproj accepts."""
+    return crs if isinstance(crs, CRS) else CRS.from_user_input(crs)
+
+
+def is_planar_metric(crs: object) -> bool:
     """True when planar areas in ``crs`` are true ground areas (after unit scaling)."""
+    crs = as_pyproj(crs)
     if not crs.is_projected:
         return False
     method = crs.coordinate_operation.method_name.lower() if crs.coordinate_operation else ""
@@ -33,13 +39,14 @@ def _geod(crs: CRS) -> Geod:
     return Geod(a=ellipsoid.semi_major_metre, rf=ellipsoid.inverse_flattening or 0.0)
 
 
-def pixel_area_rows_m2(crs: CRS, transform: Affine, rows: np.ndarray, col: float) -> np.ndarray:
+def pixel_area_rows_m2(crs: object, transform: Affine, rows: np.ndarray, col: float) -> np.ndarray:
     """Ground area (m²) of one pixel in each of ``rows``, sampled at column ``col``.
 
     Exact for projected metric CRSs; for geodesic cases it is the geodesic area of
     the pixel quadrilateral at that position (pixels are small enough that the
     area varies only along the raster, not inside one pixel).
     """
+    crs = as_pyproj(crs)
     rows = np.asarray(rows, dtype="float64")
     if is_planar_metric(crs):
         area = abs(transform.a * transform.e - transform.b * transform.d) * _unit_factor(crs) ** 2

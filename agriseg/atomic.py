@@ -85,8 +85,7 @@ def atomic_output(final: Path) -> Iterator[Path]:
 
 def write_text_atomic(final: Path, text: str) -> None:
     """Write ``text`` to ``final`` atomically (fsynced before the rename)."""
-    with atomic_output(final) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_output(final) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -42,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _available_commands():
         command = module.add_parser(sub)
-        command.add_argument(
-            "--debug", action="store_true", help="show full tracebacks on errors"
-        )
+        command.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
         command.set_defaults(execute=module.execute)
     return parser
 

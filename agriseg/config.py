@@ -1,0 +1,33 @@
+"""Run options, grouped in one frozen value object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How to segment a raster.
+
+    Attributes:
+        model: shipped model name (``default``, ``agriseg-unet``...) or checkpoint path.
+        tile_size: tile edge in pixels; ``None`` uses the model's training tile size.
+        overlap: pixels shared by neighbouring tiles, blended smoothly.
+        batch_size: tiles per forward pass (and per Dask task).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        bands: 1-based band indexes feeding the model; ``None`` picks by colour
+            interpretation.
+        assume_crs: CRS to use when the file has none (e.g. ``EPSG:32633``).
+        scheduler: address of an existing Dask distributed scheduler.
+        workers: start a local cluster of this many worker processes.
+    """
+
+    model: str = "default"
+    tile_size: int | None = None
+    overlap: int = 64
+    batch_size: int = 4
+    device: str = "auto"
+    bands: tuple[int, ...] | None = None
+    assume_crs: str | None = None
+    scheduler: str | None = None
+    workers: int | None = None

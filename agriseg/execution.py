@@ -1,0 +1,63 @@
+"""Where Dask runs the work: a local in-process cluster, local worker processes, or
+an existing Dask distributed cluster. agriseg never schedules tasks itself."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from distributed import Client, LocalCluster
+
+from agriseg.errors import InputError
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+
+
+def scheduler_address(explicit: str | None) -> str | None:
+    """``--scheduler`` if given, else the ``DASK_SCHEDULER_ADDRESS`` environment variable."""
+    return explicit or os.environ.get(SCHEDULER_ENV) or None
+
+
+def local_threads() -> int:
+    # Reads and decoding run on spare threads while one thread feeds the model.
+    return (os.cpu_count() or 1) + 2
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
+    """A Dask client for one run, closed (with any cluster it started) afterwards."""
+    address = scheduler_address(scheduler)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    if address:
+        try:
+            client = Client(address, timeout="20s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise InputError(
+                f"cannot reach the Dask scheduler at {address} ({exc}); check --scheduler "
+                f"or {SCHEDULER_ENV}"
+            ) from None
+        with client:
+            yield client
+        return
+    if workers is not None:
+        if workers < 1:
+            raise InputError(f"--workers {workers} must be at least 1")
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=2,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        )
+    else:
+        cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=local_threads(),
+            processes=False,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        )
+    with cluster, Client(cluster, set_as_default=False) as client:
+        yield client

@@ -1,0 +1,107 @@
+"""Running a model over batches of tiles on CPU or CUDA.
+
+One :class:`Predictor` per (model, device) per process (see :func:`get_predictor`):
+Dask tasks on a worker share it, so the model is loaded once per worker, not per
+task. On CUDA it uses bf16/fp16 autocast, channels-last, pinned memory and
+non-blocking copies; on CPU channels-last, which is ~3x faster for U-Nets.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agriseg.errors import InputError
+from agriseg.models import ModelMeta, Normalization, load_model
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn ``auto|cpu|cuda[:N]`` into a torch device, checking CUDA is there."""
+    if not _DEVICE_RE.match(device):
+        raise InputError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA GPU is available; use --device cpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise InputError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+    return torch.device(device)
+
+
+def normalize(data: np.ndarray, dtype: str, norm: Normalization) -> np.ndarray:
+    """Raw pixel values (float32, NaN = invalid) to model input; NaN becomes 0 (the mean)."""
+    scale = norm.scale_for(dtype)
+    mean = np.asarray(norm.mean, dtype="float32")[:, None, None]
+    std = np.asarray(norm.std, dtype="float32")[:, None, None]
+    out = (data / np.float32(scale) - mean) / std
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype("float32", copy=False)
+
+
+class Predictor:
+    """A model on a device, turning normalised tiles into class probabilities."""
+
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: torch.device) -> None:
+        self.meta = meta
+        self.device = device
+        self.model = model.to(device).to(memory_format=torch.channels_last).eval()
+        self._lock = threading.Lock()
+        self._amp_dtype: torch.dtype | None = None
+        if device.type == "cuda":
+            self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def probabilities(
+        self, tiles: np.ndarray, weight: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Softmax probabilities ``(N, C, H, W)`` for normalised tiles ``(N, B, H, W)``.
+
+        When ``weight`` (``H x W``) is given the probabilities come back multiplied by
+        it, computed on the device. Also returns the seconds spent on the device
+        (excluding waiting for it).
+        """
+        x = torch.from_numpy(np.ascontiguousarray(tiles))
+        cuda = self.device.type == "cuda"
+        if cuda:
+            x = x.pin_memory()
+        # One forward at a time: the device (or all CPU cores) is the bottleneck,
+        # and concurrent forwards would only fight over it.
+        with self._lock, torch.inference_mode():
+            start = time.perf_counter()
+            x = x.to(self.device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(
+                device_type=self.device.type,
+                dtype=self._amp_dtype or torch.bfloat16,
+                enabled=self._amp_dtype is not None,
+            ):
+                logits = self.model(x)
+            probs = torch.softmax(logits.float(), dim=1)
+            if weight is not None:
+                probs *= torch.from_numpy(weight).to(self.device, non_blocking=cuda)
+            out = probs.cpu().numpy()
+            return out, time.perf_counter() - start
+
+
+_PREDICTORS: dict[tuple[str, str], Predictor] = {}
+_PREDICTORS_LOCK = threading.Lock()
+
+
+def get_predictor(model_ref: str | Path, device: str) -> Predictor:
+    """The process-wide predictor for ``model_ref`` on ``device`` (loaded on first use)."""
+    key = (str(model_ref), device)
+    with _PREDICTORS_LOCK:
+        predictor = _PREDICTORS.get(key)
+        if predictor is None:
+            model, meta = load_model(model_ref)
+            predictor = Predictor(model, meta, resolve_device(device))
+            _PREDICTORS[key] = predictor
+        return predictor

@@ -1,0 +1,227 @@
+"""Model registry, checkpoint format and loading.
+
+A checkpoint is two files side by side: ``NAME.safetensors`` (the weights) and
+``NAME.json`` (:class:`ModelMeta`: architecture, encoder, classes, input bands and
+normalisation, tile size, ground sampling distance, agriseg version). Shipped models
+live in :mod:`agriseg.weights` and are addressed by name; anything else by path.
+Encoders are always built with ``encoder_weights=None``: nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from agriseg.atomic import atomic_output, write_text_atomic
+from agriseg.classes import CLASS_NAMES
+from agriseg.errors import ModelError
+
+#: Architectures from segmentation-models-pytorch that agriseg can build.
+ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
+    "unet": smp.Unet,
+    "pspnet": smp.PSPNet,
+    "deeplabv3plus": smp.DeepLabV3Plus,
+    "fpn": smp.FPN,
+}
+
+#: Shipped model names; ``default`` is an alias.
+DEFAULT_MODEL = "agriseg-unet"
+ALIASES = {"default": DEFAULT_MODEL, "unet": "agriseg-unet", "pspnet": "agriseg-pspnet"}
+
+#: Divisor that tile sizes must respect for these encoders (output stride).
+SIZE_DIVISOR = 32
+
+RGB_BANDS = ("red", "green", "blue")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How raw pixel values become model input: ``(value / scale - mean) / std``.
+
+    ``scale`` maps a dtype kind (``uint8``, ``uint16``, ``float``) to the value that
+    means full brightness for that kind.
+    """
+
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    scale: dict[str, float] = field(
+        default_factory=lambda: {"uint8": 255.0, "uint16": 65535.0, "float": 1.0}
+    )
+
+    def scale_for(self, dtype: str) -> float:
+        if dtype == "uint8":
+            return self.scale["uint8"]
+        if dtype in ("uint16", "int16", "uint32", "int32"):
+            return self.scale["uint16"]
+        return self.scale["float"]
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything needed to rebuild and correctly feed a model."""
+
+    name: str
+    architecture: str
+    encoder: str
+    bands: tuple[str, ...] = RGB_BANDS
+    classes: tuple[str, ...] = CLASS_NAMES
+    normalization: Normalization = field(default_factory=Normalization)
+    tile_size: int = 512
+    gsd_m: float = 0.02
+    arch_params: dict[str, Any] = field(default_factory=dict)
+    agriseg_version: str = ""
+    description: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
+        data = dict(data)
+        norm = data.pop("normalization", {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("bands", "classes"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(
+            normalization=Normalization(
+                mean=tuple(norm.get("mean", Normalization().mean)),
+                std=tuple(norm.get("std", Normalization().std)),
+                scale=dict(norm.get("scale", Normalization().scale)),
+            ),
+            **kwargs,
+        )
+
+
+def check_architecture(name: str) -> Callable[..., torch.nn.Module]:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ModelError(
+            f"unknown architecture {name!r}; expected one of {', '.join(sorted(ARCHITECTURES))}"
+        ) from None
+
+
+def build_model(meta: ModelMeta) -> torch.nn.Module:
+    """Instantiate the network described by ``meta`` with random weights."""
+    factory = check_architecture(meta.architecture)
+    return factory(
+        encoder_name=meta.encoder,
+        encoder_weights=None,
+        in_channels=len(meta.bands),
+        classes=len(meta.classes),
+        **meta.arch_params,
+    )
+
+
+def checkpoint_paths(path: Path) -> tuple[Path, Path]:
+    """The ``(weights, metadata)`` pair for a checkpoint given by either file or stem."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_checkpoint(
+    model: torch.nn.Module, meta: ModelMeta, path: Path, half: bool = False
+) -> Path:
+    """Write weights and metadata atomically; returns the weights path.
+
+    ``half`` stores floating-point weights as float16 (shipped models, half the size);
+    they are loaded back as float32.
+    """
+    weights, meta_path = checkpoint_paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        tensors[key] = value.half() if half and value.is_floating_point() else value
+    with atomic_output(weights) as tmp:
+        save_file(tensors, str(tmp))
+        tmp.chmod(0o644)
+    write_text_atomic(meta_path, meta.to_json() + "\n")
+    return weights
+
+
+def shipped_dir() -> Path:
+    return Path(str(resources.files("agriseg.weights")))
+
+
+def shipped_models() -> list[ModelMeta]:
+    """Metadata of every model shipped inside the package."""
+    metas = []
+    for meta_path in sorted(shipped_dir().glob("*.json")):
+        metas.append(read_meta(meta_path))
+    return metas
+
+
+def read_meta(meta_path: Path) -> ModelMeta:
+    try:
+        data = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(
+            f"{meta_path}: checkpoint metadata is missing; a checkpoint needs "
+            "NAME.safetensors and NAME.json side by side"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{meta_path}: unreadable checkpoint metadata ({exc})") from None
+    try:
+        meta = ModelMeta.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{meta_path}: invalid checkpoint metadata ({exc})") from None
+    if tuple(meta.classes) != CLASS_NAMES:
+        raise ModelError(
+            f"{meta_path}: model classes {list(meta.classes)} differ from agriseg's "
+            f"{list(CLASS_NAMES)}; retrain with `agriseg train`"
+        )
+    return meta
+
+
+def resolve(ref: str | Path) -> Path:
+    """Find the weights file for a shipped model name or a checkpoint path."""
+    text = str(ref)
+    name = ALIASES.get(text, text)
+    shipped = shipped_dir() / f"{name}.safetensors"
+    if shipped.exists():
+        return shipped
+    weights, meta_path = checkpoint_paths(Path(text))
+    if weights.exists() or meta_path.exists():
+        return weights
+    names = sorted({*ALIASES, *(m.name for m in shipped_models())})
+    raise ModelError(
+        f"unknown model {text!r}: not a shipped model ({', '.join(names)}) "
+        "nor an existing checkpoint path (NAME.safetensors + NAME.json)"
+    )
+
+
+def load_model(ref: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
+    """Load a shipped model (by name) or a checkpoint (by path), in eval mode on CPU."""
+    weights, meta_path = checkpoint_paths(resolve(ref))
+    meta = read_meta(meta_path)
+    model = build_model(meta)
+    try:
+        state = load_file(str(weights))
+    except FileNotFoundError:
+        raise ModelError(f"{weights}: checkpoint weights are missing") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{weights}: corrupt checkpoint weights ({exc})") from None
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(
+            f"{weights}: weights do not match {meta.architecture}/{meta.encoder} ({first})"
+        ) from None
+    return model.eval(), meta

@@ -1,0 +1,168 @@
+"""``agriseg run`` as one function: raster in, class raster, reports out."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from distributed import get_task_stream
+
+from agriseg import __version__
+from agriseg.atomic import remove_stale_temporaries, write_text_atomic
+from agriseg.classes import CLASSES
+from agriseg.config import RunConfig
+from agriseg.errors import OutputError
+from agriseg.execution import dask_client
+from agriseg.inference import resolve_device
+from agriseg.models import ModelMeta, checkpoint_paths, read_meta, resolve
+from agriseg.outputs import ClassRasterWriter, block_size_for, output_paths
+from agriseg.raster import RasterInfo, open_raster
+from agriseg.segment import segment_blocks
+from agriseg.tiling import TileGrid
+
+#: Called as ``progress(tiles_done, tiles_total)``.
+Progress = Callable[[int, int], None]
+
+#: Task-name prefixes of each pipeline stage, for the timing breakdown.
+STAGE_PREFIXES = {
+    "read": ("agriseg-read", "getitem", "concatenate", "finalize"),
+    "stitch": ("stitch_chunk",),
+}
+
+
+@dataclass
+class RunResult:
+    """What a run produced: output paths and the summary written beside them."""
+
+    outputs: dict[str, Path]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def default_out_dir(input_path: Path) -> Path:
+    return input_path.with_name(f"{input_path.stem}_agriseg")
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{out_dir}: cannot create the output folder ({exc.strerror}); choose a writable --out"
+        ) from None
+    remove_stale_temporaries(out_dir)
+
+
+def _stage_seconds(task_stream: list[dict[str, Any]]) -> dict[str, float]:
+    totals = dict.fromkeys(STAGE_PREFIXES, 0.0)
+    for task in task_stream:
+        key = task["key"][0] if isinstance(task["key"], tuple) else task["key"]
+        for stage, prefixes in STAGE_PREFIXES.items():
+            if str(key).startswith(prefixes):
+                totals[stage] += sum(
+                    s["stop"] - s["start"] for s in task["startstops"] if s["action"] == "compute"
+                )
+    return {k: round(v, 3) for k, v in totals.items()}
+
+
+def class_table(pixels: np.ndarray, area_m2: np.ndarray) -> list[dict[str, Any]]:
+    """Per-class pixel count, ground area and share of valid pixels."""
+    valid = int(pixels.sum())
+    return [
+        {
+            "class": c.name,
+            "class_id": c.id,
+            "pixels": int(pixels[c.id]),
+            "area_m2": round(float(area_m2[c.id]), 4),
+            "fraction": round(float(pixels[c.id]) / valid, 6) if valid else 0.0,
+        }
+        for c in CLASSES
+    ]
+
+
+def segment_raster(
+    input_path: Path,
+    out_dir: Path,
+    config: RunConfig,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Segment ``input_path`` into class and confidence rasters and a summary."""
+    started = time.perf_counter()
+    weights = resolve(config.model)
+    meta: ModelMeta = read_meta(checkpoint_paths(weights)[1])
+    device = str(resolve_device(config.device))
+    info: RasterInfo = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
+    grid = TileGrid(
+        height=info.height,
+        width=info.width,
+        tile=config.tile_size or meta.tile_size,
+        overlap=config.overlap,
+        tiles_per_chunk=config.batch_size,
+    )
+    prepare_out_dir(out_dir)
+    paths = output_paths(out_dir, input_path.stem)
+    n_classes = len(CLASSES)
+    pixels = np.zeros(n_classes, dtype="int64")
+    area = np.zeros(n_classes, dtype="float64")
+    done = 0
+    write_s = 0.0
+    model_s = 0.0
+    prepare_s = 0.0
+    with dask_client(config.scheduler, config.workers) as client:
+        with (
+            get_task_stream(client) as stream,
+            ClassRasterWriter(info, paths, block_size_for(grid.stride), meta.name) as writer,
+        ):
+            for block in segment_blocks(client, info, grid, str(weights), device):
+                t = time.perf_counter()
+                writer.write(block.window, block.classes, block.confidence)
+                write_s += time.perf_counter() - t
+                pixels += block.pixels
+                area += block.area_m2
+                done += block.tiles
+                model_s += block.model_s
+                prepare_s += block.prepare_s
+                if progress is not None:
+                    progress(done, grid.n_tiles)
+        stages = _stage_seconds(stream.data)
+    stages["prepare"] = round(prepare_s, 3)
+    stages["infer"] = round(model_s, 3)
+    stages["write"] = round(write_s, 3)
+    elapsed = time.perf_counter() - started
+    summary = {
+        "agriseg_version": __version__,
+        "input": {
+            "path": str(input_path.resolve()),
+            "width": info.width,
+            "height": info.height,
+            "crs": info.crs.to_string(),
+            "bands": list(info.bands),
+            "dtype": info.dtype,
+        },
+        "model": {
+            "name": meta.name,
+            "path": str(weights),
+            "architecture": meta.architecture,
+            "encoder": meta.encoder,
+        },
+        "parameters": {**asdict(config), "tile_size": grid.tile, "device": device},
+        "tiles": grid.n_tiles,
+        "valid_pixels": int(pixels.sum()),
+        "classes": class_table(pixels, area),
+        "timings_s": {**stages, "total": round(elapsed, 3)},
+        "peak_rss_mb": peak_rss_mb(),
+        "machine": platform.node(),
+    }
+    write_text_atomic(paths["summary"], json.dumps(summary, indent=2) + "\n")
+    return RunResult(outputs=paths, summary=summary)

@@ -1,0 +1,206 @@
+"""Opening, validating and lazily reading input rasters.
+
+Rasters are never read whole: :func:`lazy_array` builds a Dask array whose chunks
+are whole multiples of the file's internal blocks, and every chunk is read by its
+own task with its own dataset handle (rasterio handles are not thread-safe).
+Invalid pixels (nodata, alpha, internal masks) are returned as NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import rasterio
+from affine import Affine
+from dask.base import tokenize
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+from rasterio.errors import CRSError, RasterioIOError
+from rasterio.windows import Window
+
+from agriseg.errors import InputError, RasterReadError
+
+#: Dtypes agriseg can normalise.
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+#: Target chunk edge (pixels) for the lazy array; rounded to whole file blocks.
+CHUNK_TARGET = 512
+
+_COLOUR_OF_BAND = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """A validated input raster and the bands agriseg will read from it."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS
+    transform: Affine
+    block_shape: tuple[int, int]
+    bands: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+def _open(path: Path) -> rasterio.DatasetReader:
+    if not path.exists():
+        raise RasterReadError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(
+            f"{path}: is a directory, not a raster; give one file (use `agriseg batch` for folders)"
+        )
+    if path.stat().st_size == 0:
+        raise RasterReadError(f"{path}: file is empty (0 bytes); re-export or re-copy the survey")
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "unknown format"
+        raise RasterReadError(
+            f"{path}: not a readable raster ({reason}); re-export it as GeoTIFF"
+        ) from None
+
+
+def parse_crs(text: str) -> CRS:
+    try:
+        return CRS.from_user_input(text)
+    except CRSError:
+        raise InputError(f"--assume-crs {text!r} is not a valid CRS; use e.g. EPSG:32633") from None
+
+
+def select_bands(
+    src: rasterio.DatasetReader, wanted: tuple[str, ...], requested: tuple[int, ...] | None
+) -> tuple[int, ...]:
+    """1-based band indexes feeding the model's ``wanted`` bands, in order.
+
+    Explicit ``requested`` indexes win; otherwise colour interpretation finds red,
+    green and blue (so BGR files work), else the first non-alpha bands are used.
+    """
+    path = src.name
+    if requested is not None:
+        bad = [b for b in requested if not 1 <= b <= src.count]
+        if bad:
+            raise InputError(
+                f"{path}: --bands {','.join(map(str, requested))} names band(s) "
+                f"{bad} but the file has bands 1-{src.count}"
+            )
+        if len(requested) != len(wanted):
+            raise InputError(
+                f"{path}: --bands gives {len(requested)} band(s) but the model needs "
+                f"{len(wanted)} ({', '.join(wanted)})"
+            )
+        return tuple(requested)
+    interp = list(src.colorinterp)
+    if all(name in _COLOUR_OF_BAND for name in wanted):
+        found = [
+            interp.index(_COLOUR_OF_BAND[n]) + 1 if _COLOUR_OF_BAND[n] in interp else None
+            for n in wanted
+        ]
+        if all(f is not None for f in found):
+            return tuple(int(f) for f in found if f is not None)
+    data_bands = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
+    if len(data_bands) < len(wanted):
+        raise InputError(
+            f"{path}: has {len(data_bands)} data band(s) but the model needs {len(wanted)} "
+            f"({', '.join(wanted)}); use a {len(wanted)}-band image or another --model"
+        )
+    return tuple(data_bands[: len(wanted)])
+
+
+def open_raster(
+    path: Path | str,
+    wanted_bands: tuple[str, ...],
+    bands: tuple[int, ...] | None = None,
+    assume_crs: str | None = None,
+) -> RasterInfo:
+    """Open and validate ``path``; raise an :class:`AgrisegError` saying what to fix."""
+    path = Path(path)
+    with _open(path) as src:
+        dtype = src.dtypes[0]
+        if dtype not in SUPPORTED_DTYPES:
+            raise InputError(
+                f"{path}: pixel type {dtype} is not supported; convert to uint8, uint16 or "
+                "float32 (e.g. gdal_translate -ot UInt16)"
+            )
+        crs = src.crs
+        if crs is None:
+            if assume_crs is None:
+                raise InputError(
+                    f"{path}: has no coordinate reference system; if you know it, pass "
+                    "--assume-crs EPSG:XXXX"
+                )
+            crs = parse_crs(assume_crs)
+        if src.transform == Affine.identity() and not src.gcps[0]:
+            raise InputError(
+                f"{path}: is not georeferenced (no geotransform); georeference it first"
+            )
+        selected = select_bands(src, wanted_bands, bands)
+        block_h, block_w = src.block_shapes[selected[0] - 1]
+        return RasterInfo(
+            path=path,
+            width=src.width,
+            height=src.height,
+            count=src.count,
+            dtype=dtype,
+            crs=crs,
+            transform=src.transform,
+            block_shape=(block_h, block_w),
+            bands=selected,
+        )
+
+
+def read_window(path: Path, bands: tuple[int, ...], window: Window) -> np.ndarray:
+    """Read ``window`` as float32 ``(bands, h, w)`` with invalid pixels set to NaN."""
+    try:
+        with rasterio.open(path) as src:
+            data = src.read(list(bands), window=window, out_dtype="float32")
+            valid = src.dataset_mask(window=window)
+    except RasterioIOError as exc:
+        raise RasterReadError(
+            f"{path}: read failed at {window.row_off},{window.col_off} "
+            f"({str(exc).splitlines()[0]}); the file is corrupt or truncated, re-export it"
+        ) from None
+    data[:, valid == 0] = np.nan
+    return data
+
+
+def _chunk_edges(size: int, block: int) -> tuple[int, ...]:
+    # Whole blocks per chunk; a block spanning the whole dimension (striped files)
+    # is cut into 4x larger chunks instead, so one chunk never holds a full scan row.
+    if block < size:
+        step = block * max(1, math.ceil(CHUNK_TARGET / block))
+    else:
+        step = min(size, CHUNK_TARGET * 4)
+    edges = [step] * (size // step)
+    if size % step:
+        edges.append(size % step)
+    return tuple(edges)
+
+
+def lazy_array(info: RasterInfo) -> da.Array:
+    """A lazy float32 ``(bands, H, W)`` Dask array of ``info``'s selected bands."""
+    bh, bw = info.block_shape
+    rows = _chunk_edges(info.height, bh)
+    cols = _chunk_edges(info.width, bw)
+    mtime = info.path.stat().st_mtime_ns
+    name = "agriseg-read-" + tokenize(str(info.path), mtime, info.bands)
+    graph = {}
+    row_off = 0
+    for i, h in enumerate(rows):
+        col_off = 0
+        for j, w in enumerate(cols):
+            window = Window(col_off, row_off, w, h)
+            graph[(name, 0, i, j)] = (read_window, info.path, info.bands, window)
+            col_off += w
+        row_off += h
+    chunks = ((len(info.bands),), rows, cols)
+    return da.Array(graph, name, chunks, dtype="float32")

@@ -1,0 +1,193 @@
+"""Segmenting a raster: overlapping tiles through the model, stitched without seams.
+
+The work is a Dask graph. Reads come from :func:`agriseg.raster.lazy_array`; each
+chunk task (one row of tiles, one batch) returns its tiles' class probabilities
+multiplied by the blending window; each stitch task sums the contributions of the
+chunks around one core window, normalises, and yields class ids and confidence.
+Chunks are submitted a few rows ahead of the stitching, so memory stays bounded
+whatever the raster size, and finished blocks are streamed to disk by the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+from distributed import Client, as_completed
+from rasterio.windows import Window
+
+from agriseg.areas import pixel_area_rows_m2
+from agriseg.classes import NODATA
+from agriseg.inference import get_predictor, normalize
+from agriseg.raster import RasterInfo, lazy_array
+from agriseg.tiling import TileGrid
+
+#: Chunk rows submitted beyond the row being stitched.
+LOOKAHEAD_ROWS = 2
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """Blended probabilities of one chunk's tiles, and its core's validity."""
+
+    acc: np.ndarray  # (C, tile, extent width) float16, probabilities x weight
+    valid: np.ndarray  # (core h, core w) bool
+    model_s: float  # seconds the model itself ran
+    prepare_s: float  # seconds spent normalising, cutting and accumulating tiles
+
+
+@dataclass(frozen=True)
+class Block:
+    """Final classes and confidence for one core window."""
+
+    window: Window
+    classes: np.ndarray  # uint8, NODATA where invalid
+    confidence: np.ndarray  # uint8 0-100, NODATA where invalid
+    pixels: np.ndarray  # per-class pixel counts
+    area_m2: np.ndarray  # per-class ground area
+    tiles: int
+    model_s: float
+    prepare_s: float
+
+
+def _pad_to_extent(data: np.ndarray, grid: TileGrid, i: int, j: int) -> np.ndarray:
+    """Mirror-pad the in-raster part of a chunk's extent out to the full extent."""
+    ext = grid.extent(i, j)
+    top = max(0, -ext.row_off)
+    left = max(0, -ext.col_off)
+    bottom = ext.height - top - data.shape[1]
+    right = ext.width - left - data.shape[2]
+    if top == left == bottom == right == 0:
+        return data
+    return np.pad(data, ((0, 0), (top, bottom), (left, right)), mode="symmetric")
+
+
+def in_raster(window: Window, grid: TileGrid) -> tuple[slice, slice]:
+    """Row and column slices of ``window`` clipped to the raster."""
+    r0 = max(0, int(window.row_off))
+    c0 = max(0, int(window.col_off))
+    r1 = min(grid.height, int(window.row_off + window.height))
+    c1 = min(grid.width, int(window.col_off + window.width))
+    return slice(r0, r1), slice(c0, c1)
+
+
+def infer_chunk(
+    data: np.ndarray,
+    grid: TileGrid,
+    i: int,
+    j: int,
+    model_ref: str,
+    device: str,
+    dtype: str,
+) -> ChunkResult:
+    """Run chunk ``(i, j)``'s tiles as one batch; ``data`` is its extent clipped to the raster."""
+    start = time.perf_counter()
+    predictor = get_predictor(model_ref, device)
+    core = grid.core(i, j)
+    ext = grid.extent(i, j)
+    rows, cols = in_raster(ext, grid)
+    r_off, c_off = core.row_off - rows.start, core.col_off - cols.start
+    valid = ~np.isnan(data[0, r_off : r_off + core.height, c_off : c_off + core.width])
+    x = normalize(_pad_to_extent(data, grid, i, j), dtype, predictor.meta.normalization)
+    n = grid.chunk_tiles(j)
+    tiles = np.stack([x[:, :, k * grid.stride : k * grid.stride + grid.tile] for k in range(n)])
+    called = time.perf_counter()
+    probs, model_s = predictor.probabilities(tiles, grid.weight_window())
+    returned = time.perf_counter()
+    acc = np.zeros((probs.shape[1], grid.tile, ext.width), dtype="float32")
+    for k in range(n):
+        acc[:, :, k * grid.stride : k * grid.stride + grid.tile] += probs[k]
+    acc16 = acc.astype("float16")
+    prepare_s = (called - start) + (time.perf_counter() - returned)
+    return ChunkResult(acc16, valid, model_s, prepare_s)
+
+
+def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: ChunkResult) -> Block:
+    """Blend the neighbouring chunks' contributions into chunk ``(i, j)``'s core."""
+    core = grid.core(i, j)
+    own = parts[grid.neighbours(i, j).index((i, j))]
+    total = np.zeros((own.acc.shape[0], core.height, core.width), dtype="float32")
+    for (a, b), part in zip(grid.neighbours(i, j), parts, strict=True):
+        ext = grid.extent(a, b)
+        r0 = max(core.row_off, ext.row_off)
+        r1 = min(core.row_off + core.height, ext.row_off + ext.height)
+        c0 = max(core.col_off, ext.col_off)
+        c1 = min(core.col_off + core.width, ext.col_off + ext.width)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        total[:, r0 - core.row_off : r1 - core.row_off, c0 - core.col_off : c1 - core.col_off] += (
+            part.acc[:, r0 - ext.row_off : r1 - ext.row_off, c0 - ext.col_off : c1 - ext.col_off]
+        )
+    wy = grid.weight_sum(core.row_off, core.row_off + core.height, grid.tile_rows)
+    wx = grid.weight_sum(core.col_off, core.col_off + core.width, grid.tile_cols)
+    total /= np.outer(wy, wx).astype("float32")
+    classes = np.argmax(total, axis=0).astype("uint8")
+    confidence = np.clip(np.rint(total.max(axis=0) * 100), 0, 100).astype("uint8")
+    classes[~own.valid] = NODATA
+    confidence[~own.valid] = NODATA
+    n_classes = total.shape[0]
+    row_counts = np.stack([(classes == c).sum(axis=1) for c in range(n_classes)])
+    rows = np.arange(core.row_off, core.row_off + core.height)
+    row_area = pixel_area_rows_m2(info.crs, info.transform, rows, core.col_off + core.width / 2)
+    return Block(
+        window=core,
+        classes=classes,
+        confidence=confidence,
+        pixels=row_counts.sum(axis=1),
+        area_m2=row_counts @ row_area,
+        tiles=grid.chunk_tiles(j),
+        model_s=own.model_s,
+        prepare_s=own.prepare_s,
+    )
+
+
+def segment_blocks(
+    client: Client,
+    info: RasterInfo,
+    grid: TileGrid,
+    model_ref: str,
+    device: str,
+) -> Iterator[Block]:
+    """Yield every core block of the raster, computed on ``client``'s cluster.
+
+    Chunk rows are submitted ``LOOKAHEAD_ROWS`` ahead of the row being stitched and
+    released as soon as no stitch needs them, which bounds memory.
+    """
+    source = lazy_array(info)
+    pending: dict[tuple[int, int], object] = {}
+
+    def submit_row(i: int) -> None:
+        for j in range(grid.chunk_cols):
+            rows, cols = in_raster(grid.extent(i, j), grid)
+            task = dask.delayed(infer_chunk, pure=True)(
+                source[:, rows, cols], grid, i, j, model_ref, device, info.dtype
+            )
+            pending[(i, j)] = client.compute(task, priority=-i)
+
+    submitted = -1
+    for i in range(grid.chunk_rows):
+        while submitted < min(grid.chunk_rows - 1, i + LOOKAHEAD_ROWS):
+            submitted += 1
+            submit_row(submitted)
+        stitches = [
+            client.submit(
+                stitch_chunk,
+                grid,
+                i,
+                j,
+                info,
+                *[pending[n] for n in grid.neighbours(i, j)],
+                priority=10 - i,
+                pure=False,
+            )
+            for j in range(grid.chunk_cols)
+        ]
+        for future in as_completed(stitches, loop=client.loop):
+            yield future.result()
+            future.release()
+        for j in range(grid.chunk_cols):
+            pending.pop((i - 1, j), None)
+    pending.clear()

@@ -1,0 +1,94 @@
+"""Helpers shared by the command modules: option parsing, progress bars, tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm import tqdm
+
+
+def band_list(text: str) -> tuple[int, ...]:
+    """``"3,2,1"`` → ``(3, 2, 1)`` for ``--bands``."""
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of 1-based band numbers, e.g. 1,2,3"
+        ) from None
+    if any(b < 1 for b in bands):
+        raise argparse.ArgumentTypeError(f"{text!r}: band numbers start at 1")
+    return bands
+
+
+def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``run``, ``batch`` and ``bench``: model, tiling, device, cluster."""
+    parser.add_argument("--model", default="default", help="shipped model name or checkpoint path")
+    parser.add_argument(
+        "--tile-size", type=int, default=None, help="tile edge in pixels (default: the model's)"
+    )
+    parser.add_argument(
+        "--overlap", type=int, default=64, help="pixels shared by neighbouring tiles (default 64)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="tiles per forward pass (default 4)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument(
+        "--bands", type=band_list, default=None, help="1-based bands feeding the model, e.g. 3,2,1"
+    )
+    parser.add_argument(
+        "--assume-crs", default=None, help="CRS for rasters that lack one, e.g. EPSG:32633"
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of an existing Dask scheduler (or DASK_SCHEDULER_ADDRESS)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="start a local Dask cluster with N worker processes",
+    )
+
+
+@contextmanager
+def progress_bar(
+    desc: str, quiet: bool, unit: str = "tile"
+) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback drawing a bar on stderr (nothing when quiet)."""
+    if quiet:
+        yield lambda done, total: None
+        return
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A small aligned text table on stdout (first column left, the rest right)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        padded = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        print("  ".join(padded).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return str(value)

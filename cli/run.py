@@ -1,0 +1,58 @@
+"""``agriseg run``: segment one orthomosaic."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agriseg_cli.common import add_segmentation_options, print_table, progress_bar
+
+from agriseg.config import RunConfig
+from agriseg.pipeline import default_out_dir, segment_raster
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "run",
+        help="segment an orthomosaic into crop / weed / diseased / soil",
+        description="Segment a georeferenced orthomosaic and write a class raster, "
+        "confidence raster and field-health summary.",
+    )
+    parser.add_argument("input", type=Path, help="GeoTIFF (or any GDAL raster) to segment")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: <stem>_agriseg/ beside the input)",
+    )
+    add_segmentation_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        model=args.model,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        bands=args.bands,
+        assume_crs=args.assume_crs,
+        scheduler=args.scheduler,
+        workers=args.workers,
+    )
+
+
+def execute(args: argparse.Namespace) -> int:
+    out = args.out or default_out_dir(args.input)
+    with progress_bar(f"segmenting {args.input.name}", args.quiet) as progress:
+        result = segment_raster(args.input, out, config_from_args(args), progress)
+    if not args.quiet:
+        rows = [
+            (c["class"], c["area_m2"], c["area_m2"] / 10_000, f"{100 * c['fraction']:.1f}%")
+            for c in result.summary["classes"]
+        ]
+        print_table(("class", "area m²", "ha", "share"), rows)
+        print(f"outputs in {out}")
+    return 0
