@@ -82,7 +82,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
-        padded = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        padded = [c.rjust(widths[k]) if k else c.ljust(widths[0]) for k, c in enumerate(row)]
         print("  ".join(padded).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
