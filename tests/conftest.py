@@ -1,0 +1,84 @@
+"""Shared test helpers: small real GeoTIFFs written into tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import ColorInterp
+
+UTM = "EPSG:32633"
+UTM_TRANSFORM = Affine(0.02, 0.0, 500000.0, 0.0, -0.02, 5300000.0)
+
+
+def field_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A (3, H, W) uint8 image with rows of green plants on brown soil."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    rows = (np.sin((xx * 0.9 + yy * 0.3) / 6.0) > 0.55) & (rng.random((height, width)) > 0.15)
+    img = np.empty((3, height, width), dtype="float32")
+    img[0] = np.where(rows, 60, 140)
+    img[1] = np.where(rows, 150, 100)
+    img[2] = np.where(rows, 50, 60)
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype("uint8")
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    crs: str | None = UTM,
+    transform: Affine = UTM_TRANSFORM,
+    nodata: float | None = None,
+    colorinterp: tuple[ColorInterp, ...] | None = None,
+    mask: np.ndarray | None = None,
+    block: int = 128,
+) -> Path:
+    """Write ``data`` (bands, H, W) as a tiled GeoTIFF; ``mask`` becomes an internal mask."""
+    count, height, width = data.shape
+    tiled = height >= block and width >= block
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": data.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "compress": "deflate",
+    }
+    if tiled:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if colorinterp is not None:
+            dst.colorinterp = colorinterp
+        if mask is not None:
+            dst.write_mask(np.where(mask, 255, 0).astype("uint8"))
+    return path
+
+
+def read_classes(out_dir: Path, stem: str) -> tuple[np.ndarray, dict]:
+    with rasterio.open(out_dir / f"{stem}.classes.tif") as src:
+        return src.read(1), {
+            "crs": src.crs,
+            "transform": src.transform,
+            "shape": (src.height, src.width),
+            "tags": src.tags(),
+            "nodata": src.nodata,
+        }
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``agriseg ARGS`` in-process and return its exit code."""
+    from agriseg_cli.main import main
+
+    def run(*args: str | Path) -> int:
+        return main([str(a) for a in args])
+
+    return run
