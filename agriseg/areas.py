@@ -9,6 +9,7 @@ ellipsoid via :class:`pyproj.Geod`.
 from __future__ import annotations
 
 import numpy as np
+import shapely
 from affine import Affine
 from pyproj import CRS, Geod, Transformer
 
@@ -55,9 +56,9 @@ def pixel_area_rows_m2(crs: object, transform: Affine, rows: np.ndarray, col: fl
     xs = np.empty((rows.size, 4))
     ys = np.empty((rows.size, 4))
     for k, (dc, dr) in enumerate(corners):
-        x, y = transform * (col + dc, rows + dr)
+        x, y = transform @ (col + dc, rows + dr)
         xs[:, k], ys[:, k] = x, y
-    to_lonlat = Transformer.from_crs(crs, crs.geodetic_crs or CRS.from_epsg(4326), always_xy=True)
+    to_lonlat = _to_lonlat(crs)
     lon, lat = to_lonlat.transform(xs, ys)
     geod = _geod(crs)
     out = np.empty(rows.size)
@@ -65,3 +66,50 @@ def pixel_area_rows_m2(crs: object, transform: Affine, rows: np.ndarray, col: fl
         area, _ = geod.polygon_area_perimeter(lon[i], lat[i])
         out[i] = abs(area)
     return out
+
+
+def _to_lonlat(crs: CRS) -> Transformer:
+    return Transformer.from_crs(crs, crs.geodetic_crs or CRS.from_epsg(4326), always_xy=True)
+
+
+def pixel_size_m(crs: CRS, transform: Affine, width: int, height: int) -> float:
+    """Ground edge length (m) of the raster's centre pixel: the square root of its area."""
+    rows = np.array([height // 2])
+    return float(np.sqrt(pixel_area_rows_m2(crs, transform, rows, width // 2)[0]))
+
+
+def geometry_area_perimeter_m(geoms: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
+    """Ground area (m²) and perimeter (m) of each shapely geometry, given in ``crs``.
+
+    Planar (scaled by the CRS unit) in a projected metric CRS; geodesic on the CRS's
+    ellipsoid otherwise, which is exact for polygons whose edges are short compared
+    with the Earth (pixel-edged polygons always are).
+
+    Args:
+        geoms: Array of shapely (multi)polygons; empty ones get zero.
+        crs: CRS the coordinates are in.
+
+    Returns:
+        Two float64 arrays the length of ``geoms``: areas in m² and perimeters in m.
+    """
+    geoms = np.asarray(geoms, dtype=object)
+    if is_planar_metric(crs):
+        factor = _unit_factor(crs)
+        return shapely.area(geoms) * factor**2, shapely.length(geoms) * factor
+    to_lonlat = _to_lonlat(crs)
+    lonlat = shapely.transform(geoms, lambda xy: np.column_stack(to_lonlat.transform(*xy.T)))
+    geod = _geod(crs)
+    areas = np.zeros(len(geoms))
+    perimeters = np.zeros(len(geoms))
+    for i, geom in enumerate(lonlat):
+        if geom is not None and not geom.is_empty:
+            area, perimeter = geod.geometry_area_perimeter(geom)
+            areas[i], perimeters[i] = abs(area), perimeter
+    return areas, perimeters
+
+
+def lonlat_points(x: np.ndarray, y: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
+    """WGS84 longitude and latitude of points given in ``crs``."""
+    to_wgs84 = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
+    lon, lat = to_wgs84.transform(np.asarray(x, dtype="float64"), np.asarray(y, dtype="float64"))
+    return np.asarray(lon), np.asarray(lat)

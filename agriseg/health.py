@@ -1,0 +1,145 @@
+"""Field-health statistics: class areas, cover, weed pressure, disease incidence, score.
+
+Areas come from pixel counts of the (sieved) class raster times the ground area of
+each pixel (:mod:`agriseg.areas`), accumulated block by block, optionally split
+into zones (fields, grid cells) by a labelling function.
+
+The health score is ``100 × (1 − weed_pressure) × (1 − disease_incidence)``, where
+``weed_pressure = weed / (crop + weed)`` and
+``disease_incidence = diseased / (crop + diseased)`` (areas). It is 100 for clean,
+healthy crop, falls in proportion to the weed share among the plants competing
+with the crop and to the diseased share of the crop, and is 0 where there is no
+healthy crop at all. It is undefined (``None``/NaN) where there is no vegetation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from pyproj import CRS
+from rasterio.windows import Window
+
+from agriseg.areas import pixel_area_rows_m2
+from agriseg.classes import CLASSES, class_by_name
+from agriseg.errors import InputError
+from agriseg.vectorize import GDAL_ENV, blocks
+
+#: Labels each pixel of a window with a zone index (``-1``: in no zone).
+ZoneLabeller = Callable[[Window], np.ndarray]
+
+_SOIL, _CROP, _WEED, _DISEASED = (class_by_name(n).id for n in ("soil", "crop", "weed", "diseased"))
+
+
+def raster_crs(dataset: rasterio.DatasetReader, path: Path) -> CRS:
+    """The pyproj CRS of an open raster; :class:`InputError` if it has none."""
+    if dataset.crs is None:
+        raise InputError(
+            f"{path}: the raster has no CRS, so ground areas cannot be measured; "
+            "assign one (e.g. `gdal_edit.py -a_srs EPSG:32633`) or run with --assume-crs"
+        )
+    return CRS.from_wkt(dataset.crs.to_wkt())
+
+
+def class_areas_m2(
+    classes_path: Path,
+    *,
+    block_size: int = 2048,
+    zones: ZoneLabeller | None = None,
+    n_zones: int = 1,
+) -> np.ndarray:
+    """Ground area of each class in each zone of a class raster.
+
+    Args:
+        classes_path: Class raster (uint8, nodata 255) with a CRS.
+        block_size: Edge of the blocks read at a time, in pixels.
+        zones: Labels the pixels of a window with zone indexes in ``[0, n_zones)``
+            or ``-1``; None puts every pixel in zone 0.
+        n_zones: Number of zones.
+
+    Returns:
+        Float64 array of shape ``(n_zones, len(CLASSES))``, in m².
+    """
+    n_classes = len(CLASSES)
+    totals = np.zeros(n_zones * n_classes)
+    with rasterio.Env(**GDAL_ENV), rasterio.open(classes_path) as src:
+        crs = raster_crs(src, classes_path)
+        for row in blocks(src.height, src.width, block_size):
+            first = row[0]
+            rows = np.arange(first.row_off, first.row_off + first.height)
+            row_area = pixel_area_rows_m2(crs, src.transform, rows, src.width / 2)
+            for window in row:
+                data = src.read(1, window=window)
+                label = np.zeros(data.shape, dtype="int64") if zones is None else zones(window)
+                keep = (data < n_classes) & (label >= 0)  # nodata (255) is not a class
+                area = np.broadcast_to(row_area[:, None], data.shape)[keep]
+                index = label[keep].astype("int64") * n_classes + data[keep]
+                totals += np.bincount(index, weights=area, minlength=totals.size)
+    return totals.reshape(n_zones, n_classes)
+
+
+def health_indices(areas: np.ndarray) -> dict[str, np.ndarray]:
+    """Cover, weed pressure, disease incidence and health score from class areas.
+
+    Args:
+        areas: Class areas with classes on the last axis (any leading shape).
+
+    Returns:
+        Arrays of the leading shape; NaN where a ratio has a zero denominator
+        (the score only where there is no vegetation at all).
+    """
+    areas = np.asarray(areas, dtype="float64")
+    soil, crop, weed, diseased = (areas[..., k] for k in (_SOIL, _CROP, _WEED, _DISEASED))
+    vegetation = crop + weed + diseased
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+    weed_pressure = ratio(weed, crop + weed)
+    disease_incidence = ratio(diseased, crop + diseased)
+    # An undefined ratio only happens with no crop, where the other factor is already 0.
+    score = 100.0 * (1 - np.nan_to_num(weed_pressure)) * (1 - np.nan_to_num(disease_incidence))
+    return {
+        "vegetation_cover": ratio(vegetation, vegetation + soil),
+        "weed_pressure": weed_pressure,
+        "disease_incidence": disease_incidence,
+        "health_score": np.where(vegetation > 0, score, np.nan),
+    }
+
+
+def _number(value: float, digits: int) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), digits)
+
+
+def health_summary(areas: np.ndarray) -> dict[str, Any]:
+    """JSON-ready health statistics for one set of class areas (m², class order).
+
+    Returns:
+        ``valid_area_m2``/``_ha``, per class ``area_m2``, ``area_ha`` and ``share``
+        of the valid area, and the indices of :func:`health_indices` (``None``
+        where undefined).
+    """
+    areas = np.asarray(areas, dtype="float64")
+    total = float(areas.sum())
+    classes = {
+        c.name: {
+            "area_m2": round(float(areas[c.id]), 4),
+            "area_ha": round(float(areas[c.id]) / 1e4, 8),
+            "share": round(float(areas[c.id]) / total, 6) if total > 0 else 0.0,
+        }
+        for c in CLASSES
+    }
+    indices = health_indices(areas)
+    return {
+        "valid_area_m2": round(total, 4),
+        "valid_area_ha": round(total / 1e4, 8),
+        "classes": classes,
+        **{
+            name: _number(value, 2 if name == "health_score" else 6)
+            for name, value in indices.items()
+        },
+    }

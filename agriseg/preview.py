@@ -1,0 +1,105 @@
+"""Quick-look PNG: the input image with the classes blended over it and a legend.
+
+Rasters are read decimated (``out_shape``, which uses overviews where the file
+has them), never whole, so a preview of a 50k × 50k px orthomosaic costs a few MB.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image, ImageDraw, ImageFont
+from rasterio.enums import Resampling
+
+from agriseg.atomic import atomic_output
+from agriseg.classes import CLASSES, NODATA
+
+#: Longest side of the preview, in pixels.
+MAX_SIZE = 2048
+
+#: Opacity of the class colours over the image.
+ALPHA = 0.45
+
+
+def preview_shape(height: int, width: int, max_size: int = MAX_SIZE) -> tuple[int, int]:
+    """``(height, width)`` of a preview no larger than ``max_size`` on its long side."""
+    scale = min(1.0, max_size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """2–98 % percentile stretch to uint8 (uint8 images are shown as they are)."""
+    if band.dtype == np.uint8:
+        return band
+    values = band[valid]
+    if not values.size:
+        return np.zeros(band.shape, dtype="uint8")
+    lo, hi = np.percentile(values, (2, 98))
+    scaled = (band.astype("float64") - lo) / max(hi - lo, 1e-12)
+    return (np.clip(scaled, 0, 1) * 255).astype("uint8")
+
+
+def _read_image(image_path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 of the image at ``shape`` (the first three bands, or one band as grey)."""
+    with rasterio.open(image_path) as src:
+        bands = [1, 2, 3] if src.count >= 3 else [1]
+        data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average)
+        valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+    rgb = np.stack([_stretch(b, valid) for b in data], axis=-1)
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    rgb[~valid] = 255
+    return rgb
+
+
+def _legend(image: Image.Image) -> None:
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    size = max(10, min(image.size) // 40)
+    pad = size // 2
+    rows = [(c.name, c.colour) for c in CLASSES]
+    width = pad * 3 + size + max(int(draw.textlength(n, font=font)) for n, _ in rows)
+    height = pad + len(rows) * (size + pad)
+    draw.rectangle([0, 0, width, height], fill=(255, 255, 255))
+    for k, (name, colour) in enumerate(rows):
+        top = pad + k * (size + pad)
+        draw.rectangle([pad, top, pad + size, top + size], fill=colour, outline=(0, 0, 0))
+        draw.text((pad * 2 + size, top + size / 2), name, fill=(0, 0, 0), font=font, anchor="lm")
+
+
+def render_preview(
+    classes_path: Path, image_path: Path | None = None, max_size: int = MAX_SIZE
+) -> Image.Image:
+    """The preview image: classes blended over the image (white where there is none).
+
+    Args:
+        classes_path: Class raster (uint8, nodata 255).
+        image_path: The segmented image on the same grid, or None for classes alone.
+        max_size: Longest side of the preview in pixels.
+    """
+    with rasterio.open(classes_path) as src:
+        shape = preview_shape(src.height, src.width, max_size)
+        classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    base = (
+        _read_image(image_path, shape) if image_path else np.full((*shape, 3), 255, "uint8")
+    ).astype("float64")
+    palette = np.zeros((256, 3))
+    for c in CLASSES:
+        palette[c.id] = c.colour
+    alpha = np.where((classes != NODATA) & (classes < len(CLASSES)), ALPHA, 0.0)[..., None]
+    blended = base * (1 - alpha) + palette[classes] * alpha
+    image = Image.fromarray(blended.round().astype("uint8"), mode="RGB")
+    _legend(image)
+    return image
+
+
+def write_preview(
+    classes_path: Path, image_path: Path | None, out_path: Path, max_size: int = MAX_SIZE
+) -> Path:
+    """Render the preview (see :func:`render_preview`) and save it as a PNG, atomically."""
+    image = render_preview(classes_path, image_path, max_size)
+    with atomic_output(out_path) as tmp:
+        image.save(tmp, format="PNG")
+    return out_path

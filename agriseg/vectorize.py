@@ -1,0 +1,370 @@
+"""Class raster → polygons: block-wise sieving, polygonising and seam merging.
+
+Everything here streams over blocks of ``block_size`` pixels, so memory is bounded
+by one block row (plus the polygons still open across the seam below it), not by
+the raster: a 50k × 50k px class raster vectorises in a few hundred MB.
+
+Polygons are built in pixel coordinates, where every vertex is an integer and
+unions along block seams are exact, and moved to the raster's CRS only when
+finished. Same-class regions are 4-connected (pixels touching only at a corner
+are separate polygons), so no two same-class polygons ever share an edge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.features import rasterize, shapes, sieve
+from rasterio.windows import Window
+
+from agriseg.classes import NODATA
+
+#: Environment for the block reads and writes here: a bounded GDAL block cache.
+GDAL_ENV = {"GDAL_CACHEMAX": 256}
+
+#: Polygons simplified together; edges shared with polygons outside a group stay exact.
+SIMPLIFY_GROUP = 50_000
+
+
+@dataclass(frozen=True)
+class PolygonBatch:
+    """Class polygons with the pixel statistics they were built from.
+
+    Attributes:
+        geometry: Shapely polygons (object array).
+        class_id: Class id of each polygon (uint8).
+        pixels: Number of pixels inside each polygon.
+        confidence_sum: Sum of the confidence values (0–100) of its pixels.
+        confidence_count: Number of its pixels that have a confidence value.
+    """
+
+    geometry: np.ndarray
+    class_id: np.ndarray
+    pixels: np.ndarray
+    confidence_sum: np.ndarray
+    confidence_count: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.geometry)
+
+    @classmethod
+    def empty(cls) -> PolygonBatch:
+        return cls(
+            np.empty(0, dtype=object),
+            np.empty(0, dtype="uint8"),
+            np.empty(0, dtype="int64"),
+            np.empty(0, dtype="float64"),
+            np.empty(0, dtype="int64"),
+        )
+
+    @classmethod
+    def concat(cls, batches: Iterable[PolygonBatch]) -> PolygonBatch:
+        parts = [b for b in batches if len(b)]
+        if not parts:
+            return cls.empty()
+        return cls(
+            *(
+                np.concatenate([getattr(b, name) for b in parts])
+                for name in ("geometry", "class_id", "pixels", "confidence_sum", "confidence_count")
+            )
+        )
+
+    def take(self, index: np.ndarray) -> PolygonBatch:
+        """The polygons selected by a boolean mask or index array."""
+        return PolygonBatch(
+            self.geometry[index],
+            self.class_id[index],
+            self.pixels[index],
+            self.confidence_sum[index],
+            self.confidence_count[index],
+        )
+
+    def with_geometry(self, geometry: np.ndarray) -> PolygonBatch:
+        return PolygonBatch(
+            geometry, self.class_id, self.pixels, self.confidence_sum, self.confidence_count
+        )
+
+    @property
+    def mean_confidence(self) -> np.ndarray:
+        """Mean confidence per polygon; NaN where none of its pixels has one."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(
+                self.confidence_count > 0, self.confidence_sum / self.confidence_count, np.nan
+            )
+
+
+def blocks(height: int, width: int, block_size: int) -> Iterator[list[Window]]:
+    """Windows of at most ``block_size`` px tiling the raster, one list per block row."""
+    for row in range(0, height, block_size):
+        h = min(block_size, height - row)
+        yield [
+            Window(col, row, min(block_size, width - col), h) for col in range(0, width, block_size)
+        ]
+
+
+def sieve_size(min_area_m2: float, pixel_area_m2: float) -> int:
+    """Pixels in the smallest region kept for a minimum mapping unit of ``min_area_m2``."""
+    if min_area_m2 <= 0 or pixel_area_m2 <= 0:
+        return 0
+    return math.ceil(min_area_m2 / pixel_area_m2 - 1e-9)
+
+
+def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 2048) -> None:
+    """Write a copy of a class raster with regions smaller than ``size`` px merged away.
+
+    Each block is sieved with a halo of ``min(size, block_size // 2)`` px of context
+    and only its core kept. Whether a region is small is then decided exactly
+    whenever ``size <= block_size // 2`` (a region of fewer than ``size`` px never
+    reaches further than the halo, and a larger one crossing the window edge shows
+    at least ``halo`` px of itself); the neighbour a small region merges into is
+    chosen from neighbour sizes as seen in the window, which can differ from a
+    whole-raster sieve when the neighbours run out of the window. Nodata pixels
+    are never changed and never absorb a region; regions surrounded only by nodata
+    stay.
+
+    Args:
+        src_path: Class raster (uint8, nodata 255).
+        dst_path: Where to write the sieved copy (same profile).
+        size: Minimum region size in pixels (4-connected); ``<= 1`` copies unchanged.
+        block_size: Edge of the processing blocks in pixels.
+    """
+    halo = max(0, min(size, block_size // 2))
+    with (
+        rasterio.Env(**GDAL_ENV),
+        rasterio.open(src_path) as src,
+        rasterio.open(dst_path, "w", **src.profile) as dst,
+    ):
+        with contextlib.suppress(ValueError):
+            dst.write_colormap(1, src.colormap(1))
+        dst.update_tags(**src.tags())
+        for row in blocks(src.height, src.width, block_size):
+            for core in row:
+                col0 = max(0, core.col_off - halo)
+                row0 = max(0, core.row_off - halo)
+                col1 = min(src.width, core.col_off + core.width + halo)
+                row1 = min(src.height, core.row_off + core.height + halo)
+                outer = Window(col0, row0, col1 - col0, row1 - row0)
+                data = src.read(1, window=outer)
+                valid = data != NODATA
+                if size > 1 and valid.any():
+                    data = sieve(data, size, mask=valid, connectivity=4)
+                r, c = core.row_off - row0, core.col_off - col0
+                dst.write(data[r : r + core.height, c : c + core.width], 1, window=core)
+
+
+def _block_polygons(
+    classes: rasterio.DatasetReader,
+    confidence: rasterio.DatasetReader | None,
+    window: Window,
+) -> PolygonBatch:
+    """Polygons of one block, in whole-raster pixel coordinates, with pixel statistics."""
+    data = classes.read(1, window=window)
+    valid = data != NODATA
+    if not valid.any():
+        return PolygonBatch.empty()
+    offset = Affine.translation(window.col_off, window.row_off)
+    found = list(shapes(data, mask=valid, connectivity=4, transform=offset))
+    geometry = np.array([shapely.geometry.shape(g) for g, _ in found], dtype=object)
+    class_id = np.array([v for _, v in found], dtype="uint8")
+    # Polygon edges lie on pixel edges, so burning them back labels each pixel exactly.
+    labels = rasterize(
+        zip(geometry, range(1, len(geometry) + 1), strict=True),
+        out_shape=data.shape,
+        transform=offset,
+        fill=0,
+        dtype="int32",
+    ).ravel()
+    n = len(geometry) + 1
+    pixels = np.bincount(labels, minlength=n)[1:]
+    if confidence is None:
+        conf_sum = np.zeros(n - 1)
+        conf_count = np.zeros(n - 1, dtype="int64")
+    else:
+        conf = confidence.read(1, window=window).ravel()
+        has = conf != (confidence.nodata if confidence.nodata is not None else NODATA)
+        conf_sum = np.bincount(labels[has], weights=conf[has], minlength=n)[1:]
+        conf_count = np.bincount(labels[has], minlength=n)[1:]
+    return PolygonBatch(geometry, class_id, pixels.astype("int64"), conf_sum, conf_count)
+
+
+def _components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of ``n`` nodes joined by index ``pairs`` (k × 2)."""
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(i) for i in range(n)])
+
+
+def _merge_touching(pool: PolygonBatch) -> PolygonBatch:
+    """Union same-class polygons that share an edge (not just a corner)."""
+    if len(pool) < 2:
+        return pool
+    tree = shapely.STRtree(pool.geometry)
+    a, b = tree.query(pool.geometry, predicate="touches")
+    keep = (a < b) & (pool.class_id[a] == pool.class_id[b])
+    a, b = a[keep], b[keep]
+    if not len(a):
+        return pool
+    shared = shapely.length(shapely.intersection(pool.geometry[a], pool.geometry[b])) > 0
+    a, b = a[shared], b[shared]
+    if not len(a):
+        return pool
+    roots = _components(len(pool), np.column_stack([a, b]))
+    order = np.argsort(roots, kind="stable")
+    uniq, starts = np.unique(roots[order], return_index=True)
+    groups = np.split(order, starts[1:])
+    geometry = np.empty(len(uniq), dtype=object)
+    for k, members in enumerate(groups):
+        geometry[k] = (
+            pool.geometry[members[0]]
+            if len(members) == 1
+            else shapely.union_all(pool.geometry[members])
+        )
+    first = np.array([g[0] for g in groups])
+    return PolygonBatch(
+        geometry,
+        pool.class_id[first],
+        np.add.reduceat(pool.pixels[order], starts),
+        np.add.reduceat(pool.confidence_sum[order], starts),
+        np.add.reduceat(pool.confidence_count[order], starts),
+    )
+
+
+def _pixel_polygons(
+    classes: rasterio.DatasetReader,
+    confidence: rasterio.DatasetReader | None,
+    block_size: int,
+) -> Iterator[PolygonBatch]:
+    """Finished polygons in pixel coordinates, one batch per block row."""
+    height, width = classes.height, classes.width
+    carry = PolygonBatch.empty()
+    for row in blocks(height, width, block_size):
+        top = row[0].row_off
+        bottom = top + row[0].height
+        finished: list[PolygonBatch] = []
+        open_: list[PolygonBatch] = [carry]
+        for window in row:
+            found = _block_polygons(classes, confidence, window)
+            if not len(found):
+                continue
+            minx, miny, maxx, maxy = shapely.bounds(found.geometry).T
+            left, right = window.col_off, window.col_off + window.width
+            on_seam = (
+                ((minx == left) & (left > 0))
+                | ((maxx == right) & (right < width))
+                | ((miny == top) & (top > 0))
+                | ((maxy == bottom) & (bottom < height))
+            )
+            finished.append(found.take(~on_seam))
+            open_.append(found.take(on_seam))
+        merged = _merge_touching(PolygonBatch.concat(open_))
+        reaches_below = (
+            shapely.bounds(merged.geometry)[:, 3] == bottom
+            if bottom < height
+            else np.zeros(len(merged), dtype=bool)
+        )
+        carry = merged.take(reaches_below)
+        finished.append(merged.take(~reaches_below))
+        yield PolygonBatch.concat(finished)
+
+
+def _regroup(batches: Iterable[PolygonBatch], size: int) -> Iterator[PolygonBatch]:
+    """Re-chunk a stream of batches into batches of about ``size`` polygons."""
+    pending: list[PolygonBatch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += len(batch)
+        if count >= size:
+            yield PolygonBatch.concat(pending)
+            pending, count = [], 0
+    if count:
+        yield PolygonBatch.concat(pending)
+
+
+def simplify_coverage(geometry: np.ndarray, tolerance: float) -> np.ndarray:
+    """Simplify a group of pixel-coordinate polygons as one coverage.
+
+    Edges shared by two polygons of the group are simplified once, so they stay
+    shared: no gaps or overlaps appear. Edges on the group's outline (nodata, or
+    polygons of another group) are kept exactly, which is what lets groups be
+    simplified one at a time. If the result is not valid the group is returned
+    unsimplified.
+
+    Args:
+        geometry: Polygons with integer (pixel-corner) vertices.
+        tolerance: Simplification distance in pixels.
+    """
+    if tolerance <= 0 or not len(geometry):
+        return geometry
+    # Give every shared edge the same vertices on both sides, as a coverage requires.
+    noded = shapely.segmentize(geometry, 1.0)
+    simplified = shapely.coverage_simplify(noded, tolerance, simplify_boundary=False)
+    ok = shapely.is_valid(simplified).all() and not shapely.is_empty(simplified).any()
+    return np.asarray(simplified, dtype=object) if ok else geometry
+
+
+def to_crs_coordinates(geometry: np.ndarray, transform: Affine) -> np.ndarray:
+    """Move pixel-coordinate geometries to the raster CRS with its affine ``transform``."""
+    a, b, c, d, e, f = transform[:6]
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([a * x + b * y + c, d * x + e * y + f])
+
+    return shapely.transform(geometry, apply)
+
+
+def vectorize(
+    classes_path: Path,
+    confidence_path: Path | None = None,
+    *,
+    block_size: int = 2048,
+    simplify_px: float = 0.0,
+) -> Iterator[PolygonBatch]:
+    """Polygons of a class raster, streamed in batches, in the raster's CRS.
+
+    Every polygon is one maximal 4-connected region of one class (nodata is left
+    out), with holes; regions cut by block seams are merged, so no two same-class
+    polygons share an edge.
+
+    Args:
+        classes_path: Class raster (uint8, nodata 255), sieved beforehand if wanted.
+        confidence_path: Matching confidence raster (0–100, nodata 255), or None.
+        block_size: Edge of the processing blocks in pixels; memory grows with its square.
+        simplify_px: Coverage-simplification tolerance in pixels (0: none).
+
+    Yields:
+        Batches of finished polygons.
+    """
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(**GDAL_ENV))
+        classes = stack.enter_context(rasterio.open(classes_path))
+        confidence = (
+            stack.enter_context(rasterio.open(confidence_path)) if confidence_path else None
+        )
+        stream = _pixel_polygons(classes, confidence, block_size)
+        if simplify_px > 0:
+            stream = _regroup(stream, SIMPLIFY_GROUP)
+        for batch in stream:
+            if not len(batch):
+                continue
+            geometry = simplify_coverage(batch.geometry, simplify_px)
+            yield batch.with_geometry(to_crs_coordinates(geometry, classes.transform))

@@ -1,0 +1,278 @@
+"""Per-field statistics and management-zone grids over a class raster.
+
+Fields are boundary polygons from any vector file and CRS; a pixel belongs to the
+field containing its centre (the later field where fields overlap). Grid cells are
+squares of a given size in metres, laid on multiples of that size in the raster's
+CRS when it is projected in metres, else in the local UTM zone; a pixel belongs
+to the cell holding its centre.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import rasterio
+import shapely
+from affine import Affine
+from pyproj import CRS, Transformer
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
+from rasterio.features import rasterize
+from rasterio.windows import Window
+
+from agriseg.areas import is_planar_metric
+from agriseg.classes import CLASSES
+from agriseg.errors import InputError
+from agriseg.health import (
+    ZoneLabeller,
+    class_areas_m2,
+    health_indices,
+    health_summary,
+    raster_crs,
+)
+
+#: Columns tried, in order, for a field's identifier before falling back to the row number.
+FIELD_ID_COLUMNS = ("field_id", "id", "name")
+
+#: Most grid cells a raster may be split into (bounds the statistics table).
+MAX_GRID_CELLS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Field boundaries in a raster's CRS.
+
+    Attributes:
+        ids: Identifier of each field (as text).
+        geometry: (Multi)polygons in the raster's CRS.
+        source: File they were read from.
+    """
+
+    ids: tuple[str, ...]
+    geometry: np.ndarray
+    source: Path
+
+
+def read_fields(path: Path, crs: CRS) -> Fields:
+    """Read field boundary polygons and reproject them to ``crs``.
+
+    The identifier is the first of the columns ``field_id``, ``id``, ``name``
+    present (any case), else the row number.
+
+    Raises:
+        InputError: The file is missing, unreadable, has no CRS or no polygons.
+    """
+    path = Path(path)
+    fix = "give a GeoPackage/GeoJSON/Shapefile of field boundary polygons with a CRS"
+    if not path.is_file():
+        raise InputError(f"{path}: no such fields file; {fix}")
+    try:
+        frame = pyogrio.read_dataframe(path)
+    except Exception as exc:  # pyogrio raises several unrelated types for bad files
+        raise InputError(f"{path}: cannot read fields ({exc}); {fix}") from exc
+    if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry.isna().all():
+        raise InputError(f"{path}: the fields file has no geometries; {fix}")
+    if frame.crs is None:
+        raise InputError(
+            f"{path}: the fields file has no CRS; assign one (e.g. "
+            "`ogr2ogr -a_srs EPSG:4326 out.gpkg in.gpkg`) and retry"
+        )
+    polygons = frame[frame.geometry.notna()]
+    polygons = polygons[polygons.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
+    if polygons.empty:
+        raise InputError(f"{path}: the fields file holds no polygons; {fix}")
+    lower = {str(c).lower(): c for c in polygons.columns}
+    column = next((lower[c] for c in FIELD_ID_COLUMNS if c in lower), None)
+    ids = (
+        [str(v) for v in polygons[column]]
+        if column is not None
+        else [str(i) for i in range(len(polygons))]
+    )
+    geometry = shapely.make_valid(polygons.to_crs(crs).geometry.to_numpy())
+    return Fields(tuple(ids), np.asarray(geometry, dtype=object), path)
+
+
+def field_labeller(fields: Fields, transform: Affine) -> ZoneLabeller:
+    """A zone labeller giving each pixel the index of the field holding its centre."""
+
+    def label(window: Window) -> np.ndarray:
+        return rasterize(
+            zip(fields.geometry, range(len(fields.ids)), strict=True),
+            out_shape=(int(window.height), int(window.width)),
+            transform=rasterio.windows.transform(window, transform),
+            fill=-1,
+            dtype="int32",
+        )
+
+    return label
+
+
+def field_statistics(classes_path: Path, fields: Fields, block_size: int = 2048) -> list[dict]:
+    """Health statistics (see :func:`agriseg.health.health_summary`) for each field."""
+    with rasterio.open(classes_path) as src:
+        transform = src.transform
+    areas = class_areas_m2(
+        classes_path,
+        block_size=block_size,
+        zones=field_labeller(fields, transform),
+        n_zones=len(fields.ids),
+    )
+    return [
+        {"field_id": fid, **health_summary(row)} for fid, row in zip(fields.ids, areas, strict=True)
+    ]
+
+
+def assign_fields(geometry: np.ndarray, fields: Fields) -> np.ndarray:
+    """The id of the field each geometry overlaps most (None where it overlaps none)."""
+    out = np.full(len(geometry), None, dtype=object)
+    if not len(geometry):
+        return out
+    tree = shapely.STRtree(fields.geometry)
+    g, f = tree.query(geometry, predicate="intersects")
+    if not len(g):
+        return out
+    overlap = shapely.area(shapely.intersection(geometry[g], fields.geometry[f]))
+    # Sort by overlap so the last write for each geometry is its largest overlap.
+    order = np.argsort(overlap, kind="stable")
+    order = order[overlap[order] > 0]
+    ids = np.array(fields.ids, dtype=object)
+    out[g[order]] = ids[f[order]]
+    return out
+
+
+@dataclass(frozen=True)
+class ZoneGrid:
+    """Square cells laid over a raster.
+
+    Attributes:
+        crs: CRS of the cells (metric).
+        size: Cell edge in ``crs`` units (metres).
+        left: Western edge of column 0.
+        top: Northern edge of row 0.
+        n_cols: Number of columns.
+        n_rows: Number of rows.
+    """
+
+    crs: CRS
+    size: float
+    left: float
+    top: float
+    n_cols: int
+    n_rows: int
+
+    @property
+    def n_cells(self) -> int:
+        return self.n_cols * self.n_rows
+
+    def cell_index(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Cell index (``row * n_cols + col``) of points in the grid CRS; -1 outside."""
+        col = np.floor((x - self.left) / self.size).astype("int64")
+        row = np.floor((self.top - y) / self.size).astype("int64")
+        inside = (col >= 0) & (col < self.n_cols) & (row >= 0) & (row < self.n_rows)
+        return np.where(inside, row * self.n_cols + col, -1)
+
+    def cells(self, index: np.ndarray) -> np.ndarray:
+        """Polygons of the cells with the given indexes."""
+        index = np.asarray(index, dtype="int64")
+        x0 = self.left + (index % self.n_cols) * self.size
+        y1 = self.top - (index // self.n_cols) * self.size
+        return np.asarray(shapely.box(x0, y1 - self.size, x0 + self.size, y1), dtype=object)
+
+
+def grid_crs(crs: CRS, lonlat_bounds: tuple[float, float, float, float]) -> CRS:
+    """``crs`` itself when it is projected in metres, else the UTM zone of the area."""
+    if is_planar_metric(crs) and crs.axis_info[0].unit_conversion_factor == 1.0:
+        return crs
+    west, south, east, north = lonlat_bounds
+    found = query_utm_crs_info(
+        datum_name="WGS 84", area_of_interest=AreaOfInterest(west, south, east, north)
+    )
+    if not found:
+        raise InputError(f"no UTM zone covers lon/lat {lonlat_bounds}; cannot lay a metric grid")
+    centre = (west + east) / 2
+    best = min(found, key=lambda z: abs((z.area_of_use.west + z.area_of_use.east) / 2 - centre))
+    return CRS.from_epsg(int(best.code))
+
+
+def make_grid(crs: CRS, transform: Affine, width: int, height: int, size_m: float) -> ZoneGrid:
+    """The grid of ``size_m`` cells covering a raster (cells on multiples of the size)."""
+    if not size_m > 0:
+        raise InputError(f"grid size {size_m!r} m: expected a positive number of metres")
+    left, bottom, right, top = rasterio.transform.array_bounds(height, width, transform)
+    lonlat = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
+    target = grid_crs(crs, lonlat.transform_bounds(left, bottom, right, top, densify_pts=21))
+    to_grid = Transformer.from_crs(crs, target, always_xy=True)
+    gl, gb, gr, gt = to_grid.transform_bounds(left, bottom, right, top, densify_pts=21)
+    x0 = math.floor(gl / size_m) * size_m
+    y0 = math.ceil(gt / size_m) * size_m
+    grid = ZoneGrid(
+        target,
+        float(size_m),
+        x0,
+        y0,
+        max(1, math.ceil((gr - x0) / size_m)),
+        max(1, math.ceil((y0 - gb) / size_m)),
+    )
+    if grid.n_cells > MAX_GRID_CELLS:
+        raise InputError(
+            f"--grid {size_m} m splits the raster into {grid.n_cells} cells "
+            f"(more than {MAX_GRID_CELLS}); choose a larger cell size"
+        )
+    return grid
+
+
+def grid_labeller(grid: ZoneGrid, crs: CRS, transform: Affine) -> ZoneLabeller:
+    """A zone labeller giving each pixel the index of the grid cell holding its centre."""
+    to_grid = None if grid.crs == crs else Transformer.from_crs(crs, grid.crs, always_xy=True)
+
+    def label(window: Window) -> np.ndarray:
+        rows, cols = np.mgrid[0 : int(window.height), 0 : int(window.width)]
+        x, y = rasterio.windows.transform(window, transform) * (cols + 0.5, rows + 0.5)
+        if to_grid is not None:
+            x, y = to_grid.transform(x, y)
+        return grid.cell_index(np.asarray(x), np.asarray(y))
+
+    return label
+
+
+def grid_zones(classes_path: Path, size_m: float, block_size: int = 2048) -> gpd.GeoDataFrame:
+    """Management-zone grid: per-cell class shares and weed pressure.
+
+    Only cells holding valid pixels are returned.
+
+    Returns:
+        Columns ``zone_id``, ``row``, ``col``, ``area_m2`` (valid ground area),
+        ``<class>_share`` per class, ``weed_pressure``, ``disease_incidence``,
+        ``health_score`` (NaN where undefined) and the cell polygons, in the grid CRS.
+    """
+    with rasterio.open(classes_path) as src:
+        crs = raster_crs(src, classes_path)
+        transform, width, height = src.transform, src.width, src.height
+    grid = make_grid(crs, transform, width, height, size_m)
+    areas = class_areas_m2(
+        classes_path,
+        block_size=block_size,
+        zones=grid_labeller(grid, crs, transform),
+        n_zones=grid.n_cells,
+    )
+    total = areas.sum(axis=1)
+    used = np.flatnonzero(total > 0)
+    areas, total = areas[used], total[used]
+    indices = health_indices(areas)
+    columns: dict[str, Any] = {
+        "zone_id": used,
+        "row": used // grid.n_cols,
+        "col": used % grid.n_cols,
+        "area_m2": total,
+    }
+    for c in CLASSES:
+        columns[f"{c.name}_share"] = areas[:, c.id] / total
+    for name in ("weed_pressure", "disease_incidence", "health_score"):
+        columns[name] = indices[name]
+    return gpd.GeoDataFrame(columns, geometry=grid.cells(used), crs=grid.crs)
