@@ -1,9 +1,11 @@
 """Atomic file output: write under a temporary name, rename into place when complete.
 
-A reader never sees a half-written output: until :func:`atomic_output` finishes, the
-file exists only as a hidden temporary (``.NAME.agriseg-tmp-PID``) in the same
-directory, and a crashed or killed run leaves at most such temporaries, which
-:func:`remove_stale_temporaries` clears on the next run.
+A reader never sees a half-written output: until its writer finishes, a file exists
+only as a hidden temporary (``.NAME.agriseg-tmp-PID.EXT``) in the same directory.
+:class:`OutputTransaction` renames a whole set of files into place together, after
+they are complete and fsynced, so a run leaves all of its outputs or none. A crashed
+or killed run leaves at most such temporaries, which :func:`remove_stale_temporaries`
+clears on the next run.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from agriseg.errors import OutputError
+from agriseg.errors import AgrisegError, OutputError
 
 TMP_MARK = ".agriseg-tmp-"
 
 
 def temporary_name(final: Path) -> Path:
-    """The temporary sibling that ``final`` is written as."""
-    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
+    """The temporary sibling that ``final`` is written as (same suffix, for drivers)."""
+    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}{final.suffix}")
 
 
 def is_temporary(path: Path) -> bool:
@@ -57,35 +59,128 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
 
 def describe_os_error(path: Path, exc: OSError) -> str:
     """One-line, actionable description of a failure to write ``path``."""
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"{path}: no space left on the device; free space or choose another --out"
+    if exc.errno == errno.EFBIG:
+        return (
+            f"{path}: file too large for the device or the file-size limit (no space to "
+            "write it); free space, raise the limit (ulimit -f) or choose another --out"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{path}: cannot write here (permission denied); choose a writable --out"
     return f"{path}: cannot write ({exc.strerror or exc}); check --out"
 
 
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class OutputTransaction:
+    """A set of output files that appear under their final names together, or not at all.
+
+    :meth:`stage` hands out the temporary path to write each file to; :meth:`commit`
+    fsyncs them and renames them into place; :meth:`discard` deletes them.
+    """
+
+    def __init__(self) -> None:
+        self._staged: dict[Path, Path] = {}
+
+    def stage(self, final: Path) -> Path:
+        """The temporary path to write ``final`` to."""
+        tmp = temporary_name(final)
+        self._staged[final] = tmp
+        return tmp
+
+    def final_name(self, path: Path) -> Path:
+        """The final name of a staged temporary (``path`` itself if it is not one)."""
+        for final, tmp in self._staged.items():
+            if tmp == path:
+                return final
+        return path
+
+    def commit(self) -> None:
+        for tmp in self._staged.values():
+            _fsync(tmp)
+        for final, tmp in self._staged.items():
+            os.replace(tmp, final)
+        for directory in {final.parent for final in self._staged}:
+            _fsync(directory, directory=True)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for tmp in self._staged.values():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self._staged.clear()
+
+
+@contextlib.contextmanager
+def output_transaction() -> Iterator[OutputTransaction]:
+    """An :class:`OutputTransaction` committed on success and discarded on any exception.
+
+    An ``OSError`` (other than an :class:`OutputError`) becomes an :class:`OutputError`
+    naming the final file it was writing.
+    """
+    transaction = OutputTransaction()
+    try:
+        yield transaction
+        transaction.commit()
+    except BaseException as exc:
+        transaction.discard()
+        if isinstance(exc, OSError) and not isinstance(exc, AgrisegError):
+            path = transaction.final_name(Path(exc.filename)) if exc.filename else Path("output")
+            raise OutputError(describe_os_error(path, exc)) from exc
+        raise
+
+
 @contextlib.contextmanager
 def atomic_output(final: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; rename it to ``final`` only on success.
-
-    On any exception the temporary is removed and the exception propagates (an
-    ``OSError`` is turned into :class:`OutputError` naming ``final``).
-    """
-    tmp = temporary_name(final)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise OutputError(describe_os_error(final, exc)) from exc
-        raise
+    """Yield a temporary path to write; rename it to ``final`` only on success."""
+    with output_transaction() as transaction:
+        yield transaction.stage(final)
 
 
 def write_text_atomic(final: Path, text: str) -> None:
     """Write ``text`` to ``final`` atomically (fsynced before the rename)."""
-    with atomic_output(final) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    with atomic_output(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _missing_ancestors(directory: Path) -> list[Path]:
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+@contextlib.contextmanager
+def output_folder(directory: Path) -> Iterator[Path]:
+    """Create ``directory`` for a run's outputs; on failure remove what this created.
+
+    A run into a fresh folder that fails leaves no folder behind; an existing folder
+    is kept, cleared of temporaries left by killed runs.
+    """
+    created = _missing_ancestors(directory.absolute())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "a file of that name exists" if directory.is_file() else exc.strerror
+        raise OutputError(
+            f"{directory}: cannot create the output folder ({reason}); choose a writable --out"
+        ) from None
+    remove_stale_temporaries(directory)
+    try:
+        yield directory
+    except BaseException:
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise

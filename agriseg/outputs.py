@@ -11,10 +11,13 @@ import rasterio
 from rasterio.windows import Window
 
 from agriseg import __version__
-from agriseg.atomic import atomic_output, describe_os_error
+from agriseg.atomic import OutputTransaction
 from agriseg.classes import NODATA, class_tags, colormap
 from agriseg.errors import OutputError
 from agriseg.raster import RasterInfo
+
+#: The rasters a :class:`ClassRasterWriter` writes, keys of :func:`output_paths`.
+KINDS = ("classes", "confidence")
 
 #: GDAL settings for writing: a bounded block cache, scoped to the writer.
 WRITE_ENV = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
@@ -34,15 +37,61 @@ def block_size_for(stride: int) -> int:
     return stride if stride % 16 == 0 and 16 <= stride <= 1024 else 256
 
 
+def _write_failed(path: Path, reason: str) -> OutputError:
+    return OutputError(
+        f"{path}: writing failed ({reason}); the disk is probably full (no space left) or "
+        "the file too large: free space or choose another --out"
+    )
+
+
+def _gdal_reason(exc: rasterio.errors.RasterioError) -> str:
+    # rasterio's own message is "Write failed. See previous exception"; GDAL's says why.
+    return str(exc.__cause__ or exc).splitlines()[0]
+
+
+def incomplete_geotiff(path: Path) -> str | None:
+    """Why a freshly closed GeoTIFF did not fully reach the disk, or ``None`` if it did.
+
+    GDAL flushes cached blocks when a dataset closes and only logs failures there
+    (a full disk, ``ulimit -f``), which would leave a truncated file or blocks that
+    read back as nodata. Every block must have a non-zero offset inside the file.
+    """
+    size = path.stat().st_size
+    try:
+        with rasterio.open(path) as src:
+            rows = -(-src.height // src.block_shapes[0][0])
+            cols = -(-src.width // src.block_shapes[0][1])
+            for bidx in src.indexes:
+                for r in range(rows):
+                    for c in range(cols):
+                        offset = int(src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx) or 0)
+                        length = int(src.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx) or 0)
+                        if offset == 0 or offset + length > size:
+                            return f"block {r},{c} of band {bidx} is missing"
+    except rasterio.errors.RasterioIOError as exc:
+        return _gdal_reason(exc)
+    return None
+
+
 class ClassRasterWriter:
     """Streams class and confidence blocks into two GeoTIFFs on ``info``'s grid.
 
-    Files appear under their final names only when the writer exits cleanly.
+    The files are written to temporaries staged in ``transaction``, which puts them
+    in place (with the run's other outputs) once everything succeeded.
     """
 
-    def __init__(self, info: RasterInfo, paths: dict[str, Path], block: int, model: str) -> None:
+    def __init__(
+        self,
+        info: RasterInfo,
+        paths: dict[str, Path],
+        block: int,
+        model: str,
+        transaction: OutputTransaction,
+    ) -> None:
         self._info = info
         self._paths = paths
+        self._transaction = transaction
+        self._tmp: dict[str, Path] = {}
         self._block = block
         self._model = model
         self._stack = contextlib.ExitStack()
@@ -71,11 +120,20 @@ class ClassRasterWriter:
     def __enter__(self) -> ClassRasterWriter:
         try:
             self._stack.enter_context(rasterio.Env(**WRITE_ENV))
-            tmp_classes = self._stack.enter_context(atomic_output(self._paths["classes"]))
-            tmp_conf = self._stack.enter_context(atomic_output(self._paths["confidence"]))
+            self._tmp = {k: self._transaction.stage(self._paths[k]) for k in KINDS}
             profile = self._profile()
-            self._classes = self._stack.enter_context(rasterio.open(tmp_classes, "w", **profile))
-            self._confidence = self._stack.enter_context(rasterio.open(tmp_conf, "w", **profile))
+            self._classes = self._stack.enter_context(
+                rasterio.open(self._tmp["classes"], "w", **profile)
+            )
+            self._confidence = self._stack.enter_context(
+                rasterio.open(self._tmp["confidence"], "w", **profile)
+            )
+        except rasterio.errors.RasterioIOError as exc:
+            self._stack.close()
+            raise OutputError(
+                f"{self._paths['classes'].parent}: cannot create outputs ({_gdal_reason(exc)}); "
+                "choose a writable --out with free space"
+            ) from None
         except BaseException:
             self._stack.close()
             raise
@@ -94,10 +152,7 @@ class ClassRasterWriter:
             self._classes.write(classes, 1, window=window)
             self._confidence.write(confidence, 1, window=window)
         except rasterio.errors.RasterioIOError as exc:
-            raise OutputError(
-                f"{self._paths['classes'].parent}: writing outputs failed ({exc}); "
-                "check free space and permissions"
-            ) from None
+            raise _write_failed(self._paths["classes"], _gdal_reason(exc)) from None
 
     def __exit__(
         self,
@@ -106,8 +161,12 @@ class ClassRasterWriter:
         tb: TracebackType | None,
     ) -> bool:
         try:
-            return bool(self._stack.__exit__(exc_type, exc, tb))
+            suppressed = bool(self._stack.__exit__(exc_type, exc, tb))
         except rasterio.errors.RasterioIOError as err:
-            raise OutputError(
-                describe_os_error(self._paths["classes"], OSError(str(err)))
-            ) from None
+            raise _write_failed(self._paths["classes"], _gdal_reason(err)) from None
+        if exc_type is None:
+            for kind in KINDS:
+                reason = incomplete_geotiff(self._tmp[kind])
+                if reason is not None:
+                    raise _write_failed(self._paths[kind], reason)
+        return suppressed

@@ -15,10 +15,9 @@ import numpy as np
 from distributed import get_task_stream
 
 from agriseg import __version__
-from agriseg.atomic import remove_stale_temporaries, write_text_atomic
+from agriseg.atomic import output_folder, output_transaction
 from agriseg.classes import CLASSES
 from agriseg.config import RunConfig
-from agriseg.errors import OutputError
 from agriseg.execution import dask_client
 from agriseg.inference import resolve_device
 from agriseg.models import ModelMeta, checkpoint_paths, read_meta, resolve
@@ -44,6 +43,11 @@ class RunResult:
     outputs: dict[str, Path]
     summary: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Things the user should know about a run that nevertheless succeeded."""
+        return list(self.summary.get("warnings", []))
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
@@ -52,16 +56,6 @@ def peak_rss_mb() -> float:
 
 def default_out_dir(input_path: Path) -> Path:
     return input_path.with_name(f"{input_path.stem}_agriseg")
-
-
-def prepare_out_dir(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{out_dir}: cannot create the output folder ({exc.strerror}); choose a writable --out"
-        ) from None
-    remove_stale_temporaries(out_dir)
 
 
 def _stage_seconds(task_stream: list[dict[str, Any]]) -> dict[str, float]:
@@ -91,13 +85,28 @@ def class_table(pixels: np.ndarray, area_m2: np.ndarray) -> list[dict[str, Any]]
     ]
 
 
+def run_warnings(info: RasterInfo, valid_pixels: int) -> list[str]:
+    """Warnings about a finished run, for the summary and the command line."""
+    if valid_pixels == 0:
+        return [
+            f"{info.path}: every pixel is nodata or masked, so the outputs are empty; "
+            "check the file's nodata value and mask"
+        ]
+    return []
+
+
 def segment_raster(
     input_path: Path,
     out_dir: Path,
     config: RunConfig,
     progress: Progress | None = None,
 ) -> RunResult:
-    """Segment ``input_path`` into class and confidence rasters and a summary."""
+    """Segment ``input_path`` into class and confidence rasters and a summary.
+
+    The input and options are validated before ``out_dir`` is touched. Outputs appear
+    together when the run succeeds; a failed run leaves none (and removes ``out_dir``
+    if it created it), a killed one only temporaries that the next run removes.
+    """
     started = time.perf_counter()
     weights = resolve(config.model)
     meta: ModelMeta = read_meta(checkpoint_paths(weights)[1])
@@ -110,7 +119,6 @@ def segment_raster(
         overlap=config.overlap,
         tiles_per_chunk=config.batch_size,
     )
-    prepare_out_dir(out_dir)
     paths = output_paths(out_dir, input_path.stem)
     n_classes = len(CLASSES)
     pixels = np.zeros(n_classes, dtype="int64")
@@ -119,50 +127,57 @@ def segment_raster(
     write_s = 0.0
     model_s = 0.0
     prepare_s = 0.0
-    with dask_client(config.scheduler, config.workers) as client:
-        with (
-            get_task_stream(client) as stream,
-            ClassRasterWriter(info, paths, block_size_for(grid.stride), meta.name) as writer,
-        ):
-            for block in segment_blocks(client, info, grid, str(weights), device):
-                t = time.perf_counter()
-                writer.write(block.window, block.classes, block.confidence)
-                write_s += time.perf_counter() - t
-                pixels += block.pixels
-                area += block.area_m2
-                done += block.tiles
-                model_s += block.model_s
-                prepare_s += block.prepare_s
-                if progress is not None:
-                    progress(done, grid.n_tiles)
-        stages = _stage_seconds(stream.data)
-    stages["prepare"] = round(prepare_s, 3)
-    stages["infer"] = round(model_s, 3)
-    stages["write"] = round(write_s, 3)
-    elapsed = time.perf_counter() - started
-    summary = {
-        "agriseg_version": __version__,
-        "input": {
-            "path": str(input_path.resolve()),
-            "width": info.width,
-            "height": info.height,
-            "crs": info.crs.to_string(),
-            "bands": list(info.bands),
-            "dtype": info.dtype,
-        },
-        "model": {
-            "name": meta.name,
-            "path": str(weights),
-            "architecture": meta.architecture,
-            "encoder": meta.encoder,
-        },
-        "parameters": {**asdict(config), "tile_size": grid.tile, "device": device},
-        "tiles": grid.n_tiles,
-        "valid_pixels": int(pixels.sum()),
-        "classes": class_table(pixels, area),
-        "timings_s": {**stages, "total": round(elapsed, 3)},
-        "peak_rss_mb": peak_rss_mb(),
-        "machine": platform.node(),
-    }
-    write_text_atomic(paths["summary"], json.dumps(summary, indent=2) + "\n")
+    with output_folder(out_dir), output_transaction() as transaction:
+        with dask_client(config.scheduler, config.workers) as client:
+            with (
+                get_task_stream(client) as stream,
+                ClassRasterWriter(
+                    info, paths, block_size_for(grid.stride), meta.name, transaction
+                ) as writer,
+            ):
+                for block in segment_blocks(
+                    client, info, grid, str(weights), device
+                ):
+                    t = time.perf_counter()
+                    writer.write(block.window, block.classes, block.confidence)
+                    write_s += time.perf_counter() - t
+                    pixels += block.pixels
+                    area += block.area_m2
+                    done += block.tiles
+                    model_s += block.model_s
+                    prepare_s += block.prepare_s
+                    if progress is not None:
+                        progress(done, grid.n_tiles)
+            stages = _stage_seconds(stream.data)
+        stages["prepare"] = round(prepare_s, 3)
+        stages["infer"] = round(model_s, 3)
+        stages["write"] = round(write_s, 3)
+        elapsed = time.perf_counter() - started
+        summary = {
+            "agriseg_version": __version__,
+            "input": {
+                "path": str(input_path.resolve()),
+                "width": info.width,
+                "height": info.height,
+                "crs": info.crs.to_string(),
+                "bands": list(info.bands),
+                "dtype": info.dtype,
+            },
+            "model": {
+                "name": meta.name,
+                "path": str(weights),
+                "architecture": meta.architecture,
+                "encoder": meta.encoder,
+            },
+            "parameters": {**asdict(config), "tile_size": grid.tile, "device": device},
+            "tiles": grid.n_tiles,
+            "valid_pixels": int(pixels.sum()),
+            "classes": class_table(pixels, area),
+            "warnings": run_warnings(info, int(pixels.sum())),
+            "timings_s": {**stages, "total": round(elapsed, 3)},
+            "peak_rss_mb": peak_rss_mb(),
+            "machine": platform.node(),
+        }
+        summary_tmp = transaction.stage(paths["summary"])
+        summary_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return RunResult(outputs=paths, summary=summary)

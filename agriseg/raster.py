@@ -19,7 +19,7 @@ from affine import Affine
 from dask.base import tokenize
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
-from rasterio.errors import CRSError, RasterioIOError
+from rasterio.errors import CRSError, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from agriseg.errors import InputError, RasterReadError
@@ -73,7 +73,7 @@ def _open(path: Path) -> rasterio.DatasetReader:
 def parse_crs(text: str) -> CRS:
     try:
         return CRS.from_user_input(text)
-    except CRSError:
+    except (CRSError, ValueError):  # rasterio raises ValueError for e.g. "EPSG:abc"
         raise InputError(f"--assume-crs {text!r} is not a valid CRS; use e.g. EPSG:32633") from None
 
 
@@ -164,13 +164,19 @@ def read_window(path: Path, bands: tuple[int, ...], window: Window) -> np.ndarra
         with rasterio.open(path) as src:
             data = src.read(list(bands), window=window, out_dtype="float32")
             valid = src.dataset_mask(window=window)
-    except RasterioIOError as exc:
-        raise RasterReadError(
-            f"{path}: read failed at {window.row_off},{window.col_off} "
-            f"({str(exc).splitlines()[0]}); the file is corrupt or truncated, re-export it"
-        ) from None
-    data[:, valid == 0] = np.nan
-    return data
+    except RasterioError as exc:
+        # rasterio's message is "Read failed. See previous exception"; GDAL's says where.
+        reason = str(exc.__cause__ or exc).splitlines()[0]
+    else:
+        data[:, valid == 0] = np.nan
+        return data
+    # Raised outside the handler: this runs on a Dask worker, which ships the error
+    # back pickled with its context, and GDAL's chained errors do not unpickle
+    # (the caller would get a bare ``Exception`` instead of a RasterReadError).
+    raise RasterReadError(
+        f"{path}: read failed at row {window.row_off}, column {window.col_off} ({reason}); "
+        "the file is corrupt or truncated, re-export or re-copy it"
+    )
 
 
 def _chunk_edges(size: int, block: int) -> tuple[int, ...]:

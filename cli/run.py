@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from agriseg_cli.common import add_segmentation_options, print_table, progress_bar
@@ -48,6 +49,8 @@ def execute(args: argparse.Namespace) -> int:
     out = args.out or default_out_dir(args.input)
     with progress_bar(f"segmenting {args.input.name}", args.quiet) as progress:
         result = segment_raster(args.input, out, config_from_args(args), progress)
+    for warning in result.warnings:
+        print(f"agriseg run: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         rows = [
             (c["class"], c["area_m2"], c["area_m2"] / 10_000, f"{100 * c['fraction']:.1f}%")

@@ -1,0 +1,90 @@
+"""``agriseg batch``: segment every survey in a folder, resumably (for nightly jobs)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from agriseg_cli.common import add_segmentation_options, print_table
+from agriseg_cli.run import config_from_args
+
+from agriseg.batch import BatchOptions, log_path, run_batch
+from agriseg.errors import AgrisegError
+
+EXIT_SURVEYS_FAILED = 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "batch",
+        help="segment every survey in a folder, skipping those already done",
+        description="Segment every raster matching --pattern in SURVEY_DIR into "
+        "OUT/<stem>/. Surveys already done with the same input, model and options are "
+        "skipped; a failed survey is recorded in OUT/manifest.json and the batch goes on. "
+        "Exit status: 0 all succeeded, 1 some surveys failed, 2 the batch could not run.",
+    )
+    parser.add_argument("survey_dir", type=Path, help="folder holding the survey rasters")
+    parser.add_argument("--out", type=Path, required=True, help="results folder")
+    parser.add_argument(
+        "--pattern", default="*.tif", help="glob selecting the surveys (default '*.tif')"
+    )
+    parser.add_argument("--force", action="store_true", help="redo surveys already done")
+    parser.add_argument(
+        "--checksum",
+        action="store_true",
+        help="compare file contents (SHA-256) before redoing a survey whose file time changed",
+    )
+    add_segmentation_options(parser)
+    parser.add_argument(
+        "--quiet", action="store_true", help="only warnings and errors on stderr; no table"
+    )
+    return parser
+
+
+@contextlib.contextmanager
+def batch_logging(results_dir: Path, quiet: bool) -> Iterator[logging.FileHandler]:
+    """Log to the night's file in ``results_dir/logs`` and to stderr, for the block."""
+    path = log_path(results_dir)
+    logger = logging.getLogger("agriseg")
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(logging.Formatter("agriseg batch: %(message)s"))
+    to_stderr.setLevel(logging.WARNING if quiet else logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(to_file)
+    logger.addHandler(to_stderr)
+    try:
+        yield to_file
+    finally:
+        logger.removeHandler(to_file)
+        logger.removeHandler(to_stderr)
+        logger.setLevel(level)
+        to_file.close()
+
+
+def execute(args: argparse.Namespace) -> int:
+    options = BatchOptions(pattern=args.pattern, force=args.force, checksum=args.checksum)
+    with batch_logging(args.out, args.quiet) as log_file:
+        try:
+            result = run_batch(args.survey_dir, args.out, config_from_args(args), options)
+        except AgrisegError as exc:
+            # stderr gets the error from main(); the night's log must have it too.
+            log_file.handle(
+                logging.makeLogRecord(
+                    {"levelno": logging.ERROR, "levelname": "ERROR", "msg": f"batch: {exc}"}
+                )
+            )
+            raise
+    if not args.quiet:
+        rows = [(s.name, s.outcome, s.seconds) for s in result.surveys]
+        print_table(("survey", "status", "seconds"), rows)
+        for survey in result.failed:
+            print(f"{survey.name} failed: {survey.error}")
+        print(f"manifest: {result.manifest}; log: {log_file.baseFilename}")
+    return 0 if result.ok else EXIT_SURVEYS_FAILED
