@@ -75,9 +75,12 @@ def class_areas_m2(
                 data = src.read(1, window=window)
                 label = np.zeros(data.shape, dtype="int64") if zones is None else zones(window)
                 keep = (data < n_classes) & (label >= 0)  # nodata (255) is not a class
-                area = np.broadcast_to(row_area[:, None], data.shape)[keep]
                 index = label[keep].astype("int64") * n_classes + data[keep]
-                totals += np.bincount(index, weights=area, minlength=totals.size)
+                if np.ptp(row_area) == 0:  # planar CRS: one pixel area for all
+                    totals += np.bincount(index, minlength=totals.size) * row_area[0]
+                else:
+                    area = np.broadcast_to(row_area[:, None], data.shape)[keep]
+                    totals += np.bincount(index, weights=area, minlength=totals.size)
     return totals.reshape(n_zones, n_classes)
 
 
@@ -139,7 +142,7 @@ def health_summary(areas: np.ndarray) -> dict[str, Any]:
         "valid_area_ha": round(total / 1e4, 8),
         "classes": classes,
         **{
-            name: _number(value, 2 if name == "health_score" else 6)
+            name: _number(float(value), 2 if name == "health_score" else 6)
             for name, value in indices.items()
         },
     }

@@ -183,16 +183,16 @@ def _block_polygons(
         dtype="int32",
     ).ravel()
     n = len(geometry) + 1
-    pixels = np.bincount(labels, minlength=n)[1:]
+    pixels = np.bincount(labels, minlength=n)[1:].astype("int64")
     if confidence is None:
-        conf_sum = np.zeros(n - 1)
-        conf_count = np.zeros(n - 1, dtype="int64")
-    else:
-        conf = confidence.read(1, window=window).ravel()
-        has = conf != (confidence.nodata if confidence.nodata is not None else NODATA)
-        conf_sum = np.bincount(labels[has], weights=conf[has], minlength=n)[1:]
-        conf_count = np.bincount(labels[has], minlength=n)[1:]
-    return PolygonBatch(geometry, class_id, pixels.astype("int64"), conf_sum, conf_count)
+        return PolygonBatch(
+            geometry, class_id, pixels, np.zeros(n - 1), np.zeros(n - 1, dtype="int64")
+        )
+    conf = confidence.read(1, window=window).ravel()
+    has = conf != (confidence.nodata if confidence.nodata is not None else NODATA)
+    conf_sum = np.bincount(labels[has], weights=conf[has], minlength=n)[1:]
+    conf_count = np.bincount(labels[has], minlength=n)[1:]
+    return PolygonBatch(geometry, class_id, pixels, conf_sum, conf_count.astype("int64"))
 
 
 def _components(n: int, pairs: np.ndarray) -> np.ndarray:

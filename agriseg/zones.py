@@ -21,8 +21,6 @@ import rasterio
 import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
-from pyproj.aoi import AreaOfInterest
-from pyproj.database import query_utm_crs_info
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
@@ -105,7 +103,7 @@ def field_labeller(fields: Fields, transform: Affine) -> ZoneLabeller:
         return rasterize(
             zip(fields.geometry, range(len(fields.ids)), strict=True),
             out_shape=(int(window.height), int(window.width)),
-            transform=rasterio.windows.transform(window, transform),
+            transform=transform @ Affine.translation(window.col_off, window.row_off),
             fill=-1,
             dtype="int32",
         )
@@ -186,18 +184,13 @@ class ZoneGrid:
 
 
 def grid_crs(crs: CRS, lonlat_bounds: tuple[float, float, float, float]) -> CRS:
-    """``crs`` itself when it is projected in metres, else the UTM zone of the area."""
+    """``crs`` itself when it is projected in metres, else the WGS84 UTM zone of the centre."""
     if is_planar_metric(crs) and crs.axis_info[0].unit_conversion_factor == 1.0:
         return crs
     west, south, east, north = lonlat_bounds
-    found = query_utm_crs_info(
-        datum_name="WGS 84", area_of_interest=AreaOfInterest(west, south, east, north)
-    )
-    if not found:
-        raise InputError(f"no UTM zone covers lon/lat {lonlat_bounds}; cannot lay a metric grid")
-    centre = (west + east) / 2
-    best = min(found, key=lambda z: abs((z.area_of_use.west + z.area_of_use.east) / 2 - centre))
-    return CRS.from_epsg(int(best.code))
+    lon, lat = (west + east) / 2, (south + north) / 2
+    zone = min(60, int((lon + 180) // 6) + 1)
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
 def make_grid(crs: CRS, transform: Affine, width: int, height: int, size_m: float) -> ZoneGrid:
@@ -232,8 +225,16 @@ def grid_labeller(grid: ZoneGrid, crs: CRS, transform: Affine) -> ZoneLabeller:
     to_grid = None if grid.crs == crs else Transformer.from_crs(crs, grid.crs, always_xy=True)
 
     def label(window: Window) -> np.ndarray:
-        rows, cols = np.mgrid[0 : int(window.height), 0 : int(window.width)]
-        x, y = rasterio.windows.transform(window, transform) * (cols + 0.5, rows + 0.5)
+        a, b, c, d, e, f = (transform @ Affine.translation(window.col_off, window.row_off))[:6]
+        cols = np.arange(int(window.width)) + 0.5
+        rows = np.arange(int(window.height)) + 0.5
+        if to_grid is None and b == d == 0:
+            # North-up in the grid's CRS: x depends on the column only, y on the row only.
+            col = grid.cell_index(a * cols + c, np.full(cols.shape, grid.top - grid.size / 2))
+            row = grid.cell_index(np.full(rows.shape, grid.left + grid.size / 2), e * rows + f)
+            return np.where((row[:, None] < 0) | (col[None, :] < 0), -1, row[:, None] + col)
+        cc, rr = np.meshgrid(cols, rows)
+        x, y = a * cc + b * rr + c, d * cc + e * rr + f
         if to_grid is not None:
             x, y = to_grid.transform(x, y)
         return grid.cell_index(np.asarray(x), np.asarray(y))

@@ -1,0 +1,215 @@
+"""Health statistics, ground areas in any CRS, and the written health products."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from affine import Affine
+from conftest import UTM, UTM_TRANSFORM, field_image, write_raster
+from pyproj import CRS, Geod, Transformer
+
+from agriseg.areas import geometry_area_perimeter_m
+from agriseg.atomic import TMP_MARK
+from agriseg.classes import CLASS_NAMES, NODATA
+from agriseg.errors import InputError
+from agriseg.health import class_areas_m2, health_indices, health_summary
+from agriseg.products import HealthOptions, health_paths, write_health_products
+
+#: (CRS, transform) of ~2 cm pixels at 45° N, in UTM, geographic and Web Mercator.
+GRIDS = {
+    "utm": (UTM, UTM_TRANSFORM),
+    "wgs84": ("EPSG:4326", Affine(2.54e-7, 0.0, 15.0, 0.0, -1.8e-7, 45.0)),
+    "webmercator": ("EPSG:3857", Affine(0.028, 0.0, 1669792.0, 0.0, -0.028, 5621521.0)),
+}
+
+
+def field(height: int = 96, width: int = 80) -> np.ndarray:
+    """Soil with a crop block, a weed patch, a diseased patch and a nodata strip."""
+    data = np.zeros((height, width), dtype="uint8")
+    data[10:80, 10:60] = 1
+    data[20:35, 15:30] = 2
+    data[50:70, 40:55] = 3
+    data[:, -4:] = NODATA
+    return data
+
+
+def write_inputs(tmp_path: Path, data: np.ndarray, crs: str, transform: Affine) -> Path:
+    write_raster(tmp_path / "f.classes.tif", data[None], crs, transform, nodata=NODATA, block=16)
+    conf = np.where(data == NODATA, NODATA, 80).astype("uint8")
+    write_raster(tmp_path / "f.confidence.tif", conf[None], crs, transform, nodata=NODATA, block=16)
+    h, w = data.shape
+    write_raster(tmp_path / "f.tif", field_image(h, w), crs, transform, block=16)
+    return tmp_path / "f.classes.tif"
+
+
+def run(tmp_path: Path, options: HealthOptions) -> dict:
+    return write_health_products(
+        tmp_path / "f.classes.tif",
+        tmp_path / "f.confidence.tif",
+        tmp_path / "f.tif",
+        tmp_path,
+        "f",
+        options,
+    )
+
+
+def test_indices_formula() -> None:
+    # soil, crop, weed, diseased
+    out = health_indices(np.array([[10.0, 60.0, 20.0, 20.0], [5.0, 0.0, 0.0, 0.0]]))
+    assert out["vegetation_cover"] == pytest.approx([100 / 110, 0.0])
+    assert out["weed_pressure"][0] == pytest.approx(0.25)
+    assert out["disease_incidence"][0] == pytest.approx(0.25)
+    assert out["health_score"][0] == pytest.approx(100 * 0.75 * 0.75)
+    assert np.isnan(out["weed_pressure"][1]) and np.isnan(out["health_score"][1])
+    only_weeds = health_indices(np.array([0.0, 0.0, 3.0, 0.0]))
+    assert only_weeds["health_score"] == 0.0 and np.isnan(only_weeds["disease_incidence"])
+
+
+def test_summary_of_nothing_is_zero_and_undefined() -> None:
+    summary = health_summary(np.zeros(4))
+    assert summary["valid_area_m2"] == 0
+    assert all(
+        summary["classes"][n] == {"area_m2": 0, "area_ha": 0, "share": 0} for n in CLASS_NAMES
+    )
+    assert summary["health_score"] is None and summary["weed_pressure"] is None
+    json.dumps(summary, allow_nan=False)
+
+
+def test_class_areas_are_pixel_counts_times_pixel_area(tmp_path: Path) -> None:
+    data = field()
+    path = write_inputs(tmp_path, data, *GRIDS["utm"])
+    areas = class_areas_m2(path, block_size=16)[0]
+    counts = np.bincount(data[data != NODATA], minlength=4)
+    assert areas == pytest.approx(counts * 0.02 * 0.02)
+
+
+def geodesic_area(geom: shapely.Geometry, crs: str) -> float:
+    """Independent reference: densified polygon in lon/lat on the WGS84 ellipsoid."""
+    to_lonlat = Transformer.from_crs(CRS(crs), CRS(4326), always_xy=True)
+    dense = shapely.segmentize(geom, abs(geom.bounds[2] - geom.bounds[0]) / 50)
+    lonlat = shapely.transform(dense, lambda xy: np.column_stack(to_lonlat.transform(*xy.T)))
+    return abs(Geod(ellps="WGS84").geometry_area_perimeter(lonlat)[0])
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_area_m2_is_ground_area_in_any_crs(tmp_path: Path, grid: str) -> None:
+    crs, transform = GRIDS[grid]
+    data = field()
+    write_inputs(tmp_path, data, crs, transform)
+    summary = run(tmp_path, HealthOptions(min_area_m2=0, block_size=32, preview=False))
+    frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
+    assert frame.crs == CRS(crs)
+    for geom, area in zip(frame.geometry, frame["area_m2"], strict=True):
+        assert area == pytest.approx(geodesic_area(geom, crs), rel=0.01)
+    # The summary (pixel counts × pixel areas) agrees with the polygons.
+    by_class = frame.groupby("class")["area_m2"].sum()
+    for name in CLASS_NAMES:
+        expected = summary["health"]["classes"][name]["area_m2"]
+        assert by_class.get(name, 0.0) == pytest.approx(expected, rel=1e-3)
+    # ~2 cm pixels in every grid, so the crop area is about its pixels × 4 cm².
+    crop_px = ((data == 1).sum()) * 0.0004
+    assert summary["health"]["classes"]["crop"]["area_m2"] == pytest.approx(crop_px, rel=0.05)
+
+
+def test_perimeter_is_planar_in_utm() -> None:
+    square = np.array([shapely.box(500000, 5300000, 500010, 5300005)], dtype=object)
+    area, perimeter = geometry_area_perimeter_m(square, CRS(UTM))
+    assert area[0] == pytest.approx(50.0) and perimeter[0] == pytest.approx(30.0)
+
+
+def test_products_files_and_summary(tmp_path: Path) -> None:
+    data = field()
+    write_inputs(tmp_path, data, *GRIDS["utm"])
+    summary = run(tmp_path, HealthOptions(block_size=32))
+    paths = health_paths(tmp_path, "f")
+    assert summary["outputs"] == {k: str(p) for k, p in paths.items()}
+    assert not [p for p in tmp_path.iterdir() if TMP_MARK in p.name]
+    health = summary["health"]
+    assert health["weed_pressure"] == pytest.approx(225 / 3200, abs=1e-6)
+    assert health["disease_incidence"] == pytest.approx(300 / 3275, abs=1e-6)
+    expected_score = 100 * (1 - health["weed_pressure"]) * (1 - health["disease_incidence"])
+    assert health["health_score"] == pytest.approx(expected_score, abs=0.01)
+    assert health["polygons"] == 4 and health["sieve_px"] == 25
+    json.dumps(summary, allow_nan=False)
+
+    collection = json.loads(paths["geojson"].read_text())
+    assert collection["type"] == "FeatureCollection" and "crs" not in collection
+    feature = collection["features"][0]
+    props = feature["properties"]
+    assert set(props) == {
+        "class",
+        "class_id",
+        "area_m2",
+        "perimeter_m",
+        "mean_confidence",
+        "lon",
+        "lat",
+    }
+    assert props["mean_confidence"] == 80
+    for feat in collection["features"]:
+        rings = [shapely.LinearRing(r) for r in feat["geometry"]["coordinates"]]
+        assert rings[0].is_ccw and not any(r.is_ccw for r in rings[1:])
+        coords = np.concatenate([np.asarray(r) for r in feat["geometry"]["coordinates"]])
+        assert np.allclose(coords, coords.round(7), rtol=0, atol=1e-12)
+        assert coords[:, 0].min() > 14 and coords[:, 1].max() < 48  # lon, lat order
+    geo = pyogrio.read_dataframe(paths["geojson"])
+    assert geo.crs == CRS(4326) and shapely.is_valid(geo.geometry.to_numpy()).all()
+
+
+def test_all_nodata_gives_empty_valid_outputs(tmp_path: Path) -> None:
+    write_inputs(tmp_path, np.full((40, 40), NODATA, dtype="uint8"), *GRIDS["utm"])
+    summary = run(tmp_path, HealthOptions(block_size=16, grid_m=0.5))
+    assert summary["health"]["valid_area_m2"] == 0 and summary["health"]["polygons"] == 0
+    assert summary["health"]["health_score"] is None
+    paths = health_paths(tmp_path, "f")
+    assert json.loads(paths["geojson"].read_text()) == {
+        "type": "FeatureCollection",
+        "features": [],
+    }
+    for layer in ("health", "zones"):
+        info = pyogrio.read_info(paths["gpkg"], layer=layer)
+        assert info["features"] == 0 and info["geometry_type"] == "Polygon"
+    assert paths["preview"].exists()
+
+
+def test_only_the_chosen_format_is_written(tmp_path: Path) -> None:
+    write_inputs(tmp_path, field(), *GRIDS["utm"])
+    summary = run(tmp_path, HealthOptions(formats=("geojson",), preview=False))
+    assert set(summary["outputs"]) == {"geojson", "qml"}
+    assert not health_paths(tmp_path, "f")["gpkg"].exists()
+
+
+def test_simplified_output_is_valid(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[0:96, 0:96]
+    data = ((np.hypot(yy - 48, xx - 48) // 11) % 4).astype("uint8")
+    write_inputs(tmp_path, data, *GRIDS["wgs84"])
+    run(tmp_path, HealthOptions(simplify_m=0.05, block_size=32, preview=False))
+    frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
+    assert shapely.coverage_is_valid(frame.geometry.to_numpy())
+    assert shapely.is_valid(frame.geometry.to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"formats": ("shp",)}, "--format"),
+        ({"min_area_m2": -1}, "--min-area"),
+        ({"simplify_m": -1}, "--simplify"),
+        ({"grid_m": 0}, "--grid"),
+        ({"grid_m": 5, "formats": ("geojson",)}, "gpkg"),
+    ],
+)
+def test_bad_options_are_input_errors(options: dict, needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        HealthOptions(**options)
+
+
+def test_raster_without_crs_is_an_input_error(tmp_path: Path) -> None:
+    write_raster(tmp_path / "f.classes.tif", field()[None], None, nodata=NODATA, block=16)
+    with pytest.raises(InputError, match=r"f\.classes\.tif.*no CRS"):
+        write_health_products(tmp_path / "f.classes.tif", None, None, tmp_path, "f")

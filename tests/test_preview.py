@@ -1,0 +1,51 @@
+"""The quick-look PNG: size, blending, legend, decimated reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_raster
+from PIL import Image
+
+from agriseg.classes import CLASSES, NODATA
+from agriseg.preview import ALPHA, preview_shape, render_preview, write_preview
+
+
+def test_preview_shape_fits_and_never_upscales() -> None:
+    assert preview_shape(50_000, 40_000) == (2048, 1638)
+    assert preview_shape(100, 60) == (100, 60)
+
+
+def test_classes_are_blended_over_the_image(tmp_path: Path) -> None:
+    classes = np.full((256, 256), NODATA, dtype="uint8")
+    classes[128:, 128:] = 1
+    image = np.full((3, 256, 256), 100, dtype="uint8")
+    write_raster(tmp_path / "c.tif", classes[None], nodata=NODATA, block=16)
+    write_raster(tmp_path / "i.tif", image, block=16)
+    out = np.asarray(render_preview(tmp_path / "c.tif", tmp_path / "i.tif"))
+    assert out.shape == (256, 256, 3)
+    crop = np.array(CLASSES[1].colour)
+    assert np.allclose(out[200, 200], 100 * (1 - ALPHA) + crop * ALPHA, atol=1)
+    assert (out[200, 20] == 100).all()  # nodata: the image shows through
+    assert (out[1, 1] == 255).all()  # legend box in the corner
+
+
+def test_large_raster_is_decimated_to_the_maximum(tmp_path: Path) -> None:
+    classes = np.random.default_rng(0).integers(0, 4, (64, 4096), dtype="uint8")
+    write_raster(tmp_path / "c.tif", classes[None], nodata=NODATA, block=16)
+    path = write_preview(tmp_path / "c.tif", None, tmp_path / "p.png")
+    with Image.open(path) as png:
+        assert png.size == (2048, 32) and png.format == "PNG"
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_non_byte_images_are_stretched(tmp_path: Path, dtype: str) -> None:
+    classes = np.full((32, 32), NODATA, dtype="uint8")
+    image = np.linspace(0, 4000, 3 * 32 * 32).reshape(3, 32, 32).astype(dtype)
+    write_raster(tmp_path / "c.tif", classes[None], nodata=NODATA, block=16)
+    write_raster(tmp_path / "i.tif", image, block=16)
+    out = np.asarray(render_preview(tmp_path / "c.tif", tmp_path / "i.tif", max_size=16))
+    assert out.shape == (16, 16, 3)
+    assert out[8:].max() == 255 and out[8:].min() < out[8:].max()

@@ -1,0 +1,167 @@
+"""Block-wise sieving and vectorising: exactness, seams, holes, simplification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from conftest import UTM_TRANSFORM, write_raster
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from rasterio.features import rasterize
+
+from agriseg.classes import NODATA
+from agriseg.vectorize import PolygonBatch, sieve_raster, sieve_size, vectorize
+
+
+def blocky(height: int, width: int, cell: int, seed: int, noise: float = 0.05) -> np.ndarray:
+    """Classes in ``cell``-px squares with speckle and a nodata corner."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, 4, (height // cell + 1, width // cell + 1), dtype="uint8")
+    data = grid.repeat(cell, 0).repeat(cell, 1)[:height, :width].copy()
+    speck = rng.random((height, width)) < noise
+    data[speck] = rng.integers(0, 4, int(speck.sum()))
+    data[: height // 5, : width // 4] = NODATA
+    return data
+
+
+def write_classes(path: Path, data: np.ndarray, **kwargs) -> Path:
+    return write_raster(path, data[None], nodata=NODATA, block=16, **kwargs)
+
+
+def polygons(path: Path, **kwargs) -> PolygonBatch:
+    return PolygonBatch.concat(vectorize(path, **kwargs))
+
+
+def burn(batch: PolygonBatch, shape: tuple[int, int]) -> np.ndarray:
+    if not len(batch):
+        return np.full(shape, NODATA, dtype="uint8")
+    return rasterize(
+        zip(batch.geometry, batch.class_id.astype(int), strict=True),
+        out_shape=shape,
+        transform=UTM_TRANSFORM,
+        fill=NODATA,
+        dtype="uint8",
+    )
+
+
+def same_class_shared_edges(batch: PolygonBatch) -> int:
+    tree = shapely.STRtree(batch.geometry)
+    a, b = tree.query(batch.geometry, predicate="intersects")
+    pick = (a < b) & (batch.class_id[a] == batch.class_id[b])
+    common = shapely.intersection(batch.geometry[a[pick]], batch.geometry[b[pick]])
+    return int((shapely.length(common) > 0).sum() + (shapely.area(common) > 0).sum())
+
+
+def check_polygons(batch: PolygonBatch, data: np.ndarray) -> None:
+    assert shapely.is_valid(batch.geometry).all()
+    assert same_class_shared_edges(batch) == 0
+    assert (burn(batch, data.shape) == data).mean() >= 0.99
+    assert batch.pixels.sum() == (data != NODATA).sum()
+
+
+@pytest.mark.parametrize("block_size", [16, 37, 1000])
+def test_polygons_reproduce_raster_across_blocks(tmp_path: Path, block_size: int) -> None:
+    data = blocky(150, 130, 10, seed=1)
+    path = write_classes(tmp_path / "c.tif", data)
+    batch = polygons(path, block_size=block_size)
+    check_polygons(batch, data)
+    assert (burn(batch, data.shape) == data).all()
+
+
+def test_seams_merge_into_one_polygon_with_holes(tmp_path: Path) -> None:
+    data = np.ones((96, 96), dtype="uint8")
+    data[20:70, 20:70] = 0  # a soil hole crossing several 16-px block seams
+    data[40:45, 40:45] = 2  # a weed island in the hole
+    path = write_classes(tmp_path / "c.tif", data)
+    batch = polygons(path, block_size=16)
+    crop = batch.geometry[batch.class_id == 1]
+    assert len(crop) == 1 and len(crop[0].interiors) == 1
+    soil = batch.geometry[batch.class_id == 0]
+    assert len(soil) == 1 and len(soil[0].interiors) == 1
+    assert len(batch) == 3
+    check_polygons(batch, data)
+
+
+def test_corner_touching_regions_stay_apart(tmp_path: Path) -> None:
+    data = np.zeros((32, 32), dtype="uint8")
+    data[:16, :16] = 1
+    data[16:, 16:] = 1  # touches the first crop square at one corner, on a block corner
+    path = write_classes(tmp_path / "c.tif", data)
+    batch = polygons(path, block_size=16)
+    assert (batch.class_id == 1).sum() == 2
+    check_polygons(batch, data)
+
+
+def test_mean_confidence_is_the_mean_of_the_polygon_pixels(tmp_path: Path) -> None:
+    data = blocky(64, 48, 8, seed=2, noise=0.0)
+    conf = np.random.default_rng(3).integers(0, 101, data.shape).astype("uint8")
+    conf[0, 40] = NODATA
+    classes = write_classes(tmp_path / "c.tif", data)
+    confidence = write_classes(tmp_path / "p.tif", conf)
+    batch = polygons(classes, confidence_path=confidence, block_size=16)
+    for k, mean in enumerate(batch.mean_confidence):
+        inside = burn(batch.take(np.array([k])), data.shape) != NODATA
+        assert mean == pytest.approx(conf[inside & (conf != NODATA)].mean())
+
+
+def test_all_nodata_gives_no_polygons(tmp_path: Path) -> None:
+    path = write_classes(tmp_path / "c.tif", np.full((40, 40), NODATA, dtype="uint8"))
+    assert len(polygons(path, block_size=16)) == 0
+
+
+def test_sieve_removes_regions_below_the_minimum(tmp_path: Path) -> None:
+    data = blocky(120, 100, 12, seed=4, noise=0.08)
+    data[60:62, 0:30] = 2  # a long thin strip crossing a block seam: 60 px, kept
+    src = write_classes(tmp_path / "c.tif", data)
+    dst = tmp_path / "s.tif"
+    size = sieve_size(min_area_m2=0.0036, pixel_area_m2=0.0004)
+    assert size == 9
+    sieve_raster(src, dst, size, block_size=32)
+    with rasterio.open(dst) as ds:
+        sieved = ds.read(1)
+        assert ds.profile["nodata"] == NODATA and ds.crs == "EPSG:32633"
+    assert ((sieved == NODATA) == (data == NODATA)).all()
+    batch = polygons(dst, block_size=32)
+    assert batch.pixels.min() >= size
+    assert (sieved[60:62, 0:30] == 2).all()
+    check_polygons(batch, sieved)
+
+
+def test_simplify_keeps_a_valid_gapless_coverage(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[0:128, 0:128]
+    data = ((np.hypot(yy - 64, xx - 64) // 14) % 4).astype("uint8")  # concentric rings
+    path = write_classes(tmp_path / "c.tif", data)
+    exact = polygons(path, block_size=32)
+    simple = polygons(path, block_size=32, simplify_px=1.5)
+    assert len(simple) == len(exact)
+    assert shapely.is_valid(simple.geometry).all()
+    assert shapely.coverage_is_valid(simple.geometry)
+    assert (
+        shapely.get_num_coordinates(simple.geometry).sum()
+        < shapely.get_num_coordinates(exact.geometry).sum()
+    )
+    # The outline is kept, so the simplified pieces still tile exactly the same area.
+    outline = shapely.union_all(exact.geometry)
+    assert shapely.union_all(simple.geometry).symmetric_difference(outline).area < 1e-9
+    assert shapely.area(simple.geometry).sum() == pytest.approx(outline.area)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=arrays(
+        "uint8",
+        st.tuples(st.integers(4, 40), st.integers(4, 40)),
+        elements=st.sampled_from([0, 1, 2, 3, NODATA]),
+    ),
+    block_size=st.integers(3, 17),
+)
+def test_property_random_rasters(tmp_path: Path, data: np.ndarray, block_size: int) -> None:
+    path = write_classes(tmp_path / "h.tif", data)
+    check_polygons(polygons(path, block_size=block_size), data)
