@@ -72,13 +72,13 @@ def _to_lonlat(crs: CRS) -> Transformer:
     return Transformer.from_crs(crs, crs.geodetic_crs or CRS.from_epsg(4326), always_xy=True)
 
 
-def pixel_size_m(crs: CRS, transform: Affine, width: int, height: int) -> float:
+def pixel_size_m(crs: object, transform: Affine, width: int, height: int) -> float:
     """Ground edge length (m) of the raster's centre pixel: the square root of its area."""
     rows = np.array([height // 2])
     return float(np.sqrt(pixel_area_rows_m2(crs, transform, rows, width // 2)[0]))
 
 
-def geometry_area_perimeter_m(geoms: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
+def geometry_area_perimeter_m(geoms: np.ndarray, crs: object) -> tuple[np.ndarray, np.ndarray]:
     """Ground area (m²) and perimeter (m) of each shapely geometry, given in ``crs``.
 
     Planar (scaled by the CRS unit) in a projected metric CRS; geodesic on the CRS's
@@ -87,11 +87,12 @@ def geometry_area_perimeter_m(geoms: np.ndarray, crs: CRS) -> tuple[np.ndarray, 
 
     Args:
         geoms: Array of shapely (multi)polygons; empty ones get zero.
-        crs: CRS the coordinates are in.
+        crs: CRS the coordinates are in (pyproj, rasterio or any pyproj input).
 
     Returns:
         Two float64 arrays the length of ``geoms``: areas in m² and perimeters in m.
     """
+    crs = as_pyproj(crs)
     geoms = np.asarray(geoms, dtype=object)
     if is_planar_metric(crs):
         factor = _unit_factor(crs)
@@ -108,8 +109,8 @@ def geometry_area_perimeter_m(geoms: np.ndarray, crs: CRS) -> tuple[np.ndarray, 
     return areas, perimeters
 
 
-def lonlat_points(x: np.ndarray, y: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
+def lonlat_points(x: np.ndarray, y: np.ndarray, crs: object) -> tuple[np.ndarray, np.ndarray]:
     """WGS84 longitude and latitude of points given in ``crs``."""
-    to_wgs84 = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
+    to_wgs84 = Transformer.from_crs(as_pyproj(crs), CRS.from_epsg(4326), always_xy=True)
     lon, lat = to_wgs84.transform(np.asarray(x, dtype="float64"), np.asarray(y, dtype="float64"))
     return np.asarray(lon), np.asarray(lat)
