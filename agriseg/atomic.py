@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,8 +52,11 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
         pid_text = path.name.rsplit(TMP_MARK, 1)[1].split(".", 1)[0]
         if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
             continue
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         removed.append(path)
     return removed
 
@@ -88,12 +92,28 @@ class OutputTransaction:
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}
+        self._folders: list[Path] = []
 
     def stage(self, final: Path) -> Path:
         """The temporary path to write ``final`` to."""
         tmp = temporary_name(final)
         self._staged[final] = tmp
         return tmp
+
+    def staging_folder(self, directory: Path, purpose: str) -> Path:
+        """A private temporary folder in ``directory`` for code that writes many files.
+
+        Files written there become part of the transaction with :meth:`adopt`; the
+        folder itself is removed on commit or discard.
+        """
+        folder = temporary_name(directory / purpose)
+        folder.mkdir()
+        self._folders.append(folder)
+        return folder
+
+    def adopt(self, tmp: Path, final: Path) -> None:
+        """Make the finished temporary file ``tmp`` appear as ``final`` on commit."""
+        self._staged[final] = tmp
 
     def final_name(self, path: Path) -> Path:
         """The final name of a staged temporary (``path`` itself if it is not one)."""
@@ -110,12 +130,19 @@ class OutputTransaction:
         for directory in {final.parent for final in self._staged}:
             _fsync(directory, directory=True)
         self._staged.clear()
+        self._remove_folders()
 
     def discard(self) -> None:
         for tmp in self._staged.values():
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         self._staged.clear()
+        self._remove_folders()
+
+    def _remove_folders(self) -> None:
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._folders.clear()
 
 
 @contextlib.contextmanager
@@ -130,9 +157,10 @@ def output_transaction() -> Iterator[OutputTransaction]:
         yield transaction
         transaction.commit()
     except BaseException as exc:
+        filename = getattr(exc, "filename", None)
+        path = transaction.final_name(Path(filename)) if filename else Path("output")
         transaction.discard()
         if isinstance(exc, OSError) and not isinstance(exc, AgrisegError):
-            path = transaction.final_name(Path(exc.filename)) if exc.filename else Path("output")
             raise OutputError(describe_os_error(path, exc)) from exc
         raise
 

@@ -1,0 +1,82 @@
+"""Property-based checks of tiling and stitching on small random rasters: every pixel
+is written exactly once, on the input grid, and classes are NODATA exactly where the
+input is masked."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_raster
+from distributed import Client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from agriseg.classes import CLASSES, NODATA
+from agriseg.execution import dask_client
+from agriseg.models import resolve
+from agriseg.raster import open_raster
+from agriseg.segment import segment_blocks
+from agriseg.tiling import TileGrid
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with dask_client() as c:
+        yield c
+
+
+@st.composite
+def rasters(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """A (3, H, W) uint8 image of 1-200 px a side and its validity mask."""
+    height = draw(st.integers(1, 200))
+    width = draw(st.integers(1, 200))
+    seed = draw(st.integers(0, 2**16))
+    image = np.random.default_rng(seed).integers(1, 256, (3, height, width), dtype="uint8")
+    mask = draw(
+        st.one_of(
+            st.just(np.ones((height, width), bool)),
+            st.just(np.zeros((height, width), bool)),
+            arrays(bool, (height, width)),
+        )
+    )
+    return image, mask
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    raster=rasters(),
+    tile_overlap=st.sampled_from([(64, 16), (64, 32), (96, 32)]),
+    batch=st.integers(1, 3),
+)
+def test_stitched_blocks_cover_the_grid_once_and_keep_nodata(client, raster, tile_overlap, batch):
+    image, mask = raster
+    image = np.where(mask, image, 0).astype("uint8")
+    _, height, width = image.shape
+    tile, overlap = tile_overlap
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_raster(Path(tmp) / "r.tif", image, nodata=0, block=64)
+        info = open_raster(path, ("red", "green", "blue"))
+        grid = TileGrid(height, width, tile, overlap, tiles_per_chunk=batch)
+        classes = np.full((height, width), 254, dtype="uint8")
+        written = np.zeros((height, width), dtype="int32")
+        for block in segment_blocks(client, info, grid, str(resolve("default")), "cpu"):
+            w = block.window
+            rows = slice(w.row_off, w.row_off + w.height)
+            cols = slice(w.col_off, w.col_off + w.width)
+            assert w.row_off >= 0 and w.row_off + w.height <= height
+            assert w.col_off >= 0 and w.col_off + w.width <= width
+            assert block.classes.shape == (w.height, w.width) == block.confidence.shape
+            classes[rows, cols] = block.classes
+            written[rows, cols] += 1
+            assert ((block.confidence == NODATA) == (block.classes == NODATA)).all()
+            assert block.pixels.sum() == (block.classes != NODATA).sum()
+    assert (written == 1).all()
+    assert ((classes == NODATA) == ~mask).all()
+    assert (classes[mask] < len(CLASSES)).all()
