@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from agriseg.products import HealthOptions
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,9 @@ class RunConfig:
         assume_crs: CRS to use when the file has none (e.g. ``EPSG:32633``).
         scheduler: address of an existing Dask distributed scheduler.
         workers: start a local cluster of this many worker processes.
+        health: how the class raster becomes field-health polygons and statistics.
+        threads: intra-op threads of each CPU forward pass, on every worker; ``None``
+            uses this machine's CPU count. Outputs are bit-identical for equal values.
     """
 
     model: str = "default"
@@ -31,3 +36,5 @@ class RunConfig:
     assume_crs: str | None = None
     scheduler: str | None = None
     workers: int | None = None
+    threads: int | None = None
+    health: HealthOptions = field(default_factory=HealthOptions)

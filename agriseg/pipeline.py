@@ -22,6 +22,7 @@ from agriseg.execution import dask_client
 from agriseg.inference import resolve_device
 from agriseg.models import ModelMeta, checkpoint_paths, read_meta, resolve
 from agriseg.outputs import ClassRasterWriter, block_size_for, output_paths
+from agriseg.products import write_health_products
 from agriseg.raster import RasterInfo, open_raster
 from agriseg.segment import segment_blocks
 from agriseg.tiling import TileGrid
@@ -136,7 +137,7 @@ def segment_raster(
                 ) as writer,
             ):
                 for block in segment_blocks(
-                    client, info, grid, str(weights), device
+                    client, info, grid, str(weights), device, config.threads
                 ):
                     t = time.perf_counter()
                     writer.write(block.window, block.classes, block.confidence)
@@ -149,6 +150,22 @@ def segment_raster(
                     if progress is not None:
                         progress(done, grid.n_tiles)
             stages = _stage_seconds(stream.data)
+        vectorise_started = time.perf_counter()
+        staging = transaction.staging_folder(out_dir, "health")
+        health = write_health_products(
+            transaction.stage(paths["classes"]),
+            transaction.stage(paths["confidence"]),
+            input_path,
+            staging,
+            input_path.stem,
+            config.health,
+        )
+        health["outputs"] = {}
+        for product in sorted(staging.iterdir()):
+            final = out_dir / product.name
+            transaction.adopt(product, final)
+            health["outputs"][product.name] = str(final)
+        stages["vectorise"] = round(time.perf_counter() - vectorise_started, 3)
         stages["prepare"] = round(prepare_s, 3)
         stages["infer"] = round(model_s, 3)
         stages["write"] = round(write_s, 3)
@@ -173,11 +190,12 @@ def segment_raster(
             "tiles": grid.n_tiles,
             "valid_pixels": int(pixels.sum()),
             "classes": class_table(pixels, area),
+            **health,
             "warnings": run_warnings(info, int(pixels.sum())),
             "timings_s": {**stages, "total": round(elapsed, 3)},
             "peak_rss_mb": peak_rss_mb(),
             "machine": platform.node(),
         }
         summary_tmp = transaction.stage(paths["summary"])
-        summary_tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        summary_tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return RunResult(outputs=paths, summary=summary)

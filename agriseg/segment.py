@@ -21,7 +21,8 @@ from rasterio.windows import Window
 
 from agriseg.areas import pixel_area_rows_m2
 from agriseg.classes import NODATA
-from agriseg.inference import get_predictor, normalize
+from agriseg.inference import default_threads, get_predictor, normalize
+from agriseg.models import Normalization
 from agriseg.raster import RasterInfo, lazy_array
 from agriseg.tiling import TileGrid
 
@@ -74,6 +75,28 @@ def in_raster(window: Window, grid: TileGrid) -> tuple[slice, slice]:
     return slice(r0, r1), slice(c0, c1)
 
 
+@dataclass(frozen=True)
+class ChunkBatch:
+    """One chunk's tiles, ready for the model."""
+
+    tiles: np.ndarray  # (N, bands, tile, tile) float32, normalised
+    valid: np.ndarray  # (core h, core w) bool
+
+
+def chunk_batch(
+    data: np.ndarray, grid: TileGrid, i: int, j: int, dtype: str, norm: Normalization
+) -> ChunkBatch:
+    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster."""
+    core = grid.core(i, j)
+    rows, cols = in_raster(grid.extent(i, j), grid)
+    r_off, c_off = core.row_off - rows.start, core.col_off - cols.start
+    valid = ~np.isnan(data[0, r_off : r_off + core.height, c_off : c_off + core.width])
+    x = normalize(_pad_to_extent(data, grid, i, j), dtype, norm)
+    n = grid.chunk_tiles(j)
+    tiles = np.stack([x[:, :, k * grid.stride : k * grid.stride + grid.tile] for k in range(n)])
+    return ChunkBatch(tiles, valid)
+
+
 def infer_chunk(
     data: np.ndarray,
     grid: TileGrid,
@@ -82,27 +105,21 @@ def infer_chunk(
     model_ref: str,
     device: str,
     dtype: str,
+    threads: int,
 ) -> ChunkResult:
     """Run chunk ``(i, j)``'s tiles as one batch; ``data`` is its extent clipped to the raster."""
     start = time.perf_counter()
-    predictor = get_predictor(model_ref, device)
-    core = grid.core(i, j)
-    ext = grid.extent(i, j)
-    rows, cols = in_raster(ext, grid)
-    r_off, c_off = core.row_off - rows.start, core.col_off - cols.start
-    valid = ~np.isnan(data[0, r_off : r_off + core.height, c_off : c_off + core.width])
-    x = normalize(_pad_to_extent(data, grid, i, j), dtype, predictor.meta.normalization)
-    n = grid.chunk_tiles(j)
-    tiles = np.stack([x[:, :, k * grid.stride : k * grid.stride + grid.tile] for k in range(n)])
+    predictor = get_predictor(model_ref, device, threads)
+    batch = chunk_batch(data, grid, i, j, dtype, predictor.meta.normalization)
     called = time.perf_counter()
-    probs, model_s = predictor.probabilities(tiles, grid.weight_window())
+    probs, model_s = predictor.probabilities(batch.tiles, grid.weight_window())
     returned = time.perf_counter()
-    acc = np.zeros((probs.shape[1], grid.tile, ext.width), dtype="float32")
-    for k in range(n):
+    acc = np.zeros((probs.shape[1], grid.tile, grid.extent(i, j).width), dtype="float32")
+    for k in range(len(probs)):
         acc[:, :, k * grid.stride : k * grid.stride + grid.tile] += probs[k]
     acc16 = acc.astype("float16")
     prepare_s = (called - start) + (time.perf_counter() - returned)
-    return ChunkResult(acc16, valid, model_s, prepare_s)
+    return ChunkResult(acc16, batch.valid, model_s, prepare_s)
 
 
 def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: ChunkResult) -> Block:
@@ -150,12 +167,16 @@ def segment_blocks(
     grid: TileGrid,
     model_ref: str,
     device: str,
+    threads: int | None = None,
 ) -> Iterator[Block]:
     """Yield every core block of the raster, computed on ``client``'s cluster.
 
     Chunk rows are submitted ``LOOKAHEAD_ROWS`` ahead of the row being stitched and
-    released as soon as no stitch needs them, which bounds memory.
+    released as soon as no stitch needs them, which bounds memory. ``threads`` (default:
+    this machine's CPUs) is the intra-op thread count of every forward pass on every
+    worker, so that outputs do not depend on where the chunks ran.
     """
+    threads = threads or default_threads()
     source = lazy_array(info)
     pending: dict[tuple[int, int], object] = {}
 
@@ -163,7 +184,7 @@ def segment_blocks(
         for j in range(grid.chunk_cols):
             rows, cols = in_raster(grid.extent(i, j), grid)
             task = dask.delayed(infer_chunk, pure=True)(
-                source[:, rows, cols], grid, i, j, model_ref, device, info.dtype
+                source[:, rows, cols], grid, i, j, model_ref, device, info.dtype, threads
             )
             pending[(i, j)] = client.compute(task, priority=-i)
 

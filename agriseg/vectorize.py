@@ -154,7 +154,8 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
                 outer = Window(col0, row0, col1 - col0, row1 - row0)
                 data = src.read(1, window=outer)
                 valid = data != NODATA
-                if size > 1 and valid.any():
+                # GDAL refuses a sieve threshold as large as the whole window.
+                if 1 < size < data.size and valid.any():
                     data = sieve(data, size, mask=valid, connectivity=4)
                 r, c = core.row_off - row0, core.col_off - col0
                 dst.write(data[r : r + core.height, c : c + core.width], 1, window=core)

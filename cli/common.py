@@ -6,9 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from agriseg.products import VECTOR_FORMATS, HealthOptions
 
 
 def band_list(text: str) -> tuple[int, ...]:
@@ -54,6 +57,59 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="start a local Dask cluster with N worker processes",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per forward pass on every worker (default: this machine's CPUs)",
+    )
+
+
+def add_health_options(parser: argparse.ArgumentParser) -> None:
+    """Options for the field-health products: polygons, statistics, zones, preview."""
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=HealthOptions.min_area_m2,
+        help="minimum mapping unit in m²: smaller specks merge into their neighbours "
+        f"(default {HealthOptions.min_area_m2})",
+    )
+    parser.add_argument(
+        "--simplify",
+        type=float,
+        default=0.0,
+        help="simplify polygon edges by this many metres, keeping shared edges shared (default 0)",
+    )
+    parser.add_argument(
+        "--format",
+        dest="formats",
+        choices=VECTOR_FORMATS,
+        action="append",
+        default=None,
+        help="vector output format; repeat for both (default: geojson and gpkg)",
+    )
+    parser.add_argument(
+        "--fields", type=Path, default=None, help="field boundaries for per-field statistics"
+    )
+    parser.add_argument(
+        "--grid",
+        type=float,
+        default=None,
+        metavar="SIZE_M",
+        help="management-zone grid of SIZE_M metre cells (a gpkg layer)",
+    )
+    parser.add_argument("--no-preview", action="store_true", help="do not draw <stem>.preview.png")
+
+
+def health_options_from_args(args: argparse.Namespace) -> HealthOptions:
+    return HealthOptions(
+        min_area_m2=args.min_area,
+        simplify_m=args.simplify,
+        formats=tuple(args.formats) if args.formats else VECTOR_FORMATS,
+        fields=args.fields,
+        grid_m=args.grid,
+        preview=not args.no_preview,
+    )
 
 
 @contextmanager
@@ -92,3 +148,24 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.2f}"
     return str(value)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def print_health_table(health: dict[str, Any]) -> None:
+    """The closing table of a run: class areas and the field-health indices."""
+    rows: list[tuple[Any, ...]] = [
+        (name, c["area_m2"], f"{c['area_ha']:.4f}", _percent(c["share"]))
+        for name, c in health["classes"].items()
+    ]
+    rows.append(("total", health["valid_area_m2"], f"{health['valid_area_ha']:.4f}", ""))
+    print_table(("class", "area m²", "ha", "share"), rows)
+    score = health["health_score"]
+    print(
+        f"vegetation cover {_percent(health['vegetation_cover'])}  "
+        f"weed pressure {_percent(health['weed_pressure'])}  "
+        f"disease incidence {_percent(health['disease_incidence'])}  "
+        f"health score {'n/a' if score is None else f'{score:.0f}/100'}"
+    )

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from agriseg_cli.common import add_segmentation_options, print_table, progress_bar
+from agriseg_cli.common import (
+    add_health_options,
+    add_segmentation_options,
+    health_options_from_args,
+    print_health_table,
+    progress_bar,
+)
 
 from agriseg.config import RunConfig
 from agriseg.pipeline import default_out_dir, segment_raster
@@ -27,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="output folder (default: <stem>_agriseg/ beside the input)",
     )
     add_segmentation_options(parser)
+    add_health_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
     return parser
 
@@ -42,6 +49,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         assume_crs=args.assume_crs,
         scheduler=args.scheduler,
         workers=args.workers,
+        threads=args.threads,
+        health=health_options_from_args(args),
     )
 
 
@@ -52,10 +61,6 @@ def execute(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"agriseg run: warning: {warning}", file=sys.stderr)
     if not args.quiet:
-        rows = [
-            (c["class"], c["area_m2"], c["area_m2"] / 10_000, f"{100 * c['fraction']:.1f}%")
-            for c in result.summary["classes"]
-        ]
-        print_table(("class", "area m²", "ha", "share"), rows)
+        print_health_table(result.summary["health"])
         print(f"outputs in {out}")
     return 0
