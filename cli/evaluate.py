@@ -1,0 +1,83 @@
+"""``agriseg evaluate``: segment a labelled raster and score the result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from agriseg_cli.common import (
+    add_health_options,
+    add_segmentation_options,
+    print_table,
+    progress_bar,
+)
+from agriseg_cli.run import config_from_args
+
+from agriseg.atomic import write_text_atomic
+from agriseg.classes import CLASS_NAMES
+from agriseg.evaluation import EvaluationResult, evaluate_raster
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "evaluate",
+        help="score a model against labelled ground truth (IoU, F1, confusion matrix)",
+        description="Segment RASTER with the full `agriseg run` pipeline and compare the "
+        "class raster with LABELS (class raster or vector file): per-class IoU, precision, "
+        "recall, F1, mIoU and the confusion matrix.",
+    )
+    parser.add_argument("raster", type=Path, help="raster to segment")
+    parser.add_argument(
+        "--labels", type=Path, required=True, help="class raster, or GeoPackage/Shapefile/GeoJSON"
+    )
+    parser.add_argument("--label-column", default="class", help="class attribute of vectors")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="keep the run outputs here (default: temporary)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the scores as JSON here")
+    parser.add_argument("--print-json", action="store_true", help="print the JSON on stdout")
+    add_segmentation_options(parser)
+    add_health_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    return parser
+
+
+def _show(result: EvaluationResult) -> None:
+    s = result.scores
+    print_table(
+        ("class", "IoU", "precision", "recall", "F1", "pixels"),
+        [
+            (c.name, *(f"{v:.3f}" for v in (c.iou, c.precision, c.recall, c.f1)), c.support)
+            for c in s.classes
+        ],
+    )
+    print(f"mIoU {s.miou:.3f}   mean F1 {s.mean_f1:.3f}   pixel accuracy {s.accuracy:.3f}")
+    print("\nconfusion matrix (rows: truth, columns: prediction)")
+    print_table(
+        ("truth \\ pred", *CLASS_NAMES),
+        [(name, *row) for name, row in zip(CLASS_NAMES, s.confusion.tolist(), strict=True)],
+    )
+
+
+def execute(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    with tempfile.TemporaryDirectory(prefix="agriseg-evaluate-") as tmp:
+        out = args.out or Path(tmp)
+        with progress_bar(f"segmenting {args.raster.name}", args.quiet) as progress:
+            result = evaluate_raster(
+                args.raster, args.labels, out, config, args.label_column, progress
+            )
+        report = result.to_dict()
+        if args.out is None:
+            report.pop("outputs")
+    text = json.dumps(report, indent=2) + "\n"
+    if args.json is not None:
+        write_text_atomic(args.json, text)
+    if args.print_json:
+        sys.stdout.write(text)
+    elif not args.quiet:
+        _show(result)
+    return 0

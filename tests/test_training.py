@@ -1,0 +1,137 @@
+"""Training end to end on tiny synthetic surveys, on CPU, in a few steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agriseg.errors import InputError, ModelError
+from agriseg.models import Normalization, load_model
+from agriseg.synthetic import draw_params, generate_survey, write_survey
+from agriseg.training import ChipSampler, Scene, TrainConfig, _Split, state_path, train
+
+TINY = {"chip_size": 64, "batch_size": 2, "steps_per_epoch": 2, "device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def scene(seed: int = 1, size: int = 160, **overrides) -> Scene:
+    survey = generate_survey(draw_params(seed, size, size, **overrides), seed)
+    dtype = survey.image.dtype.name
+    return Scene(survey.image.astype("float32"), survey.labels, dtype, survey.params.gsd_m, "s")
+
+
+def test_train_vector_labels_then_run_and_evaluate(tmp_path: Path, run_cli) -> None:
+    survey = generate_survey(draw_params(2, 160, 160), 2)
+    paths = write_survey(survey, tmp_path, "field")
+    out = tmp_path / "models" / "mine"
+    args = ("--chip-size", "64", "--batch-size", "2", "--steps", "2", "--device", "cpu")
+    code = run_cli(
+        "train", paths.image, "--labels", paths.polygons, "--out", out, "--epochs", "1",
+        "--threads", "1", "--quiet", *args,
+    )  # fmt: skip
+    assert code == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["name"] == "mine" and meta["architecture"] == "unet"
+    assert set(meta["metrics"]["validation"]["classes"]) == {"soil", "crop", "weed", "diseased"}
+    assert meta["training"]["command"].startswith("agriseg train")
+    assert state_path(out).exists()
+    assert run_cli("run", paths.image, "--model", out, "--out", tmp_path / "run", "--quiet") == 0
+    assert (tmp_path / "run" / "field.classes.tif").exists()
+    report = tmp_path / "scores.json"
+    code = run_cli(
+        "evaluate", paths.image, "--labels", paths.labels, "--model", out, "--json", report,
+        "--quiet",
+    )  # fmt: skip
+    assert code == 0
+    assert 0 <= json.loads(report.read_text())["miou"] <= 1
+
+
+def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
+    scenes = [scene()]
+    out = tmp_path / "m"
+    train(scenes, out, TrainConfig(epochs=1, **TINY))
+    result = train(scenes, out, TrainConfig(epochs=2, resume=True, **TINY))
+    assert [h.epoch for h in result.history] == [2]
+    assert [h["epoch"] for h in result.meta.training["history"]] == [1, 2]
+    with pytest.raises(InputError, match="already trained for 2 epoch"):
+        train(scenes, out, TrainConfig(epochs=2, resume=True, **TINY))
+    with pytest.raises(ModelError, match="state is for unet"):
+        train(scenes, out, TrainConfig(epochs=3, resume=True, architecture="fpn", **TINY))
+
+
+def test_fine_tune_from_the_default_model(tmp_path: Path) -> None:
+    result = train([scene()], tmp_path / "ft", TrainConfig(init="default", epochs=1, **TINY))
+    _, base = load_model("default")
+    assert result.meta.architecture == base.architecture
+    assert result.meta.normalization == base.normalization
+    assert result.meta.training["fine_tuned_from"] == "default"
+    model, _ = load_model(result.weights)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_other_architectures_and_band_counts(tmp_path: Path) -> None:
+    five = scene(3, 128, multispectral=True)
+    assert five.image.shape[0] == 5
+    config = TrainConfig(architecture="fpn", epochs=1, val_fraction=0, **TINY)
+    bands = ("red", "green", "blue", "red_edge", "nir")
+    result = train([five], tmp_path / "fpn", config, band_names=bands)
+    model, meta = load_model(result.weights)
+    assert meta.bands == bands and meta.architecture == "fpn"
+    assert model(torch.zeros(1, 5, 64, 64)).shape == (1, 4, 64, 64)
+    with pytest.raises(ModelError, match="unknown architecture 'segformer'"):
+        train([five], tmp_path / "x", TrainConfig(architecture="segformer", **TINY), bands)
+
+
+def test_chips_never_touch_validation_blocks_or_their_gap() -> None:
+    s = scene(4, 256)
+    config = TrainConfig(chip_size=64, val_fraction=0.25, gap=16, scale_jitter=(0.75, 1.5))
+    rng = np.random.default_rng(0)
+    split = _Split(s, config, rng)
+    assert len(split.val_windows) == 4
+    sampler = ChipSampler([s], [split], Normalization(), config)
+    for _ in range(300):
+        size = int(rng.integers(48, 97))
+        pos = sampler._position(rng, split, size)
+        if pos is None:
+            continue
+        row, col = pos
+        for win in split.val_windows:
+            r0, c0 = int(win.row_off) - 16, int(win.col_off) - 16
+            r1, c1 = int(win.row_off + win.height) + 16, int(win.col_off + win.width) + 16
+            assert row + size <= r0 or row >= r1 or col + size <= c0 or col >= c1
+
+
+def test_chips_are_balanced_augmented_and_seeded() -> None:
+    s = scene(5, 192)
+    config = TrainConfig(chip_size=64, batch_size=16, val_fraction=0)
+    split = _Split(s, config, np.random.default_rng(0))
+    sampler = ChipSampler([s], [split], Normalization(), config)
+    x1, y1 = sampler.batch(np.random.default_rng(9))
+    x2, y2 = sampler.batch(np.random.default_rng(9))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.shape == (16, 3, 64, 64) and y1.shape == (16, 64, 64)
+    share = np.bincount(y1.numpy().ravel(), minlength=4) / y1.numel()
+    overall = np.bincount(s.labels.ravel(), minlength=4) / s.labels.size
+    # Rare classes are over-sampled relative to their share of the survey.
+    assert share[2] + share[3] > overall[2] + overall[3]
+
+
+def test_bad_options_are_rejected(tmp_path: Path, run_cli) -> None:
+    with pytest.raises(InputError, match="chip size 50"):
+        train([scene()], tmp_path / "m", TrainConfig(chip_size=50))
+    with pytest.raises(InputError, match="too few to hold any out"):
+        train([scene(size=64)], tmp_path / "m", TrainConfig(chip_size=64, val_fraction=0.5))
+    paths = write_survey(generate_survey(draw_params(1, 64, 64), 1), tmp_path, "f")
+    code = run_cli("train", paths.image, paths.image, "--labels", paths.labels, "--out", "m")
+    assert code == 2
