@@ -92,9 +92,9 @@ class Predictor:
         # One forward at a time: the device (or all CPU cores) is the bottleneck,
         # and concurrent forwards would only fight over it.
         with self._lock, torch.inference_mode():
-            # Thread counts are per process; another predictor may have changed it.
-            if torch.get_num_threads() != self.threads:
-                torch.set_num_threads(self.threads)
+            # Set on every call: OpenMP keeps the count per calling thread (each Dask
+            # worker thread starts with the default), and another predictor may differ.
+            torch.set_num_threads(self.threads)
             start = time.perf_counter()
             x = x.to(self.device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
             with torch.autocast(

@@ -1,0 +1,206 @@
+"""Benchmarking a run: end-to-end time against the model alone on the same tiles.
+
+:func:`bench` runs the full pipeline on a raster (generated if none is given) in a
+fresh process, so that its peak resident memory is its own, then times the model
+alone on exactly the tiles of that run, with the same batches, precision, thread
+count and device, but without reading, stitching or writing. The ratio of the two
+is the pipeline's overhead: 1.0 means the model is the only cost.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import platform
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from agriseg.config import RunConfig
+from agriseg.errors import InputError
+from agriseg.inference import default_threads, get_predictor, resolve_device
+from agriseg.models import checkpoint_paths, read_meta, resolve
+from agriseg.pipeline import segment_raster
+from agriseg.raster import open_raster, read_window
+from agriseg.segment import chunk_batch, in_raster
+from agriseg.tiling import TileGrid
+
+#: Edge of the survey drawn once and repeated to fill larger benchmark rasters.
+SURVEY_EDGE = 1024
+
+#: Rows written at a time when filling a benchmark raster.
+WRITE_ROWS = 512
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to benchmark.
+
+    Attributes:
+        size: edge in pixels of the generated square raster (ignored with ``input``).
+        input: an existing raster to benchmark on instead.
+        run: the run options (model, tiling, batch size, device, cluster).
+        seed: seed of the generated survey.
+    """
+
+    size: int = 2048
+    input: Path | None = None
+    run: RunConfig = field(default_factory=lambda: RunConfig(device="cpu"))
+    seed: int = 0
+
+
+def _survey(edge: int, seed: int) -> np.ndarray:
+    """A ``(3, edge, edge)`` uint8 drone survey to repeat across the raster."""
+    try:
+        from agriseg.synthetic import draw_params, generate_survey
+    except ImportError:  # the generator is optional; texture will do for timing
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:edge, 0:edge].astype("float32")
+        rows = 0.5 + 0.5 * np.sin(xx / 9.0 + np.sin(yy / 57.0))
+        base = rng.normal(0, 18, (3, edge, edge)).astype("float32")
+        colour = np.array([110, 140, 80], "float32")[:, None, None]
+        return np.clip(colour * (0.6 + 0.6 * rows) + base, 0, 255).astype("uint8")
+    return generate_survey(draw_params(seed, edge, edge), seed).image[:3]
+
+
+def write_bench_raster(path: Path, size: int, seed: int = 0) -> Path:
+    """Write a ``size`` x ``size`` RGB GeoTIFF for benchmarking, a strip at a time.
+
+    A survey of at most :data:`SURVEY_EDGE` pixels is drawn once and mirrored
+    across the raster, so memory stays small whatever ``size`` is.
+    """
+    if size < 32:
+        raise InputError(f"--size {size} is too small; use at least 32 pixels")
+    survey = _survey(min(size, SURVEY_EDGE), seed)
+    edge = survey.shape[1]
+    # Mirrored repeats (0..e-1, e-1..0, ...) avoid seams between copies.
+    mirror = np.concatenate([np.arange(edge), np.arange(edge)[::-1]])
+    cols = mirror[np.arange(size) % (2 * edge)]
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": CRS.from_epsg(32633),
+        "transform": from_origin(500_000, 5_000_000, 0.02, 0.02),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "photometric": "RGB",
+        "BIGTIFF": "IF_SAFER",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, size, WRITE_ROWS):
+            height = min(WRITE_ROWS, size - row)
+            rows = mirror[np.arange(row, row + height) % (2 * edge)]
+            dst.write(survey[:, rows][:, :, cols], window=Window(0, row, size, height))
+    return path
+
+
+def _grid(info_shape: tuple[int, int], config: RunConfig, tile_size: int) -> TileGrid:
+    return TileGrid(
+        height=info_shape[0],
+        width=info_shape[1],
+        tile=config.tile_size or tile_size,
+        overlap=config.overlap,
+        tiles_per_chunk=config.batch_size,
+    )
+
+
+def model_only_seconds(input_path: Path, config: RunConfig) -> float:
+    """Seconds the model takes on the run's tiles: same batches, precision and device.
+
+    Tiles are read and cut outside the timed region; only the forward passes (with the
+    softmax and blending weights, as in a run) are timed.
+    """
+    weights = resolve(config.model)
+    meta = read_meta(checkpoint_paths(weights)[1])
+    info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
+    grid = _grid(info.shape, config, meta.tile_size)
+    device = str(resolve_device(config.device))
+    predictor = get_predictor(str(weights), device, config.threads or default_threads())
+    weight = grid.weight_window()
+    total = 0.0
+    for i in range(grid.chunk_rows):
+        for j in range(grid.chunk_cols):
+            rows, cols = in_raster(grid.extent(i, j), grid)
+            window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+            data = read_window(info.path, info.bands, window)
+            batch = chunk_batch(data, grid, i, j, info.dtype, meta.normalization)
+            start = time.perf_counter()
+            predictor.probabilities(batch.tiles, weight)
+            total += time.perf_counter() - start
+    return total
+
+
+def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any]:
+    """Run the pipeline, then the model alone, in this process; return the figures.
+
+    Peak memory is read before the model-only pass, so it is the run's own.
+    """
+    start = time.perf_counter()
+    result = segment_raster(input_path, out_dir, config)
+    end_to_end = time.perf_counter() - start
+    summary = result.summary
+    # A run's forwards happen on Dask worker threads, and OpenMP teams started from
+    # the main thread behave differently (with the default active wait policy we
+    # measured main-thread forwards up to 2x slower on a busy machine): time the
+    # model alone on a worker thread too.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        model_s = pool.submit(model_only_seconds, input_path, config).result()
+    pixels = summary["input"]["width"] * summary["input"]["height"]
+    return {
+        "pixels": pixels,
+        "tiles": summary["tiles"],
+        "end_to_end_s": round(end_to_end, 3),
+        "model_only_s": round(model_s, 3),
+        "ratio": round(end_to_end / model_s, 3) if model_s else None,
+        "mpx_per_s": round(pixels / 1e6 / end_to_end, 3),
+        "peak_rss_mb": summary["peak_rss_mb"],
+        "device": summary["parameters"]["device"],
+        "stages_s": summary["timings_s"],
+        "model": summary["model"]["name"],
+        "tile_size": summary["parameters"]["tile_size"],
+        "batch_size": config.batch_size,
+        "threads": config.threads or default_threads(),
+        "workers": config.workers,
+        "scheduler": config.scheduler,
+    }
+
+
+def measure_in_subprocess(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any]:
+    """:func:`measure` in a fresh (spawned) process, so peak memory is this run's alone."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(measure, input_path, out_dir, config).result()
+
+
+def bench(config: BenchConfig, work_dir: Path | None = None) -> dict[str, Any]:
+    """Benchmark one configuration; returns the figures :func:`measure` gives, and more.
+
+    Generated rasters and outputs go to ``work_dir`` (a temporary folder by default).
+    """
+    with tempfile.TemporaryDirectory(prefix="agriseg-bench-") as tmp:
+        folder = Path(work_dir or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        if config.input is None:
+            input_path = write_bench_raster(
+                folder / f"bench-{config.size}.tif", config.size, config.seed
+            )
+        else:
+            input_path = config.input
+        run = replace(config.run, threads=config.run.threads or default_threads())
+        figures = measure_in_subprocess(input_path, folder / "outputs", run)
+    figures["input"] = str(config.input) if config.input else f"generated {config.size}^2"
+    figures["machine"] = f"{platform.node()} ({platform.machine()}, {default_threads()} CPUs)"
+    return figures
