@@ -31,7 +31,7 @@ from agriseg.config import RunConfig
 from agriseg.errors import AgrisegError, InputError, OutputError
 from agriseg.locking import folder_lock
 from agriseg.models import resolve
-from agriseg.pipeline import segment_raster
+from agriseg.pipeline import RunResult, segment_raster
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,15 @@ def run_key(config: RunConfig) -> dict[str, Any]:
     """The model and the options that shape the results; equal keys, equal outputs."""
     weights = resolve(config.model)
     options = {k: v for k, v in asdict(config).items() if k not in _EXECUTION_ONLY}
-    return {"model": str(weights), "model_sha256": sha256(weights), **options}
+    key = {"model": str(weights), "model_sha256": sha256(weights), **options}
+    # As the manifest will hold it (tuples become lists), so keys compare equal.
+    return dict(json.loads(json.dumps(key, default=str)))
+
+
+def run_outputs(result: RunResult, results_dir: Path) -> dict[str, str]:
+    """Every file a run wrote, relative to ``results_dir``."""
+    products = {k: Path(v) for k, v in result.summary.get("outputs", {}).items()}
+    return {k: str(p.relative_to(results_dir)) for k, p in {**result.outputs, **products}.items()}
 
 
 class Manifest:
@@ -232,7 +240,7 @@ def _process(
         error = f"{path}: unexpected error ({type(exc).__name__}: {exc}); see the log"
     else:
         seconds = round(time.perf_counter() - clock, 3)
-        outputs = {k: str(p.relative_to(results_dir)) for k, p in result.outputs.items()}
+        outputs = run_outputs(result, results_dir)
         manifest.update(
             name,
             **base,

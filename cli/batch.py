@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from agriseg_cli.common import add_segmentation_options, print_table
+from agriseg_cli.common import add_health_options, add_segmentation_options, print_table
 from agriseg_cli.run import config_from_args
 
 from agriseg.batch import BatchOptions, log_path, run_batch
@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="compare file contents (SHA-256) before redoing a survey whose file time changed",
     )
     add_segmentation_options(parser)
+    add_health_options(parser)
     parser.add_argument(
         "--quiet", action="store_true", help="only warnings and errors on stderr; no table"
     )
