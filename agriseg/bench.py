@@ -13,10 +13,11 @@ import multiprocessing
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import rasterio
@@ -32,6 +33,8 @@ from agriseg.pipeline import segment_raster
 from agriseg.raster import open_raster, read_window
 from agriseg.segment import chunk_batch, in_raster
 from agriseg.tiling import TileGrid
+
+T = TypeVar("T")
 
 #: Edge of the survey drawn once and repeated to fill larger benchmark rasters.
 SURVEY_EDGE = 1024
@@ -178,11 +181,16 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
     }
 
 
-def measure_in_subprocess(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any]:
-    """:func:`measure` in a fresh (spawned) process, so peak memory is this run's alone."""
+def in_fresh_process(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a fresh (spawned) process, so its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(measure, input_path, out_dir, config).result()
+        return pool.submit(function, *args).result()
+
+
+def run_summary(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any]:
+    """The summary of a plain run (for :func:`in_fresh_process`: peak memory of a run)."""
+    return segment_raster(input_path, out_dir, config).summary
 
 
 def bench(config: BenchConfig, work_dir: Path | None = None) -> dict[str, Any]:
@@ -200,7 +208,7 @@ def bench(config: BenchConfig, work_dir: Path | None = None) -> dict[str, Any]:
         else:
             input_path = config.input
         run = replace(config.run, threads=config.run.threads or default_threads())
-        figures = measure_in_subprocess(input_path, folder / "outputs", run)
+        figures = in_fresh_process(measure, input_path, folder / "outputs", run)
     figures["input"] = str(config.input) if config.input else f"generated {config.size}^2"
     figures["machine"] = f"{platform.node()} ({platform.machine()}, {default_threads()} CPUs)"
     return figures
