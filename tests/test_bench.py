@@ -1,0 +1,52 @@
+"""`agriseg bench`: figures of a run against the model alone on the same tiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from agriseg.bench import BenchConfig, bench, write_bench_raster
+from agriseg.config import RunConfig
+
+
+def test_bench_raster_is_a_tiled_georeferenced_rgb_geotiff(tmp_path):
+    path = write_bench_raster(tmp_path / "b.tif", 600, seed=1)
+    with rasterio.open(path) as src:
+        assert (src.count, src.height, src.width, src.dtypes[0]) == (3, 600, 600, "uint8")
+        assert src.crs.to_epsg() == 32633
+        assert src.block_shapes[0] == (256, 256)
+        data = src.read()
+    assert data.std() > 5  # textured, not flat
+
+
+def test_bench_prints_the_figures_as_one_json_line_last(tmp_path, run_cli, capsys):
+    args = ("--size", 256, "--tile-size", 128, "--overlap", 32, "--device", "cpu")
+    assert run_cli("bench", *args, "--no-preview", "--work-dir", tmp_path) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["pixels"] == 256 * 256
+    assert figures["tiles"] == 9
+    assert figures["device"] == "cpu"
+    assert figures["ratio"] == pytest.approx(
+        figures["end_to_end_s"] / figures["model_only_s"], rel=0.01
+    )
+    assert figures["model_only_s"] > 0
+    assert figures["peak_rss_mb"] > 100
+    assert {"read", "infer", "stitch", "write", "total"} <= set(figures["stages_s"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_on_cuda_matches_the_cpu_classes_closely(tmp_path):
+    runs = {}
+    for device in ("cpu", "cuda"):
+        run = RunConfig(device=device, tile_size=256, overlap=32, batch_size=4)
+        figures = bench(BenchConfig(size=512, run=run), tmp_path / device)
+        assert figures["device"].startswith(device)
+        with rasterio.open(tmp_path / device / "outputs" / "bench-512.classes.tif") as src:
+            runs[device] = src.read(1)
+    # bf16/fp16 autocast on the GPU: nearly, not bit-, identical to fp32 on the CPU.
+    assert np.mean(runs["cpu"] == runs["cuda"]) > 0.97
