@@ -1,0 +1,25 @@
+"""Peak memory of a run is bounded whatever the raster size.
+
+Each run happens in a fresh process (peak RSS is per process). Slow: the 4096²
+run takes minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agriseg.bench import in_fresh_process, run_summary, write_bench_raster
+from agriseg.config import RunConfig
+
+pytestmark = pytest.mark.slow
+
+
+def test_peak_memory_of_a_4096_run_is_within_1_3x_of_a_1024_run_and_under_2_gb(tmp_path):
+    config = RunConfig(device="cpu")
+    peaks = {}
+    for size in (1024, 4096):
+        path = write_bench_raster(tmp_path / f"b{size}.tif", size)
+        summary = in_fresh_process(run_summary, path, tmp_path / f"out{size}", config)
+        peaks[size] = summary["peak_rss_mb"]
+    assert peaks[4096] <= 1.3 * peaks[1024], peaks
+    assert peaks[4096] < 2048, peaks
