@@ -27,6 +27,10 @@ from agriseg.errors import InputError, RasterReadError
 #: Dtypes agriseg can normalise.
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
+#: GDAL settings for one read task: each task decodes its own chunk on its own
+#: thread (Dask provides the parallelism), with a small block cache of its own.
+READ_ENV = {"GDAL_NUM_THREADS": 1, "GDAL_CACHEMAX": 64}
+
 #: Target chunk edge (pixels) for the lazy array; rounded to whole file blocks.
 CHUNK_TARGET = 512
 
@@ -161,7 +165,7 @@ def open_raster(
 def read_window(path: Path, bands: tuple[int, ...], window: Window) -> np.ndarray:
     """Read ``window`` as float32 ``(bands, h, w)`` with invalid pixels set to NaN."""
     try:
-        with rasterio.open(path) as src:
+        with rasterio.Env(**READ_ENV), rasterio.open(path) as src:
             data = src.read(list(bands), window=window, out_dtype="float32")
             valid = src.dataset_mask(window=window)
     except RasterioError as exc:
