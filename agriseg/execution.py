@@ -51,6 +51,15 @@ def trim_freed_memory() -> None:
         mallopt(_M_TRIM_THRESHOLD, 65536)
 
 
+#: The scheduler always serves HTTP (health checks); keep it on a free loopback port
+#: so concurrent runs do not clash over 8787, and skip the dashboard itself.
+_NO_DASHBOARD: dict = {
+    "dashboard_address": "127.0.0.1:0",
+    "scheduler_kwargs": {"dashboard": False},
+    "silence_logs": logging.CRITICAL,
+}
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
     """A Dask client for one run, closed (with any cluster it started) afterwards."""
@@ -74,8 +83,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             n_workers=workers,
             threads_per_worker=2,
             processes=True,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
+            host="127.0.0.1",
+            **_NO_DASHBOARD,
         )
     else:
         trim_freed_memory()
@@ -83,8 +92,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             n_workers=1,
             threads_per_worker=local_threads(),
             processes=False,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
+            **_NO_DASHBOARD,
         )
     with cluster, Client(cluster, set_as_default=False) as client:
         yield client
