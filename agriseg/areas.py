@@ -55,9 +55,10 @@ def pixel_area_rows_m2(crs: object, transform: Affine, rows: np.ndarray, col: fl
     corners = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]
     xs = np.empty((rows.size, 4))
     ys = np.empty((rows.size, 4))
+    t = transform
     for k, (dc, dr) in enumerate(corners):
-        x, y = transform @ (col + dc, rows + dr)
-        xs[:, k], ys[:, k] = x, y
+        xs[:, k] = t.a * (col + dc) + t.b * (rows + dr) + t.c
+        ys[:, k] = t.d * (col + dc) + t.e * (rows + dr) + t.f
     to_lonlat = _to_lonlat(crs)
     lon, lat = to_lonlat.transform(xs, ys)
     geod = _geod(crs)
