@@ -266,10 +266,14 @@ class _Split:
                 f"{block} px, too few to hold any out; use a smaller --val-block or "
                 "--val-fraction 0"
             )
-        chosen = rng.choice(len(starts), size=n_val, replace=False) if n_val else []
+        chosen: list[int] = (
+            sorted(int(i) for i in rng.choice(len(starts), size=n_val, replace=False))
+            if n_val
+            else []
+        )
         self.val_windows = [
             Window(c, r, min(block, w - c), min(block, h - r))
-            for r, c in (starts[i] for i in sorted(chosen))
+            for r, c in (starts[i] for i in chosen)
         ]
         blocked = np.zeros((h, w), dtype=bool)
         for win in self.val_windows:
@@ -363,7 +367,7 @@ class ChipSampler:
         j = cfg.colour_jitter
         bands = image.shape[0]
         gain = rng.uniform(1 - j, 1 + j) * rng.uniform(1 - j / 3, 1 + j / 3, bands)
-        image = image * gain.astype("float32")[:, None, None]
+        image = image * np.asarray(gain, dtype="float32")[:, None, None]
         mean = np.nanmean(image, axis=(1, 2), keepdims=True)
         image = mean + np.float32(rng.uniform(1 - j, 1 + j)) * (image - mean)
         x = torch.from_numpy(normalize(image, scene.dtype, self.norm))

@@ -210,10 +210,10 @@ def model_card() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all)")
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
-    parser.add_argument("--chip-size", type=int, default=256)
+    parser.add_argument("--chip-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--build", type=Path, default=ROOT / "build")
@@ -228,13 +228,16 @@ def main() -> int:
         "--card", action="store_true", help="only rewrite MODEL_CARD.md from the shipped models"
     )
     args = parser.parse_args()
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; expected any of {', '.join(MODELS)}")
     if args.card:
         (shipped_dir() / "MODEL_CARD.md").write_text(model_card(), encoding="utf-8")
         return 0
     torch.set_num_threads(args.threads)
     heldout = write_heldout(args.build / "heldout")
     scenes = None if args.install_only else training_scenes()
-    for key in args.models:
+    for key in args.models or list(MODELS):
         spec = MODELS[key]
         out = args.build / "models" / f"agriseg-{key}"
         command = "make models  # scripts/train_default.py " + " ".join(sys.argv[1:])
