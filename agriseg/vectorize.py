@@ -176,13 +176,20 @@ def _block_polygons(
     geometry = np.array([shapely.geometry.shape(g) for g, _ in found], dtype=object)
     class_id = np.array([v for _, v in found], dtype="uint8")
     # Polygon edges lie on pixel edges, so burning them back labels each pixel exactly.
+    # Burning whole polygons is quadratic in the holes of a big background polygon
+    # (minutes per block); the polygons tile the valid pixels, so burning exteriors
+    # only, largest first, lets each hole be overwritten by the polygons that fill it.
+    exteriors = shapely.polygons(shapely.get_exterior_ring(geometry))
+    order = np.argsort(-shapely.area(exteriors), kind="stable")
     labels = rasterize(
-        zip(geometry, range(1, len(geometry) + 1), strict=True),
+        zip(exteriors[order], order + 1, strict=True),
         out_shape=data.shape,
         transform=offset,
         fill=0,
         dtype="int32",
-    ).ravel()
+    )
+    labels[~valid] = 0
+    labels = labels.ravel()
     n = len(geometry) + 1
     pixels = np.bincount(labels, minlength=n)[1:].astype("int64")
     if confidence is None:
