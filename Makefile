@@ -27,7 +27,9 @@ test: lint
 	$(VENV)/bin/pytest
 
 models: $(STAMP)
-	$(PY) scripts/train_default.py unet pspnet --install
+	$(PY) scripts/train_default.py unet pspnet --epochs 10
+	$(PY) scripts/train_default.py unet --epochs 24 --resume
+	$(PY) scripts/train_default.py unet pspnet --install-only
 
 clean:
 	rm -rf $(VENV) sample_data/field_agriseg
