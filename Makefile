@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - create .venv, install agriseg, segment the sample survey
 #   make test   - create .venv, install agriseg, lint and run the test suite
-#   make models - retrain, evaluate and install the shipped models (~1 h on 2 CPU cores)
+#   make models - retrain, evaluate and install the shipped models (~1.5 h on 2 CPU cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.agriseg-installed
@@ -28,6 +28,7 @@ test: lint
 
 models: $(STAMP)
 	$(PY) scripts/train_default.py unet pspnet --epochs 10
+	$(PY) scripts/train_default.py unet --epochs 18 --resume
 	$(PY) scripts/train_default.py unet --epochs 24 --resume
 	$(PY) scripts/train_default.py unet pspnet --install-only
 

@@ -159,8 +159,10 @@ def model_card() -> str:
         "scale jitter 0.7-1.4x). 10 % of each survey's blocks are held out for "
         "per-epoch validation.",
         "",
-        "**Reproduce**: `make models` (runs `scripts/train_default.py unet pspnet "
-        "--install`; seeded; CPU).",
+        "**Reproduce**: `make models` (seeded; CPU): both models 10 epochs x 100 steps "
+        "of 8 chips of 224 px, then the U-Net resumed to 18 and to 24 epochs (each "
+        "resume is a warm restart of the cosine schedule), then held-out evaluation "
+        "and installation.",
         "",
         "## Measured on held-out surveys",
         "",
