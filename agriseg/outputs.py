@@ -117,6 +117,11 @@ class ClassRasterWriter:
             "BIGTIFF": "IF_SAFER",
         }
 
+    @property
+    def staged(self) -> dict[str, Path]:
+        """The temporary paths the rasters are written to until the transaction commits."""
+        return dict(self._tmp)
+
     def __enter__(self) -> ClassRasterWriter:
         try:
             self._stack.enter_context(rasterio.Env(**WRITE_ENV))

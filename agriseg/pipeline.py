@@ -153,8 +153,8 @@ def segment_raster(
         vectorise_started = time.perf_counter()
         staging = transaction.staging_folder(out_dir, "health")
         health = write_health_products(
-            transaction.stage(paths["classes"]),
-            transaction.stage(paths["confidence"]),
+            writer.staged["classes"],
+            writer.staged["confidence"],
             input_path,
             staging,
             input_path.stem,
