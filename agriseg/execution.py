@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from distributed import Client, LocalCluster
 
 from agriseg.errors import InputError
+from agriseg.inference import default_threads
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
@@ -25,7 +26,7 @@ def scheduler_address(explicit: str | None) -> str | None:
 
 def local_threads() -> int:
     # Reads and decoding run on spare threads while one thread feeds the model.
-    return (os.cpu_count() or 1) + 2
+    return default_threads() + 2
 
 
 #: glibc's ``M_TRIM_THRESHOLD`` option of ``mallopt``.
