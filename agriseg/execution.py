@@ -4,9 +4,6 @@ an existing Dask distributed cluster. agriseg never schedules tasks itself."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -27,29 +24,6 @@ def scheduler_address(explicit: str | None) -> str | None:
 def local_threads() -> int:
     # Reads and decoding run on spare threads while one thread feeds the model.
     return default_threads() + 2
-
-
-#: glibc's ``M_TRIM_THRESHOLD`` option of ``mallopt``.
-_M_TRIM_THRESHOLD = -1
-
-
-@functools.cache
-def trim_freed_memory() -> None:
-    """Give freed heap memory back to the system promptly in this process.
-
-    Dask starts its worker processes with ``MALLOC_TRIM_THRESHOLD_=65536`` (see
-    ``distributed.nanny.pre-spawn-environ``); the in-process cluster's worker is this
-    process, so it gets the same setting. Without it glibc keeps the large, short-lived
-    tile arrays' memory (measured: ~280 MB more peak RSS on a 1024² run). No-op
-    outside glibc.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        return
-    if mallopt is not None:
-        mallopt(_M_TRIM_THRESHOLD, 65536)
 
 
 #: The scheduler always serves HTTP (health checks); keep it on a free loopback port
@@ -88,7 +62,6 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
             **_NO_DASHBOARD,
         )
     else:
-        trim_freed_memory()
         cluster = LocalCluster(
             n_workers=1,
             threads_per_worker=local_threads(),

@@ -17,6 +17,7 @@ import os
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ class Predictor:
         self.device = device
         self.threads = threads
         self.model = model.to(device).to(memory_format=torch.channels_last).eval()
-        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="agriseg-forward")
         self._amp_dtype: torch.dtype | None = None
         if device.type == "cuda":
             self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -85,15 +86,14 @@ class Predictor:
         it, computed on the device. Also returns the seconds spent on the device
         (excluding waiting for it).
         """
+        return self._executor.submit(self._forward, tiles, weight).result()
+
+    def _forward(self, tiles: np.ndarray, weight: np.ndarray | None) -> tuple[np.ndarray, float]:
         x = torch.from_numpy(np.ascontiguousarray(tiles))
         cuda = self.device.type == "cuda"
         if cuda:
             x = x.pin_memory()
-        # One forward at a time: the device (or all CPU cores) is the bottleneck,
-        # and concurrent forwards would only fight over it.
-        with self._lock, torch.inference_mode():
-            # Set on every call: OpenMP keeps the count per calling thread (each Dask
-            # worker thread starts with the default), and another predictor may differ.
+        with torch.inference_mode():
             torch.set_num_threads(self.threads)
             start = time.perf_counter()
             x = x.to(self.device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)

@@ -19,6 +19,9 @@ from agriseg.classes import CLASSES, NODATA
 #: Longest side of the preview, in pixels.
 MAX_SIZE = 2048
 
+#: zlib level of the preview PNG.
+PNG_COMPRESS_LEVEL = 1
+
 #: Opacity of the class colours over the image.
 ALPHA = 0.45
 
@@ -82,15 +85,18 @@ def render_preview(
     with rasterio.open(classes_path) as src:
         shape = preview_shape(src.height, src.width, max_size)
         classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    base = (
-        _read_image(image_path, shape) if image_path else np.full((*shape, 3), 255, "uint8")
-    ).astype("float64")
-    palette = np.zeros((256, 3))
+    base = Image.fromarray(
+        _read_image(image_path, shape) if image_path else np.full((*shape, 3), 255, "uint8"),
+        mode="RGB",
+    )
+    palette = np.zeros((256, 3), dtype="uint8")
     for c in CLASSES:
         palette[c.id] = c.colour
-    alpha = np.where((classes != NODATA) & (classes < len(CLASSES)), ALPHA, 0.0)[..., None]
-    blended = base * (1 - alpha) + palette[classes] * alpha
-    image = Image.fromarray(blended.round().astype("uint8"), mode="RGB")
+    colours = Image.fromarray(palette[classes], mode="RGB")
+    known = (classes != NODATA) & (classes < len(CLASSES))
+    image = Image.composite(
+        Image.blend(base, colours, ALPHA), base, Image.fromarray(known.astype("uint8") * 255, "L")
+    )
     _legend(image)
     return image
 
@@ -101,5 +107,6 @@ def write_preview(
     """Render the preview (see :func:`render_preview`) and save it as a PNG, atomically."""
     image = render_preview(classes_path, image_path, max_size)
     with atomic_output(out_path) as tmp:
-        image.save(tmp, format="PNG")
+        # Fast zlib level: ~5x quicker than the default for a ~20 % larger file.
+        image.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return out_path

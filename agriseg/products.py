@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import rasterio
 import shapely
+from affine import Affine
 from pyproj import CRS
 
 from agriseg.areas import geometry_area_perimeter_m, lonlat_points, pixel_size_m
@@ -28,7 +29,12 @@ from agriseg.errors import InputError
 from agriseg.health import class_areas_m2, health_summary, raster_crs
 from agriseg.preview import write_preview
 from agriseg.qgis import class_style, write_layer_styles, zone_style
-from agriseg.vector_outputs import GeoJSONWriter, GpkgLayerWriter, geopackage_output
+from agriseg.vector_outputs import (
+    GeoJSONWriter,
+    GpkgLayerWriter,
+    geopackage_output,
+    rounding_keeps_lattice_polygons_valid,
+)
 from agriseg.vectorize import PolygonBatch, sieve_raster, sieve_size, vectorize
 from agriseg.zones import Fields, assign_fields, field_statistics, grid_zones, read_fields
 
@@ -134,6 +140,8 @@ def _write_polygons(
     source: Path,
     confidence_path: Path | None,
     crs: CRS,
+    transform: Affine,
+    size: tuple[int, int],
     simplify_px: float,
     options: HealthOptions,
     fields: Fields | None,
@@ -144,7 +152,10 @@ def _write_polygons(
     with contextlib.ExitStack() as stack:
         writers: list[GeoJSONWriter | GpkgLayerWriter] = []
         if geojson is not None:
-            writers.append(stack.enter_context(GeoJSONWriter(geojson, crs)))
+            snap = simplify_px > 0 or not rounding_keeps_lattice_polygons_valid(
+                crs, transform, *size
+            )
+            writers.append(stack.enter_context(GeoJSONWriter(geojson, crs, snap_safely=snap)))
         if gpkg is not None:
             template = _template(crs, fields is not None)
             writers.append(stack.enter_context(GpkgLayerWriter(gpkg, POLYGON_LAYER, template)))
@@ -232,6 +243,8 @@ def write_health_products(
                 source,
                 confidence_path,
                 crs,
+                transform,
+                size,
                 simplify_px,
                 options,
                 fields,

@@ -21,8 +21,8 @@ import geopandas as gpd
 import numpy as np
 import pyogrio
 import shapely
+from affine import Affine
 from pyproj import CRS, Transformer
-from shapely.geometry import mapping
 
 from agriseg.atomic import atomic_output
 
@@ -38,19 +38,56 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def to_rfc7946(geometry: np.ndarray, crs: CRS) -> np.ndarray:
+#: Largest distance (degrees) a vertex moves when rounded to the GeoJSON grid.
+_ROUNDING_SHIFT = math.sqrt(2) * 0.5 * 10.0**-GEOJSON_DECIMALS
+
+
+def _feature_json(properties: dict[str, Any], geometry_json: str) -> str:
+    props = json.dumps(
+        {k: _json_value(v) for k, v in properties.items()}, allow_nan=False, separators=(",", ":")
+    )
+    return f'{{"type":"Feature","properties":{props},"geometry":{geometry_json}}}'
+
+
+def rounding_keeps_lattice_polygons_valid(
+    crs: CRS, transform: Affine, height: int, width: int
+) -> bool:
+    """Whether plain rounding to the GeoJSON grid keeps this raster's pixel-edge polygons valid.
+
+    Two edges of a pixel-edge polygon that share no vertex are at least one pixel
+    apart; rounding moves each vertex by at most :data:`_ROUNDING_SHIFT`, so edges can
+    meet only if a pixel, seen in WGS84 degrees, is narrower than twice that. The
+    narrowest pixel is taken as the smallest singular value of the pixel-to-lon/lat
+    Jacobian at the raster's corners and centre.
+    """
+    to_wgs84 = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
+    cols = np.array([0, width, 0, width, width / 2])
+    rows = np.array([0, 0, height, height, height / 2])
+    points = [transform * (cols + dc, rows + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))]
+    lonlat = [np.array(to_wgs84.transform(x, y)) for x, y in points]
+    jacobians = np.stack([lonlat[1] - lonlat[0], lonlat[2] - lonlat[0]], axis=-1).transpose(1, 0, 2)
+    if not np.isfinite(jacobians).all():
+        return False
+    narrowest = np.linalg.svd(jacobians, compute_uv=False).min()
+    return bool(narrowest > 2.1 * _ROUNDING_SHIFT)
+
+
+def to_rfc7946(geometry: np.ndarray, crs: CRS, *, snap_safely: bool = True) -> np.ndarray:
     """Geometries as RFC 7946 wants them: WGS84 lon/lat, rounded, exteriors counter-clockwise.
 
-    Coordinates are snapped to a ``1e-7``° grid with GEOS precision reduction, which
-    keeps every geometry valid (a sliver narrower than the grid collapses rather
-    than self-intersects; a polygon smaller than it becomes empty).
+    With ``snap_safely`` coordinates are snapped to the ``1e-7``° grid with GEOS
+    precision reduction, which keeps every geometry valid (a sliver narrower than the
+    grid collapses rather than self-intersects; a polygon smaller than it becomes
+    empty). Without it they are only rounded, ~10x faster, which is safe where
+    :func:`rounding_keeps_lattice_polygons_valid` says so.
     """
     to_wgs84 = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
     lonlat = shapely.transform(
         geometry, lambda xy: np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1]))
     )
-    snapped = shapely.set_precision(lonlat, 10.0**-GEOJSON_DECIMALS)
-    oriented = shapely.orient_polygons(snapped, exterior_cw=False)
+    if snap_safely:
+        lonlat = shapely.set_precision(lonlat, 10.0**-GEOJSON_DECIMALS)
+    oriented = shapely.orient_polygons(lonlat, exterior_cw=False)
     # Print the grid values exactly (set_precision leaves them a few ulps off).
     return shapely.transform(oriented, lambda xy: np.round(xy, GEOJSON_DECIMALS))
 
@@ -79,11 +116,14 @@ class GeoJSONWriter:
     Args:
         path: File to write.
         crs: CRS of the geometries passed to :meth:`write`.
+        snap_safely: Snap to the 1 cm grid with GEOS precision reduction (always
+            valid) rather than plain rounding (see :func:`to_rfc7946`).
     """
 
-    def __init__(self, path: Path, crs: CRS) -> None:
+    def __init__(self, path: Path, crs: CRS, *, snap_safely: bool = True) -> None:
         self._path = path
         self._crs = crs
+        self._snap_safely = snap_safely
         self._fh: IO[str] | None = None
         self._count = 0
 
@@ -97,19 +137,17 @@ class GeoJSONWriter:
         assert self._fh is not None, "use GeoJSONWriter as a context manager"
         if frame.empty:
             return
-        geometry = to_rfc7946(frame.geometry.to_numpy(), self._crs)
-        records = frame.drop(columns=frame.geometry.name).to_dict("records")
-        for geom, props in zip(geometry, records, strict=True):
-            if geom is None or geom.is_empty:
-                continue
-            feature = {
-                "type": "Feature",
-                "properties": {k: _json_value(v) for k, v in props.items()},
-                "geometry": mapping(geom),
-            }
-            self._fh.write(",\n" if self._count else "\n")
-            self._fh.write(json.dumps(feature, allow_nan=False, separators=(",", ":")))
-            self._count += 1
+        geometry = to_rfc7946(frame.geometry.to_numpy(), self._crs, snap_safely=self._snap_safely)
+        keep = ~(shapely.is_missing(geometry) | shapely.is_empty(geometry))
+        if not keep.any():
+            return
+        records = frame.drop(columns=frame.geometry.name)[keep].to_dict("records")
+        features = [
+            _feature_json(props, geom)
+            for props, geom in zip(records, shapely.to_geojson(geometry[keep]), strict=True)
+        ]
+        self._fh.write((",\n" if self._count else "\n") + ",\n".join(features))
+        self._count += len(features)
 
     def __exit__(
         self,

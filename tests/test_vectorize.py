@@ -8,14 +8,23 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from conftest import UTM_TRANSFORM, write_raster
+from affine import Affine
+from conftest import UTM, UTM_TRANSFORM, write_raster
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from pyproj import CRS
 from rasterio.features import rasterize
 
 from agriseg.classes import NODATA
-from agriseg.vectorize import PolygonBatch, sieve_raster, sieve_size, vectorize
+from agriseg.vector_outputs import rounding_keeps_lattice_polygons_valid, to_rfc7946
+from agriseg.vectorize import (
+    PolygonBatch,
+    polygons_from_geojson,
+    sieve_raster,
+    sieve_size,
+    vectorize,
+)
 
 
 def blocky(height: int, width: int, cell: int, seed: int, noise: float = 0.05) -> np.ndarray:
@@ -165,3 +174,68 @@ def test_simplify_keeps_a_valid_gapless_coverage(tmp_path: Path) -> None:
 def test_property_random_rasters(tmp_path: Path, data: np.ndarray, block_size: int) -> None:
     path = write_classes(tmp_path / "h.tif", data)
     check_polygons(polygons(path, block_size=block_size), data)
+
+
+def test_polygons_from_geojson_matches_shapely_shape() -> None:
+    shell = shapely.box(0, 0, 10, 10)
+    holed = shell.difference(shapely.box(2, 2, 4, 4)).difference(shapely.box(6, 6, 8, 9))
+    sources = [holed, shapely.box(20, 0, 21, 1), shapely.Polygon([(0, 0), (3, 0), (0, 3)])]
+    mappings = [shapely.geometry.mapping(p) for p in sources]
+    built = polygons_from_geojson(mappings)
+    assert len(built) == 3 and all(shapely.equals_exact(built, np.array(sources), 0))
+    assert [len(p.interiors) for p in built] == [2, 0, 0]
+    assert len(polygons_from_geojson([])) == 0
+
+
+def _narrowest_safe_gsd(transform_for) -> float:
+    """Smallest pixel size (m) for which plain GeoJSON rounding is declared safe."""
+    lo, hi = 0.001, 0.1
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        ok = rounding_keeps_lattice_polygons_valid(CRS(UTM), transform_for(mid), 64, 64)
+        lo, hi = (lo, mid) if ok else (mid, hi)
+    return hi
+
+
+def _north_up(gsd: float) -> Affine:
+    return Affine(gsd, 0.0, 500000.0, 0.0, -gsd, 5300000.0)
+
+
+def _rotated(gsd: float) -> Affine:
+    return Affine.translation(500000.0, 5300000.0) * Affine.rotation(37) * Affine.scale(gsd, -gsd)
+
+
+def test_plain_rounding_is_declared_safe_only_for_coarse_enough_pixels() -> None:
+    check = rounding_keeps_lattice_polygons_valid
+    assert check(CRS(UTM), _north_up(0.03), 4096, 4096)
+    assert not check(CRS(UTM), _north_up(0.01), 4096, 4096)
+    assert not check(CRS(4326), Affine(1e-7, 0, 15, 0, -1e-7, 47), 100, 100)
+    assert check(CRS(4326), Affine(5e-7, 0, 15, 0, -5e-7, 47), 100, 100)
+    # Near the limit the answer is about 1.7 cm at 47.8° N in UTM 33N.
+    assert 0.012 < _narrowest_safe_gsd(_north_up) < 0.02
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=arrays(
+        "uint8",
+        st.tuples(st.integers(2, 30), st.integers(2, 30)),
+        elements=st.sampled_from([0, 1, 2, NODATA]),
+    ),
+    rotated=st.booleans(),
+)
+def test_plain_rounding_keeps_polygons_valid_at_the_declared_limit(
+    tmp_path: Path, data: np.ndarray, rotated: bool
+) -> None:
+    """At the smallest pixel size declared safe, rounded GeoJSON geometries stay valid."""
+    transform_for = _rotated if rotated else _north_up
+    transform = transform_for(_narrowest_safe_gsd(transform_for) * 1.001)
+    path = write_classes(tmp_path / "r.tif", data, transform=transform)
+    batch = polygons(path, block_size=7)
+    if not len(batch):
+        return
+    rounded = to_rfc7946(batch.geometry, CRS(UTM), snap_safely=False)
+    assert shapely.is_valid(rounded).all() and not shapely.is_empty(rounded).any()
+    assert np.allclose(shapely.area(rounded), shapely.area(to_rfc7946(batch.geometry, CRS(UTM))))
