@@ -63,8 +63,11 @@ def rounding_keeps_lattice_polygons_valid(
     to_wgs84 = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
     cols = np.array([0, width, 0, width, width / 2])
     rows = np.array([0, 0, height, height, height / 2])
-    points = [transform * (cols + dc, rows + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))]
-    lonlat = [np.array(to_wgs84.transform(x, y)) for x, y in points]
+    a, b, c, d, e, f = transform[:6]
+    lonlat = [
+        np.array(to_wgs84.transform(a * x + b * y + c, d * x + e * y + f))
+        for x, y in ((cols, rows), (cols + 1, rows), (cols, rows + 1))
+    ]
     jacobians = np.stack([lonlat[1] - lonlat[0], lonlat[2] - lonlat[0]], axis=-1).transpose(1, 0, 2)
     if not np.isfinite(jacobians).all():
         return False
