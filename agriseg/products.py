@@ -10,6 +10,7 @@ name only once complete.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,13 +19,16 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio
+import rasterio.io
 import shapely
 from affine import Affine
 from pyproj import CRS
+from rasterio.windows import Window
 
 from agriseg.areas import geometry_area_perimeter_m, lonlat_points, pixel_size_m
 from agriseg.atomic import atomic_output, temporary_name, write_text_atomic
-from agriseg.classes import CLASS_NAMES
+from agriseg.bands import Band, file_bands
+from agriseg.classes import CLASS_NAMES, NODATA
 from agriseg.errors import InputError
 from agriseg.health import class_areas_m2, health_summary, raster_crs
 from agriseg.preview import write_preview
@@ -35,7 +39,15 @@ from agriseg.vector_outputs import (
     geopackage_output,
     rounding_keeps_lattice_polygons_valid,
 )
-from agriseg.vectorize import PolygonBatch, sieve_raster, sieve_size, vectorize
+from agriseg.vectorize import (
+    GDAL_ENV,
+    BandPolygons,
+    PolygonBatch,
+    finish_polygons,
+    sieve_band,
+    sieve_halo,
+    sieve_size,
+)
 from agriseg.zones import Fields, assign_fields, field_statistics, grid_zones, read_fields
 
 VectorFormat = Literal["geojson", "gpkg"]
@@ -136,34 +148,121 @@ def polygon_attributes(batch: PolygonBatch, crs: CRS, fields: Fields | None) -> 
     return gpd.GeoDataFrame(columns, geometry=batch.geometry, crs=crs)
 
 
+@dataclass(frozen=True)
+class ClassGrid:
+    """Where a class raster lies: what the health pass needs to know before any pixel.
+
+    Attributes:
+        crs: Its CRS.
+        transform: Its affine transform.
+        height: Rows.
+        width: Columns.
+        profile: rasterio profile for the sieved copy (uint8, nodata 255).
+    """
+
+    crs: CRS
+    transform: Affine
+    height: int
+    width: int
+    profile: dict[str, Any]
+
+    @classmethod
+    def of_file(cls, path: Path) -> ClassGrid:
+        with rasterio.open(path) as src:
+            return cls(raster_crs(src, path), src.transform, src.height, src.width, src.profile)
+
+
+@dataclass(frozen=True)
+class HealthJob:
+    """A field-health pass, checked and set up before any pixel exists.
+
+    Built by :func:`plan_health` (which reads ``--fields`` and so fails early); run by
+    :meth:`run` over the class raster's bands, band by band, e.g. while the
+    segmentation that produces them is still running.
+    """
+
+    grid: ClassGrid
+    options: HealthOptions
+    fields: Fields | None
+    pixel_m: float
+    sieve_px: int
+
+    @property
+    def band_height(self) -> int:
+        return self.options.block_size
+
+    @property
+    def halo(self) -> int:
+        """Context rows each band needs around it (for sieving)."""
+        return sieve_halo(self.sieve_px, self.options.block_size) if self.sieve_px > 1 else 0
+
+    def run(
+        self,
+        bands: Iterable[Band],
+        image_path: Path | None,
+        out_dir: Path,
+        stem: str,
+    ) -> dict[str, Any]:
+        """Write the products of the raster whose bands (top to bottom) are ``bands``.
+
+        See :func:`write_health_products` for the files and the returned summary.
+        """
+        return _run_health(self, bands, image_path, Path(out_dir), stem)
+
+
+def plan_health(grid: ClassGrid, options: HealthOptions | None = None) -> HealthJob:
+    """Check the options against the raster and read ``--fields``; see :class:`HealthJob`."""
+    options = options or HealthOptions()
+    fields = read_fields(options.fields, grid.crs) if options.fields is not None else None
+    pixel_m = pixel_size_m(grid.crs, grid.transform, grid.width, grid.height)
+    return HealthJob(grid, options, fields, pixel_m, sieve_size(options.min_area_m2, pixel_m**2))
+
+
+def _polygon_writers(
+    stack: contextlib.ExitStack, job: HealthJob, geojson: Path | None, gpkg: Path | None
+) -> list[GeoJSONWriter | GpkgLayerWriter]:
+    grid = job.grid
+    writers: list[GeoJSONWriter | GpkgLayerWriter] = []
+    if geojson is not None:
+        snap = job.options.simplify_m > 0 or not rounding_keeps_lattice_polygons_valid(
+            grid.crs, grid.transform, grid.height, grid.width
+        )
+        writers.append(stack.enter_context(GeoJSONWriter(geojson, grid.crs, snap_safely=snap)))
+    if gpkg is not None:
+        template = _template(grid.crs, job.fields is not None)
+        writers.append(stack.enter_context(GpkgLayerWriter(gpkg, POLYGON_LAYER, template)))
+    return writers
+
+
 def _write_polygons(
-    source: Path,
-    confidence_path: Path | None,
-    crs: CRS,
-    transform: Affine,
-    size: tuple[int, int],
-    simplify_px: float,
-    options: HealthOptions,
-    fields: Fields | None,
+    job: HealthJob,
+    bands: Iterable[Band],
+    sieved: Path,
     geojson: Path | None,
     gpkg: Path | None,
 ) -> int:
-    """Vectorise ``source`` into the given files; return the number of polygons."""
+    """Sieve ``bands`` into ``sieved`` and vectorise them into the given files, in one pass.
+
+    Returns the number of polygons.
+    """
+    grid, options = job.grid, job.options
+    profile = {**grid.profile, "driver": "GTiff", "count": 1, "dtype": "uint8", "nodata": NODATA}
+    polygons = BandPolygons(grid.height, grid.width, options.block_size)
+
+    def pixel_batches(dst: rasterio.io.DatasetWriter) -> Iterator[PolygonBatch]:
+        for band in bands:
+            core = sieve_band(band, job.sieve_px, options.block_size)
+            dst.write(core, 1, window=Window(0, band.row_off, grid.width, band.height))
+            yield polygons.add(core, band.confidence, band.row_off)
+
     with contextlib.ExitStack() as stack:
-        writers: list[GeoJSONWriter | GpkgLayerWriter] = []
-        if geojson is not None:
-            snap = simplify_px > 0 or not rounding_keeps_lattice_polygons_valid(
-                crs, transform, *size
-            )
-            writers.append(stack.enter_context(GeoJSONWriter(geojson, crs, snap_safely=snap)))
-        if gpkg is not None:
-            template = _template(crs, fields is not None)
-            writers.append(stack.enter_context(GpkgLayerWriter(gpkg, POLYGON_LAYER, template)))
+        stack.enter_context(rasterio.Env(**GDAL_ENV))
+        dst = stack.enter_context(rasterio.open(sieved, "w", **profile))
+        writers = _polygon_writers(stack, job, geojson, gpkg)
         count = 0
-        for batch in vectorize(
-            source, confidence_path, block_size=options.block_size, simplify_px=simplify_px
-        ):
-            frame = polygon_attributes(batch, crs, fields)
+        simplify_px = options.simplify_m / job.pixel_m
+        for batch in finish_polygons(pixel_batches(dst), grid.transform, simplify_px):
+            frame = polygon_attributes(batch, grid.crs, job.fields)
             for writer in writers:
                 writer.write(frame)
             count += len(frame)
@@ -193,7 +292,8 @@ def write_health_products(
     (native CRS; layers ``health``, ``zones`` with ``--grid``, and QGIS
     ``layer_styles``), the QGIS sidecar ``<stem>.health.qml`` and
     ``<stem>.preview.png``. Areas and statistics use the raster sieved to
-    ``options.min_area_m2``.
+    ``options.min_area_m2``. (A run does the same while it segments: see
+    :class:`HealthJob`.)
 
     Args:
         classes_path: ``<stem>.classes.tif`` (uint8, nodata 255, with a CRS).
@@ -214,24 +314,25 @@ def write_health_products(
         InputError: The class raster has no CRS, or the fields file is unusable.
         OutputError: An output could not be written.
     """
-    options = options or HealthOptions()
-    classes_path, out_dir = Path(classes_path), Path(out_dir)
-    with rasterio.open(classes_path) as src:
-        crs = raster_crs(src, classes_path)
-        transform, size = src.transform, (src.height, src.width)
-    fields = read_fields(options.fields, crs) if options.fields is not None else None
+    classes_path = Path(classes_path)
+    job = plan_health(ClassGrid.of_file(classes_path), options)
+    bands = file_bands(classes_path, confidence_path, job.band_height, job.halo)
+    return _run_health(job, bands, image_path, Path(out_dir), stem)
+
+
+def _run_health(
+    job: HealthJob,
+    bands: Iterable[Band],
+    image_path: Path | None,
+    out_dir: Path,
+    stem: str,
+) -> dict[str, Any]:
+    options = job.options
     paths = health_paths(out_dir, stem)
-    pixel_m = pixel_size_m(crs, transform, size[1], size[0])
-    sieve_px = sieve_size(options.min_area_m2, pixel_m**2)
     sieved = temporary_name(out_dir / f"{stem}.sieved.tif")
     written: dict[str, str] = {}
     result: dict[str, Any] = {}
     try:
-        source = classes_path
-        if sieve_px > 1:
-            sieve_raster(classes_path, sieved, sieve_px, options.block_size)
-            source = sieved
-        simplify_px = options.simplify_m / pixel_m
         with contextlib.ExitStack() as stack:
             tmp = {
                 f: stack.enter_context(
@@ -239,22 +340,11 @@ def write_health_products(
                 )
                 for f in options.formats
             }
-            count = _write_polygons(
-                source,
-                confidence_path,
-                crs,
-                transform,
-                size,
-                simplify_px,
-                options,
-                fields,
-                tmp.get("geojson"),
-                tmp.get("gpkg"),
-            )
+            count = _write_polygons(job, bands, sieved, tmp.get("geojson"), tmp.get("gpkg"))
             if "gpkg" in tmp:
                 styles = {POLYGON_LAYER: class_style()}
                 if options.grid_m is not None:
-                    result["zones"] = _write_zones(source, tmp["gpkg"], options)
+                    result["zones"] = _write_zones(sieved, tmp["gpkg"], options)
                     styles[ZONE_LAYER] = zone_style()
                 write_layer_styles(tmp["gpkg"], styles)
         for fmt in options.formats:
@@ -262,17 +352,17 @@ def write_health_products(
         if options.formats:
             write_text_atomic(paths["qml"], class_style())
             written["qml"] = str(paths["qml"])
-        health = health_summary(class_areas_m2(source, block_size=options.block_size)[0])
+        health = health_summary(class_areas_m2(sieved, block_size=options.block_size)[0])
         result["health"] = {
             **health,
             "min_area_m2": options.min_area_m2,
-            "sieve_px": sieve_px,
+            "sieve_px": job.sieve_px,
             "polygons": count,
         }
-        if fields is not None:
-            result["fields"] = field_statistics(source, fields, options.block_size)
+        if job.fields is not None:
+            result["fields"] = field_statistics(sieved, job.fields, options.block_size)
         if options.preview:
-            write_preview(source, image_path, paths["preview"])
+            write_preview(sieved, image_path, paths["preview"])
             written["preview"] = str(paths["preview"])
     finally:
         with contextlib.suppress(FileNotFoundError):

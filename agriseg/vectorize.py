@@ -27,6 +27,7 @@ from rasterio.features import shapes, sieve
 from rasterio.windows import Window
 from scipy import ndimage
 
+from agriseg.bands import Band, file_bands
 from agriseg.classes import NODATA
 
 #: Environment for the block reads and writes here: a bounded GDAL block cache.
@@ -122,18 +123,51 @@ def sieve_size(min_area_m2: float, pixel_area_m2: float) -> int:
     return math.ceil(min_area_m2 / pixel_area_m2 - 1e-9)
 
 
+def sieve_halo(size: int, block_size: int) -> int:
+    """Context in pixels each sieved block is given (see :func:`sieve_band`)."""
+    return max(0, min(size, block_size // 2))
+
+
+def sieve_band(band: Band, size: int, block_size: int) -> np.ndarray:
+    """The band's own rows with regions smaller than ``size`` px merged away.
+
+    The band is cut into blocks of ``block_size`` columns; each block is sieved
+    with a halo of ``min(size, block_size // 2)`` px of context (rows from the band's
+    context, columns from its neighbours) and only its core kept. Whether a region
+    is small is then decided exactly whenever ``size <= block_size // 2`` (a region
+    of fewer than ``size`` px never reaches further than the halo, and a larger one
+    crossing the window edge shows at least ``halo`` px of itself); the neighbour a
+    small region merges into is chosen from neighbour sizes as seen in the window,
+    which can differ from a whole-raster sieve when the neighbours run out of the
+    window. Nodata pixels are never changed and never absorb a region; regions
+    surrounded only by nodata stay.
+    """
+    core = band.core
+    if size <= 1:
+        return core
+    halo = sieve_halo(size, block_size)
+    rows = slice(max(0, band.above - halo), min(len(band.classes), band.above + band.height + halo))
+    context = band.classes[rows]
+    r = band.above - rows.start
+    width = core.shape[1]
+    out = np.empty_like(core)
+    for col in range(0, width, block_size):
+        c1 = min(width, col + block_size)
+        c0o, c1o = max(0, col - halo), min(width, c1 + halo)
+        data = np.ascontiguousarray(context[:, c0o:c1o])
+        valid = data != NODATA
+        # GDAL refuses a sieve threshold as large as the whole window.
+        if 1 < size < data.size and valid.any():
+            data = sieve(data, size, mask=valid, connectivity=4)
+        out[:, col:c1] = data[r : r + band.height, col - c0o : c1 - c0o]
+    return out
+
+
 def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 2048) -> None:
     """Write a copy of a class raster with regions smaller than ``size`` px merged away.
 
-    Each block is sieved with a halo of ``min(size, block_size // 2)`` px of context
-    and only its core kept. Whether a region is small is then decided exactly
-    whenever ``size <= block_size // 2`` (a region of fewer than ``size`` px never
-    reaches further than the halo, and a larger one crossing the window edge shows
-    at least ``halo`` px of itself); the neighbour a small region merges into is
-    chosen from neighbour sizes as seen in the window, which can differ from a
-    whole-raster sieve when the neighbours run out of the window. Nodata pixels
-    are never changed and never absorb a region; regions surrounded only by nodata
-    stay.
+    Blocks of ``block_size`` px are sieved with context around them: see
+    :func:`sieve_band`.
 
     Args:
         src_path: Class raster (uint8, nodata 255).
@@ -141,7 +175,6 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
         size: Minimum region size in pixels (4-connected); ``<= 1`` copies unchanged.
         block_size: Edge of the processing blocks in pixels.
     """
-    halo = max(0, min(size, block_size // 2))
     with (
         rasterio.Env(**GDAL_ENV),
         rasterio.open(src_path) as src,
@@ -150,29 +183,13 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
         with contextlib.suppress(ValueError):
             dst.write_colormap(1, src.colormap(1))
         dst.update_tags(**src.tags())
-        for row in blocks(src.height, src.width, block_size):
-            for core in row:
-                col0 = max(0, core.col_off - halo)
-                row0 = max(0, core.row_off - halo)
-                col1 = min(src.width, core.col_off + core.width + halo)
-                row1 = min(src.height, core.row_off + core.height + halo)
-                outer = Window(col0, row0, col1 - col0, row1 - row0)
-                data = src.read(1, window=outer)
-                valid = data != NODATA
-                # GDAL refuses a sieve threshold as large as the whole window.
-                if 1 < size < data.size and valid.any():
-                    data = sieve(data, size, mask=valid, connectivity=4)
-                r, c = core.row_off - row0, core.col_off - col0
-                dst.write(data[r : r + core.height, c : c + core.width], 1, window=core)
+        for band in file_bands(src_path, None, block_size, sieve_halo(size, block_size)):
+            window = Window(0, band.row_off, src.width, band.height)
+            dst.write(sieve_band(band, size, block_size), 1, window=window)
 
 
-def _block_polygons(
-    classes: rasterio.DatasetReader,
-    confidence: rasterio.DatasetReader | None,
-    window: Window,
-) -> PolygonBatch:
-    """Polygons of one block, in whole-raster pixel coordinates, with pixel statistics."""
-    data = classes.read(1, window=window)
+def _block_polygons(data: np.ndarray, conf: np.ndarray | None, window: Window) -> PolygonBatch:
+    """Polygons of one block's classes (at ``window``), in whole-raster pixel coordinates."""
     valid = data != NODATA
     if not valid.any():
         return PolygonBatch.empty()
@@ -198,12 +215,12 @@ def _block_polygons(
     labels = polygon_of_region[regions].ravel()
     n = len(geometry) + 1
     pixels = np.bincount(labels, minlength=n)[1:].astype("int64")
-    if confidence is None:
+    if conf is None:
         return PolygonBatch(
             geometry, class_id, pixels, np.zeros(n - 1), np.zeros(n - 1, dtype="int64")
         )
-    conf = confidence.read(1, window=window).ravel()
-    has = conf != (confidence.nodata if confidence.nodata is not None else NODATA)
+    conf = conf.ravel()
+    has = conf != NODATA
     conf_sum = np.bincount(labels[has], weights=conf[has], minlength=n)[1:]
     conf_count = np.bincount(labels[has], minlength=n)[1:]
     return PolygonBatch(geometry, class_id, pixels, conf_sum, conf_count.astype("int64"))
@@ -278,25 +295,35 @@ def _merge_touching(pool: PolygonBatch) -> PolygonBatch:
     )
 
 
-def _pixel_polygons(
-    classes: rasterio.DatasetReader,
-    confidence: rasterio.DatasetReader | None,
-    block_size: int,
-) -> Iterator[PolygonBatch]:
-    """Finished polygons in pixel coordinates, one batch per block row."""
-    height, width = classes.height, classes.width
-    carry = PolygonBatch.empty()
-    for row in blocks(height, width, block_size):
-        top = row[0].row_off
-        bottom = top + row[0].height
+class BandPolygons:
+    """Polygons of a class raster fed band by band (top to bottom), in pixel coordinates.
+
+    Each band is cut into blocks of ``block_size`` columns and polygonised block by
+    block; polygons cut by a block seam are merged with their other parts as soon
+    as those are known, so :meth:`add` returns the polygons the band finished.
+    """
+
+    def __init__(self, height: int, width: int, block_size: int) -> None:
+        self._height = height
+        self._width = width
+        self._block_size = block_size
+        self._carry = PolygonBatch.empty()
+
+    def add(self, classes: np.ndarray, confidence: np.ndarray | None, row_off: int) -> PolygonBatch:
+        """Polygonise band rows ``classes`` starting at ``row_off``; return those finished."""
+        height, width = self._height, self._width
+        top = row_off
+        bottom = top + classes.shape[0]
         finished: list[PolygonBatch] = []
-        open_: list[PolygonBatch] = [carry]
-        for window in row:
-            found = _block_polygons(classes, confidence, window)
+        open_: list[PolygonBatch] = [self._carry]
+        for left in range(0, width, self._block_size):
+            right = min(width, left + self._block_size)
+            window = Window(left, top, right - left, bottom - top)
+            conf = confidence[:, left:right] if confidence is not None else None
+            found = _block_polygons(classes[:, left:right], conf, window)
             if not len(found):
                 continue
             minx, miny, maxx, maxy = shapely.bounds(found.geometry).T
-            left, right = window.col_off, window.col_off + window.width
             on_seam = (
                 ((minx == left) & (left > 0))
                 | ((maxx == right) & (right < width))
@@ -311,9 +338,9 @@ def _pixel_polygons(
             if bottom < height
             else np.zeros(len(merged), dtype=bool)
         )
-        carry = merged.take(reaches_below)
+        self._carry = merged.take(reaches_below)
         finished.append(merged.take(~reaches_below))
-        yield PolygonBatch.concat(finished)
+        return PolygonBatch.concat(finished)
 
 
 def _regroup(batches: Iterable[PolygonBatch], size: int) -> Iterator[PolygonBatch]:
@@ -363,6 +390,20 @@ def to_crs_coordinates(geometry: np.ndarray, transform: Affine) -> np.ndarray:
     return shapely.transform(geometry, apply)
 
 
+def finish_polygons(
+    batches: Iterable[PolygonBatch], transform: Affine, simplify_px: float = 0.0
+) -> Iterator[PolygonBatch]:
+    """Simplify (as coverages, if ``simplify_px``) and move pixel-coordinate batches to the CRS."""
+    stream: Iterable[PolygonBatch] = batches
+    if simplify_px > 0:
+        stream = _regroup(stream, SIMPLIFY_GROUP)
+    for batch in stream:
+        if not len(batch):
+            continue
+        geometry = simplify_coverage(batch.geometry, simplify_px)
+        yield batch.with_geometry(to_crs_coordinates(geometry, transform))
+
+
 def vectorize(
     classes_path: Path,
     confidence_path: Path | None = None,
@@ -385,17 +426,11 @@ def vectorize(
     Yields:
         Batches of finished polygons.
     """
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(**GDAL_ENV))
-        classes = stack.enter_context(rasterio.open(classes_path))
-        confidence = (
-            stack.enter_context(rasterio.open(confidence_path)) if confidence_path else None
-        )
-        stream = _pixel_polygons(classes, confidence, block_size)
-        if simplify_px > 0:
-            stream = _regroup(stream, SIMPLIFY_GROUP)
-        for batch in stream:
-            if not len(batch):
-                continue
-            geometry = simplify_coverage(batch.geometry, simplify_px)
-            yield batch.with_geometry(to_crs_coordinates(geometry, classes.transform))
+    with rasterio.open(classes_path) as src:
+        height, width, transform = src.height, src.width, src.transform
+    polygons = BandPolygons(height, width, block_size)
+    batches = (
+        polygons.add(band.core, band.confidence, band.row_off)
+        for band in file_bands(classes_path, confidence_path, block_size)
+    )
+    yield from finish_polygons(batches, transform, simplify_px)

@@ -1,0 +1,156 @@
+"""Bands of a class raster: full-width runs of rows, from a file or as a run produces them.
+
+The field-health pass (:mod:`agriseg.products`) consumes a raster band by band, top
+to bottom, so it can start while the segmentation is still running:
+:class:`BandAssembler` turns the blocks a run writes into bands as soon as every row
+a band needs (its own and its context rows) is known; :func:`file_bands` reads the
+same bands from a finished file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from agriseg.classes import NODATA
+
+
+@dataclass(frozen=True)
+class Band:
+    """Rows ``[row_off, row_off + height)`` of a class raster, with context rows around them.
+
+    Attributes:
+        row_off: First row of the band.
+        height: Rows in the band.
+        classes: Class ids of rows ``[row_off - above, row_off + height + below)``
+            (the context rows, clipped to the raster, are what sieving looks at).
+        above: Context rows above the band in ``classes``.
+        confidence: Confidence (0–100, nodata 255) of the band's own rows, or None.
+    """
+
+    row_off: int
+    height: int
+    classes: np.ndarray
+    above: int
+    confidence: np.ndarray | None
+
+    @property
+    def core(self) -> np.ndarray:
+        """The class ids of the band's own rows."""
+        return self.classes[self.above : self.above + self.height]
+
+
+def file_bands(
+    classes_path: Path,
+    confidence_path: Path | None,
+    band_height: int,
+    halo: int = 0,
+) -> Iterator[Band]:
+    """The bands of a class raster file, ``band_height`` rows each, with ``halo`` context rows."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=256))
+        classes = stack.enter_context(rasterio.open(classes_path))
+        confidence = (
+            stack.enter_context(rasterio.open(confidence_path)) if confidence_path else None
+        )
+        height, width = classes.height, classes.width
+        for row in range(0, height, band_height):
+            rows = min(band_height, height - row)
+            top = max(0, row - halo)
+            bottom = min(height, row + rows + halo)
+            data = classes.read(1, window=Window(0, top, width, bottom - top))
+            conf = (
+                confidence.read(1, window=Window(0, row, width, rows))
+                if confidence is not None
+                else None
+            )
+            yield Band(row, rows, data, row - top, conf)
+
+
+class BandAssembler:
+    """Collects blocks written in any order into bands of ``band_height`` rows.
+
+    Only the rows not yet handed out in a band (and the context rows the next band
+    needs) are kept, so memory is about ``(band_height + 2 * halo + block rows) x width``
+    bytes per raster, whatever the raster's height.
+
+    Args:
+        height: Rows of the raster.
+        width: Columns of the raster.
+        band_height: Rows per band.
+        halo: Context rows above and below each band.
+        confidence: Whether blocks come with a confidence array.
+    """
+
+    def __init__(
+        self, height: int, width: int, band_height: int, halo: int, confidence: bool = True
+    ) -> None:
+        self._height = height
+        self._width = width
+        self._band_height = band_height
+        self._halo = halo
+        self._next_row = 0  # first row of the next band
+        self._start = 0  # first row held in the buffers
+        self._classes = np.full((0, width), NODATA, dtype="uint8")
+        self._confidence = np.full((0, width), NODATA, dtype="uint8") if confidence else None
+        self._filled = np.zeros(height, dtype="int64")  # columns written, per row
+        self._complete = 0  # rows [0, complete) are written across the whole width
+
+    def _grow(self, stop: int) -> None:
+        extra = stop - (self._start + len(self._classes))
+        if extra > 0:
+            pad = np.full((extra, self._width), NODATA, dtype="uint8")
+            self._classes = np.concatenate([self._classes, pad])
+            if self._confidence is not None:
+                self._confidence = np.concatenate([self._confidence, pad])
+
+    def add(
+        self, window: Window, classes: np.ndarray, confidence: np.ndarray | None = None
+    ) -> list[Band]:
+        """Take one block; return the bands it completed (in order)."""
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height), c0 + int(window.width)
+        self._grow(r1)
+        self._classes[r0 - self._start : r1 - self._start, c0:c1] = classes
+        if self._confidence is not None and confidence is not None:
+            self._confidence[r0 - self._start : r1 - self._start, c0:c1] = confidence
+        self._filled[r0:r1] += c1 - c0
+        while self._complete < self._height and self._filled[self._complete] >= self._width:
+            self._complete += 1
+        return self._ready()
+
+    def _ready(self) -> list[Band]:
+        bands = []
+        while self._next_row < self._height:
+            row = self._next_row
+            rows = min(self._band_height, self._height - row)
+            bottom = min(self._height, row + rows + self._halo)
+            if self._complete < bottom:
+                break
+            top = max(0, row - self._halo)
+            a, b = top - self._start, bottom - self._start
+            conf = None
+            if self._confidence is not None:
+                conf = self._confidence[row - self._start : row - self._start + rows].copy()
+            bands.append(Band(row, rows, self._classes[a:b].copy(), row - top, conf))
+            self._next_row = row + rows
+            # Keep only what later bands need: their context above and beyond.
+            keep_from = max(0, self._next_row - self._halo)
+            drop = keep_from - self._start
+            if drop > 0:
+                self._classes = self._classes[drop:].copy()
+                if self._confidence is not None:
+                    self._confidence = self._confidence[drop:].copy()
+                self._start = keep_from
+        return bands
+
+    @property
+    def done(self) -> bool:
+        """Whether every band has been handed out."""
+        return self._next_row >= self._height
