@@ -23,6 +23,19 @@ KINDS = ("classes", "confidence")
 WRITE_ENV = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
 
 
+#: Creation options of single-band class rasters (the class raster and its sieved copy).
+SIEVED_PROFILE = {
+    "dtype": "uint8",
+    "count": 1,
+    "nodata": NODATA,
+    "tiled": True,
+    "blockxsize": 256,
+    "blockysize": 256,
+    "compress": "deflate",
+    "BIGTIFF": "IF_SAFER",
+}
+
+
 def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
     """Where ``agriseg run`` writes each product for input ``stem``."""
     return {

@@ -13,16 +13,18 @@ from typing import Any
 
 import numpy as np
 from distributed import get_task_stream
+from pyproj import CRS
 
 from agriseg import __version__
 from agriseg.atomic import output_folder, output_transaction
 from agriseg.classes import CLASSES
 from agriseg.config import RunConfig
 from agriseg.execution import dask_client
+from agriseg.health_stream import HealthStream
 from agriseg.inference import resolve_device
 from agriseg.models import ModelMeta, checkpoint_paths, read_meta, resolve
-from agriseg.outputs import ClassRasterWriter, block_size_for, output_paths
-from agriseg.products import write_health_products
+from agriseg.outputs import SIEVED_PROFILE, ClassRasterWriter, block_size_for, output_paths
+from agriseg.products import ClassGrid, plan_health
 from agriseg.raster import RasterInfo, open_raster
 from agriseg.segment import segment_blocks
 from agriseg.tiling import TileGrid
@@ -121,6 +123,23 @@ def segment_raster(
         tiles_per_chunk=config.batch_size,
     )
     paths = output_paths(out_dir, input_path.stem)
+    job = plan_health(
+        ClassGrid(
+            CRS.from_wkt(info.crs.to_wkt()),
+            info.transform,
+            info.height,
+            info.width,
+            {
+                "driver": "GTiff",
+                "crs": info.crs,
+                "transform": info.transform,
+                "width": info.width,
+                "height": info.height,
+                **SIEVED_PROFILE,
+            },
+        ),
+        config.health,
+    )
     n_classes = len(CLASSES)
     pixels = np.zeros(n_classes, dtype="int64")
     area = np.zeros(n_classes, dtype="float64")
@@ -129,7 +148,11 @@ def segment_raster(
     model_s = 0.0
     prepare_s = 0.0
     with output_folder(out_dir), output_transaction() as transaction:
-        with dask_client(config.scheduler, config.workers) as client:
+        staging = transaction.staging_folder(out_dir, "health")
+        with (
+            dask_client(config.scheduler, config.workers) as client,
+            HealthStream(job, input_path, staging, input_path.stem) as health_stream,
+        ):
             with (
                 get_task_stream(client) as stream,
                 ClassRasterWriter(
@@ -142,6 +165,7 @@ def segment_raster(
                     t = time.perf_counter()
                     writer.write(block.window, block.classes, block.confidence)
                     write_s += time.perf_counter() - t
+                    health_stream.add(block.window, block.classes, block.confidence)
                     pixels += block.pixels
                     area += block.area_m2
                     done += block.tiles
@@ -150,22 +174,15 @@ def segment_raster(
                     if progress is not None:
                         progress(done, grid.n_tiles)
             stages = _stage_seconds(stream.data)
-        vectorise_started = time.perf_counter()
-        staging = transaction.staging_folder(out_dir, "health")
-        health = write_health_products(
-            writer.staged["classes"],
-            writer.staged["confidence"],
-            input_path,
-            staging,
-            input_path.stem,
-            config.health,
-        )
+            segmented = time.perf_counter()
+            health = health_stream.finish()
         health["outputs"] = {}
         for product in sorted(staging.iterdir()):
             final = out_dir / product.name
             transaction.adopt(product, final)
             health["outputs"][product.name] = str(final)
-        stages["vectorise"] = round(time.perf_counter() - vectorise_started, 3)
+        stages["vectorise"] = round(health_stream.busy_s, 3)
+        stages["vectorise_after_segmentation"] = round(time.perf_counter() - segmented, 3)
         stages["prepare"] = round(prepare_s, 3)
         stages["infer"] = round(model_s, 3)
         stages["write"] = round(write_s, 3)

@@ -55,6 +55,9 @@ VectorFormat = Literal["geojson", "gpkg"]
 #: Vector formats ``write_health_products`` can write.
 VECTOR_FORMATS: tuple[VectorFormat, ...] = ("geojson", "gpkg")
 
+#: Most rows per band of the health pass (blocks are ``block_size`` px wide).
+BAND_ROWS = 2048
+
 #: Layer names inside ``<stem>.health.gpkg``.
 POLYGON_LAYER = "health"
 ZONE_LAYER = "zones"
@@ -189,7 +192,8 @@ class HealthJob:
 
     @property
     def band_height(self) -> int:
-        return self.options.block_size
+        """Rows per band: short bands let a run's health pass follow close behind it."""
+        return min(self.options.block_size, BAND_ROWS)
 
     @property
     def halo(self) -> int:

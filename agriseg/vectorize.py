@@ -26,6 +26,8 @@ from affine import Affine
 from rasterio.features import shapes, sieve
 from rasterio.windows import Window
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from agriseg.bands import Band, file_bands
 from agriseg.classes import NODATA
@@ -188,11 +190,17 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
             dst.write(sieve_band(band, size, block_size), 1, window=window)
 
 
-def _block_polygons(data: np.ndarray, conf: np.ndarray | None, window: Window) -> PolygonBatch:
-    """Polygons of one block's classes (at ``window``), in whole-raster pixel coordinates."""
+def _block_polygons(
+    data: np.ndarray, conf: np.ndarray | None, window: Window
+) -> tuple[PolygonBatch, np.ndarray]:
+    """Polygons of one block's classes (at ``window``), in whole-raster pixel coordinates.
+
+    Also returns the block's pixels labelled with their polygon's index plus one
+    (0 for nodata).
+    """
     valid = data != NODATA
     if not valid.any():
-        return PolygonBatch.empty()
+        return PolygonBatch.empty(), np.zeros(data.shape, dtype="int64")
     offset = Affine.translation(window.col_off, window.row_off)
     # Label the 4-connected regions of each class first and polygonise the labels, so
     # every polygon comes with its pixels (burning polygons back is quadratic in their
@@ -212,18 +220,19 @@ def _block_polygons(data: np.ndarray, conf: np.ndarray | None, window: Window) -
     class_id = region_class[region_ids]
     polygon_of_region = np.zeros(n_regions + 1, dtype="int64")
     polygon_of_region[region_ids] = np.arange(1, len(found) + 1)
-    labels = polygon_of_region[regions].ravel()
+    labels2d = polygon_of_region[regions]
+    labels = labels2d.ravel()
     n = len(geometry) + 1
     pixels = np.bincount(labels, minlength=n)[1:].astype("int64")
     if conf is None:
-        return PolygonBatch(
-            geometry, class_id, pixels, np.zeros(n - 1), np.zeros(n - 1, dtype="int64")
-        )
+        zeros = np.zeros(n - 1)
+        return PolygonBatch(geometry, class_id, pixels, zeros, zeros.astype("int64")), labels2d
     conf = conf.ravel()
     has = conf != NODATA
     conf_sum = np.bincount(labels[has], weights=conf[has], minlength=n)[1:]
     conf_count = np.bincount(labels[has], minlength=n)[1:]
-    return PolygonBatch(geometry, class_id, pixels, conf_sum, conf_count.astype("int64"))
+    batch = PolygonBatch(geometry, class_id, pixels, conf_sum, conf_count.astype("int64"))
+    return batch, labels2d
 
 
 def polygons_from_geojson(polygons: list[dict]) -> np.ndarray:
@@ -245,102 +254,102 @@ def polygons_from_geojson(polygons: list[dict]) -> np.ndarray:
 
 def _components(n: int, pairs: np.ndarray) -> np.ndarray:
     """Connected-component label of each of ``n`` nodes joined by index ``pairs`` (k × 2)."""
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(i) for i in range(n)])
+    if n == 0:
+        return np.empty(0, dtype="int64")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype("int64")
 
 
-def _merge_touching(pool: PolygonBatch) -> PolygonBatch:
-    """Union same-class polygons that share an edge (not just a corner)."""
-    if len(pool) < 2:
-        return pool
-    tree = shapely.STRtree(pool.geometry)
-    a, b = tree.query(pool.geometry, predicate="touches")
-    keep = (a < b) & (pool.class_id[a] == pool.class_id[b])
-    a, b = a[keep], b[keep]
-    if not len(a):
-        return pool
-    shared = shapely.length(shapely.intersection(pool.geometry[a], pool.geometry[b])) > 0
-    a, b = a[shared], b[shared]
-    if not len(a):
-        return pool
-    roots = _components(len(pool), np.column_stack([a, b]))
+def _merge_groups(parts: PolygonBatch, roots: np.ndarray) -> PolygonBatch:
+    """One polygon per group of ``parts`` with the same root: the union of its members."""
     order = np.argsort(roots, kind="stable")
     uniq, starts = np.unique(roots[order], return_index=True)
     groups = np.split(order, starts[1:])
     geometry = np.empty(len(uniq), dtype=object)
     for k, members in enumerate(groups):
         geometry[k] = (
-            pool.geometry[members[0]]
+            parts.geometry[members[0]]
             if len(members) == 1
-            else shapely.union_all(pool.geometry[members])
+            else shapely.union_all(parts.geometry[members])
         )
-    first = np.array([g[0] for g in groups])
+    first = np.array([g[0] for g in groups], dtype="int64")
     return PolygonBatch(
         geometry,
-        pool.class_id[first],
-        np.add.reduceat(pool.pixels[order], starts),
-        np.add.reduceat(pool.confidence_sum[order], starts),
-        np.add.reduceat(pool.confidence_count[order], starts),
+        parts.class_id[first],
+        np.add.reduceat(parts.pixels[order], starts),
+        np.add.reduceat(parts.confidence_sum[order], starts),
+        np.add.reduceat(parts.confidence_count[order], starts),
     )
+
+
+def _seam_pairs(a: np.ndarray, b: np.ndarray, class_id: np.ndarray) -> np.ndarray:
+    """Pairs of part indexes (1-based) facing each other across a seam with the same class."""
+    both = (a > 0) & (b > 0)
+    a, b = a[both] - 1, b[both] - 1
+    same = class_id[a] == class_id[b]
+    return np.unique(np.column_stack([a[same], b[same]]), axis=0)
 
 
 class BandPolygons:
     """Polygons of a class raster fed band by band (top to bottom), in pixel coordinates.
 
     Each band is cut into blocks of ``block_size`` columns and polygonised block by
-    block; polygons cut by a block seam are merged with their other parts as soon
-    as those are known, so :meth:`add` returns the polygons the band finished.
+    block. A region cut by block or band seams comes out in parts; parts are joined
+    where same-class pixels face each other across a seam (pixel adjacency, not
+    geometry, decides), and each region's parts are unioned once, when no part of it
+    reaches the band's last row any more. :meth:`add` returns the regions a band
+    finished, so the cost stays linear in the raster whatever the band height.
     """
 
     def __init__(self, height: int, width: int, block_size: int) -> None:
         self._height = height
         self._width = width
         self._block_size = block_size
-        self._carry = PolygonBatch.empty()
+        self._carry = PolygonBatch.empty()  # parts of regions still open
+        self._carry_root = np.empty(0, dtype="int64")  # region of each carried part
+        self._carry_row = np.zeros(width, dtype="int64")  # last row: carried part + 1
 
     def add(self, classes: np.ndarray, confidence: np.ndarray | None, row_off: int) -> PolygonBatch:
-        """Polygonise band rows ``classes`` starting at ``row_off``; return those finished."""
-        height, width = self._height, self._width
-        top = row_off
-        bottom = top + classes.shape[0]
-        finished: list[PolygonBatch] = []
-        open_: list[PolygonBatch] = [self._carry]
-        for left in range(0, width, self._block_size):
-            right = min(width, left + self._block_size)
+        """Polygonise band rows ``classes`` starting at ``row_off``; return the finished ones."""
+        top, bottom = row_off, row_off + classes.shape[0]
+        parts = [self._carry]
+        count = len(self._carry)
+        first_row = np.zeros(self._width, dtype="int64")
+        last_row = np.zeros(self._width, dtype="int64")
+        seams = [(self._carry_row, first_row)]  # pixels facing each other: part index + 1
+        previous_column: np.ndarray | None = None
+        for left in range(0, self._width, self._block_size):
+            right = min(self._width, left + self._block_size)
             window = Window(left, top, right - left, bottom - top)
             conf = confidence[:, left:right] if confidence is not None else None
-            found = _block_polygons(classes[:, left:right], conf, window)
-            if not len(found):
-                continue
-            minx, miny, maxx, maxy = shapely.bounds(found.geometry).T
-            on_seam = (
-                ((minx == left) & (left > 0))
-                | ((maxx == right) & (right < width))
-                | ((miny == top) & (top > 0))
-                | ((maxy == bottom) & (bottom < height))
-            )
-            finished.append(found.take(~on_seam))
-            open_.append(found.take(on_seam))
-        merged = _merge_touching(PolygonBatch.concat(open_))
-        reaches_below = (
-            shapely.bounds(merged.geometry)[:, 3] == bottom
-            if bottom < height
-            else np.zeros(len(merged), dtype=bool)
-        )
-        self._carry = merged.take(reaches_below)
-        finished.append(merged.take(~reaches_below))
-        return PolygonBatch.concat(finished)
+            found, labels = _block_polygons(classes[:, left:right], conf, window)
+            labels = np.where(labels > 0, labels + count, 0)
+            parts.append(found)
+            count += len(found)
+            first_row[left:right] = labels[0]
+            last_row[left:right] = labels[-1]
+            if previous_column is not None:
+                seams.append((previous_column, labels[:, 0]))
+            previous_column = labels[:, -1]
+        pool = PolygonBatch.concat(parts)
+        links = [np.column_stack([np.arange(len(self._carry)), self._carry_root])]
+        links += [_seam_pairs(a, b, pool.class_id) for a, b in seams]
+        region = _components(count, np.concatenate(links))
+        if bottom < self._height:
+            is_open = np.isin(region, region[last_row[last_row > 0] - 1])
+        else:
+            is_open = np.zeros(count, dtype=bool)
+        done = ~is_open
+        finished = _merge_groups(pool.take(done), region[done]) if done.any() else pool.take(done)
+        # Carry the open parts, renumbered, with their region's first part and the last row.
+        kept = np.flatnonzero(is_open)
+        renumber = np.zeros(count + 1, dtype="int64")
+        renumber[kept + 1] = np.arange(1, len(kept) + 1)
+        regions, first = np.unique(region[kept], return_index=True)
+        self._carry = pool.take(kept)
+        self._carry_root = first[np.searchsorted(regions, region[kept])]
+        self._carry_row = renumber[last_row]
+        return finished
 
 
 def _regroup(batches: Iterable[PolygonBatch], size: int) -> Iterator[PolygonBatch]:

@@ -1,0 +1,107 @@
+"""The health pass streamed beside the segmentation gives the same products as afterwards."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import field_image, write_raster
+from rasterio.windows import Window
+
+from agriseg.bands import BandAssembler, file_bands
+from agriseg.classes import NODATA
+from agriseg.config import RunConfig
+from agriseg.health_stream import HealthStream
+from agriseg.pipeline import segment_raster
+from agriseg.products import ClassGrid, HealthOptions, plan_health, write_health_products
+
+
+def scrambled_blocks(height: int, width: int, edge: int, seed: int) -> list[Window]:
+    """Blocks of ``edge`` px, block rows in order, blocks within a row shuffled."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for row in range(0, height, edge):
+        windows = [
+            Window(col, row, min(edge, width - col), min(edge, height - row))
+            for col in range(0, width, edge)
+        ]
+        out += [windows[k] for k in rng.permutation(len(windows))]
+    return out
+
+
+@pytest.mark.parametrize(("band", "halo", "edge"), [(16, 5, 7), (64, 0, 48), (10, 25, 13)])
+def test_assembled_bands_equal_the_bands_read_from_the_file(
+    tmp_path: Path, band: int, halo: int, edge: int
+) -> None:
+    rng = np.random.default_rng(band + halo)
+    classes = rng.choice([0, 1, 2, 3, NODATA], (70, 45)).astype("uint8")
+    confidence = rng.integers(0, 101, classes.shape, dtype="uint8")
+    write_raster(tmp_path / "c.tif", classes[None], nodata=NODATA, block=16)
+    write_raster(tmp_path / "p.tif", confidence[None], nodata=NODATA, block=16)
+    assembler = BandAssembler(70, 45, band, halo)
+    streamed = []
+    for w in scrambled_blocks(70, 45, edge, seed=1):
+        rows, cols = slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width)
+        streamed += assembler.add(w, classes[rows, cols], confidence[rows, cols])
+    assert assembler.done
+    expected = list(file_bands(tmp_path / "c.tif", tmp_path / "p.tif", band, halo))
+    assert len(streamed) == len(expected) == -(-70 // band)
+    for got, want in zip(streamed, expected, strict=True):
+        assert (got.row_off, got.height, got.above) == (want.row_off, want.height, want.above)
+        assert np.array_equal(got.classes, want.classes)
+        assert np.array_equal(got.confidence, want.confidence)
+
+
+def test_run_streams_the_same_products_as_a_pass_over_the_finished_rasters(
+    tmp_path: Path,
+) -> None:
+    image = write_raster(tmp_path / "plot.tif", field_image(200, 240, seed=3))
+    # Small blocks: many bands and seams, so the streamed pass really runs in pieces.
+    options = HealthOptions(block_size=48, min_area_m2=0.004)
+    config = RunConfig(device="cpu", tile_size=128, overlap=32, health=options)
+    result = segment_raster(image, tmp_path / "run", config)
+    after = tmp_path / "after"
+    after.mkdir()
+    again = write_health_products(
+        result.outputs["classes"], result.outputs["confidence"], image, after, "plot", options
+    )
+    assert again["health"] == result.summary["health"] and again["health"]["polygons"] > 20
+    for name in ("plot.health.geojson", "plot.health.qml"):
+        assert (after / name).read_bytes() == (tmp_path / "run" / name).read_bytes()
+    timings = result.summary["timings_s"]
+    assert timings["vectorise"] > 0 and timings["vectorise_after_segmentation"] >= 0
+    json.dumps(result.summary)
+
+
+def job_for(tmp_path: Path, **options):
+    path = write_raster(tmp_path / "g.tif", np.zeros((1, 40, 30), dtype="uint8"), nodata=NODATA)
+    return plan_health(ClassGrid.of_file(path), HealthOptions(block_size=16, **options))
+
+
+def test_a_failing_health_pass_fails_the_producer_and_stops(tmp_path: Path) -> None:
+    job = job_for(tmp_path)
+    before = threading.active_count()
+    block = np.ones((10, 30), dtype="uint8")
+    missing = tmp_path / "missing"
+    with pytest.raises(Exception, match="missing"), HealthStream(job, None, missing, "x") as stream:
+        for row in range(0, 40, 10):
+            stream.add(Window(0, row, 30, 10), block, block)
+        stream.finish()
+    assert threading.active_count() == before
+
+
+def test_leaving_early_stops_the_pass_and_leaves_no_products(tmp_path: Path) -> None:
+    job = job_for(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    block = np.ones((10, 30), dtype="uint8")
+    before = threading.active_count()
+    with pytest.raises(KeyboardInterrupt), HealthStream(job, None, out, "x") as stream:
+        stream.add(Window(0, 0, 30, 10), block, block)
+        stream.add(Window(0, 10, 30, 10), block, block)
+        raise KeyboardInterrupt
+    assert threading.active_count() == before
+    assert list(out.iterdir()) == []
