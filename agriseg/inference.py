@@ -47,8 +47,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def default_threads() -> int:
-    """Intra-op threads per forward pass: the CPUs this process may run on."""
+    """The CPUs this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+#: Intra-op threads per CPU forward pass unless told otherwise. One forward per core
+#: at a time, each on one thread, measured ~10% faster on 2 cores than one forward
+#: over all cores, and single-threaded kernels never stall at a barrier waiting for
+#: a thread the readers and the health pass took their core from.
+DEFAULT_FORWARD_THREADS = 1
+
+
+def forward_streams(device: torch.device, threads: int) -> int:
+    """Forward passes a predictor runs at once: one on a GPU, cores / threads on CPU."""
+    return 1 if device.type == "cuda" else max(1, default_threads() // threads)
 
 
 def normalize(data: np.ndarray, dtype: str, norm: Normalization) -> np.ndarray:
@@ -72,7 +84,10 @@ class Predictor:
         self.device = device
         self.threads = threads
         self.model = model.to(device).to(memory_format=torch.channels_last).eval()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="agriseg-forward")
+        # Forwards run on the predictor's own threads (each keeps one OpenMP team),
+        # as many at once as the device takes (see forward_streams).
+        self.streams = forward_streams(device, threads)
+        self._executor = ThreadPoolExecutor(self.streams, thread_name_prefix="agriseg-forward")
         self._amp_dtype: torch.dtype | None = None
         if device.type == "cuda":
             self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -118,10 +133,10 @@ _LOADS = 0
 def get_predictor(model_ref: str | Path, device: str, threads: int | None = None) -> Predictor:
     """The process-wide predictor for ``model_ref`` on ``device`` (loaded on first use).
 
-    ``threads`` defaults to :func:`default_threads` of the calling process.
+    ``threads`` defaults to :data:`DEFAULT_FORWARD_THREADS`.
     """
     global _LOADS
-    key = (str(model_ref), device, threads or default_threads())
+    key = (str(model_ref), device, threads or DEFAULT_FORWARD_THREADS)
     with _PREDICTORS_LOCK:
         predictor = _PREDICTORS.get(key)
         if predictor is None:

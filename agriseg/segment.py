@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from agriseg.areas import pixel_area_rows_m2
 from agriseg.classes import NODATA
-from agriseg.inference import default_threads, get_predictor, normalize
+from agriseg.inference import DEFAULT_FORWARD_THREADS, get_predictor, normalize
 from agriseg.models import Normalization
 from agriseg.raster import RasterInfo, lazy_array
 from agriseg.tiling import TileGrid
@@ -173,10 +173,10 @@ def segment_blocks(
 
     Chunk rows are submitted ``LOOKAHEAD_ROWS`` ahead of the row being stitched and
     released as soon as no stitch needs them, which bounds memory. ``threads`` (default:
-    this machine's CPUs) is the intra-op thread count of every forward pass on every
-    worker, so that outputs do not depend on where the chunks ran.
+    :data:`~agriseg.inference.DEFAULT_FORWARD_THREADS`) is the intra-op thread count
+    of every forward pass on every worker, so outputs do not depend on where chunks ran.
     """
-    threads = threads or default_threads()
+    threads = threads or DEFAULT_FORWARD_THREADS
     source = lazy_array(info)
     pending: dict[tuple[int, int], object] = {}
 

@@ -61,7 +61,10 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads per forward pass on every worker (default: this machine's CPUs)",
+        help=(
+            "CPU threads per forward pass on every worker (default 1: one forward per "
+            "core at a time); outputs are bit-identical for equal values"
+        ),
     )
 
 
