@@ -24,7 +24,13 @@ class RunConfig:
         workers: start a local cluster of this many worker processes.
         health: how the class raster becomes field-health polygons and statistics.
         threads: intra-op threads of each CPU forward pass, on every worker; ``None``
-            uses this machine's CPU count. Outputs are bit-identical for equal values.
+            runs one single-threaded forward per core at a time. Outputs are
+            bit-identical for equal values.
+        stream_health: run the field-health pass band by band beside the
+            segmentation (True) or over the finished rasters (False); ``None``
+            streams on CUDA, where the CPU is otherwise idle, and not on CPU, where
+            the model already takes every core and the two memory peaks would add up.
+            The products are identical either way.
     """
 
     model: str = "default"
@@ -38,3 +44,4 @@ class RunConfig:
     workers: int | None = None
     threads: int | None = None
     health: HealthOptions = field(default_factory=HealthOptions)
+    stream_health: bool | None = None

@@ -4,9 +4,12 @@ an existing Dask distributed cluster. agriseg never schedules tasks itself."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from distributed import Client, LocalCluster
 
@@ -24,6 +27,29 @@ def scheduler_address(explicit: str | None) -> str | None:
 def local_threads() -> int:
     # Reads and decoding run on spare threads while one thread feeds the model.
     return default_threads() + 2
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the heap memory this process has freed back to the system (glibc; else no-op).
+
+    glibc keeps freed memory for reuse, so the segmentation's peak would stay resident
+    under the field-health pass that follows it; ``malloc_trim`` returns it (measured:
+    4096² run peak 2056 -> see README). Unlike lowering ``M_TRIM_THRESHOLD`` for the
+    whole run, it does not make every forward pass fault its buffers in again (that
+    cost ~40% of CPU inference speed).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 #: The scheduler always serves HTTP (health checks); keep it on a free loopback port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -17,9 +18,10 @@ from pyproj import CRS
 
 from agriseg import __version__
 from agriseg.atomic import output_folder, output_transaction
+from agriseg.bands import file_bands
 from agriseg.classes import CLASSES
 from agriseg.config import RunConfig
-from agriseg.execution import dask_client
+from agriseg.execution import dask_client, release_free_memory
 from agriseg.health_stream import HealthStream
 from agriseg.inference import resolve_device
 from agriseg.models import ModelMeta, checkpoint_paths, read_meta, resolve
@@ -147,11 +149,17 @@ def segment_raster(
     write_s = 0.0
     model_s = 0.0
     prepare_s = 0.0
+    stream_health = config.stream_health
+    if stream_health is None:
+        stream_health = device.startswith("cuda")
     with output_folder(out_dir), output_transaction() as transaction:
         staging = transaction.staging_folder(out_dir, "health")
+        health_stream = (
+            HealthStream(job, input_path, staging, input_path.stem) if stream_health else None
+        )
         with (
             dask_client(config.scheduler, config.workers) as client,
-            HealthStream(job, input_path, staging, input_path.stem) as health_stream,
+            health_stream or contextlib.nullcontext(),
         ):
             with (
                 get_task_stream(client) as stream,
@@ -165,7 +173,8 @@ def segment_raster(
                     t = time.perf_counter()
                     writer.write(block.window, block.classes, block.confidence)
                     write_s += time.perf_counter() - t
-                    health_stream.add(block.window, block.classes, block.confidence)
+                    if health_stream is not None:
+                        health_stream.add(block.window, block.classes, block.confidence)
                     pixels += block.pixels
                     area += block.area_m2
                     done += block.tiles
@@ -175,13 +184,26 @@ def segment_raster(
                         progress(done, grid.n_tiles)
             stages = _stage_seconds(stream.data)
             segmented = time.perf_counter()
-            health = health_stream.finish()
+            if health_stream is not None:
+                health = health_stream.finish()
+                health_s = health_stream.busy_s
+        if health_stream is None:
+            release_free_memory()
+            health = job.run(
+                file_bands(
+                    writer.staged["classes"], writer.staged["confidence"], job.band_height, job.halo
+                ),
+                input_path,
+                staging,
+                input_path.stem,
+            )
+            health_s = time.perf_counter() - segmented
         health["outputs"] = {}
         for product in sorted(staging.iterdir()):
             final = out_dir / product.name
             transaction.adopt(product, final)
             health["outputs"][product.name] = str(final)
-        stages["vectorise"] = round(health_stream.busy_s, 3)
+        stages["vectorise"] = round(health_s, 3)
         stages["vectorise_after_segmentation"] = round(time.perf_counter() - segmented, 3)
         stages["prepare"] = round(prepare_s, 3)
         stages["infer"] = round(model_s, 3)

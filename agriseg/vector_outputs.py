@@ -38,6 +38,9 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+#: Features converted to text at a time.
+WRITE_SLICE = 2000
+
 #: Largest distance (degrees) a vertex moves when rounded to the GeoJSON grid.
 _ROUNDING_SHIFT = math.sqrt(2) * 0.5 * 10.0**-GEOJSON_DECIMALS
 
@@ -136,10 +139,12 @@ class GeoJSONWriter:
         return self
 
     def write(self, frame: gpd.GeoDataFrame) -> None:
-        """Append the rows of ``frame`` as features."""
+        """Append the rows of ``frame`` as features (a slice at a time: bounded memory)."""
+        for start in range(0, len(frame), WRITE_SLICE):
+            self._write_slice(frame.iloc[start : start + WRITE_SLICE])
+
+    def _write_slice(self, frame: gpd.GeoDataFrame) -> None:
         assert self._fh is not None, "use GeoJSONWriter as a context manager"
-        if frame.empty:
-            return
         geometry = to_rfc7946(frame.geometry.to_numpy(), self._crs, snap_safely=self._snap_safely)
         keep = ~(shapely.is_missing(geometry) | shapely.is_empty(geometry))
         if not keep.any():

@@ -35,6 +35,9 @@ from agriseg.classes import NODATA
 #: Environment for the block reads and writes here: a bounded GDAL block cache.
 GDAL_ENV = {"GDAL_CACHEMAX": 256}
 
+#: Polygons built from GDAL's shapes at a time (bounds their Python coordinate lists).
+SHAPES_SLICE = 2048
+
 #: Polygons simplified together; edges shared with polygons outside a group stay exact.
 SIMPLIFY_GROUP = 50_000
 
@@ -200,7 +203,7 @@ def _block_polygons(
     """
     valid = data != NODATA
     if not valid.any():
-        return PolygonBatch.empty(), np.zeros(data.shape, dtype="int64")
+        return PolygonBatch.empty(), np.zeros(data.shape, dtype="int32")
     offset = Affine.translation(window.col_off, window.row_off)
     # Label the 4-connected regions of each class first and polygonise the labels, so
     # every polygon comes with its pixels (burning polygons back is quadratic in their
@@ -212,14 +215,20 @@ def _block_polygons(
         inside = found_regions > 0
         regions[inside] = found_regions[inside] + n_regions
         n_regions += count
-    found = list(shapes(regions, mask=valid, connectivity=4, transform=offset))
-    geometry = polygons_from_geojson([g for g, _ in found])
-    region_ids = np.array([int(v) for _, v in found], dtype="int64")
+    # GDAL's shapes come as Python coordinate lists (~100 bytes a vertex): turn them
+    # into GEOS polygons a slice at a time, so they never all exist at once.
+    pieces, ids = [], []
+    found = shapes(regions, mask=valid, connectivity=4, transform=offset)
+    while piece := list(itertools.islice(found, SHAPES_SLICE)):
+        pieces.append(polygons_from_geojson([g for g, _ in piece]))
+        ids.append(np.array([int(v) for _, v in piece], dtype="int64"))
+    geometry = np.concatenate(pieces) if pieces else np.empty(0, dtype=object)
+    region_ids = np.concatenate(ids) if ids else np.empty(0, dtype="int64")
     region_class = np.zeros(n_regions + 1, dtype="uint8")
     region_class[regions.ravel()] = data.ravel()
     class_id = region_class[region_ids]
-    polygon_of_region = np.zeros(n_regions + 1, dtype="int64")
-    polygon_of_region[region_ids] = np.arange(1, len(found) + 1)
+    polygon_of_region = np.zeros(n_regions + 1, dtype="int32")
+    polygon_of_region[region_ids] = np.arange(1, len(geometry) + 1)
     labels2d = polygon_of_region[regions]
     labels = labels2d.ravel()
     n = len(geometry) + 1

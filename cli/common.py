@@ -58,6 +58,15 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         help="start a local Dask cluster with N worker processes",
     )
     parser.add_argument(
+        "--stream-health",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "vectorise band by band while segmenting (default: on with CUDA, off on CPU, "
+            "where the model takes every core); the outputs are the same"
+        ),
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,

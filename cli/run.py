@@ -50,6 +50,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         scheduler=args.scheduler,
         workers=args.workers,
         threads=args.threads,
+        stream_health=args.stream_health,
         health=health_options_from_args(args),
     )
 

@@ -61,7 +61,7 @@ def test_run_streams_the_same_products_as_a_pass_over_the_finished_rasters(
     image = write_raster(tmp_path / "plot.tif", field_image(200, 240, seed=3))
     # Small blocks: many bands and seams, so the streamed pass really runs in pieces.
     options = HealthOptions(block_size=48, min_area_m2=0.004)
-    config = RunConfig(device="cpu", tile_size=128, overlap=32, health=options)
+    config = RunConfig(device="cpu", tile_size=128, overlap=32, health=options, stream_health=True)
     result = segment_raster(image, tmp_path / "run", config)
     after = tmp_path / "after"
     after.mkdir()
@@ -105,3 +105,19 @@ def test_leaving_early_stops_the_pass_and_leaves_no_products(tmp_path: Path) -> 
         raise KeyboardInterrupt
     assert threading.active_count() == before
     assert list(out.iterdir()) == []
+
+
+def test_cli_stream_health_flag_gives_the_same_products(tmp_path: Path) -> None:
+    from agriseg_cli.main import main
+
+    image = write_raster(tmp_path / "plot.tif", field_image(96, 128, seed=4))
+    fast = ["--device", "cpu", "--quiet", "--tile-size", "64", "--overlap", "16"]
+    for flag in ("--stream-health", "--no-stream-health"):
+        assert main(["run", str(image), "--out", str(tmp_path / flag), flag, *fast]) == 0
+    on, off = tmp_path / "--stream-health", tmp_path / "--no-stream-health"
+    name = "plot.health.geojson"
+    assert (on / name).read_bytes() == (off / name).read_bytes()
+    summaries = [json.loads((d / "plot.summary.json").read_text()) for d in (on, off)]
+    assert summaries[0]["parameters"]["stream_health"] is True
+    assert summaries[1]["parameters"]["stream_health"] is False
+    assert summaries[0]["health"] == summaries[1]["health"]
