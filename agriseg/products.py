@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +32,7 @@ from agriseg.bands import Band, file_bands
 from agriseg.classes import CLASS_NAMES, NODATA
 from agriseg.errors import InputError
 from agriseg.health import class_areas_m2, health_summary, raster_crs
-from agriseg.preview import write_preview
+from agriseg.preview import PreviewCanvas, blend_preview, save_png
 from agriseg.qgis import class_style, write_layer_styles, zone_style
 from agriseg.vector_outputs import (
     GeoJSONWriter,
@@ -238,16 +239,45 @@ def _polygon_writers(
     return writers
 
 
+class _BackgroundPreview:
+    """Collects the sieved bands for the preview and draws it on a thread once complete,
+    while the last band is still being vectorised."""
+
+    def __init__(
+        self, grid: ClassGrid, image_path: Path | None, out: Path, pool: ThreadPoolExecutor
+    ) -> None:
+        self._canvas = PreviewCanvas(grid.height, grid.width)
+        self._height = grid.height
+        self._image_path = image_path
+        self._out = out
+        self._pool = pool
+        self._future: Future[None] | None = None
+
+    def add(self, rows: np.ndarray, row_off: int) -> None:
+        self._canvas.add(rows, row_off)
+        if row_off + len(rows) >= self._height:
+            self._future = self._pool.submit(self._draw)
+
+    def _draw(self) -> None:
+        save_png(blend_preview(self._canvas.classes, self._image_path), self._out)
+
+    def result(self) -> None:
+        """Wait for the preview to be written; raise what drawing it raised."""
+        assert self._future is not None, "the preview saw no last band"
+        self._future.result()
+
+
 def _write_polygons(
     job: HealthJob,
     bands: Iterable[Band],
     sieved: Path,
     geojson: Path | None,
     gpkg: Path | None,
+    preview: _BackgroundPreview | None = None,
 ) -> int:
     """Sieve ``bands`` into ``sieved`` and vectorise them into the given files, in one pass.
 
-    Returns the number of polygons.
+    Sieved bands also go to ``preview``. Returns the number of polygons.
     """
     grid, options = job.grid, job.options
     profile = {**grid.profile, "driver": "GTiff", "count": 1, "dtype": "uint8", "nodata": NODATA}
@@ -257,6 +287,8 @@ def _write_polygons(
         for band in bands:
             core = sieve_band(band, job.sieve_px, options.block_size)
             dst.write(core, 1, window=Window(0, band.row_off, grid.width, band.height))
+            if preview is not None:
+                preview.add(core, band.row_off)
             yield polygons.add(core, band.confidence, band.row_off)
 
     with contextlib.ExitStack() as stack:
@@ -337,37 +369,47 @@ def _run_health(
     written: dict[str, str] = {}
     result: dict[str, Any] = {}
     try:
-        with contextlib.ExitStack() as stack:
-            tmp = {
-                f: stack.enter_context(
-                    geopackage_output(paths[f]) if f == "gpkg" else atomic_output(paths[f])
+        with contextlib.ExitStack() as outer:
+            preview = None
+            if options.preview:
+                # Entered before the pool: on the way out the drawing thread finishes
+                # first, then the PNG appears (or, after an error, is removed).
+                preview_tmp = outer.enter_context(atomic_output(paths["preview"]))
+                pool = outer.enter_context(ThreadPoolExecutor(1, "agriseg-preview"))
+                preview = _BackgroundPreview(job.grid, image_path, preview_tmp, pool)
+            with contextlib.ExitStack() as stack:
+                tmp = {
+                    f: stack.enter_context(
+                        geopackage_output(paths[f]) if f == "gpkg" else atomic_output(paths[f])
+                    )
+                    for f in options.formats
+                }
+                count = _write_polygons(
+                    job, bands, sieved, tmp.get("geojson"), tmp.get("gpkg"), preview
                 )
-                for f in options.formats
+                if "gpkg" in tmp:
+                    styles = {POLYGON_LAYER: class_style()}
+                    if options.grid_m is not None:
+                        result["zones"] = _write_zones(sieved, tmp["gpkg"], options)
+                        styles[ZONE_LAYER] = zone_style()
+                    write_layer_styles(tmp["gpkg"], styles)
+            for fmt in options.formats:
+                written[fmt] = str(paths[fmt])
+            if options.formats:
+                write_text_atomic(paths["qml"], class_style())
+                written["qml"] = str(paths["qml"])
+            health = health_summary(class_areas_m2(sieved, block_size=options.block_size)[0])
+            result["health"] = {
+                **health,
+                "min_area_m2": options.min_area_m2,
+                "sieve_px": job.sieve_px,
+                "polygons": count,
             }
-            count = _write_polygons(job, bands, sieved, tmp.get("geojson"), tmp.get("gpkg"))
-            if "gpkg" in tmp:
-                styles = {POLYGON_LAYER: class_style()}
-                if options.grid_m is not None:
-                    result["zones"] = _write_zones(sieved, tmp["gpkg"], options)
-                    styles[ZONE_LAYER] = zone_style()
-                write_layer_styles(tmp["gpkg"], styles)
-        for fmt in options.formats:
-            written[fmt] = str(paths[fmt])
-        if options.formats:
-            write_text_atomic(paths["qml"], class_style())
-            written["qml"] = str(paths["qml"])
-        health = health_summary(class_areas_m2(sieved, block_size=options.block_size)[0])
-        result["health"] = {
-            **health,
-            "min_area_m2": options.min_area_m2,
-            "sieve_px": job.sieve_px,
-            "polygons": count,
-        }
-        if job.fields is not None:
-            result["fields"] = field_statistics(sieved, job.fields, options.block_size)
-        if options.preview:
-            write_preview(sieved, image_path, paths["preview"])
-            written["preview"] = str(paths["preview"])
+            if job.fields is not None:
+                result["fields"] = field_statistics(sieved, job.fields, options.block_size)
+            if preview is not None:
+                preview.result()
+                written["preview"] = str(paths["preview"])
     finally:
         with contextlib.suppress(FileNotFoundError):
             sieved.unlink()

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from conftest import write_raster
 from PIL import Image
+from rasterio.enums import Resampling
 
 from agriseg.classes import CLASSES, NODATA
-from agriseg.preview import ALPHA, preview_shape, render_preview, write_preview
+from agriseg.preview import ALPHA, PreviewCanvas, preview_shape, render_preview, write_preview
 
 
 def test_preview_shape_fits_and_never_upscales() -> None:
@@ -49,3 +51,17 @@ def test_non_byte_images_are_stretched(tmp_path: Path, dtype: str) -> None:
     out = np.asarray(render_preview(tmp_path / "c.tif", tmp_path / "i.tif", max_size=16))
     assert out.shape == (16, 16, 3)
     assert out[8:].max() == 255 and out[8:].min() < out[8:].max()
+
+
+@pytest.mark.parametrize(("height", "width", "band"), [(64, 4096, 7), (3000, 2500, 512), (9, 9, 4)])
+def test_canvas_fed_by_bands_matches_gdal_nearest_decimation(
+    tmp_path: Path, height: int, width: int, band: int
+) -> None:
+    classes = np.random.default_rng(height).integers(0, 5, (height, width), dtype="uint8")
+    path = write_raster(tmp_path / "c.tif", classes[None], nodata=NODATA, block=16)
+    canvas = PreviewCanvas(height, width)
+    for row in range(0, height, band):
+        canvas.add(classes[row : row + band], row)
+    with rasterio.open(path) as src:
+        expected = src.read(1, out_shape=canvas.shape, resampling=Resampling.nearest)
+    assert np.array_equal(canvas.classes, expected)
