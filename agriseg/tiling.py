@@ -76,22 +76,30 @@ class TileGrid:
     def chunk_cols(self) -> int:
         return math.ceil(self.tile_cols / self.tiles_per_chunk)
 
+    def first_tile(self, j: int) -> int:
+        """Tile column where chunk column ``j`` starts.
+
+        A row's tiles are shared out as evenly as possible (5 tiles in batches of 4
+        make chunks of 3 and 2, not 4 and 1), so concurrent forwards end together.
+        """
+        return j * self.tile_cols // self.chunk_cols
+
     def chunk_tiles(self, j: int) -> int:
         """Number of tiles in chunk column ``j``."""
-        return min(self.tiles_per_chunk, self.tile_cols - j * self.tiles_per_chunk)
+        return self.first_tile(j + 1) - self.first_tile(j)
 
     def core(self, i: int, j: int) -> Window:
         """Raster window chunk ``(i, j)`` is responsible for."""
         row0 = i * self.stride
-        col0 = j * self.tiles_per_chunk * self.stride
+        col0 = self.first_tile(j) * self.stride
         height = min(self.stride, self.height - row0)
-        width = min(self.tiles_per_chunk * self.stride, self.width - col0)
+        width = min(self.chunk_tiles(j) * self.stride, self.width - col0)
         return Window(col0, row0, width, height)
 
     def extent(self, i: int, j: int) -> Window:
         """Window covered by chunk ``(i, j)``'s tiles (may reach outside the raster)."""
         row0 = i * self.stride - self.pad
-        col0 = j * self.tiles_per_chunk * self.stride - self.pad
+        col0 = self.first_tile(j) * self.stride - self.pad
         width = (self.chunk_tiles(j) - 1) * self.stride + self.tile
         return Window(col0, row0, width, self.tile)
 

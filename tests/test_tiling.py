@@ -66,3 +66,16 @@ def test_tile_origin_does_not_move_with_tile_size():
 def test_bad_tiling_options_are_explained(tile, overlap, message):
     with pytest.raises(InputError, match=message):
         TileGrid(100, 100, tile, overlap)
+
+
+@pytest.mark.parametrize(("width", "batch"), [(2048, 4), (5000, 3), (700, 8), (100, 1)])
+def test_chunks_share_a_row_evenly_and_their_cores_cover_it_once(width: int, batch: int) -> None:
+    grid = TileGrid(height=600, width=width, tile=256, overlap=32, tiles_per_chunk=batch)
+    sizes = [grid.chunk_tiles(j) for j in range(grid.chunk_cols)]
+    assert sum(sizes) == grid.tile_cols and max(sizes) <= batch
+    assert max(sizes) - min(sizes) <= 1
+    cover = np.zeros(width, dtype=int)
+    for j in range(grid.chunk_cols):
+        core = grid.core(0, j)
+        cover[core.col_off : core.col_off + core.width] += 1
+    assert (cover == 1).all()
