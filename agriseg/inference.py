@@ -65,11 +65,14 @@ def forward_streams(device: torch.device, threads: int) -> int:
 
 def normalize(data: np.ndarray, dtype: str, norm: Normalization) -> np.ndarray:
     """Raw pixel values (float32, NaN = invalid) to model input; NaN becomes 0 (the mean)."""
-    scale = norm.scale_for(dtype)
+    scale = np.float32(norm.scale_for(dtype))
     mean = np.asarray(norm.mean, dtype="float32")[:, None, None]
     std = np.asarray(norm.std, dtype="float32")[:, None, None]
-    out = (data / np.float32(scale) - mean) / std
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype("float32", copy=False)
+    # One multiply-add per pixel: (x / scale - mean) / std = x * a + b.
+    out = np.multiply(data, 1 / (scale * std), dtype="float32")
+    out -= mean / std
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
 
 
 class Predictor:
