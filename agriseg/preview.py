@@ -91,7 +91,7 @@ class PreviewCanvas:
     def add(self, rows: np.ndarray, row_off: int) -> None:
         """Take class rows ``[row_off, row_off + len(rows))`` of the raster."""
         pick = (self._rows >= row_off) & (self._rows < row_off + len(rows))
-        self.classes[pick] = rows[self._rows[pick] - row_off][:, self._cols]
+        self.classes[pick] = rows[np.ix_(self._rows[pick] - row_off, self._cols)]
 
 
 def _centres(n: int, size: int) -> np.ndarray:

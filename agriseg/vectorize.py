@@ -209,11 +209,13 @@ def _block_polygons(
     # every polygon comes with its pixels (burning polygons back is quadratic in their
     # vertices: minutes for a many-holed soil polygon).
     regions = np.zeros(data.shape, dtype="int32")
+    region_class = [np.zeros(1, dtype="uint8")]  # region 0: no region
     n_regions = 0
-    for value in np.unique(data[valid]):
+    present = np.flatnonzero(np.bincount(data.ravel(), minlength=256))
+    for value in present[present != NODATA]:
         found_regions, count = ndimage.label(data == value, structure=_FOUR_CONNECTED)
-        inside = found_regions > 0
-        regions[inside] = found_regions[inside] + n_regions
+        np.add(found_regions, n_regions, out=regions, where=found_regions > 0)
+        region_class.append(np.full(count, value, dtype="uint8"))
         n_regions += count
     # GDAL's shapes come as Python coordinate lists (~100 bytes a vertex): turn them
     # into GEOS polygons a slice at a time, so they never all exist at once.
@@ -224,9 +226,7 @@ def _block_polygons(
         ids.append(np.array([int(v) for _, v in piece], dtype="int64"))
     geometry = np.concatenate(pieces) if pieces else np.empty(0, dtype=object)
     region_ids = np.concatenate(ids) if ids else np.empty(0, dtype="int64")
-    region_class = np.zeros(n_regions + 1, dtype="uint8")
-    region_class[regions.ravel()] = data.ravel()
-    class_id = region_class[region_ids]
+    class_id = np.concatenate(region_class)[region_ids]
     polygon_of_region = np.zeros(n_regions + 1, dtype="int32")
     polygon_of_region[region_ids] = np.arange(1, len(geometry) + 1)
     labels2d = polygon_of_region[regions]
