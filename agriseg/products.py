@@ -1,10 +1,12 @@
 """Field-health products of a segmented raster: polygons, statistics, zones, styles, preview.
 
-One entry point, :func:`write_health_products`, runs everything after the class
-raster exists: sieve to the minimum mapping unit, vectorise, attribute and write
-the polygons, compute the health summary, per-field statistics and zone grid,
-style the layers for QGIS and draw the preview. Every file appears under its final
-name only once complete.
+Everything is one pass over the class raster, band by band (:class:`HealthJob`):
+sieve to the minimum mapping unit, vectorise, attribute and write the polygons, and
+collect the preview; then the health summary, per-field statistics and zone grid,
+and the QGIS styles. :func:`write_health_products` runs it over a finished class
+raster; a run can also feed it the bands as it segments them
+(:mod:`agriseg.health_stream`). Every file appears under its final name only once
+complete.
 """
 
 from __future__ import annotations

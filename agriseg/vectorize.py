@@ -1,8 +1,10 @@
 """Class raster → polygons: block-wise sieving, polygonising and seam merging.
 
-Everything here streams over blocks of ``block_size`` pixels, so memory is bounded
-by one block row (plus the polygons still open across the seam below it), not by
-the raster: a 50k × 50k px class raster vectorises in a few hundred MB.
+Everything here streams over bands of rows cut into blocks of ``block_size``
+pixels, so memory is bounded by one band plus the parts of regions still open
+across the seam below it, not by the raster. Parts cut by seams are matched by
+pixel adjacency and unioned once per region; a region spanning the whole raster
+(the soil between crop rows, say) is one polygon, so its size grows with the raster.
 
 Polygons are built in pixel coordinates, where every vertex is an integer and
 unions along block seams are exact, and moved to the raster's CRS only when
