@@ -80,9 +80,10 @@ class TileGrid:
         """Tile column where chunk column ``j`` starts.
 
         A row's tiles are shared out as evenly as possible (5 tiles in batches of 4
-        make chunks of 3 and 2, not 4 and 1), so concurrent forwards end together.
+        make chunks of 3 and 2, not 4 and 1), larger chunks first (they are submitted
+        first), so concurrent forwards end together.
         """
-        return j * self.tile_cols // self.chunk_cols
+        return -(-j * self.tile_cols // self.chunk_cols)
 
     def chunk_tiles(self, j: int) -> int:
         """Number of tiles in chunk column ``j``."""
