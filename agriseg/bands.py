@@ -20,6 +20,9 @@ from rasterio.windows import Window
 
 from agriseg.classes import NODATA
 
+#: Environment for block-wise reads and writes of class rasters: a bounded GDAL block cache.
+GDAL_ENV = {"GDAL_CACHEMAX": 256}
+
 
 @dataclass(frozen=True)
 class Band:
@@ -54,7 +57,7 @@ def file_bands(
 ) -> Iterator[Band]:
     """The bands of a class raster file, ``band_height`` rows each, with ``halo`` context rows."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=256))
+        stack.enter_context(rasterio.Env(**GDAL_ENV))
         classes = stack.enter_context(rasterio.open(classes_path))
         confidence = (
             stack.enter_context(rasterio.open(confidence_path)) if confidence_path else None
@@ -74,7 +77,7 @@ def file_bands(
 
 
 class BandAssembler:
-    """Collects blocks written in any order into bands of ``band_height`` rows.
+    """Collects class and confidence blocks written in any order into bands of ``band_height`` rows.
 
     Only the rows not yet handed out in a band (and the context rows the next band
     needs) are kept, so memory is about ``(band_height + 2 * halo + block rows) x width``
@@ -85,12 +88,9 @@ class BandAssembler:
         width: Columns of the raster.
         band_height: Rows per band.
         halo: Context rows above and below each band.
-        confidence: Whether blocks come with a confidence array.
     """
 
-    def __init__(
-        self, height: int, width: int, band_height: int, halo: int, confidence: bool = True
-    ) -> None:
+    def __init__(self, height: int, width: int, band_height: int, halo: int) -> None:
         self._height = height
         self._width = width
         self._band_height = band_height
@@ -98,7 +98,7 @@ class BandAssembler:
         self._next_row = 0  # first row of the next band
         self._start = 0  # first row held in the buffers
         self._classes = np.full((0, width), NODATA, dtype="uint8")
-        self._confidence = np.full((0, width), NODATA, dtype="uint8") if confidence else None
+        self._confidence = np.full((0, width), NODATA, dtype="uint8")
         self._filled = np.zeros(height, dtype="int64")  # columns written, per row
         self._complete = 0  # rows [0, complete) are written across the whole width
 
@@ -107,19 +107,15 @@ class BandAssembler:
         if extra > 0:
             pad = np.full((extra, self._width), NODATA, dtype="uint8")
             self._classes = np.concatenate([self._classes, pad])
-            if self._confidence is not None:
-                self._confidence = np.concatenate([self._confidence, pad])
+            self._confidence = np.concatenate([self._confidence, pad])
 
-    def add(
-        self, window: Window, classes: np.ndarray, confidence: np.ndarray | None = None
-    ) -> list[Band]:
+    def add(self, window: Window, classes: np.ndarray, confidence: np.ndarray) -> list[Band]:
         """Take one block; return the bands it completed (in order)."""
         r0, c0 = int(window.row_off), int(window.col_off)
         r1, c1 = r0 + int(window.height), c0 + int(window.width)
         self._grow(r1)
         self._classes[r0 - self._start : r1 - self._start, c0:c1] = classes
-        if self._confidence is not None and confidence is not None:
-            self._confidence[r0 - self._start : r1 - self._start, c0:c1] = confidence
+        self._confidence[r0 - self._start : r1 - self._start, c0:c1] = confidence
         self._filled[r0:r1] += c1 - c0
         while self._complete < self._height and self._filled[self._complete] >= self._width:
             self._complete += 1
@@ -135,9 +131,7 @@ class BandAssembler:
                 break
             top = max(0, row - self._halo)
             a, b = top - self._start, bottom - self._start
-            conf = None
-            if self._confidence is not None:
-                conf = self._confidence[row - self._start : row - self._start + rows].copy()
+            conf = self._confidence[row - self._start : row - self._start + rows].copy()
             bands.append(Band(row, rows, self._classes[a:b].copy(), row - top, conf))
             self._next_row = row + rows
             # Keep only what later bands need: their context above and beyond.
@@ -145,8 +139,7 @@ class BandAssembler:
             drop = keep_from - self._start
             if drop > 0:
                 self._classes = self._classes[drop:].copy()
-                if self._confidence is not None:
-                    self._confidence = self._confidence[drop:].copy()
+                self._confidence = self._confidence[drop:].copy()
                 self._start = keep_from
         return bands
 

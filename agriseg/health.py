@@ -24,9 +24,10 @@ from pyproj import CRS
 from rasterio.windows import Window
 
 from agriseg.areas import pixel_area_rows_m2
+from agriseg.bands import GDAL_ENV
 from agriseg.classes import CLASSES, class_by_name
 from agriseg.errors import InputError
-from agriseg.vectorize import GDAL_ENV, blocks
+from agriseg.vectorize import blocks
 
 #: Labels each pixel of a window with a zone index (``-1``: in no zone).
 ZoneLabeller = Callable[[Window], np.ndarray]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -23,17 +24,27 @@ KINDS = ("classes", "confidence")
 WRITE_ENV = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
 
 
-#: Creation options of single-band class rasters (the class raster and its sieved copy).
-SIEVED_PROFILE = {
-    "dtype": "uint8",
-    "count": 1,
-    "nodata": NODATA,
-    "tiled": True,
-    "blockxsize": 256,
-    "blockysize": 256,
-    "compress": "deflate",
-    "BIGTIFF": "IF_SAFER",
-}
+def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
+    """rasterio profile of a uint8 class raster on ``info``'s grid (tiled, deflate, nodata 255).
+
+    ``block`` is the tile edge; rasters smaller than it get 256-px tiles.
+    """
+    block = block if block <= max(info.width, info.height) else 256
+    return {
+        "driver": "GTiff",
+        "dtype": "uint8",
+        "count": 1,
+        "width": info.width,
+        "height": info.height,
+        "crs": info.crs,
+        "transform": info.transform,
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
 
 
 def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
@@ -111,25 +122,6 @@ class ClassRasterWriter:
         self._classes: rasterio.io.DatasetWriter | None = None
         self._confidence: rasterio.io.DatasetWriter | None = None
 
-    def _profile(self) -> dict:
-        info = self._info
-        block = self._block if self._block <= max(info.width, info.height) else 256
-        return {
-            "driver": "GTiff",
-            "dtype": "uint8",
-            "count": 1,
-            "width": info.width,
-            "height": info.height,
-            "crs": info.crs,
-            "transform": info.transform,
-            "nodata": NODATA,
-            "tiled": True,
-            "blockxsize": block,
-            "blockysize": block,
-            "compress": "deflate",
-            "BIGTIFF": "IF_SAFER",
-        }
-
     @property
     def staged(self) -> dict[str, Path]:
         """The temporary paths the rasters are written to until the transaction commits."""
@@ -139,7 +131,7 @@ class ClassRasterWriter:
         try:
             self._stack.enter_context(rasterio.Env(**WRITE_ENV))
             self._tmp = {k: self._transaction.stage(self._paths[k]) for k in KINDS}
-            profile = self._profile()
+            profile = class_raster_profile(self._info, self._block)
             self._classes = self._stack.enter_context(
                 rasterio.open(self._tmp["classes"], "w", **profile)
             )

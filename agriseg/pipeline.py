@@ -18,14 +18,18 @@ from pyproj import CRS
 
 from agriseg import __version__
 from agriseg.atomic import output_folder, output_transaction
-from agriseg.bands import file_bands
 from agriseg.classes import CLASSES
 from agriseg.config import RunConfig
 from agriseg.execution import dask_client, release_free_memory
 from agriseg.health_stream import HealthStream
 from agriseg.inference import resolve_device
 from agriseg.models import ModelMeta, checkpoint_paths, read_meta, resolve
-from agriseg.outputs import SIEVED_PROFILE, ClassRasterWriter, block_size_for, output_paths
+from agriseg.outputs import (
+    ClassRasterWriter,
+    block_size_for,
+    class_raster_profile,
+    output_paths,
+)
 from agriseg.products import ClassGrid, plan_health
 from agriseg.raster import RasterInfo, open_raster
 from agriseg.segment import segment_blocks
@@ -131,14 +135,7 @@ def segment_raster(
             info.transform,
             info.height,
             info.width,
-            {
-                "driver": "GTiff",
-                "crs": info.crs,
-                "transform": info.transform,
-                "width": info.width,
-                "height": info.height,
-                **SIEVED_PROFILE,
-            },
+            class_raster_profile(info),
         ),
         config.health,
     )
@@ -190,9 +187,7 @@ def segment_raster(
         if health_stream is None:
             release_free_memory()
             health = job.run(
-                file_bands(
-                    writer.staged["classes"], writer.staged["confidence"], job.band_height, job.halo
-                ),
+                job.file_bands(writer.staged["classes"], writer.staged["confidence"]),
                 input_path,
                 staging,
                 input_path.stem,

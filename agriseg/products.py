@@ -30,7 +30,7 @@ from rasterio.windows import Window
 
 from agriseg.areas import geometry_area_perimeter_m, lonlat_points, pixel_size_m
 from agriseg.atomic import atomic_output, temporary_name, write_text_atomic
-from agriseg.bands import Band, file_bands
+from agriseg.bands import GDAL_ENV, Band, file_bands
 from agriseg.classes import CLASS_NAMES, NODATA
 from agriseg.errors import InputError
 from agriseg.health import class_areas_m2, health_summary, raster_crs
@@ -43,7 +43,6 @@ from agriseg.vector_outputs import (
     rounding_keeps_lattice_polygons_valid,
 )
 from agriseg.vectorize import (
-    GDAL_ENV,
     BandPolygons,
     PolygonBatch,
     finish_polygons,
@@ -203,6 +202,10 @@ class HealthJob:
         """Context rows each band needs around it (for sieving)."""
         return sieve_halo(self.sieve_px, self.options.block_size) if self.sieve_px > 1 else 0
 
+    def file_bands(self, classes_path: Path, confidence_path: Path | None) -> Iterator[Band]:
+        """The bands this pass takes, read from finished class and confidence rasters."""
+        return file_bands(classes_path, confidence_path, self.band_height, self.halo)
+
     def run(
         self,
         bands: Iterable[Band],
@@ -354,7 +357,7 @@ def write_health_products(
     """
     classes_path = Path(classes_path)
     job = plan_health(ClassGrid.of_file(classes_path), options)
-    bands = file_bands(classes_path, confidence_path, job.band_height, job.halo)
+    bands = job.file_bands(classes_path, confidence_path)
     return _run_health(job, bands, image_path, Path(out_dir), stem)
 
 

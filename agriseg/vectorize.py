@@ -31,11 +31,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from agriseg.bands import Band, file_bands
+from agriseg.bands import GDAL_ENV, Band, file_bands
 from agriseg.classes import NODATA
-
-#: Environment for the block reads and writes here: a bounded GDAL block cache.
-GDAL_ENV = {"GDAL_CACHEMAX": 256}
 
 #: Polygons built from GDAL's shapes at a time (bounds their Python coordinate lists).
 SHAPES_SLICE = 2048
