@@ -71,7 +71,8 @@ def normalize(data: np.ndarray, dtype: str, norm: Normalization) -> np.ndarray:
     # One multiply-add per pixel: (x / scale - mean) / std = x * a + b.
     out = np.multiply(data, 1 / (scale * std), dtype="float32")
     out -= mean / std
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    # copyto with a mask: a third of nan_to_num's time, same result.
+    np.copyto(out, 0, where=~np.isfinite(out))
     return out
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import dask
 import numpy as np
+import torch
 from distributed import Client, as_completed
 from rasterio.windows import Window
 
@@ -114,12 +115,29 @@ def infer_chunk(
     called = time.perf_counter()
     probs, model_s = predictor.probabilities(batch.tiles, grid.weight_window())
     returned = time.perf_counter()
-    acc = np.zeros((probs.shape[1], grid.tile, grid.extent(i, j).width), dtype="float32")
-    for k in range(len(probs)):
-        acc[:, :, k * grid.stride : k * grid.stride + grid.tile] += probs[k]
-    acc16 = acc.astype("float16")
+    acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
-    return ChunkResult(acc16, batch.valid, model_s, prepare_s)
+    return ChunkResult(acc, batch.valid, model_s, prepare_s)
+
+
+def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
+    """A row of weighted tile probabilities ``(N, C, T, T)`` summed into float16 ``(C, T, W)``.
+
+    Neighbouring tiles overlap by ``T - stride`` columns (at most half a tile, so never
+    three at once): those are summed in float32, the rest copied, and each value is
+    rounded to float16 once. torch does it: numpy's float16 conversion has no SIMD
+    path and, with summing into a zeroed buffer, took ~5x longer.
+    """
+    n, classes, tile, _ = probs.shape
+    overlap = tile - stride
+    p = torch.from_numpy(probs)
+    acc = torch.empty((classes, tile, (n - 1) * stride + tile), dtype=torch.float16)
+    acc[:, :, :tile] = p[0]
+    for k in range(1, n):
+        left = k * stride
+        acc[:, :, left : left + overlap] = p[k - 1][:, :, stride:] + p[k][:, :, :overlap]
+        acc[:, :, left + overlap : left + tile] = p[k][:, :, overlap:]
+    return acc.numpy()
 
 
 def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: ChunkResult) -> Block:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from agriseg.classes import CLASS_NAMES
-from agriseg.models import DEFAULT_MODEL, load_model, shipped_dir, shipped_models
+from agriseg.inference import normalize
+from agriseg.models import (
+    DEFAULT_MODEL,
+    Normalization,
+    load_model,
+    shipped_dir,
+    shipped_models,
+)
 
 SHIPPED = ("agriseg-unet", "agriseg-pspnet")
 
@@ -35,3 +43,14 @@ def test_models_command_lists_them(run_cli, capsys) -> None:
     assert run_cli("models") == 0
     out = capsys.readouterr().out
     assert "agriseg-unet (default)" in out and "agriseg-pspnet" in out
+
+
+def test_normalize_maps_scale_and_zeroes_invalid_values() -> None:
+    norm = Normalization()
+    data = np.array([[[0.0, 255.0], [np.nan, np.inf]]] * 3, dtype="float32")
+    out = normalize(data, "uint8", norm)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0, 0], -2.0)
+    np.testing.assert_allclose(out[:, 0, 1], 2.0)
+    assert (out[:, 1, :] == 0).all()
+    assert np.isnan(data[:, 1, 0]).all(), "the input is left alone"

@@ -20,7 +20,7 @@ from agriseg.classes import CLASSES, NODATA
 from agriseg.execution import dask_client
 from agriseg.models import resolve
 from agriseg.raster import open_raster
-from agriseg.segment import segment_blocks
+from agriseg.segment import join_row, segment_blocks
 from agriseg.tiling import TileGrid
 
 
@@ -80,3 +80,21 @@ def test_stitched_blocks_cover_the_grid_once_and_keep_nodata(client, raster, til
     assert (written == 1).all()
     assert ((classes == NODATA) == ~mask).all()
     assert (classes[mask] < len(CLASSES)).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    tile_overlap=st.sampled_from([(32, 0), (32, 2), (64, 16), (64, 32), (96, 32)]),
+    seed=st.integers(0, 2**16),
+)
+def test_join_row_equals_summing_the_tiles_in_float32(n, tile_overlap, seed):
+    tile, overlap = tile_overlap
+    stride = tile - overlap
+    probs = np.random.default_rng(seed).random((n, 4, tile, tile), dtype="float32")
+    expected = np.zeros((4, tile, (n - 1) * stride + tile), dtype="float32")
+    for k in range(n):
+        expected[:, :, k * stride : k * stride + tile] += probs[k]
+    joined = join_row(probs, stride)
+    assert joined.dtype == np.float16
+    np.testing.assert_array_equal(joined, expected.astype("float16"))
