@@ -21,5 +21,6 @@ def test_peak_memory_of_a_4096_run_is_within_1_3x_of_a_1024_run_and_under_2_gb(t
         path = write_bench_raster(tmp_path / f"b{size}.tif", size)
         summary = in_fresh_process(run_summary, path, tmp_path / f"out{size}", config)
         peaks[size] = summary["peak_rss_mb"]
+    print(f"peak RSS (MB) by raster edge: {peaks}")  # shown with -s
     assert peaks[4096] <= 1.3 * peaks[1024], peaks
     assert peaks[4096] < 2048, peaks

@@ -10,11 +10,12 @@ import rasterio
 import shapely
 from affine import Affine
 from conftest import UTM, UTM_TRANSFORM, write_raster
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pyproj import CRS
-from rasterio.features import rasterize
+from rasterio.features import rasterize, shapes
+from scipy import ndimage
 
 from agriseg.classes import NODATA
 from agriseg.vector_outputs import rounding_keeps_lattice_polygons_valid, to_rfc7946
@@ -23,6 +24,7 @@ from agriseg.vectorize import (
     polygons_from_geojson,
     sieve_raster,
     sieve_size,
+    union_parts,
     vectorize,
 )
 
@@ -239,3 +241,29 @@ def test_plain_rounding_keeps_polygons_valid_at_the_declared_limit(
     rounded = to_rfc7946(batch.geometry, CRS(UTM), snap_safely=False)
     assert shapely.is_valid(rounded).all() and not shapely.is_empty(rounded).any()
     assert np.allclose(shapely.area(rounded), shapely.area(to_rfc7946(batch.geometry, CRS(UTM))))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    mask=arrays("bool", st.tuples(st.integers(6, 48), st.integers(6, 48)), elements=st.booleans()),
+    block=st.integers(3, 20),
+)
+def test_union_parts_is_the_union_of_a_regions_block_parts(mask: np.ndarray, block: int) -> None:
+    # The largest 4-connected region, cut into its pieces in each block, as a run cuts it.
+    found, count = ndimage.label(mask)
+    assume(count > 0)
+    region = found == np.argmax(np.bincount(found.ravel())[1:]) + 1
+    parts = []
+    for top in range(0, mask.shape[0], block):
+        for left in range(0, mask.shape[1], block):
+            window = region[top : top + block, left : left + block].astype("uint8")
+            offset = Affine.translation(left, top)
+            parts += [
+                shapely.geometry.shape(g)
+                for g, _ in shapes(window, mask=window > 0, connectivity=4, transform=offset)
+            ]
+    parts_array = np.asarray(parts, dtype=object)
+    united = union_parts(parts_array)
+    assert united.geom_type == "Polygon" and united.is_valid
+    assert united.equals(shapely.union_all(parts_array))
+    assert united.area == region.sum()
