@@ -21,7 +21,9 @@ from rasterio.windows import Window
 from agriseg.classes import NODATA
 
 #: Environment for block-wise reads and writes of class rasters: a bounded GDAL block cache.
-GDAL_ENV = {"GDAL_CACHEMAX": 256}
+#: rasterio hands an int GDAL_CACHEMAX to GDALSetCacheMax64, so it is in bytes (GDAL's
+#: own string option reads small numbers as MB: a bare 256 here once meant 256 bytes).
+GDAL_ENV = {"GDAL_CACHEMAX": 64 * 2**20}
 
 
 @dataclass(frozen=True)

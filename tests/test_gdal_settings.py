@@ -1,0 +1,23 @@
+"""The GDAL settings agriseg scopes with ``rasterio.Env`` do what their comments say."""
+
+from __future__ import annotations
+
+import pytest
+import rasterio
+from rasterio.env import get_gdal_config
+
+from agriseg import bands, outputs, preview, raster
+
+
+@pytest.mark.parametrize(
+    "env",
+    [raster.READ_ENV, outputs.WRITE_ENV, bands.GDAL_ENV, preview.READ_ENV],
+    ids=["read", "write", "class-bands", "preview"],
+)
+def test_block_caches_are_megabytes_not_bytes(env: dict) -> None:
+    # rasterio passes an int GDAL_CACHEMAX to GDAL as bytes: a bare 64 is a 64-byte cache.
+    before = get_gdal_config("GDAL_CACHEMAX")
+    with rasterio.Env(**env):
+        cache = int(get_gdal_config("GDAL_CACHEMAX"))
+    assert 16 * 2**20 <= cache <= 512 * 2**20
+    assert get_gdal_config("GDAL_CACHEMAX") == before
