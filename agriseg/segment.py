@@ -125,8 +125,8 @@ def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
 
     Neighbouring tiles overlap by ``T - stride`` columns (at most half a tile, so never
     three at once): those are summed in float32, the rest copied, and each value is
-    rounded to float16 once. torch does it: numpy's float16 conversion has no SIMD
-    path and, with summing into a zeroed buffer, took ~5x longer.
+    rounded to float16 once, in torch: summing into a zeroed numpy buffer and
+    converting it to float16 took ~8x longer (14 vs 1.8 ms a chunk, measured here).
     """
     n, classes, tile, _ = probs.shape
     overlap = tile - stride
