@@ -15,6 +15,7 @@ from rasterio.enums import Resampling
 
 from agriseg.atomic import atomic_output
 from agriseg.classes import CLASSES, NODATA
+from agriseg.raster import READ_ENV
 
 #: Longest side of the preview, in pixels.
 MAX_SIZE = 2048
@@ -24,11 +25,6 @@ PNG_COMPRESS_LEVEL = 1
 
 #: Opacity of the class colours over the image.
 ALPHA = 0.45
-
-#: GDAL block cache (bytes) while the image is read decimated: without overviews GDAL
-#: decodes every block, and with its default cache (5 % of RAM) kept them all (8192²
-#: RGB: +430 MB; with this cap +110 MB, whatever the size).
-READ_ENV = {"GDAL_CACHEMAX": 64 * 2**20}
 
 
 def preview_shape(height: int, width: int, max_size: int = MAX_SIZE) -> tuple[int, int]:
@@ -51,6 +47,8 @@ def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def _read_image(image_path: Path, shape: tuple[int, int]) -> np.ndarray:
     """RGB uint8 of the image at ``shape`` (the first three bands, or one band as grey)."""
+    # The reader's bounded block cache: without overviews GDAL decodes every block, and
+    # its default cache (5 % of RAM) kept them all (8192² RGB: +430 MB; capped: +110 MB).
     with rasterio.Env(**READ_ENV), rasterio.open(image_path) as src:
         bands = [1, 2, 3] if src.count >= 3 else [1]
         data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average)
