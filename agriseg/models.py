@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from agriseg.atomic import atomic_output, write_text_atomic
-from agriseg.classes import CLASS_NAMES
+from agriseg.classes import DEFAULT_CLASSES, ClassList
 from agriseg.errors import ModelError
 
 #: Architectures from segmentation-models-pytorch that agriseg can build.
@@ -74,7 +74,7 @@ class ModelMeta:
     architecture: str
     encoder: str
     bands: tuple[str, ...] = RGB_BANDS
-    classes: tuple[str, ...] = CLASS_NAMES
+    classes: ClassList = DEFAULT_CLASSES
     normalization: Normalization = field(default_factory=Normalization)
     tile_size: int = 512
     gsd_m: float = 0.02
@@ -85,7 +85,9 @@ class ModelMeta:
     training: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        data = dataclasses.asdict(self)
+        data["classes"] = self.classes.to_json()
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
@@ -93,9 +95,10 @@ class ModelMeta:
         norm = data.pop("normalization", {})
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("bands", "classes"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
+        if "bands" in kwargs:
+            kwargs["bands"] = tuple(kwargs["bands"])
+        if "classes" in kwargs:
+            kwargs["classes"] = ClassList.from_json(kwargs["classes"], "model classes")
         return cls(
             normalization=Normalization(
                 mean=tuple(norm.get("mean", Normalization().mean)),
@@ -179,13 +182,8 @@ def read_meta(meta_path: Path) -> ModelMeta:
         raise ModelError(f"{meta_path}: unreadable checkpoint metadata ({exc})") from None
     try:
         meta = ModelMeta.from_dict(data)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # InputError from the class list is a ValueError
         raise ModelError(f"{meta_path}: invalid checkpoint metadata ({exc})") from None
-    if tuple(meta.classes) != CLASS_NAMES:
-        raise ModelError(
-            f"{meta_path}: model classes {list(meta.classes)} differ from agriseg's "
-            f"{list(CLASS_NAMES)}; retrain with `agriseg train`"
-        )
     return meta
 
 
