@@ -336,3 +336,18 @@ DEFAULT_BY_NAME = {c.name: c for c in DEFAULT_CLASSES}
 #: Compatibility names for the default classes.
 CLASSES = DEFAULT_CLASSES
 CLASS_NAMES: tuple[str, ...] = DEFAULT_CLASSES.names
+
+
+def class_by_name(name: str) -> FieldClass:
+    """The default class called ``name``."""
+    return DEFAULT_CLASSES.by_name(name)
+
+
+def class_tags() -> dict[str, str]:
+    """Tags of the default classes (see :meth:`ClassList.tags`)."""
+    return DEFAULT_CLASSES.tags()
+
+
+def colormap() -> dict[int, tuple[int, int, int, int]]:
+    """Colour table of the default classes (see :meth:`ClassList.colormap`)."""
+    return DEFAULT_CLASSES.colormap()

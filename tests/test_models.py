@@ -29,7 +29,7 @@ def test_shipped_model_loads_from_the_package(name: str) -> None:
     weights = shipped_dir() / f"{name}.safetensors"
     assert weights.stat().st_size <= 15 * 2**20
     model, meta = load_model(name)
-    assert meta.classes == CLASS_NAMES and meta.tile_size == 512
+    assert meta.classes.names == CLASS_NAMES and meta.tile_size == 512
     assert meta.description and "placeholder" not in meta.description
     assert meta.training.get("command")
     pooled = meta.metrics["heldout_pooled"]
