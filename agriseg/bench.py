@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import rasterio
+import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.windows import Window
@@ -36,8 +37,8 @@ from agriseg.inference import (
 from agriseg.models import checkpoint_paths, read_meta, resolve
 from agriseg.pipeline import segment_raster
 from agriseg.raster import open_raster, read_window
+from agriseg.scale import plan_tiles, resize_tiles
 from agriseg.segment import chunk_batch, in_raster
-from agriseg.tiling import TileGrid
 
 T = TypeVar("T")
 
@@ -121,24 +122,17 @@ def write_bench_raster(path: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
-def _grid(info_shape: tuple[int, int], config: RunConfig, tile_size: int) -> TileGrid:
-    return TileGrid(
-        height=info_shape[0],
-        width=info_shape[1],
-        tile=config.tile_size or tile_size,
-        overlap=config.overlap,
-        tiles_per_chunk=config.batch_size,
-    )
-
-
 def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats: int) -> float:
     weights = resolve(config.model)
     meta = read_meta(checkpoint_paths(weights)[1])
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
-    grid = _grid(info.shape, config, meta.tile_size)
+    plan = plan_tiles(info, meta, config)
+    grid = plan.grid
     device = str(resolve_device(config.device))
     predictor = get_predictor(str(weights), device, threads)
-    weight = grid.weight_window()
+    # Resampled, the model sees model-size tiles, resized here, before the clock
+    # starts: resizing and weighting at the input's size belong to the run.
+    weight = grid.weight_window() if plan.resize_to is None else None
     chunks = [(i, j) for i in range(grid.chunk_rows) for j in range(grid.chunk_cols)]
     totals = [0.0] * max(1, repeats)
     with ThreadPoolExecutor(predictor.streams) as pool:
@@ -150,7 +144,10 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
                     cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
                 )
                 data = read_window(info.path, info.bands, window)
-                group.append(chunk_batch(data, grid, i, j, info.dtype, meta.normalization).tiles)
+                tiles = chunk_batch(data, grid, i, j, info.dtype, meta.normalization).tiles
+                if plan.resize_to is not None:
+                    tiles = resize_tiles(torch.from_numpy(tiles), plan.resize_to).numpy()
+                group.append(tiles)
             for k in range(len(totals)):
                 began = time.perf_counter()
                 list(pool.map(lambda tiles: predictor.probabilities(tiles, weight), group))
@@ -163,8 +160,9 @@ def model_only_seconds(
 ) -> dict[str, float]:
     """Seconds the model alone takes on the run's tiles: same batches, precision and device.
 
-    Tiles are read and cut outside the timed region; only the forward passes (with the
-    softmax and blending weights, as in a run) are timed, in groups of
+    Tiles are read and cut (and, when the run resamples, resized to the model's tile
+    size) outside the timed region; only the forward passes (with the softmax, and
+    the blending weights unless resampled, as in a run) are timed, in groups of
     :data:`MODEL_GROUP` batches fed to the predictor's forward streams as a run feeds
     them. On CPU it is timed twice: with the run's threads per forward (several
     forwards at once) and with one forward at a time over all cores; each the

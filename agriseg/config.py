@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from agriseg.products import HealthOptions
 
@@ -20,6 +21,8 @@ class RunConfig:
         bands: 1-based band indexes feeding the model; ``None`` picks by colour
             interpretation.
         assume_crs: CRS to use when the file has none (e.g. ``EPSG:32633``).
+        gsd_m: ground sampling distance of the input in metres, overriding the file's;
+            needed for rasters without a CRS.
         scheduler: address of an existing Dask distributed scheduler.
         workers: start a local cluster of this many worker processes.
         health: how the class raster becomes field-health polygons and statistics.
@@ -31,6 +34,9 @@ class RunConfig:
             streams on CUDA, where the CPU is otherwise idle, and not on CPU, where
             the model already takes every core and the two memory peaks would add up.
             The products are identical either way.
+        resample: ``auto`` resamples tiles to a ground sampling distance the model
+            knows when the input's is far from the model's (see :mod:`agriseg.scale`);
+            ``off`` feeds the input's pixels as they are.
     """
 
     model: str = "default"
@@ -40,8 +46,10 @@ class RunConfig:
     device: str = "auto"
     bands: tuple[int, ...] | None = None
     assume_crs: str | None = None
+    gsd_m: float | None = None
     scheduler: str | None = None
     workers: int | None = None
     threads: int | None = None
     health: HealthOptions = field(default_factory=HealthOptions)
     stream_health: bool | None = None
+    resample: Literal["auto", "off"] = "auto"

@@ -25,6 +25,7 @@ import torch
 
 from agriseg.errors import InputError
 from agriseg.models import ModelMeta, Normalization, load_model
+from agriseg.scale import resize_tiles
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -97,25 +98,37 @@ class Predictor:
             self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def probabilities(
-        self, tiles: np.ndarray, weight: np.ndarray | None = None
+        self, tiles: np.ndarray, weight: np.ndarray | None = None, model_tile: int | None = None
     ) -> tuple[np.ndarray, float]:
         """Softmax probabilities ``(N, C, H, W)`` for normalised tiles ``(N, B, H, W)``.
 
-        When ``weight`` (``H x W``) is given the probabilities come back multiplied by
-        it, computed on the device. Also returns the seconds spent on the device
-        (excluding waiting for it).
+        With ``model_tile``, tiles are resized to that edge for the model and the
+        probabilities resized back, on the device (see :mod:`agriseg.scale`). When
+        ``weight`` (``H x W``) is given the probabilities come back multiplied by it,
+        computed on the device. Also returns the seconds spent on the device in the
+        model (excluding waiting for it, and resizing).
         """
-        return self._executor.submit(self._forward, tiles, weight).result()
+        return self._executor.submit(self._forward, tiles, weight, model_tile).result()
 
-    def _forward(self, tiles: np.ndarray, weight: np.ndarray | None) -> tuple[np.ndarray, float]:
+    def _forward(
+        self, tiles: np.ndarray, weight: np.ndarray | None, model_tile: int | None
+    ) -> tuple[np.ndarray, float]:
         x = torch.from_numpy(np.ascontiguousarray(tiles))
         cuda = self.device.type == "cuda"
         if cuda:
             x = x.pin_memory()
+        edge = x.shape[-1]
+        resize = model_tile is not None and model_tile != edge
+        resize_s = 0.0
         with torch.inference_mode():
             torch.set_num_threads(self.threads)
             start = time.perf_counter()
-            x = x.to(self.device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+            x = x.to(self.device, non_blocking=cuda)
+            if resize:
+                began = self._synced()
+                x = resize_tiles(x, model_tile or edge)
+                resize_s += self._synced() - began
+            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(
                 device_type=self.device.type,
                 dtype=self._amp_dtype or torch.bfloat16,
@@ -123,10 +136,20 @@ class Predictor:
             ):
                 logits = self.model(x)
             probs = torch.softmax(logits.float(), dim=1)
+            if resize:
+                began = self._synced()
+                probs = resize_tiles(probs, edge)
+                resize_s += self._synced() - began
             if weight is not None:
                 probs *= torch.from_numpy(weight).to(self.device, non_blocking=cuda)
             out = probs.cpu().numpy()
-            return out, time.perf_counter() - start
+            return out, time.perf_counter() - start - resize_s
+
+    def _synced(self) -> float:
+        """The time once the device has finished its queued work (so resizing is timed apart)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
 
 _PREDICTORS: dict[tuple[str, str, int], Predictor] = {}

@@ -32,8 +32,8 @@ from agriseg.outputs import (
 )
 from agriseg.products import ClassGrid, plan_health
 from agriseg.raster import RasterInfo, open_raster
+from agriseg.scale import plan_tiles
 from agriseg.segment import segment_blocks
-from agriseg.tiling import TileGrid
 
 #: Called as ``progress(tiles_done, tiles_total)``.
 Progress = Callable[[int, int], None]
@@ -121,13 +121,8 @@ def segment_raster(
     meta: ModelMeta = read_meta(checkpoint_paths(weights)[1])
     device = str(resolve_device(config.device))
     info: RasterInfo = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
-    grid = TileGrid(
-        height=info.height,
-        width=info.width,
-        tile=config.tile_size or meta.tile_size,
-        overlap=config.overlap,
-        tiles_per_chunk=config.batch_size,
-    )
+    plan = plan_tiles(info, meta, config)
+    grid = plan.grid
     paths = output_paths(out_dir, input_path.stem)
     job = plan_health(
         ClassGrid(
@@ -165,7 +160,7 @@ def segment_raster(
                 ) as writer,
             ):
                 for block in segment_blocks(
-                    client, info, grid, str(weights), device, config.threads
+                    client, info, grid, str(weights), device, config.threads, plan.resize_to
                 ):
                     t = time.perf_counter()
                     writer.write(block.window, block.classes, block.confidence)
@@ -220,12 +215,13 @@ def segment_raster(
                 "architecture": meta.architecture,
                 "encoder": meta.encoder,
             },
-            "parameters": {**asdict(config), "tile_size": grid.tile, "device": device},
+            "parameters": {**asdict(config), "tile_size": plan.model_tile, "device": device},
+            "scale": plan.summary(),
             "tiles": grid.n_tiles,
             "valid_pixels": int(pixels.sum()),
             "classes": class_table(pixels, area),
             **health,
-            "warnings": run_warnings(info, int(pixels.sum())),
+            "warnings": plan.scale.warnings() + run_warnings(info, int(pixels.sum())),
             "timings_s": {**stages, "total": round(elapsed, 3)},
             "peak_rss_mb": peak_rss_mb(),
             "machine": platform.node(),

@@ -107,13 +107,17 @@ def infer_chunk(
     device: str,
     dtype: str,
     threads: int,
+    model_tile: int | None = None,
 ) -> ChunkResult:
-    """Run chunk ``(i, j)``'s tiles as one batch; ``data`` is its extent clipped to the raster."""
+    """Run chunk ``(i, j)``'s tiles as one batch; ``data`` is its extent clipped to the raster.
+
+    With ``model_tile``, the model sees the tiles resized to that edge (see :mod:`agriseg.scale`).
+    """
     start = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads)
     batch = chunk_batch(data, grid, i, j, dtype, predictor.meta.normalization)
     called = time.perf_counter()
-    probs, model_s = predictor.probabilities(batch.tiles, grid.weight_window())
+    probs, model_s = predictor.probabilities(batch.tiles, grid.weight_window(), model_tile)
     returned = time.perf_counter()
     acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
@@ -186,6 +190,7 @@ def segment_blocks(
     model_ref: str,
     device: str,
     threads: int | None = None,
+    model_tile: int | None = None,
 ) -> Iterator[Block]:
     """Yield every core block of the raster, computed on ``client``'s cluster.
 
@@ -193,6 +198,8 @@ def segment_blocks(
     released as soon as no stitch needs them, which bounds memory. ``threads`` (default:
     :data:`~agriseg.inference.DEFAULT_FORWARD_THREADS`) is the intra-op thread count
     of every forward pass on every worker, so outputs do not depend on where chunks ran.
+    ``model_tile``, when it differs from ``grid.tile``, is the edge tiles are resized to
+    for the model.
     """
     threads = threads or DEFAULT_FORWARD_THREADS
     source = lazy_array(info)
@@ -202,7 +209,15 @@ def segment_blocks(
         for j in range(grid.chunk_cols):
             rows, cols = in_raster(grid.extent(i, j), grid)
             task = dask.delayed(infer_chunk, pure=True)(
-                source[:, rows, cols], grid, i, j, model_ref, device, info.dtype, threads
+                source[:, rows, cols],
+                grid,
+                i,
+                j,
+                model_ref,
+                device,
+                info.dtype,
+                threads,
+                model_tile,
             )
             pending[(i, j)] = client.compute(task, priority=-i)
 

@@ -47,6 +47,15 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         "--assume-crs", default=None, help="CRS for rasters that lack one, e.g. EPSG:32633"
     )
     parser.add_argument(
+        "--gsd",
+        type=float,
+        default=None,
+        help=(
+            "ground sampling distance of the input in metres "
+            "(default: from the file's georeferencing)"
+        ),
+    )
+    parser.add_argument(
         "--scheduler",
         default=None,
         help="address of an existing Dask scheduler (or DASK_SCHEDULER_ADDRESS)",
@@ -73,6 +82,15 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         help=(
             "CPU threads per forward pass on every worker (default 1: one forward per "
             "core at a time); outputs are bit-identical for equal values"
+        ),
+    )
+    parser.add_argument(
+        "--resample",
+        choices=("auto", "off"),
+        default="auto",
+        help=(
+            "auto: resample tiles to a ground sampling distance the model knows when the "
+            "input's is far from it; off: use the input's pixels as they are (default auto)"
         ),
     )
 

@@ -47,10 +47,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         device=args.device,
         bands=args.bands,
         assume_crs=args.assume_crs,
+        gsd_m=args.gsd,
         scheduler=args.scheduler,
         workers=args.workers,
         threads=args.threads,
         stream_health=args.stream_health,
+        resample=args.resample,
         health=health_options_from_args(args),
     )
 
