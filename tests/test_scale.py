@@ -13,8 +13,9 @@ from pyproj import Geod
 
 from agriseg.errors import InputError
 from agriseg.scale import (
+    COARSER_TOLERANCE,
+    FINER_TOLERANCE,
     MAX_UPSAMPLE,
-    TOLERANCE,
     UNRELIABLE_COARSER,
     decide_scale,
     resize_tiles,
@@ -33,24 +34,25 @@ def summary_of(out, stem):
     return json.loads((out / f"{stem}.summary.json").read_text())
 
 
-@pytest.mark.parametrize("ratio", [1.0, 0.7, 0.67, 1.2, 1.49])
+@pytest.mark.parametrize("ratio", [1.0, 0.7, 0.51, 1.19])
 def test_gsd_within_tolerance_is_used_as_it_is(ratio):
     scale = decide_scale(MODEL_GSD * ratio, MODEL_GSD)
     assert not scale.resampled and not scale.unreliable
     assert scale.factor == 1.0 and scale.warnings() == []
 
 
-def test_finer_input_is_shrunk_to_the_edge_of_the_tolerance():
+def test_finer_input_is_shrunk_only_to_the_edge_of_the_tolerance():
     scale = decide_scale(0.007, MODEL_GSD)
     assert scale.resampled
-    assert scale.target_gsd_m == pytest.approx(MODEL_GSD / TOLERANCE)
-    assert scale.factor == pytest.approx(0.007 * TOLERANCE / MODEL_GSD)
+    assert scale.target_gsd_m == pytest.approx(MODEL_GSD / FINER_TOLERANCE)
+    assert scale.factor == pytest.approx(0.007 * FINER_TOLERANCE / MODEL_GSD)
 
 
-def test_coarser_input_is_enlarged_but_never_beyond_the_cap():
-    scale = decide_scale(0.05, MODEL_GSD)
+def test_coarser_input_is_enlarged_to_the_model_gsd_but_never_beyond_the_cap():
+    scale = decide_scale(MODEL_GSD * COARSER_TOLERANCE * 1.01, MODEL_GSD)
     assert scale.resampled and not scale.unreliable
-    assert scale.target_gsd_m == pytest.approx(MODEL_GSD * TOLERANCE)
+    assert scale.target_gsd_m == pytest.approx(MODEL_GSD)
+    assert decide_scale(0.05, MODEL_GSD).factor == pytest.approx(0.05 / MODEL_GSD)
     aerial = decide_scale(0.30, 0.02)
     assert aerial.resampled and aerial.unreliable
     assert aerial.factor == pytest.approx(MAX_UPSAMPLE)
@@ -109,7 +111,7 @@ def test_finer_raster_is_resampled_and_stays_on_its_grid(tmp_path, run_cli):
         assert meta["shape"] == classes.shape == (src.height, src.width)
     scale = summary_of(tmp_path / "auto", "fine")["scale"]
     assert scale["resampled"] and scale["input_gsd_m"] == pytest.approx(0.007)
-    assert scale["model_tile_px"] == 128 and scale["input_tile_px"] > 300
+    assert scale["model_tile_px"] == 128 and scale["input_tile_px"] > 2 * 128
     off = summary_of(tmp_path / "off", "fine")
     assert not off["scale"]["resampled"] and off["scale"]["input_tile_px"] == 128
     assert summary_of(tmp_path / "auto", "fine")["tiles"] < off["tiles"]
