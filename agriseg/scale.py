@@ -29,12 +29,12 @@ from agriseg.tiling import TileGrid
 Resample = Literal["auto", "off"]
 RESAMPLE_MODES: tuple[Resample, ...] = ("auto", "off")
 
-#: Inputs down to this many times finer than the model's GSD are used as they are,
-#: and finer ones are shrunk only to this: the default model (median training GSD
-#: 2.9 cm, surveys of 1-4 cm with 0.7-1.4x scale jitter) reads fine detail well, and
-#: every step coarser costs accuracy (scripts/gsd_benchmark.py: a 0.7 cm field shrunk
-#: to 1.2 / 1.4 / 2.0 / 2.9 cm scored mIoU 0.90 / 0.88 / 0.86 / 0.81).
-FINER_TOLERANCE = 2.0
+#: Inputs down to this many times finer than the model's GSD are used as they are;
+#: finer ones are shrunk only to this limit. Shrinking less keeps more detail (a
+#: 0.7 cm field shrunk to 1.2 / 1.5 / 2.0 / 2.9 cm scored mIoU 0.90 / 0.88 / 0.86 /
+#: 0.81, scripts/gsd_benchmark.py) but saves less work; at 1.5x the default model's
+#: 2.9 cm, a 2 cm survey is used as it is, and 0.7 cm costs a fifth of the forwards.
+FINER_TOLERANCE = 1.5
 
 #: Inputs up to this many times coarser than the model's GSD are used as they are;
 #: coarser ones are enlarged to the model's GSD (a 5 cm field enlarged to 4.4 / 3.7 /
@@ -47,6 +47,10 @@ UNRELIABLE_COARSER = 3.0
 
 #: Tiles are never enlarged more than this: enlarging adds no detail, only work.
 MAX_UPSAMPLE = 4.0
+
+#: Tiles are never shrunk more than this: an input tile holds factor⁻² times the
+#: model tile's pixels, and a chunk's memory grows with it.
+MAX_DOWNSAMPLE = 4.0
 
 
 @dataclass(frozen=True)
@@ -93,15 +97,17 @@ def decide_scale(
     """Decide the GSD the model sees.
 
     With ``auto``, an input more than :data:`FINER_TOLERANCE` times finer than the
-    model's GSD is shrunk to that limit (only as far as needed: detail helps), and
-    one more than :data:`COARSER_TOLERANCE` times coarser is enlarged to the model's
-    GSD, but by at most :data:`MAX_UPSAMPLE`. Nothing is resampled with ``off``, or
-    when either GSD is unknown (models trained on plain images may not know theirs).
+    model's GSD is shrunk to that limit (only as far as needed, since detail helps;
+    by at most :data:`MAX_DOWNSAMPLE`), and one more than :data:`COARSER_TOLERANCE`
+    times coarser is enlarged to the model's GSD (by at most :data:`MAX_UPSAMPLE`).
+    Nothing is resampled with ``off``, or when either GSD is unknown (models trained
+    on plain images may not know theirs: ``gsd_m`` ``None`` or 0).
     """
     if resample not in RESAMPLE_MODES:
         raise InputError(f"--resample {resample!r} is not one of {', '.join(RESAMPLE_MODES)}")
-    for name, value in (("input", input_gsd_m), ("model", model_gsd_m)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
+    for name, value, least in (("input", input_gsd_m, 0.0), ("model", model_gsd_m, -1.0)):
+        # A model's 0 means "unknown"; an input's must be real.
+        if value is not None and not (math.isfinite(value) and value > least):
             raise InputError(
                 f"{name} ground sampling distance {value!r} m must be a positive number; "
                 "check --gsd or the model's gsd_m"
@@ -113,7 +119,8 @@ def decide_scale(
     if resample == "off" or finest <= input_gsd_m <= model_gsd_m * COARSER_TOLERANCE:
         return Scale(input_gsd_m, model_gsd_m, input_gsd_m, False, unreliable)
     if input_gsd_m < finest:
-        return Scale(input_gsd_m, model_gsd_m, finest, True, unreliable)
+        target = min(finest, input_gsd_m * MAX_DOWNSAMPLE)
+        return Scale(input_gsd_m, model_gsd_m, target, True, unreliable)
     target = max(model_gsd_m, input_gsd_m / MAX_UPSAMPLE)
     return Scale(input_gsd_m, model_gsd_m, target, True, unreliable)
 

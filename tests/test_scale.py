@@ -15,6 +15,7 @@ from agriseg.errors import InputError
 from agriseg.scale import (
     COARSER_TOLERANCE,
     FINER_TOLERANCE,
+    MAX_DOWNSAMPLE,
     MAX_UPSAMPLE,
     UNRELIABLE_COARSER,
     decide_scale,
@@ -34,7 +35,7 @@ def summary_of(out, stem):
     return json.loads((out / f"{stem}.summary.json").read_text())
 
 
-@pytest.mark.parametrize("ratio", [1.0, 0.7, 0.51, 1.19])
+@pytest.mark.parametrize("ratio", [1.0, 0.7, 0.68, 1.19])
 def test_gsd_within_tolerance_is_used_as_it_is(ratio):
     scale = decide_scale(MODEL_GSD * ratio, MODEL_GSD)
     assert not scale.resampled and not scale.unreliable
@@ -46,6 +47,8 @@ def test_finer_input_is_shrunk_only_to_the_edge_of_the_tolerance():
     assert scale.resampled
     assert scale.target_gsd_m == pytest.approx(MODEL_GSD / FINER_TOLERANCE)
     assert scale.factor == pytest.approx(0.007 * FINER_TOLERANCE / MODEL_GSD)
+    very_fine = decide_scale(0.001, MODEL_GSD)
+    assert very_fine.factor == pytest.approx(1 / MAX_DOWNSAMPLE)
 
 
 def test_coarser_input_is_enlarged_to_the_model_gsd_but_never_beyond_the_cap():
@@ -66,7 +69,9 @@ def test_far_too_coarse_input_is_unreliable_even_without_resampling():
     assert not decide_scale(0.02 * UNRELIABLE_COARSER * 0.99, 0.02).unreliable
 
 
-@pytest.mark.parametrize(("input_gsd", "model_gsd"), [(0.007, None), (0.007, 0.0), (None, 0.02)])
+@pytest.mark.parametrize(
+    ("input_gsd", "model_gsd"), [(0.007, None), (0.007, 0.0), (None, 0.02), (None, None)]
+)
 def test_unknown_gsd_never_resamples(input_gsd, model_gsd):
     scale = decide_scale(input_gsd, model_gsd)
     assert not scale.resampled and not scale.unreliable and scale.factor == 1.0
@@ -77,6 +82,8 @@ def test_bad_mode_or_gsd_is_rejected_with_the_value():
         decide_scale(0.02, 0.02, "sometimes")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="-0.01"):
         decide_scale(-0.01, 0.02)
+    with pytest.raises(InputError, match="input ground sampling distance 0.0 m"):
+        decide_scale(0.0, 0.02)
 
 
 def test_resampled_grid_scales_tile_and_overlap_to_input_pixels():
