@@ -33,7 +33,7 @@ RESAMPLE_MODES: tuple[Resample, ...] = ("auto", "off")
 #: finer ones are shrunk only to this limit. Shrinking less keeps more detail (a
 #: 0.7 cm field shrunk to 1.2 / 1.5 / 2.0 / 2.9 cm scored mIoU 0.90 / 0.88 / 0.86 /
 #: 0.81, scripts/gsd_benchmark.py) but saves less work; at 1.5x the default model's
-#: 2.9 cm, a 2 cm survey is used as it is, and 0.7 cm costs a fifth of the forwards.
+#: 2.9 cm, a 2 cm survey is used as it is, and 0.7 cm costs a seventh of the forwards.
 FINER_TOLERANCE = 1.5
 
 #: Inputs up to this many times coarser than the model's GSD are used as they are;
@@ -42,7 +42,7 @@ FINER_TOLERANCE = 1.5
 COARSER_TOLERANCE = 1.2
 
 #: Inputs coarser than this multiple of the model's GSD lack the detail the model
-#: needs (a 5 cm weed is under two pixels): results are flagged as unreliable.
+#: needs (a 5 cm weed is about one pixel): results are flagged as unreliable.
 UNRELIABLE_COARSER = 3.0
 
 #: Tiles are never enlarged more than this: enlarging adds no detail, only work.
