@@ -105,8 +105,8 @@ class Predictor:
         With ``model_tile``, tiles are resized to that edge for the model and the
         probabilities resized back, on the device (see :mod:`agriseg.scale`). When
         ``weight`` (``H x W``) is given the probabilities come back multiplied by it,
-        computed on the device. Also returns the seconds spent on the device in the
-        model (excluding waiting for it, and resizing).
+        computed on the device. Also returns the seconds spent on the device, resizing
+        included (excluding waiting for it).
         """
         return self._executor.submit(self._forward, tiles, weight, model_tile).result()
 
@@ -119,15 +119,12 @@ class Predictor:
             x = x.pin_memory()
         edge = x.shape[-1]
         resize = model_tile is not None and model_tile != edge
-        resize_s = 0.0
         with torch.inference_mode():
             torch.set_num_threads(self.threads)
             start = time.perf_counter()
             x = x.to(self.device, non_blocking=cuda)
             if resize:
-                began = self._synced()
                 x = resize_tiles(x, model_tile or edge)
-                resize_s += self._synced() - began
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(
                 device_type=self.device.type,
@@ -137,19 +134,11 @@ class Predictor:
                 logits = self.model(x)
             probs = torch.softmax(logits.float(), dim=1)
             if resize:
-                began = self._synced()
                 probs = resize_tiles(probs, edge)
-                resize_s += self._synced() - began
             if weight is not None:
                 probs *= torch.from_numpy(weight).to(self.device, non_blocking=cuda)
             out = probs.cpu().numpy()
-            return out, time.perf_counter() - start - resize_s
-
-    def _synced(self) -> float:
-        """The time once the device has finished its queued work (so resizing is timed apart)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+            return out, time.perf_counter() - start
 
 
 _PREDICTORS: dict[tuple[str, str, int], Predictor] = {}

@@ -3,7 +3,7 @@
 Renders one generated field (same seed, same parameters, same ground) at several
 GSDs, segments each rendering with the default model with ``--resample auto`` and
 ``off``, scores it against its own truth labels, and prints a Markdown table of mIoU
-and forward-pass seconds (each run's ``timings_s.infer``), then times the model
+and device seconds (each run's ``timings_s.infer``: forwards and resizing), then times the model
 alone at the finest GSD with ``auto`` and ``off`` as ``agriseg bench`` does.
 
 Usage::
@@ -72,7 +72,7 @@ def main() -> None:
                 )
                 print(json.dumps(rows[-1]), flush=True)
     print()
-    print("| GSD | pixels | mode | tiles (input px) | mIoU | model s | run s |")
+    print("| GSD | pixels | mode | tiles (input px) | mIoU | device s | run s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
@@ -81,7 +81,7 @@ def main() -> None:
             f"{r['model_s']:.1f} | {r['total_s']:.1f} |"
         )
     fine = {r["mode"]: r["model_s"] for r in rows if r["gsd_cm"] == round(100 * GSDS_M[0], 2)}
-    print(f"\nat {100 * GSDS_M[0]:.1f} cm, auto / off: forward seconds in the runs ", end="")
+    print(f"\nat {100 * GSDS_M[0]:.1f} cm, auto / off: device seconds in the runs ", end="")
     print(f"{fine['auto'] / fine['off']:.3f}", end="")
     # The runs' sums suffer from anything else on the machine; the model alone, the
     # best of a few passes over the same tiles, alternating modes, is steadier.
