@@ -178,3 +178,13 @@ def test_far_too_coarse_raster_warns_in_summary_and_on_stderr(tmp_path, run_cli,
     warnings = summary_of(tmp_path / "out", "park")["warnings"]
     assert any("unreliable" in w and "30.0 cm" in w for w in warnings)
     assert "unreliable at this scale" in capsys.readouterr().err
+
+
+def test_bench_model_only_pass_runs_the_resampled_tiles(tmp_path):
+    from agriseg.bench import model_only_seconds
+    from agriseg.config import RunConfig
+
+    path = write_raster(tmp_path / "fine.tif", field_image(200, 200), transform=utm(0.007))
+    config = RunConfig(device="cpu", tile_size=64, overlap=16, threads=1)
+    seconds = model_only_seconds(path, config, repeats=1)
+    assert set(seconds) <= {"run", "all_cores"} and all(s > 0 for s in seconds.values())
