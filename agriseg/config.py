@@ -20,6 +20,8 @@ class RunConfig:
         bands: 1-based band indexes feeding the model; ``None`` picks by colour
             interpretation.
         assume_crs: CRS to use when the file has none (e.g. ``EPSG:32633``).
+        gsd_m: ground sampling distance of the input in metres; ``None``: from the
+            file's georeferencing. A plain image's areas come only from it.
         scheduler: address of an existing Dask distributed scheduler.
         workers: start a local cluster of this many worker processes.
         health: how the class raster becomes field-health polygons and statistics.
@@ -40,6 +42,7 @@ class RunConfig:
     device: str = "auto"
     bands: tuple[int, ...] | None = None
     assume_crs: str | None = None
+    gsd_m: float | None = None
     scheduler: str | None = None
     workers: int | None = None
     threads: int | None = None

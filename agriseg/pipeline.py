@@ -1,4 +1,10 @@
-"""``agriseg run`` as one function: raster in, class raster, reports out."""
+"""``agriseg run`` as one function: raster in, class raster, reports out.
+
+A plain image (PNG, JPEG, TIFF without CRS or geotransform) runs in *pixel mode*:
+class and confidence rasters on the image's pixel grid without a CRS, a summary
+with pixel counts (areas only from ``RunConfig.gsd_m``), and no field-health
+polygons, which need a CRS (the summary says so in ``notes``).
+"""
 
 from __future__ import annotations
 
@@ -79,15 +85,23 @@ def _stage_seconds(task_stream: list[dict[str, Any]]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in totals.items()}
 
 
+#: Why a plain image gets no field-health products.
+PIXEL_MODE_NOTE = (
+    "the input is not georeferenced: class and confidence rasters are on its pixel grid "
+    "without a CRS, and field-health polygons, statistics and preview were skipped "
+    "(they need a CRS); areas come from --gsd when given"
+)
+
+
 def class_table(pixels: np.ndarray, area_m2: np.ndarray) -> list[dict[str, Any]]:
-    """Per-class pixel count, ground area and share of valid pixels."""
+    """Per-class pixel count, ground area (``None`` where unknown) and share of valid pixels."""
     valid = int(pixels.sum())
     return [
         {
             "class": c.name,
             "class_id": c.id,
             "pixels": int(pixels[c.id]),
-            "area_m2": round(float(area_m2[c.id]), 4),
+            "area_m2": round(float(area_m2[c.id]), 4) if np.isfinite(area_m2[c.id]) else None,
             "fraction": round(float(pixels[c.id]) / valid, 6) if valid else 0.0,
         }
         for c in CLASSES
@@ -129,15 +143,19 @@ def segment_raster(
         tiles_per_chunk=config.batch_size,
     )
     paths = output_paths(out_dir, input_path.stem)
-    job = plan_health(
-        ClassGrid(
-            CRS.from_wkt(info.crs.to_wkt()),
-            info.transform,
-            info.height,
-            info.width,
-            class_raster_profile(info),
-        ),
-        config.health,
+    job = (
+        None
+        if info.crs is None
+        else plan_health(
+            ClassGrid(
+                CRS.from_wkt(info.crs.to_wkt()),
+                info.transform,
+                info.height,
+                info.width,
+                class_raster_profile(info),
+            ),
+            config.health,
+        )
     )
     n_classes = len(CLASSES)
     pixels = np.zeros(n_classes, dtype="int64")
@@ -152,7 +170,9 @@ def segment_raster(
     with output_folder(out_dir), output_transaction() as transaction:
         staging = transaction.staging_folder(out_dir, "health")
         health_stream = (
-            HealthStream(job, input_path, staging, input_path.stem) if stream_health else None
+            HealthStream(job, input_path, staging, input_path.stem)
+            if stream_health and job is not None
+            else None
         )
         with (
             dask_client(config.scheduler, config.workers) as client,
@@ -184,7 +204,12 @@ def segment_raster(
             if health_stream is not None:
                 health = health_stream.finish()
                 health_s = health_stream.busy_s
-        if health_stream is None:
+        if job is None:
+            health = {"health": None, "notes": [PIXEL_MODE_NOTE]}
+            health_s = 0.0
+            if config.gsd_m is not None:
+                area = pixels * config.gsd_m**2
+        elif health_stream is None:
             release_free_memory()
             health = job.run(
                 job.file_bands(writer.staged["classes"], writer.staged["confidence"]),
@@ -210,7 +235,7 @@ def segment_raster(
                 "path": str(input_path.resolve()),
                 "width": info.width,
                 "height": info.height,
-                "crs": info.crs.to_string(),
+                "crs": None if info.crs is None else info.crs.to_string(),
                 "bands": list(info.bands),
                 "dtype": info.dtype,
             },

@@ -9,6 +9,7 @@ Invalid pixels (nodata, alpha, internal masks) are returned as NaN.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from affine import Affine
 from dask.base import tokenize
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
-from rasterio.errors import CRSError, RasterioError, RasterioIOError
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from agriseg.errors import InputError, RasterReadError
@@ -39,14 +40,18 @@ _COLOUR_OF_BAND = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": C
 
 @dataclass(frozen=True)
 class RasterInfo:
-    """A validated input raster and the bands agriseg will read from it."""
+    """A validated input raster and the bands agriseg will read from it.
+
+    ``crs`` is ``None`` for a plain image (PNG, JPEG, TIFF with neither CRS nor
+    geotransform): its ``transform`` is then the identity, a grid of pixels only.
+    """
 
     path: Path
     width: int
     height: int
     count: int
     dtype: str
-    crs: CRS
+    crs: CRS | None
     transform: Affine
     block_shape: tuple[int, int]
     bands: tuple[int, ...]
@@ -54,6 +59,19 @@ class RasterInfo:
     @property
     def shape(self) -> tuple[int, int]:
         return self.height, self.width
+
+
+def open_dataset(path: Path | str) -> rasterio.DatasetReader:
+    """``rasterio.open`` without the NotGeoreferencedWarning: plain images are valid input."""
+    # The filter is scoped to the open call, where GDAL's driver raises the warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
+
+
+def georeferenced(src: rasterio.DatasetReader) -> bool:
+    """True when ``src`` has a CRS, a geotransform or ground control points."""
+    return src.crs is not None or src.transform != Affine.identity() or bool(src.gcps[0])
 
 
 def _open(path: Path) -> rasterio.DatasetReader:
@@ -66,7 +84,7 @@ def _open(path: Path) -> rasterio.DatasetReader:
     if path.stat().st_size == 0:
         raise RasterReadError(f"{path}: file is empty (0 bytes); re-export or re-copy the survey")
     try:
-        return rasterio.open(path)
+        return open_dataset(path)
     except RasterioIOError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "unknown format"
         raise RasterReadError(
@@ -126,7 +144,11 @@ def open_raster(
     bands: tuple[int, ...] | None = None,
     assume_crs: str | None = None,
 ) -> RasterInfo:
-    """Open and validate ``path``; raise an :class:`AgrisegError` saying what to fix."""
+    """Open and validate ``path``; raise an :class:`AgrisegError` saying what to fix.
+
+    A plain image (no CRS, no geotransform, no ground control points) opens with
+    ``crs=None`` on its pixel grid, unless ``assume_crs`` asks for georeferencing.
+    """
     path = Path(path)
     with _open(path) as src:
         dtype = src.dtypes[0]
@@ -136,14 +158,15 @@ def open_raster(
                 "float32 (e.g. gdal_translate -ot UInt16)"
             )
         crs = src.crs
-        if crs is None:
+        plain = not georeferenced(src) and assume_crs is None
+        if crs is None and not plain:
             if assume_crs is None:
                 raise InputError(
                     f"{path}: has no coordinate reference system; if you know it, pass "
                     "--assume-crs EPSG:XXXX"
                 )
             crs = parse_crs(assume_crs)
-        if src.transform == Affine.identity() and not src.gcps[0]:
+        if not plain and src.transform == Affine.identity() and not src.gcps[0]:
             raise InputError(
                 f"{path}: is not georeferenced (no geotransform); georeference it first"
             )
@@ -165,7 +188,7 @@ def open_raster(
 def read_window(path: Path, bands: tuple[int, ...], window: Window) -> np.ndarray:
     """Read ``window`` as float32 ``(bands, h, w)`` with invalid pixels set to NaN."""
     try:
-        with rasterio.Env(**READ_ENV), rasterio.open(path) as src:
+        with rasterio.Env(**READ_ENV), open_dataset(path) as src:
             data = src.read(list(bands), window=window, out_dtype="float32")
             valid = src.dataset_mask(window=window)
     except RasterioError as exc:

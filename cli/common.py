@@ -47,6 +47,12 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         "--assume-crs", default=None, help="CRS for rasters that lack one, e.g. EPSG:32633"
     )
     parser.add_argument(
+        "--gsd",
+        type=float,
+        default=None,
+        help="ground sampling distance of the input in metres (default: from the file's georeferencing)",  # noqa: E501
+    )
+    parser.add_argument(
         "--scheduler",
         default=None,
         help="address of an existing Dask scheduler (or DASK_SCHEDULER_ADDRESS)",

@@ -42,7 +42,7 @@ def execute(args: argparse.Namespace) -> int:
                 f"{m.architecture}/{m.encoder}",
                 ",".join(m.bands),
                 m.tile_size,
-                f"{100 * m.gsd_m:.1f}",
+                "-" if m.gsd_m is None else f"{100 * m.gsd_m:.1f}",
                 _miou(m.metrics),
                 f"{size_mb:.1f}",
             )
