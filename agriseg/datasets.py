@@ -160,25 +160,34 @@ def parse_label_colors(text: str) -> dict[str, Colour]:
     return colors
 
 
-def decode_colors(
-    rgb: np.ndarray, colors: LabelColors, classes: ClassList, path: Path
-) -> np.ndarray:
-    """Class ids ``(H, W)`` uint8 of an RGB mask ``(3, H, W)``; unlisted colours are 255.
+def color_ids(colors: LabelColors, classes: ClassList) -> dict[Colour, int]:
+    """Colour → id in ``classes`` of each entry of a label-colour table.
 
     Raises:
-        InputError: A colour names a class ``classes`` lacks, or no pixel has a
-            listed colour (the wrong table, or an index mask).
+        InputError: A colour names a class that ``classes`` lacks.
     """
-    codes = _codes(rgb)
-    out = np.full(codes.shape, NODATA, dtype="uint8")
+    table = {}
     for name, colour in colors.items():
         try:
-            k = classes.by_name(name).id
+            table[colour] = classes.by_name(name).id
         except InputError:
             raise InputError(
                 f"--label-colors names class {name!r}, which is not one of "
                 f"{', '.join(classes.names)}; fix the name or give --classes"
             ) from None
+    return table
+
+
+def decode_colors(rgb: np.ndarray, table: Mapping[Colour, int], path: Path) -> np.ndarray:
+    """Class ids ``(H, W)`` uint8 of an RGB mask ``(3, H, W)`` by a :func:`color_ids`
+    table; unlisted colours are 255.
+
+    Raises:
+        InputError: No pixel has a listed colour (the wrong table, or an index mask).
+    """
+    codes = _codes(rgb)
+    out = np.full(codes.shape, NODATA, dtype="uint8")
+    for colour, k in table.items():
         out[codes == (colour[0] << 16 | colour[1] << 8 | colour[2])] = k
     if not (out != NODATA).any():
         values, counts = np.unique(codes, return_counts=True)

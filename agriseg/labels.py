@@ -30,7 +30,7 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, guess_role
-from agriseg.datasets import LabelColors, decode_colors
+from agriseg.datasets import LabelColors, color_ids, decode_colors
 from agriseg.errors import InputError, RasterReadError
 from agriseg.raster import georeferenced, open_dataset
 
@@ -96,7 +96,7 @@ class Labels:
         self.path = Path(path)
         self.grid = grid
         self.classes = classes
-        self.colors = dict(colors or {})
+        self.colors = color_ids(colors, classes) if colors else {}
         self.kind: LabelKind = label_kind(self.path)
         if not self.path.exists():
             raise InputError(f"{self.path}: no such label file; check --labels")
@@ -210,7 +210,7 @@ class Labels:
                         "export it with the image's size and georeferencing"
                     )
                 rgb = src.read((1, 2, 3), window=window)
-                return decode_colors(rgb, self.colors, self.classes, self.path)
+                return decode_colors(rgb, self.colors, self.path)
             if self._aligned(src):
                 data = src.read(1, window=window, masked=True)
             else:
@@ -282,7 +282,8 @@ def label_classes(
         if found.size:
             top = max(top, int(found.max()))
     ids = {v for v in values if v.isdigit()}
-    names = sorted(values - ids)
+    # One class per name whatever its case (labels match names in any case).
+    names = sorted({n.lower(): n for n in sorted(values - ids)}.values(), key=str.lower)
     top = max([top, *(int(v) for v in ids)])
     if tagged:
         first_path, first = tagged[0]

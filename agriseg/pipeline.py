@@ -37,7 +37,7 @@ from agriseg.outputs import (
     output_paths,
 )
 from agriseg.products import ClassGrid, plan_health
-from agriseg.raster import RasterInfo, open_raster
+from agriseg.raster import RasterInfo, open_raster, pixel_grid_ok
 from agriseg.segment import segment_blocks
 from agriseg.tiling import TileGrid
 
@@ -180,6 +180,7 @@ def segment_raster(
         ):
             with (
                 get_task_stream(client) as stream,
+                pixel_grid_ok(info.crs is None),
                 ClassRasterWriter(
                     info, paths, block_size_for(grid.stride), meta.name, transaction
                 ) as writer,

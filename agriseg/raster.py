@@ -8,8 +8,10 @@ Invalid pixels (nodata, alpha, internal masks) are returned as NaN.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,11 +63,20 @@ class RasterInfo:
         return self.height, self.width
 
 
+@contextlib.contextmanager
+def pixel_grid_ok(quiet: bool = True) -> Iterator[None]:
+    """Silence rasterio's NotGeoreferencedWarning (when ``quiet``): plain images and
+    their outputs have no georeferencing by design."""
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
 def open_dataset(path: Path | str) -> rasterio.DatasetReader:
     """``rasterio.open`` without the NotGeoreferencedWarning: plain images are valid input."""
-    # The filter is scoped to the open call, where GDAL's driver raises the warning.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    # Scoped to the open call, where rasterio raises the warning.
+    with pixel_grid_ok():
         return rasterio.open(path)
 
 
