@@ -31,7 +31,7 @@ from rasterio.windows import Window
 from agriseg.areas import geometry_area_perimeter_m, lonlat_points, pixel_size_m
 from agriseg.atomic import atomic_output, temporary_name, write_text_atomic
 from agriseg.bands import GDAL_ENV, Band, file_bands
-from agriseg.classes import CLASS_NAMES, NODATA
+from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.errors import InputError
 from agriseg.health import class_areas_m2, health_summary, raster_crs
 from agriseg.preview import PreviewCanvas, blend_preview, save_png
@@ -134,13 +134,15 @@ def _template(crs: CRS, with_fields: bool) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
 
 
-def polygon_attributes(batch: PolygonBatch, crs: CRS, fields: Fields | None) -> gpd.GeoDataFrame:
+def polygon_attributes(
+    batch: PolygonBatch, crs: CRS, classes: ClassList, fields: Fields | None
+) -> gpd.GeoDataFrame:
     """The health-polygon table of one batch (geometries in ``crs``)."""
     area, perimeter = geometry_area_perimeter_m(batch.geometry, crs)
     centroid = shapely.centroid(batch.geometry)
     lon, lat = lonlat_points(shapely.get_x(centroid), shapely.get_y(centroid), crs)
     columns: dict[str, Any] = {
-        "class": np.array(CLASS_NAMES, dtype=object)[batch.class_id],
+        "class": np.array(classes.names, dtype=object)[batch.class_id],
         "class_id": batch.class_id.astype("int32"),
         "area_m2": np.round(area, 6),
         "perimeter_m": np.round(perimeter, 6),
@@ -163,6 +165,7 @@ class ClassGrid:
         height: Rows.
         width: Columns.
         profile: rasterio profile for the sieved copy (uint8, nodata 255).
+        classes: What its class ids mean (the model's classes).
     """
 
     crs: CRS
@@ -170,11 +173,20 @@ class ClassGrid:
     height: int
     width: int
     profile: dict[str, Any]
+    classes: ClassList = DEFAULT_CLASSES
 
     @classmethod
     def of_file(cls, path: Path) -> ClassGrid:
+        """The grid of a class raster; its classes come from its tags and colour table
+        (the four default classes for rasters that carry none)."""
         with rasterio.open(path) as src:
-            return cls(raster_crs(src, path), src.transform, src.height, src.width, src.profile)
+            try:
+                colormap = src.colormap(1)
+            except ValueError:  # no colour table
+                colormap = None
+            classes = ClassList.from_tags(src.tags(), colormap) or DEFAULT_CLASSES
+            crs = raster_crs(src, path)
+            return cls(crs, src.transform, src.height, src.width, src.profile, classes)
 
 
 @dataclass(frozen=True)
@@ -252,6 +264,7 @@ class _BackgroundPreview:
         self, grid: ClassGrid, image_path: Path | None, out: Path, pool: ThreadPoolExecutor
     ) -> None:
         self._canvas = PreviewCanvas(grid.height, grid.width)
+        self._classes = grid.classes
         self._height = grid.height
         self._image_path = image_path
         self._out = out
@@ -264,7 +277,7 @@ class _BackgroundPreview:
             self._future = self._pool.submit(self._draw)
 
     def _draw(self) -> None:
-        save_png(blend_preview(self._canvas.classes, self._image_path), self._out)
+        save_png(blend_preview(self._canvas.classes, self._classes, self._image_path), self._out)
 
     def result(self) -> None:
         """Wait for the preview to be written; raise what drawing it raised."""
@@ -303,17 +316,19 @@ def _write_polygons(
         count = 0
         simplify_px = options.simplify_m / job.pixel_m
         for batch in finish_polygons(pixel_batches(dst), grid.transform, simplify_px):
-            frame = polygon_attributes(batch, grid.crs, job.fields)
+            frame = polygon_attributes(batch, grid.crs, grid.classes, job.fields)
             for writer in writers:
                 writer.write(frame)
             count += len(frame)
     return count
 
 
-def _write_zones(source: Path, gpkg: Path, options: HealthOptions) -> dict[str, Any]:
+def _write_zones(
+    source: Path, classes: ClassList, gpkg: Path, options: HealthOptions
+) -> dict[str, Any]:
     """Add the management-zone layer to ``gpkg``; return its summary."""
     assert options.grid_m is not None
-    zones = grid_zones(source, options.grid_m, options.block_size)
+    zones = grid_zones(source, classes, options.grid_m, options.block_size)
     with GpkgLayerWriter(gpkg, ZONE_LAYER, zones.iloc[:0]) as writer:
         writer.write(zones)
     return {"cells": len(zones), "cell_size_m": options.grid_m, "crs": zones.crs.to_string()}
@@ -369,6 +384,7 @@ def _run_health(
     stem: str,
 ) -> dict[str, Any]:
     options = job.options
+    classes = job.grid.classes
     paths = health_paths(out_dir, stem)
     sieved = temporary_name(out_dir / f"{stem}.sieved.tif")
     written: dict[str, str] = {}
@@ -393,17 +409,18 @@ def _run_health(
                     job, bands, sieved, tmp.get("geojson"), tmp.get("gpkg"), preview
                 )
                 if "gpkg" in tmp:
-                    styles = {POLYGON_LAYER: class_style()}
+                    styles = {POLYGON_LAYER: class_style(classes)}
                     if options.grid_m is not None:
-                        result["zones"] = _write_zones(sieved, tmp["gpkg"], options)
+                        result["zones"] = _write_zones(sieved, classes, tmp["gpkg"], options)
                         styles[ZONE_LAYER] = zone_style()
                     write_layer_styles(tmp["gpkg"], styles)
             for fmt in options.formats:
                 written[fmt] = str(paths[fmt])
             if options.formats:
-                write_text_atomic(paths["qml"], class_style())
+                write_text_atomic(paths["qml"], class_style(classes))
                 written["qml"] = str(paths["qml"])
-            health = health_summary(class_areas_m2(sieved, block_size=options.block_size)[0])
+            areas = class_areas_m2(sieved, len(classes), block_size=options.block_size)
+            health = health_summary(areas[0], classes)
             result["health"] = {
                 **health,
                 "min_area_m2": options.min_area_m2,
@@ -411,7 +428,7 @@ def _run_health(
                 "polygons": count,
             }
             if job.fields is not None:
-                result["fields"] = field_statistics(sieved, job.fields, options.block_size)
+                result["fields"] = field_statistics(sieved, classes, job.fields, options.block_size)
             if preview is not None:
                 preview.result()
                 written["preview"] = str(paths["preview"])

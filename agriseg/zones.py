@@ -25,7 +25,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from agriseg.areas import is_planar_metric
-from agriseg.classes import CLASSES
+from agriseg.classes import ClassList
 from agriseg.errors import InputError
 from agriseg.health import (
     ZoneLabeller,
@@ -111,18 +111,22 @@ def field_labeller(fields: Fields, transform: Affine) -> ZoneLabeller:
     return label
 
 
-def field_statistics(classes_path: Path, fields: Fields, block_size: int = 2048) -> list[dict]:
+def field_statistics(
+    classes_path: Path, classes: ClassList, fields: Fields, block_size: int = 2048
+) -> list[dict]:
     """Health statistics (see :func:`agriseg.health.health_summary`) for each field."""
     with rasterio.open(classes_path) as src:
         transform = src.transform
     areas = class_areas_m2(
         classes_path,
+        len(classes),
         block_size=block_size,
         zones=field_labeller(fields, transform),
         n_zones=len(fields.ids),
     )
     return [
-        {"field_id": fid, **health_summary(row)} for fid, row in zip(fields.ids, areas, strict=True)
+        {"field_id": fid, **health_summary(row, classes)}
+        for fid, row in zip(fields.ids, areas, strict=True)
     ]
 
 
@@ -242,7 +246,9 @@ def grid_labeller(grid: ZoneGrid, crs: CRS, transform: Affine) -> ZoneLabeller:
     return label
 
 
-def grid_zones(classes_path: Path, size_m: float, block_size: int = 2048) -> gpd.GeoDataFrame:
+def grid_zones(
+    classes_path: Path, classes: ClassList, size_m: float, block_size: int = 2048
+) -> gpd.GeoDataFrame:
     """Management-zone grid: per-cell class shares and weed pressure.
 
     Only cells holding valid pixels are returned.
@@ -258,6 +264,7 @@ def grid_zones(classes_path: Path, size_m: float, block_size: int = 2048) -> gpd
     grid = make_grid(crs, transform, width, height, size_m)
     areas = class_areas_m2(
         classes_path,
+        len(classes),
         block_size=block_size,
         zones=grid_labeller(grid, crs, transform),
         n_zones=grid.n_cells,
@@ -265,14 +272,14 @@ def grid_zones(classes_path: Path, size_m: float, block_size: int = 2048) -> gpd
     total = areas.sum(axis=1)
     used = np.flatnonzero(total > 0)
     areas, total = areas[used], total[used]
-    indices = health_indices(areas)
+    indices = health_indices(areas, classes)
     columns: dict[str, Any] = {
         "zone_id": used,
         "row": used // grid.n_cols,
         "col": used % grid.n_cols,
         "area_m2": total,
     }
-    for c in CLASSES:
+    for c in classes:
         columns[f"{c.name}_share"] = areas[:, c.id] / total
     for name in ("weed_pressure", "disease_incidence", "health_score"):
         columns[name] = indices[name]

@@ -33,7 +33,7 @@ def check_class_style(qml: str) -> None:
 
 
 def test_class_style_is_a_categorized_renderer() -> None:
-    check_class_style(class_style())
+    check_class_style(class_style(CLASSES))
 
 
 def test_zone_style_is_graduated_on_weed_pressure() -> None:
