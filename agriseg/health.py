@@ -117,8 +117,12 @@ def health_indices(areas: np.ndarray, classes: ClassList) -> dict[str, np.ndarra
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
-    weed_pressure = ratio(weed, crop + weed)
-    disease_incidence = ratio(diseased, crop + diseased)
+    # A model without weed (or disease) classes cannot see any: the index is undefined.
+    nothing = np.full(crop.shape, np.nan)
+    weed_pressure = ratio(weed, crop + weed) if classes.ids_with_role("weed") else nothing
+    disease_incidence = (
+        ratio(diseased, crop + diseased) if classes.ids_with_role("disease") else nothing
+    )
     # An undefined ratio only happens with no crop, where the other factor is already 0.
     score = 100.0 * (1 - np.nan_to_num(weed_pressure)) * (1 - np.nan_to_num(disease_incidence))
     return {
