@@ -11,7 +11,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
-from conftest import UTM, UTM_TRANSFORM, write_raster
+from conftest import UTM, write_raster
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
