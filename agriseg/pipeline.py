@@ -24,7 +24,7 @@ from pyproj import CRS
 
 from agriseg import __version__
 from agriseg.atomic import output_folder, output_transaction
-from agriseg.classes import CLASSES
+from agriseg.classes import ClassList
 from agriseg.config import RunConfig
 from agriseg.execution import dask_client, release_free_memory
 from agriseg.health_stream import HealthStream
@@ -93,18 +93,21 @@ PIXEL_MODE_NOTE = (
 )
 
 
-def class_table(pixels: np.ndarray, area_m2: np.ndarray) -> list[dict[str, Any]]:
+def class_table(
+    pixels: np.ndarray, area_m2: np.ndarray, classes: ClassList
+) -> list[dict[str, Any]]:
     """Per-class pixel count, ground area (``None`` where unknown) and share of valid pixels."""
     valid = int(pixels.sum())
     return [
         {
             "class": c.name,
             "class_id": c.id,
+            "role": c.role,
             "pixels": int(pixels[c.id]),
             "area_m2": round(float(area_m2[c.id]), 4) if np.isfinite(area_m2[c.id]) else None,
             "fraction": round(float(pixels[c.id]) / valid, 6) if valid else 0.0,
         }
-        for c in CLASSES
+        for c in classes
     ]
 
 
@@ -153,11 +156,12 @@ def segment_raster(
                 info.height,
                 info.width,
                 class_raster_profile(info),
+                meta.classes,
             ),
             config.health,
         )
     )
-    n_classes = len(CLASSES)
+    n_classes = len(meta.classes)
     pixels = np.zeros(n_classes, dtype="int64")
     area = np.zeros(n_classes, dtype="float64")
     done = 0
@@ -182,7 +186,12 @@ def segment_raster(
                 get_task_stream(client) as stream,
                 pixel_grid_ok(info.crs is None),
                 ClassRasterWriter(
-                    info, paths, block_size_for(grid.stride), meta.name, transaction
+                    info,
+                    paths,
+                    block_size_for(grid.stride),
+                    meta.name,
+                    transaction,
+                    meta.classes,
                 ) as writer,
             ):
                 for block in segment_blocks(
@@ -245,11 +254,14 @@ def segment_raster(
                 "path": str(weights),
                 "architecture": meta.architecture,
                 "encoder": meta.encoder,
+                "bands": list(meta.bands),
+                "gsd_m": meta.gsd_m,
+                "classes": meta.classes.to_json(),
             },
             "parameters": {**asdict(config), "tile_size": grid.tile, "device": device},
             "tiles": grid.n_tiles,
             "valid_pixels": int(pixels.sum()),
-            "classes": class_table(pixels, area),
+            "classes": class_table(pixels, area, meta.classes),
             **health,
             "warnings": run_warnings(info, int(pixels.sum())),
             "timings_s": {**stages, "total": round(elapsed, 3)},

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
 from agriseg.atomic import atomic_output
-from agriseg.classes import CLASSES, NODATA
+from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.raster import READ_ENV
 
 #: Longest side of the preview, in pixels.
@@ -60,12 +60,12 @@ def _read_image(image_path: Path, shape: tuple[int, int]) -> np.ndarray:
     return rgb
 
 
-def _legend(image: Image.Image) -> None:
+def _legend(image: Image.Image, classes: ClassList) -> None:
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     size = max(10, min(image.size) // 40)
     pad = size // 2
-    rows = [(c.name, c.colour) for c in CLASSES]
+    rows = [(c.name, c.colour) for c in classes]
     width = pad * 3 + size + max(int(draw.textlength(n, font=font)) for n, _ in rows)
     height = pad + len(rows) * (size + pad)
     draw.rectangle([0, 0, width, height], fill=(255, 255, 255))
@@ -101,7 +101,9 @@ def _centres(n: int, size: int) -> np.ndarray:
     return np.minimum(((np.arange(n) + 0.5) * size / n).astype("int64"), size - 1)
 
 
-def blend_preview(classes: np.ndarray, image_path: Path | None = None) -> Image.Image:
+def blend_preview(
+    classes: np.ndarray, class_list: ClassList, image_path: Path | None = None
+) -> Image.Image:
     """The preview of preview-sized ``classes``: blended over the image, with a legend."""
     shape = classes.shape
     base = Image.fromarray(
@@ -109,14 +111,14 @@ def blend_preview(classes: np.ndarray, image_path: Path | None = None) -> Image.
         mode="RGB",
     )
     palette = np.zeros((256, 3), dtype="uint8")
-    for c in CLASSES:
+    for c in class_list:
         palette[c.id] = c.colour
     colours = Image.fromarray(palette[classes], mode="RGB")
-    known = (classes != NODATA) & (classes < len(CLASSES))
+    known = (classes != NODATA) & (classes < len(class_list))
     image = Image.composite(
         Image.blend(base, colours, ALPHA), base, Image.fromarray(known.astype("uint8") * 255, "L")
     )
-    _legend(image)
+    _legend(image, class_list)
     return image
 
 
@@ -133,7 +135,15 @@ def render_preview(
     with rasterio.open(classes_path) as src:
         shape = preview_shape(src.height, src.width, max_size)
         classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    return blend_preview(classes, image_path)
+        class_list = ClassList.from_tags(src.tags(), _colormap(src)) or DEFAULT_CLASSES
+    return blend_preview(classes, class_list, image_path)
+
+
+def _colormap(src: rasterio.DatasetReader) -> dict[int, tuple[int, ...]] | None:
+    try:
+        return src.colormap(1)
+    except ValueError:  # no colour table
+        return None
 
 
 def save_png(image: Image.Image, path: Path) -> None:
