@@ -3,7 +3,8 @@
 A plain image (PNG, JPEG, TIFF without CRS or geotransform) runs in *pixel mode*:
 class and confidence rasters on the image's pixel grid without a CRS, a summary
 with pixel counts (areas only from ``RunConfig.gsd_m``), and no field-health
-polygons, which need a CRS (the summary says so in ``notes``).
+polygons, which need a CRS (the summary has no ``health`` entry and says why in
+``notes``).
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def segment_raster(
                 health = health_stream.finish()
                 health_s = health_stream.busy_s
         if job is None:
-            health = {"health": None, "notes": [PIXEL_MODE_NOTE]}
+            health = {"notes": [PIXEL_MODE_NOTE]}
             health_s = 0.0
             if config.gsd_m is not None:
                 area = pixels * config.gsd_m**2

@@ -66,7 +66,7 @@ def execute(args: argparse.Namespace) -> int:
     if not args.quiet:
         for note in result.summary.get("notes", []):
             print(f"agriseg run: note: {note}", file=sys.stderr)
-        if result.summary["health"] is not None:
+        if "health" in result.summary:
             print_health_table(result.summary["health"])
         else:
             print_table(
