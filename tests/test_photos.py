@@ -161,3 +161,18 @@ def test_bad_photo_inputs_give_one_line(
     assert code == 2
     assert err.count("\n") == 1 and expected in err and "Traceback" not in err
     assert not model.with_suffix(".json").exists()
+
+
+def test_evaluate_refuses_labels_the_model_cannot_score_before_segmenting(
+    tmp_path: Path, run_cli, capsys
+) -> None:
+    write_pair(tmp_path / "a.png", tmp_path / "a_mask.png", seed=8)
+    out = tmp_path / "run"
+    code = run_cli(
+        "evaluate", tmp_path / "a.png", "--labels", tmp_path / "a_mask.png",
+        "--label-colors", "soil=#000000,thistle=#00ff00", "--out", out, *CPU,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "names class 'thistle', which is not one of soil, crop, weed, diseased" in err
+    assert not out.exists()

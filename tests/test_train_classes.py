@@ -20,6 +20,7 @@ from agriseg.evaluation import compare_rasters
 from agriseg.labels import label_classes
 from agriseg.models import load_model, with_classes
 from agriseg.synthetic import draw_params, generate_survey
+from agriseg.training import Scene, TrainConfig, train
 
 CUSTOM = "soil:background,maize:crop,grass_weed:weed,broadleaf_weed:weed,thistle:weed"
 TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--batch-size", "2")
@@ -158,3 +159,13 @@ def test_class_raster_labels_match_the_model_by_name(tmp_path: Path) -> None:
         dst.update_tags(class_2="thistle", class_3="dock")
     with pytest.raises(InputError, match=r"unknown class value\(s\) \['dock', 'thistle'\]"):
         compare_rasters(pred, truth, DEFAULT_CLASSES)
+
+
+def test_label_ids_beyond_the_classes_are_refused(tmp_path: Path) -> None:
+    survey = generate_survey(draw_params(9, 96, 96), 9)
+    image = survey.image.astype("float32")
+    scene = Scene(image, survey.labels, "uint8", None, "photo.png")
+    config = TrainConfig(classes=ClassList.parse("soil,crop"), epochs=1, chip_size=64,
+                         steps_per_epoch=1, batch_size=1, val_fraction=0, device="cpu")  # fmt: skip
+    with pytest.raises(InputError, match=r"photo.png: labels hold class id\(s\) \[2, 3\]"):
+        train([scene], tmp_path / "m", config)
