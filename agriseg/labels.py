@@ -156,10 +156,11 @@ class Labels:
             elif src.crs is None:
                 raise InputError(f"{self.path}: label raster has no CRS; georeference it")
             if self.colors:
-                if src.count < 3:
+                if src.count < 3 and src.colorinterp[0] != ColorInterp.palette:
                     raise InputError(
-                        f"{self.path}: --label-colors decodes RGB masks but this one has "
-                        f"{src.count} band(s); drop --label-colors for masks of class ids"
+                        f"{self.path}: --label-colors decodes RGB or palette masks but this "
+                        f"one has {src.count} grey band(s); drop --label-colors for masks of "
+                        "class ids"
                     )
                 return
             if src.count >= 3 and src.colorinterp[0] != ColorInterp.palette:
@@ -209,8 +210,7 @@ class Labels:
                         f"{self.path}: a colour-coded mask must lie on its image's pixel grid; "
                         "export it with the image's size and georeferencing"
                     )
-                rgb = src.read((1, 2, 3), window=window)
-                return decode_colors(rgb, self.colors, self.path)
+                return decode_colors(_rgb(src, window), self.colors, self.path)
             if self._aligned(src):
                 data = src.read(1, window=window, masked=True)
             else:
@@ -234,6 +234,16 @@ class Labels:
         if self._lookup is not None:
             return self._lookup[out]
         return out.astype("uint8")
+
+
+def _rgb(src: rasterio.DatasetReader, window: Window) -> np.ndarray:
+    """``(3, h, w)`` colours of ``window`` of an RGB(A) or palette mask."""
+    if src.count >= 3:
+        return src.read((1, 2, 3), window=window)
+    lut = np.zeros((256, 3), dtype="uint8")
+    for k, entry in src.colormap(1).items():
+        lut[k] = entry[:3]
+    return np.moveaxis(lut[src.read(1, window=window)], -1, 0)
 
 
 def label_classes(

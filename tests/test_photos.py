@@ -11,6 +11,9 @@ import rasterio
 import torch
 from PIL import Image
 
+from agriseg.classes import DEFAULT_CLASSES
+from agriseg.datasets import parse_label_colors
+from agriseg.labels import Grid, Labels
 from agriseg.synthetic import draw_params, generate_survey
 
 #: Colour coding of the generated masks (unlisted grey marks unlabelled pixels).
@@ -176,3 +179,13 @@ def test_evaluate_refuses_labels_the_model_cannot_score_before_segmenting(
     assert code == 2 and err.count("\n") == 1
     assert "names class 'thistle', which is not one of soil, crop, weed, diseased" in err
     assert not out.exists()
+
+
+def test_palette_masks_decode_by_their_colours(tmp_path: Path) -> None:
+    _, labels = photo(9, 64)
+    mask = Image.fromarray(labels, mode="P")
+    mask.putpalette([v for colour in COLORS.values() for v in colour] + [128] * 3 * 252)
+    mask.save(tmp_path / "m.png")
+    grid = Grid(64, 64, rasterio.Affine.identity(), None)
+    found = Labels(tmp_path / "m.png", grid, DEFAULT_CLASSES, colors=parse_label_colors(SPEC))
+    np.testing.assert_array_equal(found.read(rasterio.windows.Window(0, 0, 64, 64)), labels)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from affine import Affine
 from conftest import UTM, write_raster
 from PIL import Image
 from shapely.geometry import box
@@ -20,7 +21,7 @@ from agriseg.evaluation import compare_rasters
 from agriseg.labels import label_classes
 from agriseg.models import load_model, with_classes
 from agriseg.synthetic import draw_params, generate_survey
-from agriseg.training import Scene, TrainConfig, train
+from agriseg.training import Scene, TrainConfig, load_scene, train
 
 CUSTOM = "soil:background,maize:crop,grass_weed:weed,broadleaf_weed:weed,thistle:weed"
 TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--batch-size", "2")
@@ -169,3 +170,16 @@ def test_label_ids_beyond_the_classes_are_refused(tmp_path: Path) -> None:
                          steps_per_epoch=1, batch_size=1, val_fraction=0, device="cpu")  # fmt: skip
     with pytest.raises(InputError, match=r"photo.png: labels hold class id\(s\) \[2, 3\]"):
         train([scene], tmp_path / "m", config)
+
+
+def test_scene_gsd_is_in_ground_metres_whatever_the_crs(tmp_path: Path) -> None:
+    # 1e-7 degree pixels near the equator: about 1.1 cm on the ground.
+    transform = Affine(1e-7, 0, 10.0, 0, -1e-7, 0.001)
+    image = write_raster(tmp_path / "geo.tif", np.full((3, 64, 64), 90, "uint8"),
+                         crs="EPSG:4326", transform=transform)  # fmt: skip
+    labels = write_raster(tmp_path / "geo.labels.tif", np.ones((1, 64, 64), "uint8"),
+                          crs="EPSG:4326", transform=transform)  # fmt: skip
+    scene = load_scene(image, labels, ("red", "green", "blue"), TrainConfig())
+    assert scene.gsd_m == pytest.approx(0.01113, rel=0.01)
+    stated = load_scene(image, labels, ("red", "green", "blue"), TrainConfig(gsd_m=0.03))
+    assert stated.gsd_m == 0.03
