@@ -286,6 +286,8 @@ def label_classes(
             if named is not None:
                 tagged.append((path, named))
                 continue
+            if src.count >= 3 and src.colorinterp[0] != ColorInterp.palette:
+                continue  # colours without --label-colors: Labels says what to do
             data = src.read(1, masked=True)
         found = data.compressed()
         found = found[found != NODATA]
