@@ -121,12 +121,9 @@ def data_bands(src: rasterio.DatasetReader) -> list[int]:
 
 def _clash(wanted: str, name: str | None) -> bool:
     # Both known band names, and different ones.
-    return (
-        name is not None
-        and is_known(wanted)
-        and is_known(name)
-        and (canonical_band(wanted) != name)
-    )
+    if name is None or not (is_known(wanted) and is_known(name)):
+        return False
+    return canonical_band(wanted) != name
 
 
 def match_bands(src: rasterio.DatasetReader, wanted: Sequence[str]) -> tuple[int, ...]:
@@ -134,7 +131,8 @@ def match_bands(src: rasterio.DatasetReader, wanted: Sequence[str]) -> tuple[int
 
     Bands are matched by name. When some are not found, the first non-alpha bands
     are used in order, unless a band there has a known name that differs from the
-    model's (a file that says its first band is blue never feeds a model's red).
+    model's (a file that says its first band is blue never feeds a model's red) or a
+    band the model needs sits elsewhere.
     """
     path = src.name
     found = find_bands(src, wanted)
@@ -149,7 +147,11 @@ def match_bands(src: rasterio.DatasetReader, wanted: Sequence[str]) -> tuple[int
             f"({', '.join(wanted)}); use a {len(wanted)}-band image or another --model"
         )
     positional = data[: len(wanted)]
-    clash = any(_clash(w, names[b - 1]) for w, b in zip(wanted, positional, strict=False))
+    # A band found by name elsewhere also rules out feeding the model another one.
+    clash = any(
+        _clash(w, names[b - 1]) or found.get(w, b) != b
+        for w, b in zip(wanted, positional, strict=False)
+    )
     if len(positional) == len(wanted) and not clash:
         return tuple(positional)
     missing = [w for w in wanted if w not in found]

@@ -128,6 +128,16 @@ def test_bands_are_mapped_by_name(tmp_path, descriptions, colorinterp, wanted, e
     assert open_raster(path, wanted).bands == expected
 
 
+def test_a_band_named_elsewhere_is_not_replaced_by_position(tmp_path):
+    path = write_named(
+        tmp_path / "late.tif",
+        np.zeros((4, 32, 32), "uint16"),
+        colorinterp=(ColorInterp.gray, UNDEF, UNDEF, ColorInterp.red),
+    )
+    with pytest.raises(InputError, match=r"has band1, band2, band3, red \(no green, blue\)"):
+        open_raster(path, ("red", "green", "blue"))
+
+
 def test_a_named_band_never_feeds_another_name(tmp_path):
     # Blue first, and nothing names red edge or NIR: the old positional fallback
     # would feed blue to the model's red.
