@@ -221,6 +221,7 @@ def segment_raster(
                 "height": info.height,
                 "crs": info.crs.to_string(),
                 "bands": list(info.bands),
+                "band_names": list(info.band_names),
                 "dtype": info.dtype,
             },
             "model": {
