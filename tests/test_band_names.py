@@ -176,11 +176,16 @@ def test_multispectral_survey_trains_and_runs_in_any_band_order(tmp_path, survey
         summary = json.loads((out / f"{path.stem}.summary.json").read_text())
         with rasterio.open(out / f"{path.stem}.classes.tif") as src:
             runs[path.stem] = summary["input"], src.read(1)
+        # NDVI and NDRE from the bands found by name, whatever their order.
+        indices = summary["health"]["vegetation_indices"]
+        assert list(indices) == ["ndvi", "ndre"] and 0 < indices["ndvi"] < 1
+        runs[path.stem + "_indices"] = indices
     original, moved = runs["ms"], runs["reordered"]
     assert original[0]["bands"] == [1, 2, 3, 4, 5]
     assert moved[0]["bands"] == [3, 2, 1, 4, 5]
     assert original[0]["band_names"] == moved[0]["band_names"] == list(BAND_NAMES)
     assert np.array_equal(original[1], moved[1])
+    assert runs["ms_indices"] == runs["reordered_indices"]
 
 
 def test_training_files_are_mapped_to_the_first_files_names(survey):
