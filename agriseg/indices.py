@@ -1,7 +1,7 @@
 """Vegetation indices from the input image: NDVI, NDRE and, for RGB surveys, ExG.
 
 Which indices a survey gets depends on the bands its file names (band descriptions
-and colour interpretation, see :func:`agriseg.raster.file_band_names`):
+and colour interpretation, see :func:`agriseg.spectral.band_names`):
 
 * ``ndvi = (nir - red) / (nir + red)`` when it has red and near-infrared;
 * ``ndre = (nir - red_edge) / (nir + red_edge)`` when it also has red edge;
@@ -28,6 +28,7 @@ from rasterio.windows import Window
 
 from agriseg.health import ZoneLabeller
 from agriseg.raster import READ_ENV
+from agriseg.spectral import band_names
 from agriseg.vectorize import blocks
 
 #: Indices in the order they appear in outputs, with the band names each needs.
@@ -36,19 +37,6 @@ INDEX_BANDS: dict[str, tuple[str, ...]] = {
     "ndre": ("nir", "red_edge"),
     "exg": ("red", "green", "blue"),
 }
-
-
-# Provisional: band names from descriptions, else colour interpretation.
-def file_band_names(src: rasterio.DatasetReader) -> tuple[str, ...]:
-    out = []
-    for k, (desc, ci) in enumerate(zip(src.descriptions, src.colorinterp, strict=True), 1):
-        name = (desc or "").strip().lower().replace(" ", "_").replace("-", "_")
-        if name in ("rededge", "re"):
-            name = "red_edge"
-        if not name:
-            name = ci.name if ci.name in ("red", "green", "blue") else f"band{k}"
-        out.append(name)
-    return tuple(out)
 
 
 def _normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,8 +84,7 @@ class IndexReader:
         """The indices ``path``'s bands support; None when it supports none (or is None)."""
         if path is None:
             return None
-        with rasterio.open(path) as src:
-            names = file_band_names(src)
+        names = band_names(path)
         names_present = available_indices(names)
         if not names_present:
             return None

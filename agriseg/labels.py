@@ -163,12 +163,7 @@ class Labels:
                         "class ids"
                     )
                 return
-            if src.count >= 3 and src.colorinterp[0] != ColorInterp.palette:
-                raise InputError(
-                    f"{self.path}: mask has {src.count} bands (colours?); give "
-                    "--label-colors, e.g. 'crop=#00ff00,weed=#ff0000,soil=#000000', or a "
-                    "mask of class ids"
-                )
+            _refuse_colours(src)
             tags = src.tags()
         named = ClassList.from_tags(tags)
         if named is not None and named.names != self.classes.names:
@@ -236,6 +231,15 @@ class Labels:
         return out.astype("uint8")
 
 
+def _refuse_colours(src: rasterio.DatasetReader) -> None:
+    """Colour-coded masks need a label-colour table to become class ids."""
+    if src.count >= 3 and src.colorinterp[0] != ColorInterp.palette:
+        raise InputError(
+            f"{src.name}: mask has {src.count} bands (colours?); give --label-colors, "
+            "e.g. 'crop=#00ff00,weed=#ff0000,soil=#000000', or a mask of class ids"
+        )
+
+
 def _rgb(src: rasterio.DatasetReader, window: Window) -> np.ndarray:
     """``(3, h, w)`` colours of ``window`` of an RGB(A) or palette mask."""
     if src.count >= 3:
@@ -286,8 +290,7 @@ def label_classes(
             if named is not None:
                 tagged.append((path, named))
                 continue
-            if src.count >= 3 and src.colorinterp[0] != ColorInterp.palette:
-                continue  # colours without --label-colors: Labels says what to do
+            _refuse_colours(src)
             data = src.read(1, masked=True)
         found = data.compressed()
         found = found[found != NODATA]

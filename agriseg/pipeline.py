@@ -248,6 +248,7 @@ def segment_raster(
                 "height": info.height,
                 "crs": None if info.crs is None else info.crs.to_string(),
                 "bands": list(info.bands),
+                "band_names": list(info.band_names),
                 "dtype": info.dtype,
             },
             "model": {

@@ -16,8 +16,12 @@ from rasterio.enums import Resampling
 from agriseg.atomic import atomic_output
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.raster import READ_ENV
+from agriseg.spectral import find_bands
 
 #: Longest side of the preview, in pixels.
+#: Bands the preview shows, by name.
+RGB = ("red", "green", "blue")
+
 MAX_SIZE = 2048
 
 #: zlib level of the preview PNG.
@@ -46,11 +50,16 @@ def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def _read_image(image_path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 of the image at ``shape`` (the first three bands, or one band as grey)."""
+    """RGB uint8 of the image at ``shape``: its red, green and blue bands by name (so BGR
+    and multispectral files show true colour), else the first three bands, or one as grey."""
     # The reader's bounded block cache: without overviews GDAL decodes every block, and
     # its default cache (5 % of RAM) kept them all (8192² RGB: +430 MB; capped: +110 MB).
     with rasterio.Env(**READ_ENV), rasterio.open(image_path) as src:
-        bands = [1, 2, 3] if src.count >= 3 else [1]
+        found = find_bands(src, RGB)
+        if len(found) == len(RGB):
+            bands = [found[name] for name in RGB]
+        else:
+            bands = [1, 2, 3] if src.count >= 3 else [1]
         data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average)
         valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
     rgb = np.stack([_stretch(b, valid) for b in data], axis=-1)

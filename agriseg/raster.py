@@ -21,11 +21,11 @@ import rasterio
 from affine import Affine
 from dask.base import tokenize
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from agriseg.errors import InputError, RasterReadError
+from agriseg.spectral import band_names, match_bands
 
 #: Dtypes agriseg can normalise.
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -37,12 +37,13 @@ READ_ENV = {"GDAL_NUM_THREADS": 1, "GDAL_CACHEMAX": 64 * 2**20}
 #: Target chunk edge (pixels) for the lazy array; rounded to whole file blocks.
 CHUNK_TARGET = 512
 
-_COLOUR_OF_BAND = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
-
 
 @dataclass(frozen=True)
 class RasterInfo:
     """A validated input raster and the bands agriseg will read from it.
+
+    ``bands`` are 1-based indexes in the model's order; ``band_names`` are the
+    file's names of those bands (see :mod:`agriseg.spectral`).
 
     ``crs`` is ``None`` for a plain image (PNG, JPEG, TIFF with neither CRS nor
     geotransform): its ``transform`` is then the identity, a grid of pixels only.
@@ -57,6 +58,7 @@ class RasterInfo:
     transform: Affine
     block_shape: tuple[int, int]
     bands: tuple[int, ...]
+    band_names: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -115,8 +117,9 @@ def select_bands(
 ) -> tuple[int, ...]:
     """1-based band indexes feeding the model's ``wanted`` bands, in order.
 
-    Explicit ``requested`` indexes win; otherwise colour interpretation finds red,
-    green and blue (so BGR files work), else the first non-alpha bands are used.
+    Explicit ``requested`` indexes win; otherwise bands are matched by name
+    (descriptions, colour interpretation; so BGR files work), else the first
+    non-alpha bands are used (:func:`agriseg.spectral.match_bands`).
     """
     path = src.name
     if requested is not None:
@@ -132,21 +135,7 @@ def select_bands(
                 f"{len(wanted)} ({', '.join(wanted)})"
             )
         return tuple(requested)
-    interp = list(src.colorinterp)
-    if all(name in _COLOUR_OF_BAND for name in wanted):
-        found = [
-            interp.index(_COLOUR_OF_BAND[n]) + 1 if _COLOUR_OF_BAND[n] in interp else None
-            for n in wanted
-        ]
-        if all(f is not None for f in found):
-            return tuple(int(f) for f in found if f is not None)
-    data_bands = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
-    if len(data_bands) < len(wanted):
-        raise InputError(
-            f"{path}: has {len(data_bands)} data band(s) but the model needs {len(wanted)} "
-            f"({', '.join(wanted)}); use a {len(wanted)}-band image or another --model"
-        )
-    return tuple(data_bands[: len(wanted)])
+    return match_bands(src, wanted)
 
 
 def open_raster(
@@ -193,6 +182,7 @@ def open_raster(
             transform=src.transform,
             block_shape=(block_h, block_w),
             bands=selected,
+            band_names=tuple(band_names(src)[b - 1] for b in selected),
         )
 
 

@@ -27,7 +27,6 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from agriseg import __version__
@@ -49,7 +48,8 @@ from agriseg.models import (
     save_checkpoint,
     with_classes,
 )
-from agriseg.raster import open_dataset, open_raster, read_window
+from agriseg.raster import open_raster, pixel_grid_ok, read_window
+from agriseg.spectral import new_model_bands
 
 #: Called as ``progress(steps_done, steps_total)``.
 Progress = Callable[[int, int], None]
@@ -91,6 +91,8 @@ class TrainConfig:
             than a random pixel.
         bands: 1-based band indexes to train on; ``None``: ``init``'s bands, else
             every non-alpha band.
+        band_names: Names of the trained bands (new models only); ``None``: the
+            first raster's names (:func:`agriseg.spectral.band_names`).
         label_column: Attribute of vector labels holding the class name or id.
         tile_size: Tile edge recorded for inference.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -120,6 +122,7 @@ class TrainConfig:
     colour_jitter: float = 0.15
     balance: float = 0.8
     bands: tuple[int, ...] | None = None
+    band_names: tuple[str, ...] | None = None
     label_column: str = "class"
     tile_size: int = 512
     device: str = "auto"
@@ -148,6 +151,11 @@ class TrainConfig:
             raise InputError(f"learning rate {self.learning_rate} must be > 0")
         if self.gsd_m is not None and not self.gsd_m > 0:
             raise InputError(f"--gsd {self.gsd_m} must be a ground distance in metres > 0")
+        if self.band_names is not None and self.init is not None:
+            raise InputError(
+                f"--band-names {','.join(self.band_names)} names a new model's bands but "
+                f"--from {self.init} keeps the bands of that model; drop --band-names"
+            )
 
 
 @dataclass(frozen=True)
@@ -206,21 +214,6 @@ def state_path(out: Path) -> Path:
     """Where the resumable training state of checkpoint ``out`` lives."""
     weights, _ = checkpoint_paths(out)
     return weights.with_name(weights.name.removesuffix(".safetensors") + ".state.pt")
-
-
-def raster_band_names(path: Path, bands: tuple[int, ...] | None) -> tuple[str, ...]:
-    """Names for a new model's input bands: RGB by colour interpretation, else descriptions."""
-    with open_dataset(path) as src:
-        chosen = bands or tuple(
-            i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha
-        )
-        interp = [src.colorinterp[b - 1] for b in chosen if 1 <= b <= src.count]
-        if interp == [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
-            return RGB_BANDS
-        names = [src.descriptions[b - 1] or f"band{b}" for b in chosen if 1 <= b <= src.count]
-    if len(set(names)) != len(names):
-        names = [f"band{b}" for b in chosen]
-    return tuple(names)
 
 
 def load_scene(
@@ -718,7 +711,8 @@ def train_files(
         wanted = base.bands
         classes = classes or base.classes
     else:
-        wanted = raster_band_names(sources[0][0], config.bands)
+        with pixel_grid_ok():  # plain photos name their bands by colour alone
+            wanted = new_model_bands(sources[0][0], config.bands, config.band_names)
     if classes is None:
         labels = [label for _, label in sources]
         classes = label_classes(labels, config.label_column, config.label_colors)

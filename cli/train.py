@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 import torch
-from agriseg_cli.common import band_list, print_table, progress_bar
+from agriseg_cli.common import band_list, band_name_list, print_table, progress_bar
 
 from agriseg.classes import ClassList
 from agriseg.datasets import pair_files, parse_label_colors
@@ -71,6 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--val-block", type=int, default=None, help="block edge (default chip)")
     parser.add_argument("--gap", type=int, default=None, help="px kept clear around val blocks")
     parser.add_argument("--bands", type=band_list, default=None, help="1-based bands, e.g. 1,2,3")
+    parser.add_argument(
+        "--band-names",
+        type=band_name_list,
+        default=None,
+        help="names of the trained bands, e.g. red,green,blue,red_edge,nir "
+        "(default: the first raster's band descriptions or colour interpretation)",
+    )
     parser.add_argument("--tile-size", type=int, default=512, help="inference tile to record")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -99,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         val_block=args.val_block,
         gap=args.gap,
         bands=args.bands,
+        band_names=args.band_names,
         label_column=args.label_column,
         tile_size=args.tile_size,
         device=args.device,
@@ -122,7 +130,7 @@ def command_line(args: argparse.Namespace) -> str:
         elif isinstance(value, (list, tuple)):
             words += (
                 [flag, *(str(v) for v in value)]
-                if key != "bands"
+                if key not in ("bands", "band_names")
                 else [flag, ",".join(map(str, value))]
             )
         else:

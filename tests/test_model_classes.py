@@ -136,6 +136,9 @@ def test_a_run_writes_the_models_classes_everywhere(tmp_path: Path) -> None:
     assert summary["model"]["classes"] == classes.to_json()
     polygons = pyogrio.read_dataframe(out / "field.health.gpkg", layer="health")
     assert set(polygons["class"]) <= set(classes.names)
+    # An RGB survey gets the RGB vegetation index, per polygon and for the survey.
+    assert "mean_exg" in polygons.columns
+    assert list(summary["health"]["vegetation_indices"]) == ["exg"]
     zones = pyogrio.read_dataframe(out / "field.health.gpkg", layer="zones")
     assert {f"{n}_share" for n in classes.names} <= set(zones.columns)
     weeds = sum(summary["health"]["classes"][n]["area_m2"] for n in classes.names[2:])
