@@ -152,6 +152,7 @@ def test_products_files_and_summary(tmp_path: Path) -> None:
         "mean_confidence",
         "lon",
         "lat",
+        "mean_exg",  # the image is RGB: its vegetation index
     }
     assert props["mean_confidence"] == 80
     for feat in collection["features"]:
