@@ -171,3 +171,108 @@ def test_species_surveys_label_each_weed_kind(tmp_path: Path) -> None:
     assert {0, 1} <= present and len(present & {2, 3, 4}) >= 2
     with pytest.raises(InputError, match="disease_foci=0"):
         generate_survey(draw_params(5, 32, 32, weed_species=True, disease_foci=2), 5)
+
+
+def test_five_class_model_trains_runs_and_evaluates_with_its_classes(
+    tmp_path: Path, run_cli
+) -> None:
+    """Acceptance: custom names, colours and roles from training to every output."""
+    spec = [
+        {"name": "soil", "role": "background", "colour": "#8b5a2b"},
+        {"name": "maize", "role": "crop", "colour": "#00c800"},
+        {"name": "grass_weed", "role": "weed", "colour": "#ff00ff"},
+        {"name": "broadleaf_weed", "role": "weed", "colour": "#ff0000"},
+        {"name": "thistle", "role": "weed", "colour": "#8000ff"},
+    ]
+    (tmp_path / "classes.json").write_text(json.dumps(spec))
+    classes = ClassList.from_json(spec)
+    params = draw_params(8, 160, 160, weed_species=True, disease_foci=0, weed_density=0.12)
+    survey = write_survey(generate_survey(params, 8), tmp_path, "farm")
+    model = tmp_path / "five"
+    assert (
+        run_cli(
+            "train",
+            survey.image,
+            "--labels",
+            survey.polygons,
+            "--classes",
+            tmp_path / "classes.json",
+            "--out",
+            model,
+            "--epochs",
+            "1",
+            "--steps",
+            "2",
+            "--chip-size",
+            "64",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+        )  # fmt: skip
+        == 0
+    )
+    out = tmp_path / "run"
+    assert (
+        run_cli(
+            "run",
+            survey.image,
+            "--model",
+            model,
+            "--out",
+            out,
+            "--tile-size",
+            "64",
+            "--overlap",
+            "16",
+            "--grid",
+            "1",
+            "--min-area",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        )  # fmt: skip
+        == 0
+    )
+    with rasterio.open(out / "farm.classes.tif") as src:
+        assert ClassList.from_tags(src.tags(), src.colormap(1)) == classes
+        assert src.colormap(1)[4][:3] == (128, 0, 255)
+    check_class_style((out / "farm.health.qml").read_text(encoding="utf-8"), classes)
+    styles = pyogrio.read_dataframe(out / "farm.health.gpkg", layer="layer_styles")
+    check_class_style(styles.loc[styles["f_table_name"] == "health", "styleQML"].iloc[0], classes)
+    summary = json.loads((out / "farm.summary.json").read_text())
+    health = summary["health"]
+    assert list(health["classes"]) == list(classes.names)
+    weeds = sum(
+        health["classes"][n]["area_m2"] for n in ("grass_weed", "broadleaf_weed", "thistle")
+    )
+    plants = weeds + health["classes"]["maize"]["area_m2"]
+    assert plants > 0
+    assert health["weed_pressure"] == pytest.approx(weeds / plants, abs=1e-5)
+    assert health["roles"]["weed"]["area_m2"] == pytest.approx(weeds, abs=1e-3)
+    report = tmp_path / "scores.json"
+    assert (
+        run_cli(
+            "evaluate",
+            survey.image,
+            "--labels",
+            survey.polygons,
+            "--model",
+            model,
+            "--json",
+            report,
+            "--tile-size",
+            "64",
+            "--overlap",
+            "16",
+            "--device",
+            "cpu",
+            "--quiet",
+        )  # fmt: skip
+        == 0
+    )
+    scores = json.loads(report.read_text())
+    assert list(scores["classes"]) == list(classes.names)
+    assert scores["confusion_matrix"]["classes"] == list(classes.names)
