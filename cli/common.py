@@ -97,6 +97,17 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_label_options(parser: argparse.ArgumentParser) -> None:
+    """How labels are read, for ``train`` and ``evaluate``."""
+    parser.add_argument("--label-column", default="class", help="class attribute of vectors")
+    parser.add_argument(
+        "--label-colors",
+        default=None,
+        help="colours of colour-coded masks, e.g. 'crop=#00ff00,weed=#ff0000,soil=#000000' "
+        "(other colours: unlabelled)",
+    )
+
+
 def add_health_options(parser: argparse.ArgumentParser) -> None:
     """Options for the field-health products: polygons, statistics, zones, preview."""
     parser.add_argument(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agriseg_cli.common import (
     add_health_options,
+    add_label_options,
     add_segmentation_options,
     print_table,
     progress_bar,
@@ -38,13 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="class raster or mask (class ids; colours with --label-colors), or "
         "GeoPackage/Shapefile/GeoJSON",
     )
-    parser.add_argument("--label-column", default="class", help="class attribute of vectors")
-    parser.add_argument(
-        "--label-colors",
-        default=None,
-        help="colours of colour-coded masks, e.g. 'crop=#00ff00,weed=#ff0000,soil=#000000' "
-        "(other colours: unlabelled)",
-    )
+    add_label_options(parser)
     parser.add_argument(
         "--out", type=Path, default=None, help="keep the run outputs here (default: temporary)"
     )

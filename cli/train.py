@@ -7,7 +7,13 @@ import shlex
 from pathlib import Path
 
 import torch
-from agriseg_cli.common import band_list, band_name_list, print_table, progress_bar
+from agriseg_cli.common import (
+    add_label_options,
+    band_list,
+    band_name_list,
+    print_table,
+    progress_bar,
+)
 
 from agriseg.classes import ClassList
 from agriseg.datasets import pair_files, parse_label_colors
@@ -38,18 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "GeoPackage/Shapefile/GeoJSON",
     )
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path (NAME)")
-    parser.add_argument("--label-column", default="class", help="class attribute of vectors")
+    add_label_options(parser)
     parser.add_argument(
         "--classes",
         default=None,
         help="classes to predict: a JSON file or name[:role][:#colour],... e.g. "
         "'soil:background,maize:crop,thistle:weed' (default: --from's, else from the labels)",
-    )
-    parser.add_argument(
-        "--label-colors",
-        default=None,
-        help="colours of colour-coded masks, e.g. 'crop=#00ff00,weed=#ff0000,soil=#000000' "
-        "(other colours: unlabelled)",
     )
     parser.add_argument(
         "--gsd", type=float, default=None, help="pixel size of the images in metres (plain images)"

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from agriseg_cli.main import main
 from conftest import write_raster
 from rasterio.enums import ColorInterp
@@ -29,12 +28,7 @@ UNDEF = ColorInterp.undefined
 REORDER = [2, 1, 0, 3, 4]  # blue, green, red, red_edge, nir
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_named(

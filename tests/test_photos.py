@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from PIL import Image
 
 from agriseg.classes import DEFAULT_CLASSES
@@ -24,12 +23,7 @@ TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--batch-size", "2
 CPU = ("--device", "cpu", "--threads", "1", "--quiet")
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def photo(seed: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
