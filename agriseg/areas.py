@@ -45,10 +45,13 @@ def pixel_area_rows_m2(crs: object, transform: Affine, rows: np.ndarray, col: fl
 
     Exact for projected metric CRSs; for geodesic cases it is the geodesic area of
     the pixel quadrilateral at that position (pixels are small enough that the
-    area varies only along the raster, not inside one pixel).
+    area varies only along the raster, not inside one pixel). ``crs=None`` (a plain
+    image) gives NaN: the area is unknown.
     """
-    crs = as_pyproj(crs)
     rows = np.asarray(rows, dtype="float64")
+    if crs is None:
+        return np.full(rows.shape, np.nan)
+    crs = as_pyproj(crs)
     if is_planar_metric(crs):
         area = abs(transform.a * transform.e - transform.b * transform.d) * _unit_factor(crs) ** 2
         return np.full(rows.shape, area)

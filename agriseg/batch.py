@@ -166,6 +166,22 @@ def run_key(config: RunConfig) -> dict[str, Any]:
     return dict(json.loads(json.dumps(key, default=str)))
 
 
+def health_digest(summary: dict[str, Any]) -> dict[str, Any]:
+    """A survey's field health for the manifest: the model's classes with their roles and
+    shares of the valid area, and the health indices."""
+    health = summary.get("health", {})
+    return {
+        "classes": {
+            name: {"role": c.get("role"), "share": c.get("share")}
+            for name, c in health.get("classes", {}).items()
+        },
+        **{
+            key: health.get(key)
+            for key in ("vegetation_cover", "weed_pressure", "disease_incidence", "health_score")
+        },
+    }
+
+
 def run_outputs(result: RunResult, results_dir: Path) -> dict[str, str]:
     """Every file a run wrote, relative to ``results_dir``."""
     products = {k: Path(v) for k, v in result.summary.get("outputs", {}).items()}
@@ -252,6 +268,7 @@ def _process(
             seconds=seconds,
             outputs=outputs,
             timings_s=result.summary.get("timings_s", {}),
+            health=health_digest(result.summary),
         )
         return SurveyOutcome(name, path, "succeeded", seconds, warnings=tuple(result.warnings))
     seconds = round(time.perf_counter() - clock, 3)

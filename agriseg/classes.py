@@ -181,7 +181,7 @@ class ClassList(Sequence[FieldClass]):
         return tuple(c.id for c in self.classes if c.role == role)
 
     def tags(self) -> dict[str, str]:
-        """Dataset tags naming each class id and its role: ``class_0=soil``, ``class_0_role=...``."""
+        """Tags naming each class id and its role: ``class_0=soil``, ``class_0_role=...``."""
         tags = {}
         for c in self.classes:
             tags[f"class_{c.id}"] = c.name
@@ -336,18 +336,3 @@ DEFAULT_BY_NAME = {c.name: c for c in DEFAULT_CLASSES}
 #: Compatibility names for the default classes.
 CLASSES = DEFAULT_CLASSES
 CLASS_NAMES: tuple[str, ...] = DEFAULT_CLASSES.names
-
-
-def class_by_name(name: str) -> FieldClass:
-    """The default class called ``name``."""
-    return DEFAULT_CLASSES.by_name(name)
-
-
-def class_tags() -> dict[str, str]:
-    """Tags of the default classes (see :meth:`ClassList.tags`)."""
-    return DEFAULT_CLASSES.tags()
-
-
-def colormap() -> dict[int, tuple[int, int, int, int]]:
-    """Colour table of the default classes (see :meth:`ClassList.colormap`)."""
-    return DEFAULT_CLASSES.colormap()

@@ -21,8 +21,8 @@ class RunConfig:
         bands: 1-based band indexes feeding the model; ``None`` picks by colour
             interpretation.
         assume_crs: CRS to use when the file has none (e.g. ``EPSG:32633``).
-        gsd_m: ground sampling distance of the input in metres, overriding the file's;
-            needed for rasters without a CRS.
+        gsd_m: ground sampling distance of the input in metres; ``None``: from the
+            file's georeferencing. A plain image's areas come only from it.
         scheduler: address of an existing Dask distributed scheduler.
         workers: start a local cluster of this many worker processes.
         health: how the class raster becomes field-health polygons and statistics.

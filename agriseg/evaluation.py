@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 
-from agriseg.classes import CLASS_NAMES, NODATA
+from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.config import RunConfig
+from agriseg.datasets import LabelColors
 from agriseg.labels import Grid, Labels
+from agriseg.models import checkpoint_paths, read_meta, resolve
 from agriseg.pipeline import Progress, segment_raster
+from agriseg.raster import open_dataset, open_raster
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Scores:
             "confusion_matrix": {
                 "rows": "truth",
                 "columns": "prediction",
-                "classes": list(CLASS_NAMES),
+                "classes": [c.name for c in self.classes],
                 "counts": self.confusion.tolist(),
             },
             "labelled_pixels": int(self.confusion.sum()),
@@ -81,9 +83,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
-def confusion_matrix(
-    truth: np.ndarray, prediction: np.ndarray, n_classes: int = len(CLASS_NAMES)
-) -> np.ndarray:
+def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, n_classes: int) -> np.ndarray:
     """``(n, n)`` int64 counts of (truth, prediction) pairs; pixels with either ≥ n are skipped."""
     t = np.asarray(truth).ravel().astype("int64")
     p = np.asarray(prediction).ravel().astype("int64")
@@ -92,12 +92,14 @@ def confusion_matrix(
     return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def scores(confusion: np.ndarray, unpredicted: int = 0) -> Scores:
-    """IoU, precision, recall and F1 per class, mIoU, mean F1 and pixel accuracy.
+def scores(confusion: np.ndarray, classes: ClassList, unpredicted: int = 0) -> Scores:
+    """IoU, precision, recall and F1 per class of ``classes``, mIoU, mean F1 and pixel accuracy.
 
     Means are over the classes that occur in the truth or the prediction.
     """
     cm = np.asarray(confusion, dtype="int64")
+    if cm.shape != (len(classes), len(classes)):
+        raise ValueError(f"confusion matrix {cm.shape} does not fit {len(classes)} classes")
     tp = np.diag(cm).astype("float64")
     truth = cm.sum(axis=1).astype("float64")
     predicted = cm.sum(axis=0).astype("float64")
@@ -110,7 +112,7 @@ def scores(confusion: np.ndarray, unpredicted: int = 0) -> Scores:
     return Scores(
         classes=tuple(
             ClassScores(name, iou[i], precision[i], recall[i], f1[i], int(truth[i]))
-            for i, name in enumerate(CLASS_NAMES)
+            for i, name in enumerate(classes.names)
         ),
         miou=float(iou[present].mean()) if present.any() else math.nan,
         mean_f1=float(f1[present].mean()) if present.any() else math.nan,
@@ -123,20 +125,26 @@ def scores(confusion: np.ndarray, unpredicted: int = 0) -> Scores:
 def compare_rasters(
     classes_path: Path,
     labels_path: Path,
+    classes: ClassList | None = None,
     label_column: str = "class",
     progress: Callable[[int, int], None] | None = None,
+    label_colors: LabelColors | None = None,
 ) -> Scores:
     """Score a class raster against labels on its grid, one raster block at a time.
 
-    Pixels unlabelled in the truth are ignored; labelled pixels the prediction left
-    empty (nodata input) are counted as ``unpredicted`` and kept out of the scores.
+    ``classes`` are the predicted classes; ``None``: those the class raster's
+    ``class_N`` tags name, else :data:`DEFAULT_CLASSES`. Pixels unlabelled in the truth
+    are ignored; labelled pixels the prediction left empty (nodata input) are counted
+    as ``unpredicted`` and kept out of the scores.
     """
-    n = len(CLASS_NAMES)
-    cm = np.zeros((n, n), dtype="int64")
     unpredicted = 0
-    with rasterio.open(classes_path) as src:
+    with open_dataset(classes_path) as src:
+        if classes is None:
+            classes = ClassList.from_tags(src.tags()) or DEFAULT_CLASSES
+        n = len(classes)
+        cm = np.zeros((n, n), dtype="int64")
         grid = Grid(src.height, src.width, src.transform, src.crs)
-        labels = Labels(labels_path, grid, label_column)
+        labels = Labels(labels_path, grid, classes, label_column, colors=label_colors)
         blocks = [w for _, w in src.block_windows(1)]
         for done, window in enumerate(blocks, start=1):
             pred = src.read(1, window=window)
@@ -145,7 +153,7 @@ def compare_rasters(
             unpredicted += int(np.count_nonzero((truth != NODATA) & (pred == NODATA)))
             if progress is not None:
                 progress(done, len(blocks))
-    return scores(cm, unpredicted)
+    return scores(cm, classes, unpredicted)
 
 
 @dataclass
@@ -172,8 +180,18 @@ def evaluate_raster(
     config: RunConfig,
     label_column: str = "class",
     progress: Progress | None = None,
+    label_colors: LabelColors | None = None,
 ) -> EvaluationResult:
-    """Segment ``raster`` with the real pipeline into ``out_dir`` and score it."""
+    """Segment ``raster`` with the real pipeline into ``out_dir`` and score it against
+    labels mapped onto the model's classes (checked before segmenting)."""
+    meta = read_meta(checkpoint_paths(resolve(config.model))[1])
+    classes = meta.classes
+    info = open_raster(raster, meta.bands, config.bands, config.assume_crs)
+    grid = Grid(info.height, info.width, info.transform, info.crs)
+    # Unusable labels fail here, before the (long) segmentation starts.
+    Labels(labels_path, grid, classes, label_column, colors=label_colors)
     result = segment_raster(raster, out_dir, config, progress)
-    found = compare_rasters(result.outputs["classes"], labels_path, label_column)
+    found = compare_rasters(
+        result.outputs["classes"], labels_path, classes, label_column, label_colors=label_colors
+    )
     return EvaluationResult(found, result.outputs, result.summary)

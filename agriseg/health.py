@@ -4,12 +4,18 @@ Areas come from pixel counts of the (sieved) class raster times the ground area 
 each pixel (:mod:`agriseg.areas`), accumulated block by block, optionally split
 into zones (fields, grid cells) by a labelling function.
 
-The health score is ``100 × (1 − weed_pressure) × (1 − disease_incidence)``, where
+Every index is a sum over the classes' roles (:mod:`agriseg.classes`), so a model
+with its own classes (``soil, maize, grass_weed, broadleaf_weed, thistle``) gets the
+same statistics: ``crop``, ``weed`` and ``disease`` below are the summed areas of
+the classes with that role. The health score is
+``100 × (1 − weed_pressure) × (1 − disease_incidence)``, where
 ``weed_pressure = weed / (crop + weed)`` and
-``disease_incidence = diseased / (crop + diseased)`` (areas). It is 100 for clean,
+``disease_incidence = disease / (crop + disease)``. It is 100 for clean,
 healthy crop, falls in proportion to the weed share among the plants competing
 with the crop and to the diseased share of the crop, and is 0 where there is no
 healthy crop at all. It is undefined (``None``/NaN) where there is no vegetation.
+Vegetation cover is (crop + weed + disease) over the whole valid area (background
+and ``other`` classes such as water or residue included).
 """
 
 from __future__ import annotations
@@ -25,14 +31,12 @@ from rasterio.windows import Window
 
 from agriseg.areas import pixel_area_rows_m2
 from agriseg.bands import GDAL_ENV
-from agriseg.classes import CLASSES, class_by_name
+from agriseg.classes import ROLES, ClassList, Role
 from agriseg.errors import InputError
 from agriseg.vectorize import blocks
 
 #: Labels each pixel of a window with a zone index (``-1``: in no zone).
 ZoneLabeller = Callable[[Window], np.ndarray]
-
-_SOIL, _CROP, _WEED, _DISEASED = (class_by_name(n).id for n in ("soil", "crop", "weed", "diseased"))
 
 
 def raster_crs(dataset: rasterio.DatasetReader, path: Path) -> CRS:
@@ -47,6 +51,7 @@ def raster_crs(dataset: rasterio.DatasetReader, path: Path) -> CRS:
 
 def class_areas_m2(
     classes_path: Path,
+    n_classes: int,
     *,
     block_size: int = 2048,
     zones: ZoneLabeller | None = None,
@@ -56,15 +61,15 @@ def class_areas_m2(
 
     Args:
         classes_path: Class raster (uint8, nodata 255) with a CRS.
+        n_classes: Number of classes (ids ``0..n_classes-1``).
         block_size: Edge of the blocks read at a time, in pixels.
         zones: Labels the pixels of a window with zone indexes in ``[0, n_zones)``
             or ``-1``; None puts every pixel in zone 0.
         n_zones: Number of zones.
 
     Returns:
-        Float64 array of shape ``(n_zones, len(CLASSES))``, in m².
+        Float64 array of shape ``(n_zones, n_classes)``, in m².
     """
-    n_classes = len(CLASSES)
     totals = np.zeros(n_zones * n_classes)
     with rasterio.Env(**GDAL_ENV), rasterio.open(classes_path) as src:
         crs = raster_crs(src, classes_path)
@@ -85,30 +90,43 @@ def class_areas_m2(
     return totals.reshape(n_zones, n_classes)
 
 
-def health_indices(areas: np.ndarray) -> dict[str, np.ndarray]:
+def role_areas(areas: np.ndarray, classes: ClassList) -> dict[Role, np.ndarray]:
+    """Summed class areas per role (classes on the last axis of ``areas``)."""
+    areas = np.asarray(areas, dtype="float64")
+    return {role: areas[..., list(classes.ids_with_role(role))].sum(axis=-1) for role in ROLES}
+
+
+def health_indices(areas: np.ndarray, classes: ClassList) -> dict[str, np.ndarray]:
     """Cover, weed pressure, disease incidence and health score from class areas.
 
     Args:
         areas: Class areas with classes on the last axis (any leading shape).
+        classes: The classes, whose roles say what each area counts as.
 
     Returns:
         Arrays of the leading shape; NaN where a ratio has a zero denominator
         (the score only where there is no vegetation at all).
     """
     areas = np.asarray(areas, dtype="float64")
-    soil, crop, weed, diseased = (areas[..., k] for k in (_SOIL, _CROP, _WEED, _DISEASED))
+    by_role = role_areas(areas, classes)
+    crop, weed, diseased = by_role["crop"], by_role["weed"], by_role["disease"]
     vegetation = crop + weed + diseased
+    total = areas.sum(axis=-1)
 
     def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
-    weed_pressure = ratio(weed, crop + weed)
-    disease_incidence = ratio(diseased, crop + diseased)
+    # A model without weed (or disease) classes cannot see any: the index is undefined.
+    nothing = np.full(crop.shape, np.nan)
+    weed_pressure = ratio(weed, crop + weed) if classes.ids_with_role("weed") else nothing
+    disease_incidence = (
+        ratio(diseased, crop + diseased) if classes.ids_with_role("disease") else nothing
+    )
     # An undefined ratio only happens with no crop, where the other factor is already 0.
     score = 100.0 * (1 - np.nan_to_num(weed_pressure)) * (1 - np.nan_to_num(disease_incidence))
     return {
-        "vegetation_cover": ratio(vegetation, vegetation + soil),
+        "vegetation_cover": ratio(vegetation, total),
         "weed_pressure": weed_pressure,
         "disease_incidence": disease_incidence,
         "health_score": np.where(vegetation > 0, score, np.nan),
@@ -119,29 +137,40 @@ def _number(value: float, digits: int) -> float | None:
     return None if not np.isfinite(value) else round(float(value), digits)
 
 
-def health_summary(areas: np.ndarray) -> dict[str, Any]:
+def health_summary(areas: np.ndarray, classes: ClassList) -> dict[str, Any]:
     """JSON-ready health statistics for one set of class areas (m², class order).
 
     Returns:
-        ``valid_area_m2``/``_ha``, per class ``area_m2``, ``area_ha`` and ``share``
-        of the valid area, and the indices of :func:`health_indices` (``None``
-        where undefined).
+        ``valid_area_m2``/``_ha``, per class ``area_m2``, ``area_ha``, ``share`` of the
+        valid area and ``role``, the area and share of each role present
+        (``roles``), and the indices of :func:`health_indices` (``None`` where
+        undefined).
     """
     areas = np.asarray(areas, dtype="float64")
     total = float(areas.sum())
-    classes = {
+    per_class = {
         c.name: {
             "area_m2": round(float(areas[c.id]), 4),
             "area_ha": round(float(areas[c.id]) / 1e4, 8),
             "share": round(float(areas[c.id]) / total, 6) if total > 0 else 0.0,
+            "role": c.role,
         }
-        for c in CLASSES
+        for c in classes
     }
-    indices = health_indices(areas)
+    roles = {
+        role: {
+            "area_m2": round(float(area), 4),
+            "share": round(float(area) / total, 6) if total > 0 else 0.0,
+        }
+        for role, area in role_areas(areas, classes).items()
+        if classes.ids_with_role(role)
+    }
+    indices = health_indices(areas, classes)
     return {
         "valid_area_m2": round(total, 4),
         "valid_area_ha": round(total / 1e4, 8),
-        "classes": classes,
+        "classes": per_class,
+        "roles": roles,
         **{
             name: _number(float(value), 2 if name == "health_score" else 6)
             for name, value in indices.items()

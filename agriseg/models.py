@@ -77,7 +77,7 @@ class ModelMeta:
     classes: ClassList = DEFAULT_CLASSES
     normalization: Normalization = field(default_factory=Normalization)
     tile_size: int = 512
-    gsd_m: float = 0.02
+    gsd_m: float | None = 0.02
     arch_params: dict[str, Any] = field(default_factory=dict)
     agriseg_version: str = ""
     description: str = ""
@@ -128,6 +128,21 @@ def build_model(meta: ModelMeta) -> torch.nn.Module:
         classes=len(meta.classes),
         **meta.arch_params,
     )
+
+
+def with_classes(
+    model: torch.nn.Module, meta: ModelMeta, classes: ClassList
+) -> tuple[torch.nn.Module, ModelMeta]:
+    """``model`` predicting ``classes``: same names keep the segmentation head (colours
+    and roles may change); other names get a new, randomly initialised head, while the
+    encoder and decoder keep their weights (fine-tuning to new classes)."""
+    new_meta = dataclasses.replace(meta, classes=classes)
+    if [n.lower() for n in classes.names] == [n.lower() for n in meta.classes.names]:
+        return model, new_meta
+    new = build_model(new_meta)
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("segmentation_head.")}
+    new.load_state_dict(kept, strict=False)
+    return new.train(model.training), new_meta
 
 
 def checkpoint_paths(path: Path) -> tuple[Path, Path]:

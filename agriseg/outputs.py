@@ -13,7 +13,7 @@ from rasterio.windows import Window
 
 from agriseg import __version__
 from agriseg.atomic import OutputTransaction
-from agriseg.classes import NODATA, class_tags, colormap
+from agriseg.classes import NODATA, ClassList
 from agriseg.errors import OutputError
 from agriseg.raster import RasterInfo
 
@@ -100,6 +100,8 @@ def incomplete_geotiff(path: Path) -> str | None:
 class ClassRasterWriter:
     """Streams class and confidence blocks into two GeoTIFFs on ``info``'s grid.
 
+    The class raster carries ``classes``' colour table and ``class_N``/``class_N_role`` tags.
+
     The files are written to temporaries staged in ``transaction``, which puts them
     in place (with the run's other outputs) once everything succeeded.
     """
@@ -111,6 +113,7 @@ class ClassRasterWriter:
         block: int,
         model: str,
         transaction: OutputTransaction,
+        classes: ClassList,
     ) -> None:
         self._info = info
         self._paths = paths
@@ -118,6 +121,7 @@ class ClassRasterWriter:
         self._tmp: dict[str, Path] = {}
         self._block = block
         self._model = model
+        self._class_list = classes
         self._stack = contextlib.ExitStack()
         self._classes: rasterio.io.DatasetWriter | None = None
         self._confidence: rasterio.io.DatasetWriter | None = None
@@ -147,8 +151,10 @@ class ClassRasterWriter:
         except BaseException:
             self._stack.close()
             raise
-        self._classes.write_colormap(1, colormap())
-        self._classes.update_tags(**class_tags(), agriseg_version=__version__, model=self._model)
+        self._classes.write_colormap(1, self._class_list.colormap())
+        self._classes.update_tags(
+            **self._class_list.tags(), agriseg_version=__version__, model=self._model
+        )
         self._classes.set_band_description(1, "class")
         self._confidence.update_tags(
             units="percent", description="max class probability", agriseg_version=__version__

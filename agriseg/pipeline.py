@@ -1,4 +1,11 @@
-"""``agriseg run`` as one function: raster in, class raster, reports out."""
+"""``agriseg run`` as one function: raster in, class raster, reports out.
+
+A plain image (PNG, JPEG, TIFF without CRS or geotransform) runs in *pixel mode*:
+class and confidence rasters on the image's pixel grid without a CRS, a summary
+with pixel counts (areas only from ``RunConfig.gsd_m``), and no field-health
+polygons, which need a CRS (the summary has no ``health`` entry and says why in
+``notes``).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from pyproj import CRS
 
 from agriseg import __version__
 from agriseg.atomic import output_folder, output_transaction
-from agriseg.classes import CLASSES
+from agriseg.classes import ClassList
 from agriseg.config import RunConfig
 from agriseg.execution import dask_client, release_free_memory
 from agriseg.health_stream import HealthStream
@@ -31,7 +38,7 @@ from agriseg.outputs import (
     output_paths,
 )
 from agriseg.products import ClassGrid, plan_health
-from agriseg.raster import RasterInfo, open_raster
+from agriseg.raster import RasterInfo, open_raster, pixel_grid_ok
 from agriseg.scale import plan_tiles
 from agriseg.segment import segment_blocks
 
@@ -79,18 +86,29 @@ def _stage_seconds(task_stream: list[dict[str, Any]]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in totals.items()}
 
 
-def class_table(pixels: np.ndarray, area_m2: np.ndarray) -> list[dict[str, Any]]:
-    """Per-class pixel count, ground area and share of valid pixels."""
+#: Why a plain image gets no field-health products.
+PIXEL_MODE_NOTE = (
+    "the input is not georeferenced: class and confidence rasters are on its pixel grid "
+    "without a CRS, and field-health polygons, statistics and preview were skipped "
+    "(they need a CRS); areas come from --gsd when given"
+)
+
+
+def class_table(
+    pixels: np.ndarray, area_m2: np.ndarray, classes: ClassList
+) -> list[dict[str, Any]]:
+    """Per-class pixel count, ground area (``None`` where unknown) and share of valid pixels."""
     valid = int(pixels.sum())
     return [
         {
             "class": c.name,
             "class_id": c.id,
+            "role": c.role,
             "pixels": int(pixels[c.id]),
-            "area_m2": round(float(area_m2[c.id]), 4),
+            "area_m2": round(float(area_m2[c.id]), 4) if np.isfinite(area_m2[c.id]) else None,
             "fraction": round(float(pixels[c.id]) / valid, 6) if valid else 0.0,
         }
-        for c in CLASSES
+        for c in classes
     ]
 
 
@@ -124,17 +142,22 @@ def segment_raster(
     plan = plan_tiles(info, meta, config)
     grid = plan.grid
     paths = output_paths(out_dir, input_path.stem)
-    job = plan_health(
-        ClassGrid(
-            CRS.from_wkt(info.crs.to_wkt()),
-            info.transform,
-            info.height,
-            info.width,
-            class_raster_profile(info),
-        ),
-        config.health,
+    job = (
+        None
+        if info.crs is None
+        else plan_health(
+            ClassGrid(
+                CRS.from_wkt(info.crs.to_wkt()),
+                info.transform,
+                info.height,
+                info.width,
+                class_raster_profile(info),
+                meta.classes,
+            ),
+            config.health,
+        )
     )
-    n_classes = len(CLASSES)
+    n_classes = len(meta.classes)
     pixels = np.zeros(n_classes, dtype="int64")
     area = np.zeros(n_classes, dtype="float64")
     done = 0
@@ -147,7 +170,9 @@ def segment_raster(
     with output_folder(out_dir), output_transaction() as transaction:
         staging = transaction.staging_folder(out_dir, "health")
         health_stream = (
-            HealthStream(job, input_path, staging, input_path.stem) if stream_health else None
+            HealthStream(job, input_path, staging, input_path.stem)
+            if stream_health and job is not None
+            else None
         )
         with (
             dask_client(config.scheduler, config.workers) as client,
@@ -155,8 +180,14 @@ def segment_raster(
         ):
             with (
                 get_task_stream(client) as stream,
+                pixel_grid_ok(info.crs is None),
                 ClassRasterWriter(
-                    info, paths, block_size_for(grid.stride), meta.name, transaction
+                    info,
+                    paths,
+                    block_size_for(grid.stride),
+                    meta.name,
+                    transaction,
+                    meta.classes,
                 ) as writer,
             ):
                 for block in segment_blocks(
@@ -179,7 +210,12 @@ def segment_raster(
             if health_stream is not None:
                 health = health_stream.finish()
                 health_s = health_stream.busy_s
-        if health_stream is None:
+        if job is None:
+            health = {"notes": [PIXEL_MODE_NOTE]}
+            health_s = 0.0
+            if config.gsd_m is not None:
+                area = pixels * config.gsd_m**2
+        elif health_stream is None:
             release_free_memory()
             health = job.run(
                 job.file_bands(writer.staged["classes"], writer.staged["confidence"]),
@@ -205,8 +241,9 @@ def segment_raster(
                 "path": str(input_path.resolve()),
                 "width": info.width,
                 "height": info.height,
-                "crs": info.crs.to_string(),
+                "crs": None if info.crs is None else info.crs.to_string(),
                 "bands": list(info.bands),
+                "band_names": list(info.band_names),
                 "dtype": info.dtype,
             },
             "model": {
@@ -214,12 +251,15 @@ def segment_raster(
                 "path": str(weights),
                 "architecture": meta.architecture,
                 "encoder": meta.encoder,
+                "bands": list(meta.bands),
+                "gsd_m": meta.gsd_m,
+                "classes": meta.classes.to_json(),
             },
             "parameters": {**asdict(config), "tile_size": plan.model_tile, "device": device},
             "scale": plan.summary(),
             "tiles": grid.n_tiles,
             "valid_pixels": int(pixels.sum()),
-            "classes": class_table(pixels, area),
+            "classes": class_table(pixels, area, meta.classes),
             **health,
             "warnings": plan.scale.warnings() + run_warnings(info, int(pixels.sum())),
             "timings_s": {**stages, "total": round(elapsed, 3)},

@@ -14,10 +14,14 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
 from agriseg.atomic import atomic_output
-from agriseg.classes import CLASSES, NODATA
+from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.raster import READ_ENV
+from agriseg.spectral import find_bands
 
 #: Longest side of the preview, in pixels.
+#: Bands the preview shows, by name.
+RGB = ("red", "green", "blue")
+
 MAX_SIZE = 2048
 
 #: zlib level of the preview PNG.
@@ -46,11 +50,16 @@ def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def _read_image(image_path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 of the image at ``shape`` (the first three bands, or one band as grey)."""
+    """RGB uint8 of the image at ``shape``: its red, green and blue bands by name (so BGR
+    and multispectral files show true colour), else the first three bands, or one as grey."""
     # The reader's bounded block cache: without overviews GDAL decodes every block, and
     # its default cache (5 % of RAM) kept them all (8192² RGB: +430 MB; capped: +110 MB).
     with rasterio.Env(**READ_ENV), rasterio.open(image_path) as src:
-        bands = [1, 2, 3] if src.count >= 3 else [1]
+        found = find_bands(src, RGB)
+        if len(found) == len(RGB):
+            bands = [found[name] for name in RGB]
+        else:
+            bands = [1, 2, 3] if src.count >= 3 else [1]
         data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average)
         valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
     rgb = np.stack([_stretch(b, valid) for b in data], axis=-1)
@@ -60,12 +69,12 @@ def _read_image(image_path: Path, shape: tuple[int, int]) -> np.ndarray:
     return rgb
 
 
-def _legend(image: Image.Image) -> None:
+def _legend(image: Image.Image, classes: ClassList) -> None:
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     size = max(10, min(image.size) // 40)
     pad = size // 2
-    rows = [(c.name, c.colour) for c in CLASSES]
+    rows = [(c.name, c.colour) for c in classes]
     width = pad * 3 + size + max(int(draw.textlength(n, font=font)) for n, _ in rows)
     height = pad + len(rows) * (size + pad)
     draw.rectangle([0, 0, width, height], fill=(255, 255, 255))
@@ -101,7 +110,9 @@ def _centres(n: int, size: int) -> np.ndarray:
     return np.minimum(((np.arange(n) + 0.5) * size / n).astype("int64"), size - 1)
 
 
-def blend_preview(classes: np.ndarray, image_path: Path | None = None) -> Image.Image:
+def blend_preview(
+    classes: np.ndarray, class_list: ClassList, image_path: Path | None = None
+) -> Image.Image:
     """The preview of preview-sized ``classes``: blended over the image, with a legend."""
     shape = classes.shape
     base = Image.fromarray(
@@ -109,14 +120,14 @@ def blend_preview(classes: np.ndarray, image_path: Path | None = None) -> Image.
         mode="RGB",
     )
     palette = np.zeros((256, 3), dtype="uint8")
-    for c in CLASSES:
+    for c in class_list:
         palette[c.id] = c.colour
     colours = Image.fromarray(palette[classes], mode="RGB")
-    known = (classes != NODATA) & (classes < len(CLASSES))
+    known = (classes != NODATA) & (classes < len(class_list))
     image = Image.composite(
         Image.blend(base, colours, ALPHA), base, Image.fromarray(known.astype("uint8") * 255, "L")
     )
-    _legend(image)
+    _legend(image, class_list)
     return image
 
 
@@ -133,7 +144,15 @@ def render_preview(
     with rasterio.open(classes_path) as src:
         shape = preview_shape(src.height, src.width, max_size)
         classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    return blend_preview(classes, image_path)
+        class_list = ClassList.from_tags(src.tags(), _colormap(src)) or DEFAULT_CLASSES
+    return blend_preview(classes, class_list, image_path)
+
+
+def _colormap(src: rasterio.DatasetReader) -> dict[int, tuple[int, ...]] | None:
+    try:
+        return src.colormap(1)
+    except ValueError:  # no colour table
+        return None
 
 
 def save_png(image: Image.Image, path: Path) -> None:

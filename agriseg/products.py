@@ -31,9 +31,10 @@ from rasterio.windows import Window
 from agriseg.areas import geometry_area_perimeter_m, lonlat_points, pixel_size_m
 from agriseg.atomic import atomic_output, temporary_name, write_text_atomic
 from agriseg.bands import GDAL_ENV, Band, file_bands
-from agriseg.classes import CLASS_NAMES, NODATA
+from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.errors import InputError
 from agriseg.health import class_areas_m2, health_summary, raster_crs
+from agriseg.indices import IndexReader
 from agriseg.preview import PreviewCanvas, blend_preview, save_png
 from agriseg.qgis import class_style, write_layer_styles, zone_style
 from agriseg.vector_outputs import (
@@ -119,7 +120,7 @@ def health_paths(out_dir: Path, stem: str) -> dict[str, Path]:
     }
 
 
-def _template(crs: CRS, with_fields: bool) -> gpd.GeoDataFrame:
+def _template(crs: CRS, with_fields: bool, indices: tuple[str, ...] = ()) -> gpd.GeoDataFrame:
     columns: dict[str, pd.Series] = {
         "class": pd.Series([], dtype=object),
         "class_id": pd.Series([], dtype="int32"),
@@ -129,18 +130,27 @@ def _template(crs: CRS, with_fields: bool) -> gpd.GeoDataFrame:
         "lon": pd.Series([], dtype="float64"),
         "lat": pd.Series([], dtype="float64"),
     }
+    for name in indices:
+        columns[f"mean_{name}"] = pd.Series([], dtype="float64")
     if with_fields:
         columns["field_id"] = pd.Series([], dtype=object)
     return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
 
 
-def polygon_attributes(batch: PolygonBatch, crs: CRS, fields: Fields | None) -> gpd.GeoDataFrame:
-    """The health-polygon table of one batch (geometries in ``crs``)."""
+def polygon_attributes(
+    batch: PolygonBatch,
+    crs: CRS,
+    classes: ClassList,
+    fields: Fields | None,
+    indices: tuple[str, ...] = (),
+) -> gpd.GeoDataFrame:
+    """The health-polygon table of one batch (geometries in ``crs``); ``indices`` names the
+    batch's per-pixel values (vegetation indices), written as ``mean_<index>``."""
     area, perimeter = geometry_area_perimeter_m(batch.geometry, crs)
     centroid = shapely.centroid(batch.geometry)
     lon, lat = lonlat_points(shapely.get_x(centroid), shapely.get_y(centroid), crs)
     columns: dict[str, Any] = {
-        "class": np.array(CLASS_NAMES, dtype=object)[batch.class_id],
+        "class": np.array(classes.names, dtype=object)[batch.class_id],
         "class_id": batch.class_id.astype("int32"),
         "area_m2": np.round(area, 6),
         "perimeter_m": np.round(perimeter, 6),
@@ -148,6 +158,9 @@ def polygon_attributes(batch: PolygonBatch, crs: CRS, fields: Fields | None) -> 
         "lon": np.round(lon, 7),
         "lat": np.round(lat, 7),
     }
+    means = batch.mean_values
+    for k, name in enumerate(indices):
+        columns[f"mean_{name}"] = np.round(means[:, k], 4)
     if fields is not None:
         columns["field_id"] = assign_fields(batch.geometry, fields)
     return gpd.GeoDataFrame(columns, geometry=batch.geometry, crs=crs)
@@ -163,6 +176,7 @@ class ClassGrid:
         height: Rows.
         width: Columns.
         profile: rasterio profile for the sieved copy (uint8, nodata 255).
+        classes: What its class ids mean (the model's classes).
     """
 
     crs: CRS
@@ -170,11 +184,20 @@ class ClassGrid:
     height: int
     width: int
     profile: dict[str, Any]
+    classes: ClassList = DEFAULT_CLASSES
 
     @classmethod
     def of_file(cls, path: Path) -> ClassGrid:
+        """The grid of a class raster; its classes come from its tags and colour table
+        (the four default classes for rasters that carry none)."""
         with rasterio.open(path) as src:
-            return cls(raster_crs(src, path), src.transform, src.height, src.width, src.profile)
+            try:
+                colormap = src.colormap(1)
+            except ValueError:  # no colour table
+                colormap = None
+            classes = ClassList.from_tags(src.tags(), colormap) or DEFAULT_CLASSES
+            crs = raster_crs(src, path)
+            return cls(crs, src.transform, src.height, src.width, src.profile, classes)
 
 
 @dataclass(frozen=True)
@@ -229,7 +252,11 @@ def plan_health(grid: ClassGrid, options: HealthOptions | None = None) -> Health
 
 
 def _polygon_writers(
-    stack: contextlib.ExitStack, job: HealthJob, geojson: Path | None, gpkg: Path | None
+    stack: contextlib.ExitStack,
+    job: HealthJob,
+    geojson: Path | None,
+    gpkg: Path | None,
+    indices: tuple[str, ...],
 ) -> list[GeoJSONWriter | GpkgLayerWriter]:
     grid = job.grid
     writers: list[GeoJSONWriter | GpkgLayerWriter] = []
@@ -239,7 +266,7 @@ def _polygon_writers(
         )
         writers.append(stack.enter_context(GeoJSONWriter(geojson, grid.crs, snap_safely=snap)))
     if gpkg is not None:
-        template = _template(grid.crs, job.fields is not None)
+        template = _template(grid.crs, job.fields is not None, indices)
         writers.append(stack.enter_context(GpkgLayerWriter(gpkg, POLYGON_LAYER, template)))
     return writers
 
@@ -252,6 +279,7 @@ class _BackgroundPreview:
         self, grid: ClassGrid, image_path: Path | None, out: Path, pool: ThreadPoolExecutor
     ) -> None:
         self._canvas = PreviewCanvas(grid.height, grid.width)
+        self._classes = grid.classes
         self._height = grid.height
         self._image_path = image_path
         self._out = out
@@ -264,7 +292,7 @@ class _BackgroundPreview:
             self._future = self._pool.submit(self._draw)
 
     def _draw(self) -> None:
-        save_png(blend_preview(self._canvas.classes, self._image_path), self._out)
+        save_png(blend_preview(self._canvas.classes, self._classes, self._image_path), self._out)
 
     def result(self) -> None:
         """Wait for the preview to be written; raise what drawing it raised."""
@@ -279,14 +307,25 @@ def _write_polygons(
     geojson: Path | None,
     gpkg: Path | None,
     preview: _BackgroundPreview | None = None,
-) -> int:
+    indices: IndexReader | None = None,
+) -> tuple[int, dict[str, float | None]]:
     """Sieve ``bands`` into ``sieved`` and vectorise them into the given files, in one pass.
 
-    Sieved bands also go to ``preview``. Returns the number of polygons.
+    Sieved bands also go to ``preview``; ``indices`` are averaged per polygon. Returns
+    the number of polygons and each index's mean over every polygon's pixels.
     """
     grid, options = job.grid, job.options
     profile = {**grid.profile, "driver": "GTiff", "count": 1, "dtype": "uint8", "nodata": NODATA}
-    polygons = BandPolygons(grid.height, grid.width, options.block_size)
+    names = indices.names if indices is not None else ()
+    polygons = BandPolygons(
+        grid.height,
+        grid.width,
+        options.block_size,
+        indices.read if indices is not None else None,
+        len(names),
+    )
+    value_sum = np.zeros(len(names))
+    value_count = np.zeros(len(names))
 
     def pixel_batches(dst: rasterio.io.DatasetWriter) -> Iterator[PolygonBatch]:
         for band in bands:
@@ -299,21 +338,33 @@ def _write_polygons(
     with contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(**GDAL_ENV))
         dst = stack.enter_context(rasterio.open(sieved, "w", **profile))
-        writers = _polygon_writers(stack, job, geojson, gpkg)
+        writers = _polygon_writers(stack, job, geojson, gpkg, names)
         count = 0
         simplify_px = options.simplify_m / job.pixel_m
         for batch in finish_polygons(pixel_batches(dst), grid.transform, simplify_px):
-            frame = polygon_attributes(batch, grid.crs, job.fields)
+            frame = polygon_attributes(batch, grid.crs, grid.classes, job.fields, names)
             for writer in writers:
                 writer.write(frame)
             count += len(frame)
-    return count
+            value_sum += batch.value_sum.sum(axis=0)
+            value_count += batch.value_count.sum(axis=0)
+    means = {
+        name: round(float(value_sum[k] / value_count[k]), 4) if value_count[k] else None
+        for k, name in enumerate(names)
+    }
+    return count, means
 
 
-def _write_zones(source: Path, gpkg: Path, options: HealthOptions) -> dict[str, Any]:
+def _write_zones(
+    source: Path,
+    classes: ClassList,
+    gpkg: Path,
+    options: HealthOptions,
+    indices: IndexReader | None,
+) -> dict[str, Any]:
     """Add the management-zone layer to ``gpkg``; return its summary."""
     assert options.grid_m is not None
-    zones = grid_zones(source, options.grid_m, options.block_size)
+    zones = grid_zones(source, classes, options.grid_m, options.block_size, indices)
     with GpkgLayerWriter(gpkg, ZONE_LAYER, zones.iloc[:0]) as writer:
         writer.write(zones)
     return {"cells": len(zones), "cell_size_m": options.grid_m, "crs": zones.crs.to_string()}
@@ -369,6 +420,8 @@ def _run_health(
     stem: str,
 ) -> dict[str, Any]:
     options = job.options
+    classes = job.grid.classes
+    indices = IndexReader.of_file(image_path)
     paths = health_paths(out_dir, stem)
     sieved = temporary_name(out_dir / f"{stem}.sieved.tif")
     written: dict[str, str] = {}
@@ -389,29 +442,35 @@ def _run_health(
                     )
                     for f in options.formats
                 }
-                count = _write_polygons(
-                    job, bands, sieved, tmp.get("geojson"), tmp.get("gpkg"), preview
+                count, index_means = _write_polygons(
+                    job, bands, sieved, tmp.get("geojson"), tmp.get("gpkg"), preview, indices
                 )
                 if "gpkg" in tmp:
-                    styles = {POLYGON_LAYER: class_style()}
+                    styles = {POLYGON_LAYER: class_style(classes)}
                     if options.grid_m is not None:
-                        result["zones"] = _write_zones(sieved, tmp["gpkg"], options)
+                        result["zones"] = _write_zones(
+                            sieved, classes, tmp["gpkg"], options, indices
+                        )
                         styles[ZONE_LAYER] = zone_style()
                     write_layer_styles(tmp["gpkg"], styles)
             for fmt in options.formats:
                 written[fmt] = str(paths[fmt])
             if options.formats:
-                write_text_atomic(paths["qml"], class_style())
+                write_text_atomic(paths["qml"], class_style(classes))
                 written["qml"] = str(paths["qml"])
-            health = health_summary(class_areas_m2(sieved, block_size=options.block_size)[0])
+            areas = class_areas_m2(sieved, len(classes), block_size=options.block_size)
+            health = health_summary(areas[0], classes)
             result["health"] = {
                 **health,
                 "min_area_m2": options.min_area_m2,
                 "sieve_px": job.sieve_px,
                 "polygons": count,
+                "vegetation_indices": index_means,
             }
             if job.fields is not None:
-                result["fields"] = field_statistics(sieved, job.fields, options.block_size)
+                result["fields"] = field_statistics(
+                    sieved, classes, job.fields, options.block_size, indices
+                )
             if preview is not None:
                 preview.result()
                 written["preview"] = str(paths["preview"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pyogrio
 
-from agriseg.classes import CLASSES
+from agriseg.classes import ClassList
 
 #: Weed-pressure classes of the zone style: (upper bound, RGB), from clean to infested.
 WEED_PRESSURE_RANGES: tuple[tuple[float, tuple[int, int, int]], ...] = (
@@ -124,9 +124,9 @@ def graduated_qml(
     return _document(renderer)
 
 
-def class_style() -> str:
+def class_style(classes: ClassList) -> str:
     """Style of the health polygons: one colour per class, on the ``class`` attribute."""
-    return categorized_qml("class", [(c.name, c.name, c.colour) for c in CLASSES])
+    return categorized_qml("class", [(c.name, c.name, c.colour) for c in classes])
 
 
 def zone_style() -> str:

@@ -8,7 +8,10 @@ Invalid pixels (nodata, alpha, internal masks) are returned as NaN.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +21,11 @@ import rasterio
 from affine import Affine
 from dask.base import tokenize
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp
-from rasterio.errors import CRSError, RasterioError, RasterioIOError
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from agriseg.errors import InputError, RasterReadError
+from agriseg.spectral import band_names, match_bands
 
 #: Dtypes agriseg can normalise.
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -34,26 +37,54 @@ READ_ENV = {"GDAL_NUM_THREADS": 1, "GDAL_CACHEMAX": 64 * 2**20}
 #: Target chunk edge (pixels) for the lazy array; rounded to whole file blocks.
 CHUNK_TARGET = 512
 
-_COLOUR_OF_BAND = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
-
 
 @dataclass(frozen=True)
 class RasterInfo:
-    """A validated input raster and the bands agriseg will read from it."""
+    """A validated input raster and the bands agriseg will read from it.
+
+    ``bands`` are 1-based indexes in the model's order; ``band_names`` are the
+    file's names of those bands (see :mod:`agriseg.spectral`).
+
+    ``crs`` is ``None`` for a plain image (PNG, JPEG, TIFF with neither CRS nor
+    geotransform): its ``transform`` is then the identity, a grid of pixels only.
+    """
 
     path: Path
     width: int
     height: int
     count: int
     dtype: str
-    crs: CRS
+    crs: CRS | None
     transform: Affine
     block_shape: tuple[int, int]
     bands: tuple[int, ...]
+    band_names: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.height, self.width
+
+
+@contextlib.contextmanager
+def pixel_grid_ok(quiet: bool = True) -> Iterator[None]:
+    """Silence rasterio's NotGeoreferencedWarning (when ``quiet``): plain images and
+    their outputs have no georeferencing by design."""
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+def open_dataset(path: Path | str) -> rasterio.DatasetReader:
+    """``rasterio.open`` without the NotGeoreferencedWarning: plain images are valid input."""
+    # Scoped to the open call, where rasterio raises the warning.
+    with pixel_grid_ok():
+        return rasterio.open(path)
+
+
+def georeferenced(src: rasterio.DatasetReader) -> bool:
+    """True when ``src`` has a CRS, a geotransform or ground control points."""
+    return src.crs is not None or src.transform != Affine.identity() or bool(src.gcps[0])
 
 
 def _open(path: Path) -> rasterio.DatasetReader:
@@ -66,7 +97,7 @@ def _open(path: Path) -> rasterio.DatasetReader:
     if path.stat().st_size == 0:
         raise RasterReadError(f"{path}: file is empty (0 bytes); re-export or re-copy the survey")
     try:
-        return rasterio.open(path)
+        return open_dataset(path)
     except RasterioIOError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "unknown format"
         raise RasterReadError(
@@ -86,8 +117,9 @@ def select_bands(
 ) -> tuple[int, ...]:
     """1-based band indexes feeding the model's ``wanted`` bands, in order.
 
-    Explicit ``requested`` indexes win; otherwise colour interpretation finds red,
-    green and blue (so BGR files work), else the first non-alpha bands are used.
+    Explicit ``requested`` indexes win; otherwise bands are matched by name
+    (descriptions, colour interpretation; so BGR files work), else the first
+    non-alpha bands are used (:func:`agriseg.spectral.match_bands`).
     """
     path = src.name
     if requested is not None:
@@ -103,21 +135,7 @@ def select_bands(
                 f"{len(wanted)} ({', '.join(wanted)})"
             )
         return tuple(requested)
-    interp = list(src.colorinterp)
-    if all(name in _COLOUR_OF_BAND for name in wanted):
-        found = [
-            interp.index(_COLOUR_OF_BAND[n]) + 1 if _COLOUR_OF_BAND[n] in interp else None
-            for n in wanted
-        ]
-        if all(f is not None for f in found):
-            return tuple(int(f) for f in found if f is not None)
-    data_bands = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
-    if len(data_bands) < len(wanted):
-        raise InputError(
-            f"{path}: has {len(data_bands)} data band(s) but the model needs {len(wanted)} "
-            f"({', '.join(wanted)}); use a {len(wanted)}-band image or another --model"
-        )
-    return tuple(data_bands[: len(wanted)])
+    return match_bands(src, wanted)
 
 
 def open_raster(
@@ -126,7 +144,11 @@ def open_raster(
     bands: tuple[int, ...] | None = None,
     assume_crs: str | None = None,
 ) -> RasterInfo:
-    """Open and validate ``path``; raise an :class:`AgrisegError` saying what to fix."""
+    """Open and validate ``path``; raise an :class:`AgrisegError` saying what to fix.
+
+    A plain image (no CRS, no geotransform, no ground control points) opens with
+    ``crs=None`` on its pixel grid, unless ``assume_crs`` asks for georeferencing.
+    """
     path = Path(path)
     with _open(path) as src:
         dtype = src.dtypes[0]
@@ -136,14 +158,15 @@ def open_raster(
                 "float32 (e.g. gdal_translate -ot UInt16)"
             )
         crs = src.crs
-        if crs is None:
+        plain = not georeferenced(src) and assume_crs is None
+        if crs is None and not plain:
             if assume_crs is None:
                 raise InputError(
                     f"{path}: has no coordinate reference system; if you know it, pass "
                     "--assume-crs EPSG:XXXX"
                 )
             crs = parse_crs(assume_crs)
-        if src.transform == Affine.identity() and not src.gcps[0]:
+        if not plain and src.transform == Affine.identity() and not src.gcps[0]:
             raise InputError(
                 f"{path}: is not georeferenced (no geotransform); georeference it first"
             )
@@ -159,13 +182,14 @@ def open_raster(
             transform=src.transform,
             block_shape=(block_h, block_w),
             bands=selected,
+            band_names=tuple(band_names(src)[b - 1] for b in selected),
         )
 
 
 def read_window(path: Path, bands: tuple[int, ...], window: Window) -> np.ndarray:
     """Read ``window`` as float32 ``(bands, h, w)`` with invalid pixels set to NaN."""
     try:
-        with rasterio.Env(**READ_ENV), rasterio.open(path) as src:
+        with rasterio.Env(**READ_ENV), open_dataset(path) as src:
             data = src.read(list(bands), window=window, out_dtype="float32")
             valid = src.dataset_mask(window=window)
     except RasterioError as exc:

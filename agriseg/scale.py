@@ -125,10 +125,15 @@ def decide_scale(
     return Scale(input_gsd_m, model_gsd_m, target, True, unreliable)
 
 
-def raster_gsd_m(info: RasterInfo, override_m: float | None = None) -> float:
-    """Ground size of the raster's centre pixel in metres (``override_m`` when given)."""
+def raster_gsd_m(info: RasterInfo, override_m: float | None = None) -> float | None:
+    """Ground size of the raster's centre pixel in metres (``override_m`` when given).
+
+    ``None`` for a plain image (no CRS) without ``override_m``: its scale is unknown.
+    """
     if override_m is not None:
         return override_m
+    if info.crs is None:
+        return None
     return pixel_size_m(info.crs, info.transform, info.width, info.height)
 
 

@@ -28,10 +28,24 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import CRSError
 
 from agriseg.atomic import atomic_output
-from agriseg.classes import CLASSES, NODATA, class_tags, colormap
+from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, FieldClass
 from agriseg.errors import InputError
 
-SOIL, CROP, WEED, DISEASED = (c.id for c in CLASSES)
+SOIL, CROP, WEED, DISEASED = (c.id for c in DEFAULT_CLASSES)
+
+#: Classes of a survey drawn with ``weed_species``: each weed labelled by its kind.
+SPECIES_CLASSES = ClassList(
+    (
+        FieldClass(0, "soil", (150, 105, 60), "background"),
+        FieldClass(1, "maize", (40, 160, 50), "crop"),
+        FieldClass(2, "grass_weed", (230, 40, 160), "weed"),
+        FieldClass(3, "broadleaf_weed", (220, 40, 40), "weed"),
+        FieldClass(4, "thistle", (140, 60, 200), "weed"),
+    )
+)
+
+#: Label of each weed kind (rosette, grass, blob) in a ``weed_species`` survey.
+_SPECIES_OF_KIND = np.array([4, 2, 3], np.uint8)
 
 #: Band names of a multispectral survey, in band order (RGB surveys use the first three).
 BAND_NAMES: tuple[str, ...] = ("red", "green", "blue", "red_edge", "nir")
@@ -73,6 +87,9 @@ class SurveyParams:
         noise: Sensor noise standard deviation, as a fraction of full scale.
         multispectral: Five bands (RGB, red edge, NIR) of uint16 reflectance x 10000
             instead of an 8-bit RGB image.
+        weed_species: Label weeds by kind (:data:`SPECIES_CLASSES`: grass weeds,
+            broadleaf weeds, thistle) instead of one ``weed`` class; needs
+            ``disease_foci=0`` (those classes have no disease).
         crs: Projected CRS with metre units that the survey is georeferenced in.
         origin: Upper-left corner (x, y) in ``crs`` units.
     """
@@ -91,6 +108,7 @@ class SurveyParams:
     blur_px: float = 0.0
     noise: float = 0.02
     multispectral: bool = False
+    weed_species: bool = False
     crs: str = "EPSG:32633"
     origin: tuple[float, float] = (500000.0, 5300000.0)
 
@@ -153,7 +171,7 @@ class Survey:
     Attributes:
         image: ``(bands, H, W)``; uint8 RGB, or uint16 reflectance x 10000 with the
             bands of :data:`BAND_NAMES` when multispectral.
-        labels: ``(H, W)`` uint8 class ids of :mod:`agriseg.classes`.
+        labels: ``(H, W)`` uint8 class ids of :attr:`classes`.
         transform: Pixel to ``crs`` affine transform.
         crs: Coordinate reference system.
         params: The parameters it was drawn with.
@@ -164,6 +182,11 @@ class Survey:
     transform: Affine
     crs: CRS
     params: SurveyParams
+
+    @property
+    def classes(self) -> ClassList:
+        """What the label ids mean."""
+        return SPECIES_CLASSES if self.params.weed_species else DEFAULT_CLASSES
 
 
 @dataclass(frozen=True)
@@ -212,6 +235,11 @@ def _check(params: SurveyParams) -> CRS:
     for name in ("weed_density", "blur_px", "noise", "disease_foci"):
         if getattr(params, name) < 0:
             raise InputError(f"survey parameter {name}={getattr(params, name)!r} must be >= 0")
+    if params.weed_species and params.disease_foci:
+        raise InputError(
+            f"weed_species surveys have no disease class; set disease_foci=0 "
+            f"(not {params.disease_foci})"
+        )
     if len(params.white_balance) != 3 or min(params.white_balance) <= 0:
         raise InputError(
             f"white_balance={params.white_balance!r} must be three positive gains (r, g, b)"
@@ -383,8 +411,9 @@ def _crop_plants(
 
 def _weeds(
     rng: np.random.Generator, params: SurveyParams, u: np.ndarray, v: np.ndarray, line0: float
-) -> tuple[_Plants, np.ndarray]:
-    """Weeds on lines midway between the rows; also returns each weed's colour (5, n)."""
+) -> tuple[_Plants, np.ndarray, np.ndarray]:
+    """Weeds on lines midway between the rows; also returns each weed's colour (5, n)
+    and kind (0 rosette, 1 grass, 2 irregular blob)."""
     rs = params.row_spacing_m
     pitch = 2.6 * _WEED_RADIUS_M
     reach = 1
@@ -428,7 +457,7 @@ def _weeds(
         dv.astype(np.float32),
         **tables,
     )
-    return plants, colour.astype(np.float32)
+    return plants, colour.astype(np.float32), kind
 
 
 def _diseased_plants(
@@ -519,7 +548,7 @@ def generate_survey(params: SurveyParams, seed: int) -> Survey:
     v = v - 0.02 * _waves(crop_rng, u, np.zeros(1, np.float32), (4.0, 12.0))
 
     crop, crop_u, crop_v = _crop_plants(crop_rng, params, u, v)
-    weeds, weed_colour = _weeds(weed_rng, params, u, v, crop.line0)
+    weeds, weed_colour, weed_kind = _weeds(weed_rng, params, u, v, crop.line0)
     sick = _diseased_plants(disease_rng, params, crop_u, crop_v, to_rows)
 
     crop_id, crop_depth, crop_across = _draw_plants(u, v, crop)
@@ -528,6 +557,8 @@ def generate_survey(params: SurveyParams, seed: int) -> Survey:
     on_weed = weed_id >= 0
     on_crop = crop_id >= 0
     labels[on_weed] = WEED
+    if params.weed_species:
+        labels[on_weed] = _SPECIES_OF_KIND[weed_kind[weed_id[on_weed]]]
     labels[on_crop] = CROP
     labels[on_crop & sick[np.maximum(crop_id, 0)]] = DISEASED
 
@@ -626,7 +657,7 @@ def label_polygons(survey: Survey) -> gpd.GeoDataFrame:
     Returns:
         Columns ``class`` (name), ``class_id`` and ``geometry``, in the survey's CRS.
     """
-    names = {c.id: c.name for c in CLASSES}
+    names = {c.id: c.name for c in survey.classes}
     records = [
         (names[int(value)], int(value), geom)
         for geom, value in features.shapes(
@@ -704,8 +735,8 @@ def write_survey(survey: Survey, out_dir: Path, stem: str) -> SurveyPaths:
         rasterio.open(tmp, "w", count=1, dtype="uint8", nodata=NODATA, **common) as dst,
     ):
         dst.write(survey.labels, 1)
-        dst.write_colormap(1, colormap())
-        dst.update_tags(**class_tags())
+        dst.write_colormap(1, survey.classes.colormap())
+        dst.update_tags(**survey.classes.tags())
     with atomic_output(paths.polygons) as tmp, warnings.catch_warnings():
         # The temporary's name lacks the .gpkg extension only until it is renamed.
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")

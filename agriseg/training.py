@@ -24,19 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from agriseg import __version__
-from agriseg.classes import CLASS_NAMES, NODATA
+from agriseg.areas import pixel_size_m
+from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, Colour
 from agriseg.errors import InputError, ModelError
 from agriseg.evaluation import Scores, confusion_matrix, scores
 from agriseg.inference import normalize, resolve_device
-from agriseg.labels import Grid, Labels
+from agriseg.labels import Grid, Labels, label_classes
 from agriseg.models import (
     RGB_BANDS,
     SIZE_DIVISOR,
@@ -47,13 +46,13 @@ from agriseg.models import (
     checkpoint_paths,
     load_model,
     save_checkpoint,
+    with_classes,
 )
-from agriseg.raster import open_raster, read_window
+from agriseg.raster import open_raster, pixel_grid_ok, read_window
+from agriseg.spectral import new_model_bands
 
 #: Called as ``progress(steps_done, steps_total)``.
 Progress = Callable[[int, int], None]
-
-N_CLASSES = len(CLASS_NAMES)
 
 #: Pixels of each class remembered per scene as chip centres.
 _CENTRES_PER_CLASS = 20_000
@@ -69,6 +68,13 @@ class TrainConfig:
         encoder: segmentation-models-pytorch encoder; ``None``: ``mobilenet_v2`` or ``init``'s.
         arch_params: Extra keyword arguments of the architecture (new models only).
         init: Shipped model name or checkpoint to start from (fine-tuning).
+        classes: The classes to predict; ``None``: ``init``'s, else
+            :data:`~agriseg.classes.DEFAULT_CLASSES` (:func:`train_files` derives
+            them from the labels instead, see :func:`~agriseg.labels.label_classes`).
+            Classes other than ``init``'s give it a new segmentation head.
+        label_colors: Class name → colour of colour-coded (RGB) masks.
+        gsd_m: Ground sampling distance of the images in metres; ``None``: from
+            their georeferencing (plain images: unknown).
         chip_size: Edge of the training chips in pixels (a multiple of 32).
         batch_size: Chips per step.
         epochs: Number of epochs.
@@ -85,6 +91,8 @@ class TrainConfig:
             than a random pixel.
         bands: 1-based band indexes to train on; ``None``: ``init``'s bands, else
             every non-alpha band.
+        band_names: Names of the trained bands (new models only); ``None``: the
+            first raster's names (:func:`agriseg.spectral.band_names`).
         label_column: Attribute of vector labels holding the class name or id.
         tile_size: Tile edge recorded for inference.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -98,6 +106,9 @@ class TrainConfig:
     encoder: str | None = None
     arch_params: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
+    classes: ClassList | None = None
+    label_colors: dict[str, Colour] = field(default_factory=dict)
+    gsd_m: float | None = None
     chip_size: int = 256
     batch_size: int = 8
     epochs: int = 10
@@ -111,6 +122,7 @@ class TrainConfig:
     colour_jitter: float = 0.15
     balance: float = 0.8
     bands: tuple[int, ...] | None = None
+    band_names: tuple[str, ...] | None = None
     label_column: str = "class"
     tile_size: int = 512
     device: str = "auto"
@@ -137,6 +149,13 @@ class TrainConfig:
             raise InputError(f"scale jitter {self.scale_jitter} must satisfy 0 < low <= high")
         if self.learning_rate <= 0:
             raise InputError(f"learning rate {self.learning_rate} must be > 0")
+        if self.gsd_m is not None and not self.gsd_m > 0:
+            raise InputError(f"--gsd {self.gsd_m} must be a ground distance in metres > 0")
+        if self.band_names is not None and self.init is not None:
+            raise InputError(
+                f"--band-names {','.join(self.band_names)} names a new model's bands but "
+                f"--from {self.init} keeps the bands of that model; drop --band-names"
+            )
 
 
 @dataclass(frozen=True)
@@ -147,14 +166,14 @@ class Scene:
         image: ``(bands, H, W)`` float32 raw pixel values, NaN where invalid.
         labels: ``(H, W)`` uint8 class ids, 255 where unlabelled.
         dtype: The source pixel type (selects the normalisation scale).
-        gsd_m: Ground sampling distance in metres.
+        gsd_m: Ground sampling distance in metres; ``None``: unknown (plain image).
         name: Where it came from, for messages and metadata.
     """
 
     image: np.ndarray
     labels: np.ndarray
     dtype: str
-    gsd_m: float
+    gsd_m: float | None
     name: str
 
 
@@ -197,33 +216,33 @@ def state_path(out: Path) -> Path:
     return weights.with_name(weights.name.removesuffix(".safetensors") + ".state.pt")
 
 
-def raster_band_names(path: Path, bands: tuple[int, ...] | None) -> tuple[str, ...]:
-    """Names for a new model's input bands: RGB by colour interpretation, else descriptions."""
-    with rasterio.open(path) as src:
-        chosen = bands or tuple(
-            i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha
-        )
-        interp = [src.colorinterp[b - 1] for b in chosen if 1 <= b <= src.count]
-        if interp == [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
-            return RGB_BANDS
-        names = [src.descriptions[b - 1] or f"band{b}" for b in chosen if 1 <= b <= src.count]
-    if len(set(names)) != len(names):
-        names = [f"band{b}" for b in chosen]
-    return tuple(names)
+def load_scene(
+    raster: Path,
+    labels: Path,
+    wanted: tuple[str, ...],
+    config: TrainConfig,
+    classes: ClassList = DEFAULT_CLASSES,
+) -> Scene:
+    """Read a training image and its labels (class raster, mask or vector file) into memory.
 
-
-def load_scene(raster: Path, labels: Path, wanted: tuple[str, ...], config: TrainConfig) -> Scene:
-    """Read a training raster and its labels (class raster or vector file) into memory."""
+    The image may be a plain photo (no georeferencing) with a mask of the same size;
+    its ground sampling distance is then ``config.gsd_m`` (or unknown).
+    """
     info = open_raster(raster, wanted, config.bands)
     image = read_window(info.path, info.bands, Window(0, 0, info.width, info.height))
     grid = Grid(info.height, info.width, info.transform, info.crs)
-    truth = Labels(labels, grid, config.label_column).read(Window(0, 0, info.width, info.height))
+    truth = Labels(labels, grid, classes, config.label_column, colors=config.label_colors).read(
+        Window(0, 0, info.width, info.height)
+    )
     truth[np.isnan(image).any(axis=0)] = NODATA
     if not (truth != NODATA).any():
         raise InputError(
             f"{labels}: no labelled pixel falls on {raster}; check that both cover the same area"
         )
-    return Scene(image, truth, info.dtype, abs(info.transform.a), str(raster))
+    gsd = config.gsd_m
+    if gsd is None and info.crs is not None:
+        gsd = pixel_size_m(info.crs, info.transform, info.width, info.height)
+    return Scene(image, truth, info.dtype, gsd, str(raster))
 
 
 def _fit_normalization(scenes: Sequence[Scene]) -> Normalization:
@@ -284,7 +303,8 @@ class _Split:
         # Integral image of blocked pixels: a chip is allowed when it covers none.
         self._integral = np.pad(blocked.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         self.centres: list[np.ndarray] = []
-        for k in range(N_CLASSES):
+        labelled_ids = scene.labels[scene.labels != NODATA]
+        for k in range(int(labelled_ids.max()) + 1 if labelled_ids.size else 0):
             flat = np.flatnonzero(labelled & (scene.labels == k))
             if flat.size > _CENTRES_PER_CLASS:
                 flat = rng.choice(flat, _CENTRES_PER_CLASS, replace=False)
@@ -334,7 +354,7 @@ class ChipSampler:
         self, rng: np.random.Generator, split: _Split, size: int
     ) -> tuple[int, int] | None:
         h, w = split.shape
-        present = [k for k in range(N_CLASSES) if split.centres[k].size]
+        present = [k for k, centres in enumerate(split.centres) if centres.size]
         for _ in range(30):
             if present and rng.random() < self.config.balance:
                 centres = split.centres[present[rng.integers(len(present))]]
@@ -410,22 +430,24 @@ def validate(
     splits: Sequence[_Split],
     norm: Normalization,
     device: torch.device,
+    classes: ClassList = DEFAULT_CLASSES,
 ) -> Scores | None:
     """Scores of ``model`` on every held-out block; ``None`` when nothing is held out."""
     if not any(split.val_windows for split in splits):
         return None
     was_training = model.training
     model.eval()
-    cm = np.zeros((N_CLASSES, N_CLASSES), dtype="int64")
+    n = len(classes)
+    cm = np.zeros((n, n), dtype="int64")
     for scene, split in zip(scenes, splits, strict=True):
         for win in split.val_windows:
             rows, cols = win.toslices()
             image = normalize(scene.image[:, rows, cols], scene.dtype, norm)
             cm += confusion_matrix(
-                scene.labels[rows, cols], predict_classes(model, image, device), N_CLASSES
+                scene.labels[rows, cols], predict_classes(model, image, device), n
             )
     model.train(was_training)
-    return scores(cm)
+    return scores(cm, classes)
 
 
 def _schedule(total: int) -> Callable[[int], float]:
@@ -458,6 +480,8 @@ def _model_and_meta(
                     "drop the option or train from scratch"
                 )
         meta = dataclasses.replace(base, name=name, tile_size=config.tile_size)
+        if config.classes is not None:
+            model, meta = with_classes(model, meta, config.classes)
         return model.train(), meta
     architecture = config.architecture or "unet"
     check_architecture(architecture)
@@ -469,6 +493,7 @@ def _model_and_meta(
         normalization=_fit_normalization(scenes),
         tile_size=config.tile_size,
         arch_params=dict(config.arch_params),
+        classes=config.classes or DEFAULT_CLASSES,
     )
     try:
         model = build_model(meta)
@@ -514,6 +539,7 @@ def train(
     rng = np.random.default_rng(config.seed)
     splits = [_Split(scene, config, rng) for scene in scenes]
     model, meta = _model_and_meta(scenes, band_names, name, config)
+    _check_label_ids(scenes, meta.classes)
     sampler = ChipSampler(scenes, splits, meta.normalization, config)
     model.to(device)
     optimizer = torch.optim.AdamW(
@@ -555,7 +581,7 @@ def train(
             epoch=epoch,
             epochs=config.epochs,
             loss=float(np.mean(losses)),
-            validation=validate(model, scenes, splits, meta.normalization, device),
+            validation=validate(model, scenes, splits, meta.normalization, device, meta.classes),
             seconds=time.perf_counter() - epoch_start,
         )
         history.append(result)
@@ -579,6 +605,8 @@ def _with_training_info(
     seconds: float,
 ) -> ModelMeta:
     config_dict = {k: v for k, v in dataclasses.asdict(config).items() if k != "command"}
+    config_dict["classes"] = None if config.classes is None else config.classes.to_json()
+    known = [s.gsd_m for s in scenes if s.gsd_m is not None]
     training = {
         "command": config.command,
         "images": [s.name for s in scenes][:50],
@@ -595,11 +623,22 @@ def _with_training_info(
     return dataclasses.replace(
         meta,
         agriseg_version=__version__,
-        gsd_m=round(float(np.median([s.gsd_m for s in scenes])), 4),
+        gsd_m=round(float(np.median(known)), 4) if known else None,
         description=config.description or meta.description,
         metrics=metrics,
         training=training,
     )
+
+
+def _check_label_ids(scenes: Sequence[Scene], classes: ClassList) -> None:
+    for scene in scenes:
+        ids = np.unique(scene.labels[scene.labels != NODATA])
+        bad = ids[ids >= len(classes)]
+        if bad.size:
+            raise InputError(
+                f"{scene.name}: labels hold class id(s) {bad[:10].tolist()} but the model has "
+                f"{len(classes)} classes ({', '.join(classes.names)}); give --classes"
+            )
 
 
 def _save_state(
@@ -659,13 +698,24 @@ def train_files(
     progress: Progress | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> TrainResult:
-    """Train on ``(raster, labels)`` file pairs; labels are a class raster or vector file."""
+    """Train on ``(image, labels)`` file pairs; labels are a class raster, mask or vector file.
+
+    Without ``config.classes`` the classes are ``config.init``'s, else those the labels
+    name (see :func:`~agriseg.labels.label_classes`).
+    """
     if not sources:
         raise InputError("no training rasters given")
+    classes = config.classes
     if config.init is not None:
         _, base = load_model(config.init)
         wanted = base.bands
+        classes = classes or base.classes
     else:
-        wanted = raster_band_names(sources[0][0], config.bands)
-    scenes = [load_scene(raster, labels, wanted, config) for raster, labels in sources]
+        with pixel_grid_ok():  # plain photos name their bands by colour alone
+            wanted = new_model_bands(sources[0][0], config.bands, config.band_names)
+    if classes is None:
+        labels = [label for _, label in sources]
+        classes = label_classes(labels, config.label_column, config.label_colors)
+    config = dataclasses.replace(config, classes=classes)
+    scenes = [load_scene(raster, labels, wanted, config, classes) for raster, labels in sources]
     return train(scenes, out, config, wanted, progress, on_epoch)

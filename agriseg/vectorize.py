@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,9 @@ class PolygonBatch:
         pixels: Number of pixels inside each polygon.
         confidence_sum: Sum of the confidence values (0–100) of its pixels.
         confidence_count: Number of its pixels that have a confidence value.
+        value_sum: ``(n, k)`` sums of ``k`` per-pixel values (vegetation indices) over
+            its pixels that have one.
+        value_count: ``(n, k)`` number of its pixels that have each value.
     """
 
     geometry: np.ndarray
@@ -58,46 +61,38 @@ class PolygonBatch:
     pixels: np.ndarray
     confidence_sum: np.ndarray
     confidence_count: np.ndarray
+    value_sum: np.ndarray
+    value_count: np.ndarray
 
     def __len__(self) -> int:
         return len(self.geometry)
 
     @classmethod
-    def empty(cls) -> PolygonBatch:
+    def empty(cls, n_values: int = 0) -> PolygonBatch:
         return cls(
             np.empty(0, dtype=object),
             np.empty(0, dtype="uint8"),
             np.empty(0, dtype="int64"),
             np.empty(0, dtype="float64"),
             np.empty(0, dtype="int64"),
+            np.empty((0, n_values), dtype="float64"),
+            np.empty((0, n_values), dtype="int64"),
         )
 
     @classmethod
     def concat(cls, batches: Iterable[PolygonBatch]) -> PolygonBatch:
+        batches = list(batches)
         parts = [b for b in batches if len(b)]
         if not parts:
-            return cls.empty()
-        return cls(
-            *(
-                np.concatenate([getattr(b, name) for b in parts])
-                for name in ("geometry", "class_id", "pixels", "confidence_sum", "confidence_count")
-            )
-        )
+            return cls.empty(batches[0].value_sum.shape[1] if batches else 0)
+        return cls(*(np.concatenate([getattr(b, name) for b in parts]) for name in _COLUMNS))
 
     def take(self, index: np.ndarray) -> PolygonBatch:
         """The polygons selected by a boolean mask or index array."""
-        return PolygonBatch(
-            self.geometry[index],
-            self.class_id[index],
-            self.pixels[index],
-            self.confidence_sum[index],
-            self.confidence_count[index],
-        )
+        return PolygonBatch(*(getattr(self, name)[index] for name in _COLUMNS))
 
     def with_geometry(self, geometry: np.ndarray) -> PolygonBatch:
-        return PolygonBatch(
-            geometry, self.class_id, self.pixels, self.confidence_sum, self.confidence_count
-        )
+        return PolygonBatch(geometry, *(getattr(self, name) for name in _COLUMNS[1:]))
 
     @property
     def mean_confidence(self) -> np.ndarray:
@@ -106,6 +101,27 @@ class PolygonBatch:
             return np.where(
                 self.confidence_count > 0, self.confidence_sum / self.confidence_count, np.nan
             )
+
+    @property
+    def mean_values(self) -> np.ndarray:
+        """``(n, k)`` mean of each per-pixel value; NaN where none of its pixels has one."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.value_count > 0, self.value_sum / self.value_count, np.nan)
+
+
+#: PolygonBatch's fields, geometry first.
+_COLUMNS = (
+    "geometry",
+    "class_id",
+    "pixels",
+    "confidence_sum",
+    "confidence_count",
+    "value_sum",
+    "value_count",
+)
+
+#: Per-pixel values of a window of the raster, ``(k, h, w)`` float, NaN where undefined.
+ValueReader = Callable[[Window], np.ndarray]
 
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
@@ -193,16 +209,21 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
 
 
 def _block_polygons(
-    data: np.ndarray, conf: np.ndarray | None, window: Window
+    data: np.ndarray,
+    conf: np.ndarray | None,
+    window: Window,
+    values: ValueReader | None = None,
+    n_values: int = 0,
 ) -> tuple[PolygonBatch, np.ndarray]:
     """Polygons of one block's classes (at ``window``), in whole-raster pixel coordinates.
 
+    ``values`` gives ``n_values`` per-pixel values of the window to sum per polygon.
     Also returns the block's pixels labelled with their polygon's index plus one
     (0 for nodata).
     """
     valid = data != NODATA
     if not valid.any():
-        return PolygonBatch.empty(), np.zeros(data.shape, dtype="int32")
+        return PolygonBatch.empty(n_values), np.zeros(data.shape, dtype="int32")
     offset = Affine.translation(window.col_off, window.row_off)
     # Label the 4-connected regions of each class first and polygonise the labels, so
     # every polygon comes with its pixels (burning polygons back is quadratic in their
@@ -232,14 +253,24 @@ def _block_polygons(
     labels = labels2d.ravel()
     n = len(geometry) + 1
     pixels = np.bincount(labels, minlength=n)[1:].astype("int64")
-    if conf is None:
-        zeros = np.zeros(n - 1)
-        return PolygonBatch(geometry, class_id, pixels, zeros, zeros.astype("int64")), labels2d
-    conf = conf.ravel()
-    has = conf != NODATA
-    conf_sum = np.bincount(labels[has], weights=conf[has], minlength=n)[1:]
-    conf_count = np.bincount(labels[has], minlength=n)[1:]
-    batch = PolygonBatch(geometry, class_id, pixels, conf_sum, conf_count.astype("int64"))
+    value_sum = np.zeros((n - 1, n_values))
+    value_count = np.zeros((n - 1, n_values), dtype="int64")
+    if values is not None:
+        found_values = values(window).reshape(n_values, -1)
+        for k in range(n_values):
+            has_value = np.isfinite(found_values[k]) & (labels > 0)
+            value_sum[:, k] = np.bincount(
+                labels[has_value], weights=found_values[k][has_value], minlength=n
+            )[1:]
+            value_count[:, k] = np.bincount(labels[has_value], minlength=n)[1:]
+    conf_sum: np.ndarray = np.zeros(n - 1)
+    conf_count: np.ndarray = np.zeros(n - 1, dtype="int64")
+    if conf is not None:
+        conf = conf.ravel()
+        has = conf != NODATA
+        conf_sum = np.bincount(labels[has], weights=conf[has], minlength=n)[1:]
+        conf_count = np.bincount(labels[has], minlength=n)[1:].astype("int64")
+    batch = PolygonBatch(geometry, class_id, pixels, conf_sum, conf_count, value_sum, value_count)
     return batch, labels2d
 
 
@@ -284,9 +315,7 @@ def _merge_groups(parts: PolygonBatch, roots: np.ndarray) -> PolygonBatch:
     return PolygonBatch(
         geometry,
         parts.class_id[first],
-        np.add.reduceat(parts.pixels[order], starts),
-        np.add.reduceat(parts.confidence_sum[order], starts),
-        np.add.reduceat(parts.confidence_count[order], starts),
+        *(np.add.reduceat(getattr(parts, name)[order], starts, axis=0) for name in _COLUMNS[2:]),
     )
 
 
@@ -327,13 +356,25 @@ class BandPolygons:
     geometry, decides), and each region's parts are unioned once, when no part of it
     reaches the band's last row any more. :meth:`add` returns the regions a band
     finished, so the cost stays linear in the raster whatever the band height.
+
+    ``values`` reads ``n_values`` per-pixel values (vegetation indices) of a block's
+    window; their sums and counts per polygon come with the polygons.
     """
 
-    def __init__(self, height: int, width: int, block_size: int) -> None:
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        block_size: int,
+        values: ValueReader | None = None,
+        n_values: int = 0,
+    ) -> None:
         self._height = height
         self._width = width
         self._block_size = block_size
-        self._carry = PolygonBatch.empty()  # parts of regions still open
+        self._values = values
+        self._n_values = n_values if values is not None else 0
+        self._carry = PolygonBatch.empty(self._n_values)  # parts of regions still open
         self._carry_root = np.empty(0, dtype="int64")  # region of each carried part
         self._carry_row = np.zeros(width, dtype="int64")  # last row: carried part + 1
 
@@ -350,7 +391,9 @@ class BandPolygons:
             right = min(self._width, left + self._block_size)
             window = Window(left, top, right - left, bottom - top)
             conf = confidence[:, left:right] if confidence is not None else None
-            found, labels = _block_polygons(classes[:, left:right], conf, window)
+            found, labels = _block_polygons(
+                classes[:, left:right], conf, window, self._values, self._n_values
+            )
             labels = np.where(labels > 0, labels + count, 0)
             parts.append(found)
             count += len(found)

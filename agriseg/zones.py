@@ -25,7 +25,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from agriseg.areas import is_planar_metric
-from agriseg.classes import CLASSES
+from agriseg.classes import ClassList
 from agriseg.errors import InputError
 from agriseg.health import (
     ZoneLabeller,
@@ -34,6 +34,7 @@ from agriseg.health import (
     health_summary,
     raster_crs,
 )
+from agriseg.indices import IndexReader, zone_index_means
 
 #: Columns tried, in order, for a field's identifier before falling back to the row number.
 FIELD_ID_COLUMNS = ("field_id", "id", "name")
@@ -111,19 +112,34 @@ def field_labeller(fields: Fields, transform: Affine) -> ZoneLabeller:
     return label
 
 
-def field_statistics(classes_path: Path, fields: Fields, block_size: int = 2048) -> list[dict]:
-    """Health statistics (see :func:`agriseg.health.health_summary`) for each field."""
+def field_statistics(
+    classes_path: Path,
+    classes: ClassList,
+    fields: Fields,
+    block_size: int = 2048,
+    indices: IndexReader | None = None,
+) -> list[dict]:
+    """Health statistics (see :func:`agriseg.health.health_summary`) for each field, with
+    the mean of each vegetation index of ``indices`` (``mean_<index>``)."""
     with rasterio.open(classes_path) as src:
-        transform = src.transform
+        transform, height, width = src.transform, src.height, src.width
+    labeller = field_labeller(fields, transform)
+    n = len(fields.ids)
     areas = class_areas_m2(
-        classes_path,
-        block_size=block_size,
-        zones=field_labeller(fields, transform),
-        n_zones=len(fields.ids),
+        classes_path, len(classes), block_size=block_size, zones=labeller, n_zones=n
     )
-    return [
-        {"field_id": fid, **health_summary(row)} for fid, row in zip(fields.ids, areas, strict=True)
+    stats = [
+        {"field_id": fid, **health_summary(row, classes)}
+        for fid, row in zip(fields.ids, areas, strict=True)
     ]
+    if indices is not None:
+        means = zone_index_means(
+            indices, height, width, block_size=block_size, zones=labeller, n_zones=n
+        )
+        for entry, row in zip(stats, means, strict=True):
+            for name, value in zip(indices.names, row, strict=True):
+                entry[f"mean_{name}"] = round(float(value), 4) if np.isfinite(value) else None
+    return stats
 
 
 def assign_fields(geometry: np.ndarray, fields: Fields) -> np.ndarray:
@@ -242,7 +258,13 @@ def grid_labeller(grid: ZoneGrid, crs: CRS, transform: Affine) -> ZoneLabeller:
     return label
 
 
-def grid_zones(classes_path: Path, size_m: float, block_size: int = 2048) -> gpd.GeoDataFrame:
+def grid_zones(
+    classes_path: Path,
+    classes: ClassList,
+    size_m: float,
+    block_size: int = 2048,
+    indices: IndexReader | None = None,
+) -> gpd.GeoDataFrame:
     """Management-zone grid: per-cell class shares and weed pressure.
 
     Only cells holding valid pixels are returned.
@@ -250,30 +272,35 @@ def grid_zones(classes_path: Path, size_m: float, block_size: int = 2048) -> gpd
     Returns:
         Columns ``zone_id``, ``row``, ``col``, ``area_m2`` (valid ground area),
         ``<class>_share`` per class, ``weed_pressure``, ``disease_incidence``,
-        ``health_score`` (NaN where undefined) and the cell polygons, in the grid CRS.
+        ``health_score`` (NaN where undefined), ``mean_<index>`` for each vegetation
+        index of ``indices`` and the cell polygons, in the grid CRS.
     """
     with rasterio.open(classes_path) as src:
         crs = raster_crs(src, classes_path)
         transform, width, height = src.transform, src.width, src.height
     grid = make_grid(crs, transform, width, height, size_m)
+    labeller = grid_labeller(grid, crs, transform)
     areas = class_areas_m2(
-        classes_path,
-        block_size=block_size,
-        zones=grid_labeller(grid, crs, transform),
-        n_zones=grid.n_cells,
+        classes_path, len(classes), block_size=block_size, zones=labeller, n_zones=grid.n_cells
     )
     total = areas.sum(axis=1)
     used = np.flatnonzero(total > 0)
     areas, total = areas[used], total[used]
-    indices = health_indices(areas)
+    health = health_indices(areas, classes)
     columns: dict[str, Any] = {
         "zone_id": used,
         "row": used // grid.n_cols,
         "col": used % grid.n_cols,
         "area_m2": total,
     }
-    for c in CLASSES:
+    for c in classes:
         columns[f"{c.name}_share"] = areas[:, c.id] / total
     for name in ("weed_pressure", "disease_incidence", "health_score"):
-        columns[name] = indices[name]
+        columns[name] = health[name]
+    if indices is not None:
+        means = zone_index_means(
+            indices, height, width, block_size=block_size, zones=labeller, n_zones=grid.n_cells
+        )
+        for k, name in enumerate(indices.names):
+            columns[f"mean_{name}"] = np.round(means[used, k], 4)
     return gpd.GeoDataFrame(columns, geometry=grid.cells(used), crs=grid.crs)

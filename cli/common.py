@@ -27,6 +27,16 @@ def band_list(text: str) -> tuple[int, ...]:
     return bands
 
 
+def band_name_list(text: str) -> tuple[str, ...]:
+    """``"red,green,blue,nir"`` → ``("red", "green", "blue", "nir")`` for ``--band-names``."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of band names, e.g. red,green,blue,nir"
+        )
+    return names
+
+
 def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``run``, ``batch`` and ``bench``: model, tiling, device, cluster."""
     parser.add_argument("--model", default="default", help="shipped model name or checkpoint path")
@@ -41,7 +51,11 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument(
-        "--bands", type=band_list, default=None, help="1-based bands feeding the model, e.g. 3,2,1"
+        "--bands",
+        type=band_list,
+        default=None,
+        help="1-based bands feeding the model, e.g. 3,2,1 "
+        "(default: matched to the model's bands by name)",
     )
     parser.add_argument(
         "--assume-crs", default=None, help="CRS for rasters that lack one, e.g. EPSG:32633"
@@ -50,10 +64,7 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         "--gsd",
         type=float,
         default=None,
-        help=(
-            "ground sampling distance of the input in metres "
-            "(default: from the file's georeferencing)"
-        ),
+        help="ground sampling distance of the input in metres (default: from the file's georeferencing)",  # noqa: E501
     )
     parser.add_argument(
         "--scheduler",
@@ -92,6 +103,17 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
             "auto: resample tiles to a ground sampling distance the model knows when the "
             "input's is far from it; off: use the input's pixels as they are (default auto)"
         ),
+    )
+
+
+def add_label_options(parser: argparse.ArgumentParser) -> None:
+    """How labels are read, for ``train`` and ``evaluate``."""
+    parser.add_argument("--label-column", default="class", help="class attribute of vectors")
+    parser.add_argument(
+        "--label-colors",
+        default=None,
+        help="colours of colour-coded masks, e.g. 'crop=#00ff00,weed=#ff0000,soil=#000000' "
+        "(other colours: unlabelled)",
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agriseg_cli.common import (
     add_health_options,
+    add_label_options,
     add_segmentation_options,
     print_table,
     progress_bar,
@@ -17,7 +18,7 @@ from agriseg_cli.common import (
 from agriseg_cli.run import config_from_args
 
 from agriseg.atomic import write_text_atomic
-from agriseg.classes import CLASS_NAMES
+from agriseg.datasets import parse_label_colors
 from agriseg.evaluation import EvaluationResult, evaluate_raster
 
 
@@ -26,14 +27,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "evaluate",
         help="score a model against labelled ground truth (IoU, F1, confusion matrix)",
         description="Segment RASTER with the full `agriseg run` pipeline and compare the "
-        "class raster with LABELS (class raster or vector file): per-class IoU, precision, "
-        "recall, F1, mIoU and the confusion matrix.",
+        "class raster with LABELS (class raster, mask image or vector file): per-class IoU, "
+        "precision, recall, F1, mIoU and the confusion matrix, for the model's classes. "
+        "RASTER may be a plain photo (PNG, JPEG) with a mask of the same size.",
     )
-    parser.add_argument("raster", type=Path, help="raster to segment")
+    parser.add_argument("raster", type=Path, help="raster or plain image to segment")
     parser.add_argument(
-        "--labels", type=Path, required=True, help="class raster, or GeoPackage/Shapefile/GeoJSON"
+        "--labels",
+        type=Path,
+        required=True,
+        help="class raster or mask (class ids; colours with --label-colors), or "
+        "GeoPackage/Shapefile/GeoJSON",
     )
-    parser.add_argument("--label-column", default="class", help="class attribute of vectors")
+    add_label_options(parser)
     parser.add_argument(
         "--out", type=Path, default=None, help="keep the run outputs here (default: temporary)"
     )
@@ -56,19 +62,21 @@ def _show(result: EvaluationResult) -> None:
     )
     print(f"mIoU {s.miou:.3f}   mean F1 {s.mean_f1:.3f}   pixel accuracy {s.accuracy:.3f}")
     print("\nconfusion matrix (rows: truth, columns: prediction)")
+    names = [c.name for c in s.classes]
     print_table(
-        ("truth \\ pred", *CLASS_NAMES),
-        [(name, *row) for name, row in zip(CLASS_NAMES, s.confusion.tolist(), strict=True)],
+        ("truth \\ pred", *names),
+        [(name, *row) for name, row in zip(names, s.confusion.tolist(), strict=True)],
     )
 
 
 def execute(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    colors = parse_label_colors(args.label_colors) if args.label_colors else None
     with tempfile.TemporaryDirectory(prefix="agriseg-evaluate-") as tmp:
         out = args.out or Path(tmp)
         with progress_bar(f"segmenting {args.raster.name}", args.quiet) as progress:
             result = evaluate_raster(
-                args.raster, args.labels, out, config, args.label_column, progress
+                args.raster, args.labels, out, config, args.label_column, progress, colors
             )
         report = result.to_dict()
         if args.out is None:

@@ -25,12 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--multispectral", action="store_true", help="5 bands: R, G, B, red edge, NIR (uint16)"
     )
+    parser.add_argument(
+        "--weed-species",
+        action="store_true",
+        help="label weeds by kind (soil, maize, grass_weed, broadleaf_weed, thistle; no disease)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing")
     return parser
 
 
 def execute(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {"multispectral": args.multispectral}
+    if args.weed_species:
+        overrides.update(weed_species=True, disease_foci=0)
     if args.gsd is not None:
         overrides["gsd_m"] = args.gsd
     params = draw_params(args.seed, height=args.size, width=args.size, **overrides)

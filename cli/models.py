@@ -41,13 +41,16 @@ def execute(args: argparse.Namespace) -> int:
                 aliases.get(m.name, ""),
                 f"{m.architecture}/{m.encoder}",
                 ",".join(m.bands),
+                ",".join(m.classes.names),
                 m.tile_size,
-                f"{100 * m.gsd_m:.1f}",
+                "-" if m.gsd_m is None else f"{100 * m.gsd_m:.1f}",
                 _miou(m.metrics),
                 f"{size_mb:.1f}",
             )
         )
-    print_table(("name", "alias", "architecture", "bands", "tile", "GSD cm", "mIoU", "MB"), rows)
+    print_table(
+        ("name", "alias", "architecture", "bands", "classes", "tile", "GSD cm", "mIoU", "MB"), rows
+    )
     for m in metas:
         if m.description:
             print(f"{m.name}: {m.description}")

@@ -11,6 +11,7 @@ from agriseg_cli.common import (
     add_segmentation_options,
     health_options_from_args,
     print_health_table,
+    print_table,
     progress_bar,
 )
 
@@ -64,6 +65,22 @@ def execute(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"agriseg run: warning: {warning}", file=sys.stderr)
     if not args.quiet:
-        print_health_table(result.summary["health"])
+        for note in result.summary.get("notes", []):
+            print(f"agriseg run: note: {note}", file=sys.stderr)
+        if "health" in result.summary:
+            print_health_table(result.summary["health"])
+        else:
+            print_table(
+                ("class", "pixels", "area m²", "share"),
+                [
+                    (
+                        c["class"],
+                        c["pixels"],
+                        "n/a" if c["area_m2"] is None else c["area_m2"],
+                        f"{100 * c['fraction']:.1f}%",
+                    )
+                    for c in result.summary["classes"]
+                ],
+            )
         print(f"outputs in {out}")
     return 0

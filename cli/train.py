@@ -1,4 +1,4 @@
-"""``agriseg train``: train or fine-tune a model on labelled rasters."""
+"""``agriseg train``: train or fine-tune a model on labelled rasters or plain images."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import shlex
 from pathlib import Path
 
 import torch
-from agriseg_cli.common import band_list, print_table, progress_bar
+from agriseg_cli.common import (
+    add_label_options,
+    band_list,
+    band_name_list,
+    print_table,
+    progress_bar,
+)
 
-from agriseg.errors import InputError
+from agriseg.classes import ClassList
+from agriseg.datasets import pair_files, parse_label_colors
 from agriseg.models import ARCHITECTURES
 from agriseg.training import EpochResult, TrainConfig, train_files
 
@@ -19,19 +26,34 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "train",
         help="train or fine-tune a segmentation model on labelled rasters",
         description="Train a model on rasters labelled by class rasters or vector files "
-        "(polygons with a class-name column). Writes OUT.safetensors + OUT.json after every "
-        "epoch, and OUT.state.pt for --resume.",
+        "(polygons with a class-name column), or on plain photos (PNG, JPEG, TIFF) with "
+        "mask images (class ids, or colours with --label-colors). Images and labels may be "
+        "files (paired in order), folders or quoted glob patterns (paired by name: "
+        "001_image.png + 001_annotation.png, x.png + x_mask.png). Writes OUT.safetensors + "
+        "OUT.json after every epoch, and OUT.state.pt for --resume.",
     )
-    parser.add_argument("rasters", type=Path, nargs="+", help="training rasters (GeoTIFF...)")
+    parser.add_argument(
+        "rasters", type=Path, nargs="+", help="training images: files, folders or glob patterns"
+    )
     parser.add_argument(
         "--labels",
         type=Path,
         nargs="+",
         required=True,
-        help="one label file per raster: class raster, or GeoPackage/Shapefile/GeoJSON",
+        help="label files, folders or glob patterns: class rasters, masks, or "
+        "GeoPackage/Shapefile/GeoJSON",
     )
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path (NAME)")
-    parser.add_argument("--label-column", default="class", help="class attribute of vectors")
+    add_label_options(parser)
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="classes to predict: a JSON file or name[:role][:#colour],... e.g. "
+        "'soil:background,maize:crop,thistle:weed' (default: --from's, else from the labels)",
+    )
+    parser.add_argument(
+        "--gsd", type=float, default=None, help="pixel size of the images in metres (plain images)"
+    )
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None, help="default unet")
     parser.add_argument("--encoder", default=None, help="encoder name (default mobilenet_v2)")
     parser.add_argument(
@@ -49,6 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--val-block", type=int, default=None, help="block edge (default chip)")
     parser.add_argument("--gap", type=int, default=None, help="px kept clear around val blocks")
     parser.add_argument("--bands", type=band_list, default=None, help="1-based bands, e.g. 1,2,3")
+    parser.add_argument(
+        "--band-names",
+        type=band_name_list,
+        default=None,
+        help="names of the trained bands, e.g. red,green,blue,red_edge,nir "
+        "(default: the first raster's band descriptions or colour interpretation)",
+    )
     parser.add_argument("--tile-size", type=int, default=512, help="inference tile to record")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -65,6 +94,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         architecture=args.arch,
         encoder=args.encoder,
         init=args.init,
+        classes=ClassList.parse(args.classes) if args.classes else None,
+        label_colors=parse_label_colors(args.label_colors) if args.label_colors else {},
+        gsd_m=args.gsd,
         chip_size=args.chip_size,
         batch_size=args.batch_size,
         epochs=args.epochs,
@@ -74,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         val_block=args.val_block,
         gap=args.gap,
         bands=args.bands,
+        band_names=args.band_names,
         label_column=args.label_column,
         tile_size=args.tile_size,
         device=args.device,
@@ -97,7 +130,7 @@ def command_line(args: argparse.Namespace) -> str:
         elif isinstance(value, (list, tuple)):
             words += (
                 [flag, *(str(v) for v in value)]
-                if key != "bands"
+                if key not in ("bands", "band_names")
                 else [flag, ",".join(map(str, value))]
             )
         else:
@@ -118,15 +151,10 @@ def _epoch_table(result: EpochResult) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    if len(args.labels) != len(args.rasters):
-        raise InputError(
-            f"--labels gives {len(args.labels)} file(s) for {len(args.rasters)} raster(s); "
-            "give one label file per raster, in the same order"
-        )
+    config = config_from_args(args)
+    sources = pair_files(args.rasters, args.labels)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    config = config_from_args(args)
-    sources = list(zip(args.rasters, args.labels, strict=True))
     with progress_bar("training", args.quiet, unit="step") as progress:
         result = train_files(
             sources, args.out, config, progress, None if args.quiet else _epoch_table

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agriseg.classes import CLASS_NAMES
+from agriseg.classes import CLASS_NAMES, DEFAULT_CLASSES
 from agriseg.evaluation import scores
 from agriseg.models import load_model, save_checkpoint, shipped_dir, shipped_models
 from agriseg.synthetic import draw_params, generate_survey, write_survey
@@ -117,7 +117,7 @@ def evaluate(model: str, images: list[Path], folder: Path) -> dict:
         }
         cm = np.array(found["confusion_matrix"]["counts"])
         total = cm if total is None else total + cm
-    pooled = scores(total).to_dict()
+    pooled = scores(total, DEFAULT_CLASSES).to_dict()
     return {"heldout_pooled": pooled, "heldout_per_survey": per_survey}
 
 

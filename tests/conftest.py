@@ -82,3 +82,14 @@ def run_cli():
         return main([str(a) for a in args])
 
     return run
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Training tests on one torch thread: small models train faster than they sync."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,6 +12,7 @@ import rasterio
 from conftest import UTM, UTM_TRANSFORM, write_raster
 from shapely.geometry import box
 
+from agriseg.classes import DEFAULT_CLASSES
 from agriseg.errors import InputError
 from agriseg.evaluation import compare_rasters, confusion_matrix, scores
 from agriseg.synthetic import draw_params, generate_survey, write_survey
@@ -31,7 +32,7 @@ def test_scores_match_an_independent_computation() -> None:
     truth[rng.random(truth.shape) < 0.1] = 255
     pred = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, 4, truth.shape))
     pred = np.where(pred == 255, 0, pred).astype("uint8")
-    found = scores(confusion_matrix(truth, pred))
+    found = scores(confusion_matrix(truth, pred, 4), DEFAULT_CLASSES)
     for k, c in enumerate(found.classes):
         assert c.iou == pytest.approx(reference_iou(truth, pred, k))
         valid = truth != 255
@@ -46,7 +47,7 @@ def test_scores_match_an_independent_computation() -> None:
 
 def test_absent_class_is_left_out_of_the_mean() -> None:
     truth = np.array([[0, 0, 1, 1]])
-    found = scores(confusion_matrix(truth, truth))
+    found = scores(confusion_matrix(truth, truth, 4), DEFAULT_CLASSES)
     assert found.miou == 1.0
     assert np.isnan(found.classes[3].iou)
     assert found.to_dict()["classes"]["diseased"]["iou"] is None
@@ -86,7 +87,7 @@ def test_compare_rasters_reads_window_by_window_with_vector_labels(
     classes = write_raster(tmp_path / "pred.tif", pred, block=16)
     truth = _expected_truth()
     found = compare_rasters(classes, _polygons(tmp_path / f"labels{crs[-4:]}.gpkg", crs))
-    expected = confusion_matrix(truth, pred[0])
+    expected = confusion_matrix(truth, pred[0], 4)
     if crs == UTM:
         np.testing.assert_array_equal(found.confusion, expected)
     else:

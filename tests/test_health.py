@@ -15,7 +15,7 @@ from pyproj import CRS, Geod, Transformer
 
 from agriseg.areas import geometry_area_perimeter_m
 from agriseg.atomic import TMP_MARK
-from agriseg.classes import CLASS_NAMES, NODATA
+from agriseg.classes import CLASS_NAMES, DEFAULT_CLASSES, NODATA
 from agriseg.errors import InputError
 from agriseg.health import class_areas_m2, health_indices, health_summary
 from agriseg.products import HealthOptions, health_paths, write_health_products
@@ -60,21 +60,24 @@ def run(tmp_path: Path, options: HealthOptions) -> dict:
 
 def test_indices_formula() -> None:
     # soil, crop, weed, diseased
-    out = health_indices(np.array([[10.0, 60.0, 20.0, 20.0], [5.0, 0.0, 0.0, 0.0]]))
+    out = health_indices(
+        np.array([[10.0, 60.0, 20.0, 20.0], [5.0, 0.0, 0.0, 0.0]]), DEFAULT_CLASSES
+    )
     assert out["vegetation_cover"] == pytest.approx([100 / 110, 0.0])
     assert out["weed_pressure"][0] == pytest.approx(0.25)
     assert out["disease_incidence"][0] == pytest.approx(0.25)
     assert out["health_score"][0] == pytest.approx(100 * 0.75 * 0.75)
     assert np.isnan(out["weed_pressure"][1]) and np.isnan(out["health_score"][1])
-    only_weeds = health_indices(np.array([0.0, 0.0, 3.0, 0.0]))
+    only_weeds = health_indices(np.array([0.0, 0.0, 3.0, 0.0]), DEFAULT_CLASSES)
     assert only_weeds["health_score"] == 0.0 and np.isnan(only_weeds["disease_incidence"])
 
 
 def test_summary_of_nothing_is_zero_and_undefined() -> None:
-    summary = health_summary(np.zeros(4))
+    summary = health_summary(np.zeros(4), DEFAULT_CLASSES)
     assert summary["valid_area_m2"] == 0
     assert all(
-        summary["classes"][n] == {"area_m2": 0, "area_ha": 0, "share": 0} for n in CLASS_NAMES
+        summary["classes"][c.name] == {"area_m2": 0, "area_ha": 0, "share": 0, "role": c.role}
+        for c in DEFAULT_CLASSES
     )
     assert summary["health_score"] is None and summary["weed_pressure"] is None
     json.dumps(summary, allow_nan=False)
@@ -83,7 +86,7 @@ def test_summary_of_nothing_is_zero_and_undefined() -> None:
 def test_class_areas_are_pixel_counts_times_pixel_area(tmp_path: Path) -> None:
     data = field()
     path = write_inputs(tmp_path, data, *GRIDS["utm"])
-    areas = class_areas_m2(path, block_size=16)[0]
+    areas = class_areas_m2(path, 4, block_size=16)[0]
     counts = np.bincount(data[data != NODATA], minlength=4)
     assert areas == pytest.approx(counts * 0.02 * 0.02)
 
@@ -149,6 +152,7 @@ def test_products_files_and_summary(tmp_path: Path) -> None:
         "mean_confidence",
         "lon",
         "lat",
+        "mean_exg",  # the image is RGB: its vegetation index
     }
     assert props["mean_confidence"] == 80
     for feat in collection["features"]:

@@ -10,21 +10,21 @@ import pyogrio
 import pytest
 from conftest import write_raster
 
-from agriseg.classes import CLASSES, NODATA
+from agriseg.classes import CLASSES, NODATA, ClassList
 from agriseg.products import HealthOptions, health_paths, write_health_products
 from agriseg.qgis import class_style, zone_style
 
 
-def check_class_style(qml: str) -> None:
+def check_class_style(qml: str, classes: ClassList = CLASSES) -> None:
     root = ET.fromstring(qml.split("\n", 1)[1])  # after the DOCTYPE line
     assert root.tag == "qgis"
     renderer = root.find("renderer-v2")
     assert renderer is not None
     assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "class"
     categories = renderer.findall("categories/category")
-    assert [c.get("value") for c in categories] == [c.name for c in CLASSES]
+    assert [c.get("value") for c in categories] == [c.name for c in classes]
     symbols = {s.get("name"): s for s in renderer.findall("symbols/symbol")}
-    for category, cls in zip(categories, CLASSES, strict=True):
+    for category, cls in zip(categories, classes, strict=True):
         layer = symbols[category.get("symbol")].find("layer")
         assert layer is not None and layer.get("class") == "SimpleFill"
         colour = layer.find("Option/Option[@name='color']")
@@ -33,7 +33,7 @@ def check_class_style(qml: str) -> None:
 
 
 def test_class_style_is_a_categorized_renderer() -> None:
-    check_class_style(class_style())
+    check_class_style(class_style(CLASSES))
 
 
 def test_zone_style_is_graduated_on_weed_pressure() -> None:

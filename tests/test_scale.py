@@ -188,3 +188,19 @@ def test_bench_model_only_pass_runs_the_resampled_tiles(tmp_path):
     config = RunConfig(device="cpu", tile_size=64, overlap=16, threads=1)
     seconds = model_only_seconds(path, config, repeats=1)
     assert set(seconds) <= {"run", "all_cores"} and all(s > 0 for s in seconds.values())
+
+
+def test_plain_photo_is_resampled_only_when_its_gsd_is_given(tmp_path, run_cli):
+    from PIL import Image
+
+    Image.fromarray(field_image(150, 160).transpose(1, 2, 0).copy()).save(tmp_path / "shot.png")
+    assert run_cli("run", tmp_path / "shot.png", "--out", tmp_path / "plain", *FAST) == 0
+    scale = summary_of(tmp_path / "plain", "shot")["scale"]
+    assert scale["input_gsd_m"] is None and not scale["resampled"]
+    assert (
+        run_cli("run", tmp_path / "shot.png", "--out", tmp_path / "gsd", *FAST, "--gsd", "0.007")
+        == 0
+    )
+    assert summary_of(tmp_path / "gsd", "shot")["scale"]["resampled"]
+    with rasterio.open(tmp_path / "gsd" / "shot.classes.tif") as src:
+        assert src.crs is None and (src.height, src.width) == (150, 160)

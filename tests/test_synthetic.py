@@ -11,7 +11,7 @@ import rasterio
 from rasterio import features
 from rasterio.enums import ColorInterp
 
-from agriseg.classes import NODATA, class_tags, colormap
+from agriseg.classes import DEFAULT_CLASSES, NODATA
 from agriseg.errors import InputError
 from agriseg.synthetic import (
     BAND_NAMES,
@@ -80,9 +80,9 @@ def test_geotiffs_and_polygons_round_trip(tmp_path) -> None:
         assert src.dtypes[0] == "uint8"
         assert src.nodata == NODATA
         assert src.transform == survey.transform
-        for key, value in class_tags().items():
+        for key, value in DEFAULT_CLASSES.tags().items():
             assert src.tags()[key] == value
-        assert src.colormap(1)[CROP] == colormap()[CROP]
+        assert src.colormap(1)[CROP] == DEFAULT_CLASSES.colormap()[CROP]
         assert np.array_equal(src.read(1), survey.labels)
     polygons = geopandas.read_file(paths.polygons, layer="labels")
     assert set(polygons["class"]) == {"soil", "crop", "weed", "diseased"}

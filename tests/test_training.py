@@ -17,12 +17,7 @@ from agriseg.training import ChipSampler, Scene, TrainConfig, _Split, state_path
 TINY = {"chip_size": 64, "batch_size": 2, "steps_per_epoch": 2, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def scene(seed: int = 1, size: int = 160, **overrides) -> Scene:

@@ -13,7 +13,7 @@ from affine import Affine
 from conftest import UTM, UTM_TRANSFORM, write_raster
 from pyproj import CRS
 
-from agriseg.classes import CLASSES, NODATA
+from agriseg.classes import CLASSES, DEFAULT_CLASSES, NODATA
 from agriseg.errors import InputError
 from agriseg.health import class_areas_m2, health_summary
 from agriseg.products import HealthOptions, write_health_products
@@ -60,10 +60,10 @@ def test_field_statistics_match_direct_counts(tmp_path: Path) -> None:
     }
     fields = read_fields(write_fields(tmp_path / "fields.gpkg", boxes), CRS(UTM))
     assert fields.ids == ("north", "south")
-    stats = field_statistics(path, fields, block_size=32)
+    stats = field_statistics(path, DEFAULT_CLASSES, fields, block_size=32)
     expected = [
-        health_summary(direct_areas(data[:40, :70])),
-        health_summary(direct_areas(data[40:, 20:])),
+        health_summary(direct_areas(data[:40, :70]), DEFAULT_CLASSES),
+        health_summary(direct_areas(data[40:, 20:]), DEFAULT_CLASSES),
     ]
     for got, want, fid in zip(stats, expected, fields.ids, strict=True):
         assert got["field_id"] == fid
@@ -138,7 +138,7 @@ def test_bad_fields_file_is_an_input_error(tmp_path: Path, problem: str) -> None
 def test_grid_matches_direct_cell_counts(tmp_path: Path) -> None:
     data = classes()
     path = write_classes(tmp_path, data)
-    zones = grid_zones(path, size_m=0.5, block_size=32)  # cells of 25 × 25 px
+    zones = grid_zones(path, DEFAULT_CLASSES, size_m=0.5, block_size=32)  # cells of 25 × 25 px
     assert zones.crs == CRS(UTM)
     assert len(zones) == 4 * 5  # the raster's 100 × 120 px, every cell with valid pixels
     for zone in zones.itertuples():
@@ -167,14 +167,14 @@ def test_grid_over_geographic_raster_is_in_utm(tmp_path: Path) -> None:
     data = classes(60, 60)
     transform = Affine(2.54e-7, 0.0, 15.0, 0.0, -1.8e-7, 45.0)
     write_raster(tmp_path / "g.tif", data[None], "EPSG:4326", transform, NODATA, block=16)
-    zones = grid_zones(tmp_path / "g.tif", size_m=0.4, block_size=16)
+    zones = grid_zones(tmp_path / "g.tif", DEFAULT_CLASSES, size_m=0.4, block_size=16)
     assert zones.crs == CRS(32633)
     assert shapely.area(zones.geometry.to_numpy()) == pytest.approx(0.16)
     minx, miny, *_ = zones.total_bounds
     assert minx / 0.4 == pytest.approx(round(minx / 0.4)) and miny / 0.4 == pytest.approx(
         round(miny / 0.4)
     )
-    assert zones["area_m2"].sum() == pytest.approx(class_areas_m2(tmp_path / "g.tif").sum())
+    assert zones["area_m2"].sum() == pytest.approx(class_areas_m2(tmp_path / "g.tif", 4).sum())
     shares = zones[[f"{c.name}_share" for c in CLASSES]].to_numpy()
     assert shares.sum(axis=1) == pytest.approx(np.ones(len(zones)))
 
@@ -182,4 +182,4 @@ def test_grid_over_geographic_raster_is_in_utm(tmp_path: Path) -> None:
 def test_grid_too_fine_is_an_input_error(tmp_path: Path) -> None:
     path = write_classes(tmp_path, classes())
     with pytest.raises(InputError, match="choose a larger cell size"):
-        grid_zones(path, size_m=0.0001)
+        grid_zones(path, DEFAULT_CLASSES, size_m=0.0001)

@@ -1,0 +1,134 @@
+"""Vegetation indices from the input image: NDVI, NDRE and, for RGB surveys, ExG.
+
+Which indices a survey gets depends on the bands its file names (band descriptions
+and colour interpretation, see :func:`agriseg.spectral.band_names`):
+
+* ``ndvi = (nir - red) / (nir + red)`` when it has red and near-infrared;
+* ``ndre = (nir - red_edge) / (nir + red_edge)`` when it also has red edge;
+* ``exg = 2g - r - b`` on chromatic coordinates (``r = R / (R + G + B)``...) for
+  surveys with red, green and blue but no near-infrared: excess green, the usual
+  RGB vegetation index (-1 to 2; bare soil is near 0, green plants well above).
+
+Indices are ratios of raw pixel values, so any scale (uint8, uint16 reflectance x
+10000, float reflectance) gives the same values. Pixels that are invalid in the
+image (nodata, masked) or have a zero denominator are NaN and left out of means.
+An :class:`IndexReader` reads the needed bands of any window, so means per polygon,
+per field and per zone are computed block by block in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from agriseg.health import ZoneLabeller
+from agriseg.raster import READ_ENV
+from agriseg.spectral import band_names
+from agriseg.vectorize import blocks
+
+#: Indices in the order they appear in outputs, with the band names each needs.
+INDEX_BANDS: dict[str, tuple[str, ...]] = {
+    "ndvi": ("nir", "red"),
+    "ndre": ("nir", "red_edge"),
+    "exg": ("red", "green", "blue"),
+}
+
+
+def _normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(a + b != 0, (a - b) / (a + b), np.nan).astype("float32")
+
+
+def _excess_green(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> np.ndarray:
+    total = red + green + blue
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total != 0, (2 * green - red - blue) / total, np.nan).astype("float32")
+
+
+_FORMULAS: dict[str, Callable[..., np.ndarray]] = {
+    "ndvi": _normalized_difference,
+    "ndre": _normalized_difference,
+    "exg": _excess_green,
+}
+
+
+def available_indices(band_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The indices a file with bands named ``band_names`` supports (see the module doc)."""
+    present = set(band_names)
+    if "nir" in present:
+        return tuple(i for i in ("ndvi", "ndre") if set(INDEX_BANDS[i]) <= present)
+    return ("exg",) if {"red", "green", "blue"} <= present else ()
+
+
+@dataclass(frozen=True)
+class IndexReader:
+    """Reads vegetation indices of any window of an image.
+
+    Attributes:
+        path: The image.
+        names: Indices it yields, in order.
+        bands: 1-based file band of each band name the indices need.
+    """
+
+    path: Path
+    names: tuple[str, ...]
+    bands: dict[str, int]
+
+    @classmethod
+    def of_file(cls, path: Path | None) -> IndexReader | None:
+        """The indices ``path``'s bands support; None when it supports none (or is None)."""
+        if path is None:
+            return None
+        names = band_names(path)
+        names_present = available_indices(names)
+        if not names_present:
+            return None
+        needed = {b for i in names_present for b in INDEX_BANDS[i]}
+        bands = {name: names.index(name) + 1 for name in needed}
+        return cls(Path(path), names_present, bands)
+
+    def read(self, window: Window) -> np.ndarray:
+        """``(len(names), h, w)`` float32 indices of ``window``; NaN where undefined."""
+        order = sorted(self.bands)
+        with rasterio.Env(**READ_ENV), rasterio.open(self.path) as src:
+            data = src.read([self.bands[n] for n in order], window=window, out_dtype="float32")
+            valid = src.dataset_mask(window=window) > 0
+        data[:, ~valid] = np.nan
+        band = {name: data[k] for k, name in enumerate(order)}
+        return np.stack([_FORMULAS[i](*(band[b] for b in INDEX_BANDS[i])) for i in self.names])
+
+
+def zone_index_means(
+    reader: IndexReader,
+    height: int,
+    width: int,
+    *,
+    block_size: int = 2048,
+    zones: ZoneLabeller | None = None,
+    n_zones: int = 1,
+) -> np.ndarray:
+    """Mean of each index in each zone: ``(n_zones, len(reader.names))``, NaN where no
+    pixel of a zone has a value. ``zones`` labels pixels as in
+    :func:`agriseg.health.class_areas_m2` (None: one zone, the whole image)."""
+    k = len(reader.names)
+    sums = np.zeros((k, n_zones))
+    counts = np.zeros((k, n_zones))
+    for row in blocks(height, width, block_size):
+        for window in row:
+            values = reader.read(window)
+            label = (
+                np.zeros(values.shape[1:], dtype="int64")
+                if zones is None
+                else np.asarray(zones(window), dtype="int64")
+            )
+            for i in range(k):
+                keep = np.isfinite(values[i]) & (label >= 0)
+                sums[i] += np.bincount(label[keep], weights=values[i][keep], minlength=n_zones)
+                counts[i] += np.bincount(label[keep], minlength=n_zones)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).T
