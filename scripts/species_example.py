@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 AGRISEG = [sys.executable, "-m", "agriseg_cli.main"]
 CLASSES = "soil:background,maize:crop,grass_weed:weed,broadleaf_weed:weed,thistle:weed"
@@ -63,6 +65,15 @@ def main() -> None:
     for name, c in result["classes"].items():
         iou = "n/a" if c["iou"] is None else f"{c['iou']:.3f}"
         print(f"  {name:15s} IoU {iou}  pixels {c['support']}")
+    # What the field-health statistics see: classes summed by role.
+    roles = [r.split(":")[1] for r in CLASSES.split(",")]
+    names = sorted(set(roles), key=roles.index)
+    confusion = np.array(result["confusion_matrix"]["counts"])
+    member = np.array([[r == name for r in roles] for name in names], dtype="int64")
+    merged = member @ confusion @ member.T
+    tp = np.diag(merged)
+    iou = tp / (merged.sum(0) + merged.sum(1) - tp)
+    print("by role: " + ", ".join(f"{n} IoU {v:.3f}" for n, v in zip(names, iou, strict=True)))
 
 
 if __name__ == "__main__":
