@@ -29,7 +29,7 @@ class RunConfig:
         threads: intra-op threads of each CPU forward pass, on every worker; ``None``
             runs one single-threaded forward per core at a time. Outputs are
             bit-identical for equal values.
-        stream_health: run the field-health pass band by band beside the
+        stream_health: run the field-health pass strip by strip beside the
             segmentation (True) or over the finished rasters (False); ``None``
             streams on CUDA, where the CPU is otherwise idle, and not on CPU, where
             the model already takes every core and the two memory peaks would add up.

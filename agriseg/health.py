@@ -30,9 +30,9 @@ from pyproj import CRS
 from rasterio.windows import Window
 
 from agriseg.areas import pixel_area_rows_m2
-from agriseg.bands import GDAL_ENV
 from agriseg.classes import ROLES, ClassList, Role
 from agriseg.errors import InputError
+from agriseg.strips import GDAL_ENV
 from agriseg.vectorize import blocks
 
 #: Labels each pixel of a window with a zone index (``-1``: in no zone).

@@ -1,10 +1,10 @@
-"""Running the field-health pass beside the segmentation, band by band.
+"""Running the field-health pass beside the segmentation, strip by strip.
 
-A :class:`HealthStream` takes the blocks a run writes, assembles them into bands
-(:class:`agriseg.bands.BandAssembler`) and hands each band, as soon as it is
+A :class:`HealthStream` takes the blocks a run writes, assembles them into strips
+(:class:`agriseg.strips.StripAssembler`) and hands each strip, as soon as it is
 complete, to a :class:`agriseg.products.HealthJob` running on a background thread.
 Sieving, polygonising and writing the polygons therefore overlap inference; only
-the last band and the whole-raster summaries (areas, preview, zones) remain once
+the last strip and the whole-raster summaries (areas, preview, zones) remain once
 the last tile is stitched.
 """
 
@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from agriseg.bands import Band, BandAssembler
 from agriseg.products import HealthJob
+from agriseg.strips import Strip, StripAssembler
 
-#: Bands waiting for the health thread; bounds the memory they hold.
-QUEUE_BANDS = 2
+#: Strips waiting for the health thread; bounds the memory they hold.
+QUEUE_STRIPS = 2
 
 
 class _Abort(Exception):
@@ -52,8 +52,8 @@ class HealthStream:
 
     def __init__(self, job: HealthJob, image_path: Path | None, out_dir: Path, stem: str) -> None:
         grid = job.grid
-        self._assembler = BandAssembler(grid.height, grid.width, job.band_height, job.halo)
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_BANDS)
+        self._assembler = StripAssembler(grid.height, grid.width, job.strip_height, job.halo)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_STRIPS)
         self._job = job
         self._args = (image_path, out_dir, stem)
         self._result: dict[str, Any] | None = None
@@ -67,7 +67,7 @@ class HealthStream:
         self._thread.start()
         return self
 
-    def _bands(self) -> Iterator[Band]:
+    def _strips(self) -> Iterator[Strip]:
         while True:
             start = time.perf_counter()
             item = self._queue.get()
@@ -78,16 +78,16 @@ class HealthStream:
                 return
             if item is _ABORT:
                 raise _Abort
-            assert isinstance(item, Band)
+            assert isinstance(item, Strip)
             yield item
 
     def _work(self) -> None:
         start = time.perf_counter()
         try:
-            self._result = self._job.run(self._bands(), *self._args)
+            self._result = self._job.run(self._strips(), *self._args)
         except BaseException as exc:  # handed to the producer
             self._error = exc
-            # Keep taking bands so that the producer never blocks on a full queue.
+            # Keep taking strips so that the producer never blocks on a full queue.
             while not self._closed:
                 item = self._queue.get()
                 self._closed = item is _END or item is _ABORT
@@ -104,8 +104,8 @@ class HealthStream:
 
     def add(self, window: Window, classes: np.ndarray, confidence: np.ndarray) -> None:
         """Take one written block of the class and confidence rasters."""
-        for band in self._assembler.add(window, classes, confidence):
-            self._put(band)
+        for strip in self._assembler.add(window, classes, confidence):
+            self._put(strip)
 
     def finish(self) -> dict[str, Any]:
         """Wait for the pass to end; return its summary (see ``write_health_products``)."""
@@ -119,7 +119,7 @@ class HealthStream:
 
     @property
     def busy_s(self) -> float:
-        """Seconds the health thread worked (not waiting for bands); final after finish."""
+        """Seconds the health thread worked (not waiting for strips); final after finish."""
         return self._busy
 
     def __exit__(

@@ -218,7 +218,7 @@ def segment_raster(
         elif health_stream is None:
             release_free_memory()
             health = job.run(
-                job.file_bands(writer.staged["classes"], writer.staged["confidence"]),
+                job.file_strips(writer.staged["classes"], writer.staged["confidence"]),
                 input_path,
                 staging,
                 input_path.stem,

@@ -85,7 +85,7 @@ def _legend(image: Image.Image, classes: ClassList) -> None:
 
 
 class PreviewCanvas:
-    """The preview's classes, decimated (nearest) from a raster fed band by band.
+    """The preview's classes, decimated (nearest) from a raster fed strip by strip.
 
     Args:
         height: Rows of the class raster.

@@ -1,10 +1,10 @@
 """Field-health products of a segmented raster: polygons, statistics, zones, styles, preview.
 
-Everything is one pass over the class raster, band by band (:class:`HealthJob`):
+Everything is one pass over the class raster, strip by strip (:class:`HealthJob`):
 sieve to the minimum mapping unit, vectorise, attribute and write the polygons, and
 collect the preview; then the health summary, per-field statistics and zone grid,
 and the QGIS styles. :func:`write_health_products` runs it over a finished class
-raster; a run can also feed it the bands as it segments them
+raster; a run can also feed it the strips as it segments them
 (:mod:`agriseg.health_stream`). Every file appears under its final name only once
 complete.
 """
@@ -30,13 +30,13 @@ from rasterio.windows import Window
 
 from agriseg.areas import geometry_area_perimeter_m, lonlat_points, pixel_size_m
 from agriseg.atomic import atomic_output, temporary_name, write_text_atomic
-from agriseg.bands import GDAL_ENV, Band, file_bands
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.errors import InputError
 from agriseg.health import class_areas_m2, health_summary, raster_crs
 from agriseg.indices import IndexReader
 from agriseg.preview import PreviewCanvas, blend_preview, save_png
 from agriseg.qgis import class_style, write_layer_styles, zone_style
+from agriseg.strips import GDAL_ENV, Strip, file_strips
 from agriseg.vector_outputs import (
     GeoJSONWriter,
     GpkgLayerWriter,
@@ -44,12 +44,12 @@ from agriseg.vector_outputs import (
     rounding_keeps_lattice_polygons_valid,
 )
 from agriseg.vectorize import (
-    BandPolygons,
     PolygonBatch,
+    StripPolygons,
     finish_polygons,
-    sieve_band,
     sieve_halo,
     sieve_size,
+    sieve_strip,
 )
 from agriseg.zones import Fields, assign_fields, field_statistics, grid_zones, read_fields
 
@@ -58,8 +58,8 @@ VectorFormat = Literal["geojson", "gpkg"]
 #: Vector formats ``write_health_products`` can write.
 VECTOR_FORMATS: tuple[VectorFormat, ...] = ("geojson", "gpkg")
 
-#: Most rows per band of the health pass (blocks are ``block_size`` px wide).
-BAND_ROWS = 2048
+#: Most rows per strip of the health pass (blocks are ``block_size`` px wide).
+STRIP_ROWS = 2048
 
 #: Layer names inside ``<stem>.health.gpkg``.
 POLYGON_LAYER = "health"
@@ -205,7 +205,7 @@ class HealthJob:
     """A field-health pass, checked and set up before any pixel exists.
 
     Built by :func:`plan_health` (which reads ``--fields`` and so fails early); run by
-    :meth:`run` over the class raster's bands, band by band, e.g. while the
+    :meth:`run` over the class raster's strips, strip by strip, e.g. while the
     segmentation that produces them is still running.
     """
 
@@ -216,31 +216,31 @@ class HealthJob:
     sieve_px: int
 
     @property
-    def band_height(self) -> int:
-        """Rows per band: short bands let a run's health pass follow close behind it."""
-        return min(self.options.block_size, BAND_ROWS)
+    def strip_height(self) -> int:
+        """Rows per strip: short strips let a run's health pass follow close behind it."""
+        return min(self.options.block_size, STRIP_ROWS)
 
     @property
     def halo(self) -> int:
-        """Context rows each band needs around it (for sieving)."""
+        """Context rows each strip needs around it (for sieving)."""
         return sieve_halo(self.sieve_px, self.options.block_size) if self.sieve_px > 1 else 0
 
-    def file_bands(self, classes_path: Path, confidence_path: Path | None) -> Iterator[Band]:
-        """The bands this pass takes, read from finished class and confidence rasters."""
-        return file_bands(classes_path, confidence_path, self.band_height, self.halo)
+    def file_strips(self, classes_path: Path, confidence_path: Path | None) -> Iterator[Strip]:
+        """The strips this pass takes, read from finished class and confidence rasters."""
+        return file_strips(classes_path, confidence_path, self.strip_height, self.halo)
 
     def run(
         self,
-        bands: Iterable[Band],
+        strips: Iterable[Strip],
         image_path: Path | None,
         out_dir: Path,
         stem: str,
     ) -> dict[str, Any]:
-        """Write the products of the raster whose bands (top to bottom) are ``bands``.
+        """Write the products of the raster whose strips (top to bottom) are ``strips``.
 
         See :func:`write_health_products` for the files and the returned summary.
         """
-        return _run_health(self, bands, image_path, Path(out_dir), stem)
+        return _run_health(self, strips, image_path, Path(out_dir), stem)
 
 
 def plan_health(grid: ClassGrid, options: HealthOptions | None = None) -> HealthJob:
@@ -272,8 +272,8 @@ def _polygon_writers(
 
 
 class _BackgroundPreview:
-    """Collects the sieved bands for the preview and draws it on a thread once complete,
-    while the last band is still being vectorised."""
+    """Collects the sieved strips for the preview and draws it on a thread once complete,
+    while the last strip is still being vectorised."""
 
     def __init__(
         self, grid: ClassGrid, image_path: Path | None, out: Path, pool: ThreadPoolExecutor
@@ -296,28 +296,28 @@ class _BackgroundPreview:
 
     def result(self) -> None:
         """Wait for the preview to be written; raise what drawing it raised."""
-        assert self._future is not None, "the preview saw no last band"
+        assert self._future is not None, "the preview saw no last strip"
         self._future.result()
 
 
 def _write_polygons(
     job: HealthJob,
-    bands: Iterable[Band],
+    strips: Iterable[Strip],
     sieved: Path,
     geojson: Path | None,
     gpkg: Path | None,
     preview: _BackgroundPreview | None = None,
     indices: IndexReader | None = None,
 ) -> tuple[int, dict[str, float | None]]:
-    """Sieve ``bands`` into ``sieved`` and vectorise them into the given files, in one pass.
+    """Sieve ``strips`` into ``sieved`` and vectorise them into the given files, in one pass.
 
-    Sieved bands also go to ``preview``; ``indices`` are averaged per polygon. Returns
+    Sieved strips also go to ``preview``; ``indices`` are averaged per polygon. Returns
     the number of polygons and each index's mean over every polygon's pixels.
     """
     grid, options = job.grid, job.options
     profile = {**grid.profile, "driver": "GTiff", "count": 1, "dtype": "uint8", "nodata": NODATA}
     names = indices.names if indices is not None else ()
-    polygons = BandPolygons(
+    polygons = StripPolygons(
         grid.height,
         grid.width,
         options.block_size,
@@ -328,12 +328,12 @@ def _write_polygons(
     value_count = np.zeros(len(names))
 
     def pixel_batches(dst: rasterio.io.DatasetWriter) -> Iterator[PolygonBatch]:
-        for band in bands:
-            core = sieve_band(band, job.sieve_px, options.block_size)
-            dst.write(core, 1, window=Window(0, band.row_off, grid.width, band.height))
+        for strip in strips:
+            core = sieve_strip(strip, job.sieve_px, options.block_size)
+            dst.write(core, 1, window=Window(0, strip.row_off, grid.width, strip.height))
             if preview is not None:
-                preview.add(core, band.row_off)
-            yield polygons.add(core, band.confidence, band.row_off)
+                preview.add(core, strip.row_off)
+            yield polygons.add(core, strip.confidence, strip.row_off)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(**GDAL_ENV))
@@ -408,13 +408,13 @@ def write_health_products(
     """
     classes_path = Path(classes_path)
     job = plan_health(ClassGrid.of_file(classes_path), options)
-    bands = job.file_bands(classes_path, confidence_path)
-    return _run_health(job, bands, image_path, Path(out_dir), stem)
+    strips = job.file_strips(classes_path, confidence_path)
+    return _run_health(job, strips, image_path, Path(out_dir), stem)
 
 
 def _run_health(
     job: HealthJob,
-    bands: Iterable[Band],
+    strips: Iterable[Strip],
     image_path: Path | None,
     out_dir: Path,
     stem: str,
@@ -443,7 +443,7 @@ def _run_health(
                     for f in options.formats
                 }
                 count, index_means = _write_polygons(
-                    job, bands, sieved, tmp.get("geojson"), tmp.get("gpkg"), preview, indices
+                    job, strips, sieved, tmp.get("geojson"), tmp.get("gpkg"), preview, indices
                 )
                 if "gpkg" in tmp:
                     styles = {POLYGON_LAYER: class_style(classes)}

@@ -1,7 +1,7 @@
 """Class raster → polygons: block-wise sieving, polygonising and seam merging.
 
-Everything here streams over bands of rows cut into blocks of ``block_size``
-pixels, so memory is bounded by one band plus the parts of regions still open
+Everything here streams over strips of rows cut into blocks of ``block_size``
+pixels, so memory is bounded by one strip plus the parts of regions still open
 across the seam below it, not by the raster. Parts cut by seams are matched by
 pixel adjacency and unioned once per region; a region spanning the whole raster
 (the soil between crop rows, say) is one polygon, so its size grows with the raster.
@@ -31,8 +31,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from agriseg.bands import GDAL_ENV, Band, file_bands
 from agriseg.classes import NODATA
+from agriseg.strips import GDAL_ENV, Strip, file_strips
 
 #: Polygons built from GDAL's shapes at a time (bounds their Python coordinate lists).
 SHAPES_SLICE = 2048
@@ -144,15 +144,15 @@ def sieve_size(min_area_m2: float, pixel_area_m2: float) -> int:
 
 
 def sieve_halo(size: int, block_size: int) -> int:
-    """Context in pixels each sieved block is given (see :func:`sieve_band`)."""
+    """Context in pixels each sieved block is given (see :func:`sieve_strip`)."""
     return max(0, min(size, block_size // 2))
 
 
-def sieve_band(band: Band, size: int, block_size: int) -> np.ndarray:
-    """The band's own rows with regions smaller than ``size`` px merged away.
+def sieve_strip(strip: Strip, size: int, block_size: int) -> np.ndarray:
+    """The strip's own rows with regions smaller than ``size`` px merged away.
 
-    The band is cut into blocks of ``block_size`` columns; each block is sieved
-    with a halo of ``min(size, block_size // 2)`` px of context (rows from the band's
+    The strip is cut into blocks of ``block_size`` columns; each block is sieved
+    with a halo of ``min(size, block_size // 2)`` px of context (rows from the strip's
     context, columns from its neighbours) and only its core kept. Whether a region
     is small is then decided exactly whenever ``size <= block_size // 2`` (a region
     of fewer than ``size`` px never reaches further than the halo, and a larger one
@@ -162,13 +162,15 @@ def sieve_band(band: Band, size: int, block_size: int) -> np.ndarray:
     window. Nodata pixels are never changed and never absorb a region; regions
     surrounded only by nodata stay.
     """
-    core = band.core
+    core = strip.core
     if size <= 1:
         return core
     halo = sieve_halo(size, block_size)
-    rows = slice(max(0, band.above - halo), min(len(band.classes), band.above + band.height + halo))
-    context = band.classes[rows]
-    r = band.above - rows.start
+    rows = slice(
+        max(0, strip.above - halo), min(len(strip.classes), strip.above + strip.height + halo)
+    )
+    context = strip.classes[rows]
+    r = strip.above - rows.start
     width = core.shape[1]
     out = np.empty_like(core)
     for col in range(0, width, block_size):
@@ -179,7 +181,7 @@ def sieve_band(band: Band, size: int, block_size: int) -> np.ndarray:
         # GDAL refuses a sieve threshold as large as the whole window.
         if 1 < size < data.size and valid.any():
             data = sieve(data, size, mask=valid, connectivity=4)
-        out[:, col:c1] = data[r : r + band.height, col - c0o : c1 - c0o]
+        out[:, col:c1] = data[r : r + strip.height, col - c0o : c1 - c0o]
     return out
 
 
@@ -187,7 +189,7 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
     """Write a copy of a class raster with regions smaller than ``size`` px merged away.
 
     Blocks of ``block_size`` px are sieved with context around them: see
-    :func:`sieve_band`.
+    :func:`sieve_strip`.
 
     Args:
         src_path: Class raster (uint8, nodata 255).
@@ -203,9 +205,9 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
         with contextlib.suppress(ValueError):
             dst.write_colormap(1, src.colormap(1))
         dst.update_tags(**src.tags())
-        for band in file_bands(src_path, None, block_size, sieve_halo(size, block_size)):
-            window = Window(0, band.row_off, src.width, band.height)
-            dst.write(sieve_band(band, size, block_size), 1, window=window)
+        for strip in file_strips(src_path, None, block_size, sieve_halo(size, block_size)):
+            window = Window(0, strip.row_off, src.width, strip.height)
+            dst.write(sieve_strip(strip, size, block_size), 1, window=window)
 
 
 def _block_polygons(
@@ -320,7 +322,7 @@ def _merge_groups(parts: PolygonBatch, roots: np.ndarray) -> PolygonBatch:
 
 
 def union_parts(parts: np.ndarray) -> shapely.Polygon:
-    """The polygon of one region from its parts, cut out of it by block and band seams.
+    """The polygon of one region from its parts, cut out of it by block and strip seams.
 
     Parts lie in disjoint windows, so a part's holes never reach a seam and stay holes
     of the region whatever its neighbours are: only the outer rings are unioned, and
@@ -347,15 +349,15 @@ def _seam_pairs(a: np.ndarray, b: np.ndarray, class_id: np.ndarray) -> np.ndarra
     return np.unique(np.column_stack([a[same], b[same]]), axis=0)
 
 
-class BandPolygons:
-    """Polygons of a class raster fed band by band (top to bottom), in pixel coordinates.
+class StripPolygons:
+    """Polygons of a class raster fed strip by strip (top to bottom), in pixel coordinates.
 
-    Each band is cut into blocks of ``block_size`` columns and polygonised block by
-    block. A region cut by block or band seams comes out in parts; parts are joined
+    Each strip is cut into blocks of ``block_size`` columns and polygonised block by
+    block. A region cut by block or strip seams comes out in parts; parts are joined
     where same-class pixels face each other across a seam (pixel adjacency, not
     geometry, decides), and each region's parts are unioned once, when no part of it
-    reaches the band's last row any more. :meth:`add` returns the regions a band
-    finished, so the cost stays linear in the raster whatever the band height.
+    reaches the strip's last row any more. :meth:`add` returns the regions a strip
+    finished, so the cost stays linear in the raster whatever the strip height.
 
     ``values`` reads ``n_values`` per-pixel values (vegetation indices) of a block's
     window; their sums and counts per polygon come with the polygons.
@@ -379,7 +381,7 @@ class BandPolygons:
         self._carry_row = np.zeros(width, dtype="int64")  # last row: carried part + 1
 
     def add(self, classes: np.ndarray, confidence: np.ndarray | None, row_off: int) -> PolygonBatch:
-        """Polygonise band rows ``classes`` starting at ``row_off``; return the finished ones."""
+        """Polygonise strip rows ``classes`` starting at ``row_off``; return the finished ones."""
         top, bottom = row_off, row_off + classes.shape[0]
         parts = [self._carry]
         count = len(self._carry)
@@ -508,9 +510,9 @@ def vectorize(
     """
     with rasterio.open(classes_path) as src:
         height, width, transform = src.height, src.width, src.transform
-    polygons = BandPolygons(height, width, block_size)
+    polygons = StripPolygons(height, width, block_size)
     batches = (
-        polygons.add(band.core, band.confidence, band.row_off)
-        for band in file_bands(classes_path, confidence_path, block_size)
+        polygons.add(strip.core, strip.confidence, strip.row_off)
+        for strip in file_strips(classes_path, confidence_path, block_size)
     )
     yield from finish_polygons(batches, transform, simplify_px)

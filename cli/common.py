@@ -82,7 +82,7 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help=(
-            "vectorise band by band while segmenting (default: on with CUDA, off on CPU, "
+            "vectorise strip by strip while segmenting (default: on with CUDA, off on CPU, "
             "where the model takes every core); the outputs are the same"
         ),
     )

@@ -6,13 +6,13 @@ import pytest
 import rasterio
 from rasterio.env import get_gdal_config
 
-from agriseg import bands, outputs, raster
+from agriseg import outputs, raster, strips
 
 
 @pytest.mark.parametrize(
     "env",
-    [raster.READ_ENV, outputs.WRITE_ENV, bands.GDAL_ENV],
-    ids=["read (input and preview)", "write", "class-bands"],
+    [raster.READ_ENV, outputs.WRITE_ENV, strips.GDAL_ENV],
+    ids=["read (input and preview)", "write", "class-strips"],
 )
 def test_block_caches_are_megabytes_not_bytes(env: dict) -> None:
     # rasterio passes an int GDAL_CACHEMAX to GDAL as bytes: a bare 64 is a 64-byte cache.

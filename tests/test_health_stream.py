@@ -11,12 +11,12 @@ import pytest
 from conftest import field_image, write_raster
 from rasterio.windows import Window
 
-from agriseg.bands import BandAssembler, file_bands
 from agriseg.classes import NODATA
 from agriseg.config import RunConfig
 from agriseg.health_stream import HealthStream
 from agriseg.pipeline import segment_raster
 from agriseg.products import ClassGrid, HealthOptions, plan_health, write_health_products
+from agriseg.strips import StripAssembler, file_strips
 
 
 def scrambled_blocks(height: int, width: int, edge: int, seed: int) -> list[Window]:
@@ -32,23 +32,23 @@ def scrambled_blocks(height: int, width: int, edge: int, seed: int) -> list[Wind
     return out
 
 
-@pytest.mark.parametrize(("band", "halo", "edge"), [(16, 5, 7), (64, 0, 48), (10, 25, 13)])
-def test_assembled_bands_equal_the_bands_read_from_the_file(
-    tmp_path: Path, band: int, halo: int, edge: int
+@pytest.mark.parametrize(("strip", "halo", "edge"), [(16, 5, 7), (64, 0, 48), (10, 25, 13)])
+def test_assembled_strips_equal_the_strips_read_from_the_file(
+    tmp_path: Path, strip: int, halo: int, edge: int
 ) -> None:
-    rng = np.random.default_rng(band + halo)
+    rng = np.random.default_rng(strip + halo)
     classes = rng.choice([0, 1, 2, 3, NODATA], (70, 45)).astype("uint8")
     confidence = rng.integers(0, 101, classes.shape, dtype="uint8")
     write_raster(tmp_path / "c.tif", classes[None], nodata=NODATA, block=16)
     write_raster(tmp_path / "p.tif", confidence[None], nodata=NODATA, block=16)
-    assembler = BandAssembler(70, 45, band, halo)
+    assembler = StripAssembler(70, 45, strip, halo)
     streamed = []
     for w in scrambled_blocks(70, 45, edge, seed=1):
         rows, cols = slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width)
         streamed += assembler.add(w, classes[rows, cols], confidence[rows, cols])
     assert assembler.done
-    expected = list(file_bands(tmp_path / "c.tif", tmp_path / "p.tif", band, halo))
-    assert len(streamed) == len(expected) == -(-70 // band)
+    expected = list(file_strips(tmp_path / "c.tif", tmp_path / "p.tif", strip, halo))
+    assert len(streamed) == len(expected) == -(-70 // strip)
     for got, want in zip(streamed, expected, strict=True):
         assert (got.row_off, got.height, got.above) == (want.row_off, want.height, want.above)
         assert np.array_equal(got.classes, want.classes)
@@ -59,7 +59,7 @@ def test_run_streams_the_same_products_as_a_pass_over_the_finished_rasters(
     tmp_path: Path,
 ) -> None:
     image = write_raster(tmp_path / "plot.tif", field_image(200, 240, seed=3))
-    # Small blocks: many bands and seams, so the streamed pass really runs in pieces.
+    # Small blocks: many strips and seams, so the streamed pass really runs in pieces.
     options = HealthOptions(block_size=48, min_area_m2=0.004)
     config = RunConfig(device="cpu", tile_size=128, overlap=32, health=options, stream_health=True)
     result = segment_raster(image, tmp_path / "run", config)

@@ -1,10 +1,10 @@
-"""Bands of a class raster: full-width runs of rows, from a file or as a run produces them.
+"""Strips of a class raster: full-width runs of rows, from a file or as a run produces them.
 
-The field-health pass (:mod:`agriseg.products`) consumes a raster band by band, top
+The field-health pass (:mod:`agriseg.products`) consumes a raster strip by strip, top
 to bottom, so it can start while the segmentation is still running:
-:class:`BandAssembler` turns the blocks a run writes into bands as soon as every row
-a band needs (its own and its context rows) is known; :func:`file_bands` reads the
-same bands from a finished file.
+:class:`StripAssembler` turns the blocks a run writes into strips as soon as every row
+a strip needs (its own and its context rows) is known; :func:`file_strips` reads the
+same strips from a finished file.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ GDAL_ENV = {"GDAL_CACHEMAX": 64 * 2**20}
 
 
 @dataclass(frozen=True)
-class Band:
+class Strip:
     """Rows ``[row_off, row_off + height)`` of a class raster, with context rows around them.
 
     Attributes:
-        row_off: First row of the band.
-        height: Rows in the band.
+        row_off: First row of the strip.
+        height: Rows in the strip.
         classes: Class ids of rows ``[row_off - above, row_off + height + below)``
             (the context rows, clipped to the raster, are what sieving looks at).
-        above: Context rows above the band in ``classes``.
-        confidence: Confidence (0–100, nodata 255) of the band's own rows, or None.
+        above: Context rows above the strip in ``classes``.
+        confidence: Confidence (0–100, nodata 255) of the strip's own rows, or None.
     """
 
     row_off: int
@@ -47,17 +47,17 @@ class Band:
 
     @property
     def core(self) -> np.ndarray:
-        """The class ids of the band's own rows."""
+        """The class ids of the strip's own rows."""
         return self.classes[self.above : self.above + self.height]
 
 
-def file_bands(
+def file_strips(
     classes_path: Path,
     confidence_path: Path | None,
-    band_height: int,
+    strip_height: int,
     halo: int = 0,
-) -> Iterator[Band]:
-    """The bands of a class raster file, ``band_height`` rows each, with ``halo`` context rows."""
+) -> Iterator[Strip]:
+    """The strips of a class raster file, ``strip_height`` rows each, with ``halo`` context rows."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(**GDAL_ENV))
         classes = stack.enter_context(rasterio.open(classes_path))
@@ -65,8 +65,8 @@ def file_bands(
             stack.enter_context(rasterio.open(confidence_path)) if confidence_path else None
         )
         height, width = classes.height, classes.width
-        for row in range(0, height, band_height):
-            rows = min(band_height, height - row)
+        for row in range(0, height, strip_height):
+            rows = min(strip_height, height - row)
             top = max(0, row - halo)
             bottom = min(height, row + rows + halo)
             data = classes.read(1, window=Window(0, top, width, bottom - top))
@@ -75,29 +75,29 @@ def file_bands(
                 if confidence is not None
                 else None
             )
-            yield Band(row, rows, data, row - top, conf)
+            yield Strip(row, rows, data, row - top, conf)
 
 
-class BandAssembler:
-    """Collects class and confidence blocks written in any order into bands of ``band_height`` rows.
+class StripAssembler:
+    """Collects class and confidence blocks written in any order into ``strip_height``-row strips.
 
-    Only the rows not yet handed out in a band (and the context rows the next band
-    needs) are kept, so memory is about ``(band_height + 2 * halo + block rows) x width``
+    Only the rows not yet handed out in a strip (and the context rows the next strip
+    needs) are kept, so memory is about ``(strip_height + 2 * halo + block rows) x width``
     bytes per raster, whatever the raster's height.
 
     Args:
         height: Rows of the raster.
         width: Columns of the raster.
-        band_height: Rows per band.
-        halo: Context rows above and below each band.
+        strip_height: Rows per strip.
+        halo: Context rows above and below each strip.
     """
 
-    def __init__(self, height: int, width: int, band_height: int, halo: int) -> None:
+    def __init__(self, height: int, width: int, strip_height: int, halo: int) -> None:
         self._height = height
         self._width = width
-        self._band_height = band_height
+        self._strip_height = strip_height
         self._halo = halo
-        self._next_row = 0  # first row of the next band
+        self._next_row = 0  # first row of the next strip
         self._start = 0  # first row held in the buffers
         self._classes = np.full((0, width), NODATA, dtype="uint8")
         self._confidence = np.full((0, width), NODATA, dtype="uint8")
@@ -111,8 +111,8 @@ class BandAssembler:
             self._classes = np.concatenate([self._classes, pad])
             self._confidence = np.concatenate([self._confidence, pad])
 
-    def add(self, window: Window, classes: np.ndarray, confidence: np.ndarray) -> list[Band]:
-        """Take one block; return the bands it completed (in order)."""
+    def add(self, window: Window, classes: np.ndarray, confidence: np.ndarray) -> list[Strip]:
+        """Take one block; return the strips it completed (in order)."""
         r0, c0 = int(window.row_off), int(window.col_off)
         r1, c1 = r0 + int(window.height), c0 + int(window.width)
         self._grow(r1)
@@ -123,29 +123,29 @@ class BandAssembler:
             self._complete += 1
         return self._ready()
 
-    def _ready(self) -> list[Band]:
-        bands = []
+    def _ready(self) -> list[Strip]:
+        strips = []
         while self._next_row < self._height:
             row = self._next_row
-            rows = min(self._band_height, self._height - row)
+            rows = min(self._strip_height, self._height - row)
             bottom = min(self._height, row + rows + self._halo)
             if self._complete < bottom:
                 break
             top = max(0, row - self._halo)
             a, b = top - self._start, bottom - self._start
             conf = self._confidence[row - self._start : row - self._start + rows].copy()
-            bands.append(Band(row, rows, self._classes[a:b].copy(), row - top, conf))
+            strips.append(Strip(row, rows, self._classes[a:b].copy(), row - top, conf))
             self._next_row = row + rows
-            # Keep only what later bands need: their context above and beyond.
+            # Keep only what later strips need: their context above and beyond.
             keep_from = max(0, self._next_row - self._halo)
             drop = keep_from - self._start
             if drop > 0:
                 self._classes = self._classes[drop:].copy()
                 self._confidence = self._confidence[drop:].copy()
                 self._start = keep_from
-        return bands
+        return strips
 
     @property
     def done(self) -> bool:
-        """Whether every band has been handed out."""
+        """Whether every strip has been handed out."""
         return self._next_row >= self._height
