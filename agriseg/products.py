@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -31,7 +31,7 @@ from rasterio.windows import Window
 from agriseg.areas import geometry_area_perimeter_m, lonlat_points, pixel_size_m
 from agriseg.atomic import atomic_output, temporary_name, write_text_atomic
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
-from agriseg.errors import InputError
+from agriseg.config import HealthOptions
 from agriseg.health import class_areas_m2, health_summary, raster_crs
 from agriseg.indices import IndexReader
 from agriseg.preview import PreviewCanvas, blend_preview, save_png
@@ -53,61 +53,12 @@ from agriseg.vectorize import (
 )
 from agriseg.zones import Fields, assign_fields, field_statistics, grid_zones, read_fields
 
-VectorFormat = Literal["geojson", "gpkg"]
-
-#: Vector formats ``write_health_products`` can write.
-VECTOR_FORMATS: tuple[VectorFormat, ...] = ("geojson", "gpkg")
-
 #: Most rows per strip of the health pass (blocks are ``block_size`` px wide).
 STRIP_ROWS = 2048
 
 #: Layer names inside ``<stem>.health.gpkg``.
 POLYGON_LAYER = "health"
 ZONE_LAYER = "zones"
-
-
-@dataclass(frozen=True)
-class HealthOptions:
-    """How to turn a class raster into field-health products.
-
-    Attributes:
-        min_area_m2: Minimum mapping unit: regions smaller than this are merged into
-            their largest neighbour before vectorising. The default, 0.01 m²
-            (10 × 10 cm), removes speckle (at 1–3 cm resolution, clumps of up to
-            100 / 11 px) while keeping a single young weed or diseased plant.
-        simplify_m: Coverage-simplification tolerance in metres (0: exact pixel edges).
-        formats: Vector files to write (``geojson``, ``gpkg``).
-        fields: Field-boundary polygons for per-field statistics, or None.
-        grid_m: Management-zone cell size in metres, or None for no grid.
-        preview: Whether to draw ``<stem>.preview.png``.
-        block_size: Edge of the processing blocks in pixels (memory grows with its square).
-    """
-
-    min_area_m2: float = 0.01
-    simplify_m: float = 0.0
-    formats: tuple[VectorFormat, ...] = VECTOR_FORMATS
-    fields: Path | None = None
-    grid_m: float | None = None
-    preview: bool = True
-    block_size: int = 2048
-
-    def __post_init__(self) -> None:
-        unknown = [f for f in self.formats if f not in VECTOR_FORMATS]
-        if unknown:
-            raise InputError(
-                f"unknown --format {', '.join(map(str, unknown))}; "
-                f"expected one or more of {', '.join(VECTOR_FORMATS)}"
-            )
-        if self.min_area_m2 < 0:
-            raise InputError(f"--min-area {self.min_area_m2}: expected an area ≥ 0 m²")
-        if self.simplify_m < 0:
-            raise InputError(f"--simplify {self.simplify_m}: expected a distance ≥ 0 m")
-        if self.grid_m is not None and not self.grid_m > 0:
-            raise InputError(f"--grid {self.grid_m}: expected a cell size > 0 m")
-        if self.grid_m is not None and "gpkg" not in self.formats:
-            raise InputError("--grid writes a GeoPackage layer `zones`; add gpkg to --format")
-        if self.block_size < 16:
-            raise InputError(f"block size {self.block_size}: expected at least 16 px")
 
 
 def health_paths(out_dir: Path, stem: str) -> dict[str, Path]:

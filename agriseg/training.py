@@ -33,9 +33,9 @@ from agriseg import __version__
 from agriseg.areas import pixel_size_m
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, Colour
 from agriseg.errors import InputError, ModelError
-from agriseg.evaluation import Scores, confusion_matrix, scores
 from agriseg.inference import normalize, resolve_device
 from agriseg.labels import Grid, Labels, label_classes
+from agriseg.metrics import Scores, confusion_matrix, scores
 from agriseg.models import (
     RGB_BANDS,
     SIZE_DIVISOR,

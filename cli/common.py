@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from agriseg.products import VECTOR_FORMATS, HealthOptions
+from agriseg.config import VECTOR_FORMATS, HealthOptions
 
 
 def band_list(text: str) -> tuple[int, ...]:

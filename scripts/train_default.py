@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from agriseg.classes import CLASS_NAMES, DEFAULT_CLASSES
-from agriseg.evaluation import scores
+from agriseg.metrics import scores
 from agriseg.models import load_model, save_checkpoint, shipped_dir, shipped_models
 from agriseg.synthetic import draw_params, generate_survey, write_survey
 from agriseg.training import EpochResult, Scene, TrainConfig, train

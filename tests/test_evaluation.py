@@ -14,7 +14,8 @@ from shapely.geometry import box
 
 from agriseg.classes import DEFAULT_CLASSES
 from agriseg.errors import InputError
-from agriseg.evaluation import compare_rasters, confusion_matrix, scores
+from agriseg.evaluation import compare_rasters
+from agriseg.metrics import confusion_matrix, scores
 from agriseg.synthetic import draw_params, generate_survey, write_survey
 
 
