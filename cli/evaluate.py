@@ -8,13 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agriseg_cli.common import (
-    add_health_options,
-    add_label_options,
-    add_segmentation_options,
-    print_table,
-    progress_bar,
-)
+from agriseg_cli import common
 from agriseg_cli.run import config_from_args
 
 from agriseg.atomic import write_text_atomic
@@ -39,21 +33,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="class raster or mask (class ids; colours with --label-colors), or "
         "GeoPackage/Shapefile/GeoJSON",
     )
-    add_label_options(parser)
+    common.add_label_options(parser)
     parser.add_argument(
         "--out", type=Path, default=None, help="keep the run outputs here (default: temporary)"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the scores as JSON here")
     parser.add_argument("--print-json", action="store_true", help="print the JSON on stdout")
-    add_segmentation_options(parser)
-    add_health_options(parser)
+    common.add_segmentation_options(parser)
+    common.add_health_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     return parser
 
 
 def _show(result: EvaluationResult) -> None:
     s = result.scores
-    print_table(
+    common.print_table(
         ("class", "IoU", "precision", "recall", "F1", "pixels"),
         [
             (c.name, *(f"{v:.3f}" for v in (c.iou, c.precision, c.recall, c.f1)), c.support)
@@ -63,7 +57,7 @@ def _show(result: EvaluationResult) -> None:
     print(f"mIoU {s.miou:.3f}   mean F1 {s.mean_f1:.3f}   pixel accuracy {s.accuracy:.3f}")
     print("\nconfusion matrix (rows: truth, columns: prediction)")
     names = [c.name for c in s.classes]
-    print_table(
+    common.print_table(
         ("truth \\ pred", *names),
         [(name, *row) for name, row in zip(names, s.confusion.tolist(), strict=True)],
     )
@@ -74,7 +68,7 @@ def execute(args: argparse.Namespace) -> int:
     colors = parse_label_colors(args.label_colors) if args.label_colors else None
     with tempfile.TemporaryDirectory(prefix="agriseg-evaluate-") as tmp:
         out = args.out or Path(tmp)
-        with progress_bar(f"segmenting {args.raster.name}", args.quiet) as progress:
+        with common.progress_bar(f"segmenting {args.raster.name}", args.quiet) as progress:
             result = evaluate_raster(
                 args.raster, args.labels, out, config, args.label_column, progress, colors
             )

@@ -6,14 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agriseg_cli.common import (
-    add_health_options,
-    add_segmentation_options,
-    health_options_from_args,
-    print_health_table,
-    print_table,
-    progress_bar,
-)
+from agriseg_cli import common
 
 from agriseg.config import RunConfig
 from agriseg.pipeline import default_out_dir, segment_raster
@@ -33,34 +26,40 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="output folder (default: <stem>_agriseg/ beside the input)",
     )
-    add_segmentation_options(parser)
-    add_health_options(parser)
+    common.add_segmentation_options(parser)
+    common.add_health_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
     return parser
 
 
+#: RunConfig fields set by the command-line option of the same name.
+SAME_NAMED = (
+    "model",
+    "tile_size",
+    "overlap",
+    "batch_size",
+    "device",
+    "bands",
+    "assume_crs",
+    "scheduler",
+    "workers",
+    "threads",
+    "stream_health",
+    "resample",
+)
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
-        model=args.model,
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        device=args.device,
-        bands=args.bands,
-        assume_crs=args.assume_crs,
+        **{name: getattr(args, name) for name in SAME_NAMED},
         gsd_m=args.gsd,
-        scheduler=args.scheduler,
-        workers=args.workers,
-        threads=args.threads,
-        stream_health=args.stream_health,
-        resample=args.resample,
-        health=health_options_from_args(args),
+        health=common.health_options_from_args(args),
     )
 
 
 def execute(args: argparse.Namespace) -> int:
     out = args.out or default_out_dir(args.input)
-    with progress_bar(f"segmenting {args.input.name}", args.quiet) as progress:
+    with common.progress_bar(f"segmenting {args.input.name}", args.quiet) as progress:
         result = segment_raster(args.input, out, config_from_args(args), progress)
     for warning in result.warnings:
         print(f"agriseg run: warning: {warning}", file=sys.stderr)
@@ -68,9 +67,9 @@ def execute(args: argparse.Namespace) -> int:
         for note in result.summary.get("notes", []):
             print(f"agriseg run: note: {note}", file=sys.stderr)
         if "health" in result.summary:
-            print_health_table(result.summary["health"])
+            common.print_health_table(result.summary["health"])
         else:
-            print_table(
+            common.print_table(
                 ("class", "pixels", "area m²", "share"),
                 [
                     (

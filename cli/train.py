@@ -7,13 +7,7 @@ import shlex
 from pathlib import Path
 
 import torch
-from agriseg_cli.common import (
-    add_label_options,
-    band_list,
-    band_name_list,
-    print_table,
-    progress_bar,
-)
+from agriseg_cli import common
 
 from agriseg.classes import ClassList
 from agriseg.datasets import pair_files, parse_label_colors
@@ -44,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "GeoPackage/Shapefile/GeoJSON",
     )
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path (NAME)")
-    add_label_options(parser)
+    common.add_label_options(parser)
     parser.add_argument(
         "--classes",
         default=None,
@@ -70,10 +64,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of blocks")
     parser.add_argument("--val-block", type=int, default=None, help="block edge (default chip)")
     parser.add_argument("--gap", type=int, default=None, help="px kept clear around val blocks")
-    parser.add_argument("--bands", type=band_list, default=None, help="1-based bands, e.g. 1,2,3")
+    parser.add_argument(
+        "--bands", type=common.band_list, default=None, help="1-based bands, e.g. 1,2,3"
+    )
     parser.add_argument(
         "--band-names",
-        type=band_name_list,
+        type=common.band_name_list,
         default=None,
         help="names of the trained bands, e.g. red,green,blue,red_edge,nir "
         "(default: the first raster's band descriptions or colour interpretation)",
@@ -144,7 +140,7 @@ def _epoch_table(result: EpochResult) -> None:
         print(f"{head} ({result.seconds:.0f} s)")
         return
     print(f"{head}, validation mIoU {result.validation.miou:.3f} ({result.seconds:.0f} s)")
-    print_table(
+    common.print_table(
         ("class", "IoU", "F1", "pixels"),
         [(c.name, f"{c.iou:.3f}", f"{c.f1:.3f}", c.support) for c in result.validation.classes],
     )
@@ -155,7 +151,7 @@ def execute(args: argparse.Namespace) -> int:
     sources = pair_files(args.rasters, args.labels)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    with progress_bar("training", args.quiet, unit="step") as progress:
+    with common.progress_bar("training", args.quiet, unit="step") as progress:
         result = train_files(
             sources, args.out, config, progress, None if args.quiet else _epoch_table
         )
