@@ -29,7 +29,7 @@ import rasterio
 from pyproj import CRS
 from rasterio.windows import Window
 
-from agriseg.areas import pixel_area_rows_m2
+from agriseg.areas import as_pyproj, pixel_area_rows_m2
 from agriseg.classes import ROLES, ClassList, Role
 from agriseg.errors import InputError
 from agriseg.strips import GDAL_ENV
@@ -46,7 +46,7 @@ def raster_crs(dataset: rasterio.DatasetReader, path: Path) -> CRS:
             f"{path}: the raster has no CRS, so ground areas cannot be measured; "
             "assign one (e.g. `gdal_edit.py -a_srs EPSG:32633`) or run with --assume-crs"
         )
-    return CRS.from_wkt(dataset.crs.to_wkt())
+    return as_pyproj(dataset.crs)
 
 
 def class_areas_m2(

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 from distributed import get_task_stream
-from pyproj import CRS
 
 from agriseg import __version__
+from agriseg.areas import as_pyproj
 from agriseg.atomic import output_folder, output_transaction
 from agriseg.classes import ClassList
 from agriseg.config import RunConfig
@@ -147,7 +147,7 @@ def segment_raster(
         if info.crs is None
         else plan_health(
             ClassGrid(
-                CRS.from_wkt(info.crs.to_wkt()),
+                as_pyproj(info.crs),
                 info.transform,
                 info.height,
                 info.width,
