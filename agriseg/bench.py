@@ -34,7 +34,7 @@ from agriseg.inference import (
     get_predictor,
     resolve_device,
 )
-from agriseg.models import checkpoint_paths, read_meta, resolve
+from agriseg.models import find_model
 from agriseg.pipeline import segment_raster
 from agriseg.raster import open_raster, read_window
 from agriseg.scale import plan_tiles, resize_tiles
@@ -123,8 +123,7 @@ def write_bench_raster(path: Path, size: int, seed: int = 0) -> Path:
 
 
 def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats: int) -> float:
-    weights = resolve(config.model)
-    meta = read_meta(checkpoint_paths(weights)[1])
+    weights, meta = find_model(config.model)
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
     plan = plan_tiles(info, meta, config)
     grid = plan.grid

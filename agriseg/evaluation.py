@@ -17,7 +17,7 @@ from agriseg.config import RunConfig
 from agriseg.datasets import LabelColors
 from agriseg.labels import Grid, Labels
 from agriseg.metrics import Scores, confusion_matrix, scores
-from agriseg.models import checkpoint_paths, read_meta, resolve
+from agriseg.models import find_model
 from agriseg.pipeline import Progress, segment_raster
 from agriseg.raster import open_dataset, open_raster
 
@@ -84,7 +84,7 @@ def evaluate_raster(
 ) -> EvaluationResult:
     """Segment ``raster`` with the real pipeline into ``out_dir`` and score it against
     labels mapped onto the model's classes (checked before segmenting)."""
-    meta = read_meta(checkpoint_paths(resolve(config.model))[1])
+    _, meta = find_model(config.model)
     classes = meta.classes
     info = open_raster(raster, meta.bands, config.bands, config.assume_crs)
     grid = Grid(info.height, info.width, info.transform, info.crs)

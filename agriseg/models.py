@@ -219,6 +219,12 @@ def resolve(ref: str | Path) -> Path:
     )
 
 
+def find_model(ref: str | Path) -> tuple[Path, ModelMeta]:
+    """The weights file and metadata of a shipped model (by name) or a checkpoint (by path)."""
+    weights = resolve(ref)
+    return weights, read_meta(checkpoint_paths(weights)[1])
+
+
 def load_model(ref: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
     """Load a shipped model (by name) or a checkpoint (by path), in eval mode on CPU."""
     weights, meta_path = checkpoint_paths(resolve(ref))

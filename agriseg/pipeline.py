@@ -30,7 +30,7 @@ from agriseg.config import RunConfig
 from agriseg.execution import dask_client, release_free_memory
 from agriseg.health_stream import HealthStream
 from agriseg.inference import resolve_device
-from agriseg.models import ModelMeta, checkpoint_paths, read_meta, resolve
+from agriseg.models import find_model
 from agriseg.outputs import (
     ClassRasterWriter,
     block_size_for,
@@ -135,8 +135,7 @@ def segment_raster(
     if it created it), a killed one only temporaries that the next run removes.
     """
     started = time.perf_counter()
-    weights = resolve(config.model)
-    meta: ModelMeta = read_meta(checkpoint_paths(weights)[1])
+    weights, meta = find_model(config.model)
     device = str(resolve_device(config.device))
     info: RasterInfo = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
     plan = plan_tiles(info, meta, config)
