@@ -47,13 +47,25 @@ def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
     }
 
 
-def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
-    """Where ``agriseg run`` writes each product for input ``stem``."""
-    return {
-        "classes": out_dir / f"{stem}.classes.tif",
-        "confidence": out_dir / f"{stem}.confidence.tif",
-        "summary": out_dir / f"{stem}.summary.json",
-    }
+#: The name of every file a run writes for input ``<stem>``: ``<stem>`` + suffix, by kind.
+OUTPUT_SUFFIXES = {
+    "classes": ".classes.tif",
+    "confidence": ".confidence.tif",
+    "summary": ".summary.json",
+    "geojson": ".health.geojson",
+    "gpkg": ".health.gpkg",
+    "qml": ".health.qml",
+    "preview": ".preview.png",
+    "sieved": ".sieved.tif",  # the health pass's working copy, never kept
+}
+
+#: What the segmentation writes (the health pass writes the rest).
+RUN_KINDS = ("classes", "confidence", "summary")
+
+
+def output_paths(out_dir: Path, stem: str, kinds: tuple[str, ...] = RUN_KINDS) -> dict[str, Path]:
+    """Where ``agriseg run`` writes each product of ``kinds`` for input ``stem``."""
+    return {kind: out_dir / f"{stem}{OUTPUT_SUFFIXES[kind]}" for kind in kinds}
 
 
 def block_size_for(stride: int) -> int:

@@ -34,6 +34,7 @@ from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.config import HealthOptions
 from agriseg.health import class_areas_m2, health_summary, raster_crs
 from agriseg.indices import IndexReader
+from agriseg.outputs import output_paths
 from agriseg.preview import PreviewCanvas, blend_preview, save_png
 from agriseg.qgis import class_style, write_layer_styles, zone_style
 from agriseg.strips import GDAL_ENV, Strip, file_strips
@@ -63,12 +64,7 @@ ZONE_LAYER = "zones"
 
 def health_paths(out_dir: Path, stem: str) -> dict[str, Path]:
     """Where the health products of input ``stem`` are written."""
-    return {
-        "geojson": out_dir / f"{stem}.health.geojson",
-        "gpkg": out_dir / f"{stem}.health.gpkg",
-        "qml": out_dir / f"{stem}.health.qml",
-        "preview": out_dir / f"{stem}.preview.png",
-    }
+    return output_paths(out_dir, stem, ("geojson", "gpkg", "qml", "preview"))
 
 
 def _template(crs: CRS, with_fields: bool, indices: tuple[str, ...] = ()) -> gpd.GeoDataFrame:
@@ -374,7 +370,7 @@ def _run_health(
     classes = job.grid.classes
     indices = IndexReader.of_file(image_path)
     paths = health_paths(out_dir, stem)
-    sieved = temporary_name(out_dir / f"{stem}.sieved.tif")
+    sieved = temporary_name(output_paths(out_dir, stem, ("sieved",))["sieved"])
     written: dict[str, str] = {}
     result: dict[str, Any] = {}
     try:
