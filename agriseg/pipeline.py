@@ -24,23 +24,23 @@ from distributed import get_task_stream
 
 from agriseg import __version__
 from agriseg.areas import as_pyproj
-from agriseg.atomic import output_folder, output_transaction
+from agriseg.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.classes import ClassList
 from agriseg.config import RunConfig
 from agriseg.execution import dask_client, release_free_memory
 from agriseg.health_stream import HealthStream
 from agriseg.inference import resolve_device
-from agriseg.models import find_model
+from agriseg.models import ModelMeta, find_model
 from agriseg.outputs import (
     ClassRasterWriter,
     block_size_for,
     class_raster_profile,
     output_paths,
 )
-from agriseg.products import ClassGrid, plan_health
+from agriseg.products import ClassGrid, HealthJob, plan_health
 from agriseg.raster import RasterInfo, open_raster, pixel_grid_ok
-from agriseg.scale import plan_tiles
-from agriseg.segment import segment_blocks
+from agriseg.scale import TilePlan, plan_tiles
+from agriseg.segment import Block, segment_blocks
 
 #: Called as ``progress(tiles_done, tiles_total)``.
 Progress = Callable[[int, int], None]
@@ -122,6 +122,182 @@ def run_warnings(info: RasterInfo, valid_pixels: int) -> list[str]:
     return []
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A run checked and set up before any output exists (see :func:`plan_run`).
+
+    Attributes:
+        input_path: The raster to segment.
+        out_dir: Where the outputs go.
+        config: The run's options.
+        weights: The model's weights file.
+        meta: The model's metadata.
+        device: The torch device the model runs on.
+        info: The validated input.
+        tiles: The scale decision and the tile grid.
+        paths: Where the class and confidence rasters and the summary go.
+        health: The field-health pass, or None for a plain image (no CRS).
+        stream_health: Whether the health pass runs beside the segmentation.
+    """
+
+    input_path: Path
+    out_dir: Path
+    config: RunConfig
+    weights: Path
+    meta: ModelMeta
+    device: str
+    info: RasterInfo
+    tiles: TilePlan
+    paths: dict[str, Path]
+    health: HealthJob | None
+    stream_health: bool
+
+
+def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
+    """Check the model, the input and the options, and set the run up; writes nothing."""
+    weights, meta = find_model(config.model)
+    device = str(resolve_device(config.device))
+    info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
+    health = None
+    if info.crs is not None:
+        grid = ClassGrid(
+            as_pyproj(info.crs),
+            info.transform,
+            info.height,
+            info.width,
+            class_raster_profile(info),
+            meta.classes,
+        )
+        health = plan_health(grid, config.health)
+    stream = config.stream_health
+    if stream is None:
+        stream = device.startswith("cuda")
+    return RunPlan(
+        input_path,
+        out_dir,
+        config,
+        weights,
+        meta,
+        device,
+        info,
+        plan_tiles(info, meta, config),
+        output_paths(out_dir, input_path.stem),
+        health,
+        stream and health is not None,
+    )
+
+
+@dataclass
+class _Tally:
+    """Running totals of a segmentation, block by block."""
+
+    pixels: np.ndarray
+    area_m2: np.ndarray
+    tiles: int = 0
+    write_s: float = 0.0
+    model_s: float = 0.0
+    prepare_s: float = 0.0
+
+    def add(self, block: Block, write_s: float) -> None:
+        self.pixels += block.pixels
+        self.area_m2 += block.area_m2
+        self.tiles += block.tiles
+        self.write_s += write_s
+        self.model_s += block.model_s
+        self.prepare_s += block.prepare_s
+
+
+def _segment(
+    plan: RunPlan,
+    transaction: OutputTransaction,
+    health_stream: HealthStream | None,
+    progress: Progress | None,
+) -> tuple[_Tally, dict[str, float], dict[str, Path]]:
+    """Run the tiles through the model on the Dask cluster and write the class and
+    confidence rasters; returns the totals, the Dask stage seconds and the staged
+    raster paths."""
+    n_classes = len(plan.meta.classes)
+    tally = _Tally(np.zeros(n_classes, dtype="int64"), np.zeros(n_classes, dtype="float64"))
+    grid, info, config = plan.tiles.grid, plan.info, plan.config
+    with (
+        dask_client(config.scheduler, config.workers) as client,
+        get_task_stream(client) as stream,
+        pixel_grid_ok(info.crs is None),
+        ClassRasterWriter(
+            info,
+            plan.paths,
+            block_size_for(grid.stride),
+            plan.meta.name,
+            transaction,
+            plan.meta.classes,
+        ) as writer,
+    ):
+        blocks = segment_blocks(
+            client,
+            info,
+            grid,
+            str(plan.weights),
+            plan.device,
+            config.threads,
+            plan.tiles.resize_to,
+        )
+        for block in blocks:
+            t = time.perf_counter()
+            writer.write(block.window, block.classes, block.confidence)
+            tally.add(block, time.perf_counter() - t)
+            if health_stream is not None:
+                health_stream.add(block.window, block.classes, block.confidence)
+            if progress is not None:
+                progress(tally.tiles, grid.n_tiles)
+    return tally, _stage_seconds(stream.data), writer.staged
+
+
+def _summarise(
+    plan: RunPlan,
+    tally: _Tally,
+    health: dict[str, Any],
+    timings_s: dict[str, float],
+) -> dict[str, Any]:
+    """The run's ``summary.json``."""
+    info, meta = plan.info, plan.meta
+    valid = int(tally.pixels.sum())
+    return {
+        "agriseg_version": __version__,
+        "input": {
+            "path": str(plan.input_path.resolve()),
+            "width": info.width,
+            "height": info.height,
+            "crs": None if info.crs is None else info.crs.to_string(),
+            "bands": list(info.bands),
+            "band_names": list(info.band_names),
+            "dtype": info.dtype,
+        },
+        "model": {
+            "name": meta.name,
+            "path": str(plan.weights),
+            "architecture": meta.architecture,
+            "encoder": meta.encoder,
+            "bands": list(meta.bands),
+            "gsd_m": meta.gsd_m,
+            "classes": meta.classes.to_json(),
+        },
+        "parameters": {
+            **asdict(plan.config),
+            "tile_size": plan.tiles.model_tile,
+            "device": plan.device,
+        },
+        "scale": plan.tiles.summary(),
+        "tiles": plan.tiles.grid.n_tiles,
+        "valid_pixels": valid,
+        "classes": class_table(tally.pixels, tally.area_m2, meta.classes),
+        **health,
+        "warnings": plan.tiles.scale.warnings() + run_warnings(info, valid),
+        "timings_s": timings_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "machine": platform.node(),
+    }
+
+
 def segment_raster(
     input_path: Path,
     out_dir: Path,
@@ -130,81 +306,24 @@ def segment_raster(
 ) -> RunResult:
     """Segment ``input_path`` into class and confidence rasters and a summary.
 
-    The input and options are validated before ``out_dir`` is touched. Outputs appear
-    together when the run succeeds; a failed run leaves none (and removes ``out_dir``
-    if it created it), a killed one only temporaries that the next run removes.
+    The input and options are validated before ``out_dir`` is touched
+    (:func:`plan_run`). Outputs appear together when the run succeeds; a failed run
+    leaves none (and removes ``out_dir`` if it created it), a killed one only
+    temporaries that the next run removes.
     """
     started = time.perf_counter()
-    weights, meta = find_model(config.model)
-    device = str(resolve_device(config.device))
-    info: RasterInfo = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
-    plan = plan_tiles(info, meta, config)
-    grid = plan.grid
-    paths = output_paths(out_dir, input_path.stem)
-    job = (
-        None
-        if info.crs is None
-        else plan_health(
-            ClassGrid(
-                as_pyproj(info.crs),
-                info.transform,
-                info.height,
-                info.width,
-                class_raster_profile(info),
-                meta.classes,
-            ),
-            config.health,
-        )
-    )
-    n_classes = len(meta.classes)
-    pixels = np.zeros(n_classes, dtype="int64")
-    area = np.zeros(n_classes, dtype="float64")
-    done = 0
-    write_s = 0.0
-    model_s = 0.0
-    prepare_s = 0.0
-    stream_health = config.stream_health
-    if stream_health is None:
-        stream_health = device.startswith("cuda")
+    plan = plan_run(input_path, out_dir, config)
+    stem = input_path.stem
     with output_folder(out_dir), output_transaction() as transaction:
         staging = transaction.staging_folder(out_dir, "health")
+        job = plan.health
         health_stream = (
-            HealthStream(job, input_path, staging, input_path.stem)
-            if stream_health and job is not None
+            HealthStream(job, input_path, staging, stem)
+            if plan.stream_health and job is not None
             else None
         )
-        with (
-            dask_client(config.scheduler, config.workers) as client,
-            health_stream or contextlib.nullcontext(),
-        ):
-            with (
-                get_task_stream(client) as stream,
-                pixel_grid_ok(info.crs is None),
-                ClassRasterWriter(
-                    info,
-                    paths,
-                    block_size_for(grid.stride),
-                    meta.name,
-                    transaction,
-                    meta.classes,
-                ) as writer,
-            ):
-                for block in segment_blocks(
-                    client, info, grid, str(weights), device, config.threads, plan.resize_to
-                ):
-                    t = time.perf_counter()
-                    writer.write(block.window, block.classes, block.confidence)
-                    write_s += time.perf_counter() - t
-                    if health_stream is not None:
-                        health_stream.add(block.window, block.classes, block.confidence)
-                    pixels += block.pixels
-                    area += block.area_m2
-                    done += block.tiles
-                    model_s += block.model_s
-                    prepare_s += block.prepare_s
-                    if progress is not None:
-                        progress(done, grid.n_tiles)
-            stages = _stage_seconds(stream.data)
+        with health_stream or contextlib.nullcontext():
+            tally, stages, staged = _segment(plan, transaction, health_stream, progress)
             segmented = time.perf_counter()
             if health_stream is not None:
                 health = health_stream.finish()
@@ -213,15 +332,11 @@ def segment_raster(
             health = {"notes": [PIXEL_MODE_NOTE]}
             health_s = 0.0
             if config.gsd_m is not None:
-                area = pixels * config.gsd_m**2
+                tally.area_m2 = tally.pixels * config.gsd_m**2
         elif health_stream is None:
             release_free_memory()
-            health = job.run(
-                job.file_strips(writer.staged["classes"], writer.staged["confidence"]),
-                input_path,
-                staging,
-                input_path.stem,
-            )
+            strips = job.file_strips(staged["classes"], staged["confidence"])
+            health = job.run(strips, input_path, staging, stem)
             health_s = time.perf_counter() - segmented
         health["outputs"] = {}
         for product in sorted(staging.iterdir()):
@@ -230,41 +345,11 @@ def segment_raster(
             health["outputs"][product.name] = str(final)
         stages["vectorise"] = round(health_s, 3)
         stages["vectorise_after_segmentation"] = round(time.perf_counter() - segmented, 3)
-        stages["prepare"] = round(prepare_s, 3)
-        stages["infer"] = round(model_s, 3)
-        stages["write"] = round(write_s, 3)
-        elapsed = time.perf_counter() - started
-        summary = {
-            "agriseg_version": __version__,
-            "input": {
-                "path": str(input_path.resolve()),
-                "width": info.width,
-                "height": info.height,
-                "crs": None if info.crs is None else info.crs.to_string(),
-                "bands": list(info.bands),
-                "band_names": list(info.band_names),
-                "dtype": info.dtype,
-            },
-            "model": {
-                "name": meta.name,
-                "path": str(weights),
-                "architecture": meta.architecture,
-                "encoder": meta.encoder,
-                "bands": list(meta.bands),
-                "gsd_m": meta.gsd_m,
-                "classes": meta.classes.to_json(),
-            },
-            "parameters": {**asdict(config), "tile_size": plan.model_tile, "device": device},
-            "scale": plan.summary(),
-            "tiles": grid.n_tiles,
-            "valid_pixels": int(pixels.sum()),
-            "classes": class_table(pixels, area, meta.classes),
-            **health,
-            "warnings": plan.scale.warnings() + run_warnings(info, int(pixels.sum())),
-            "timings_s": {**stages, "total": round(elapsed, 3)},
-            "peak_rss_mb": peak_rss_mb(),
-            "machine": platform.node(),
-        }
-        summary_tmp = transaction.stage(paths["summary"])
+        stages["prepare"] = round(tally.prepare_s, 3)
+        stages["infer"] = round(tally.model_s, 3)
+        stages["write"] = round(tally.write_s, 3)
+        stages["total"] = round(time.perf_counter() - started, 3)
+        summary = _summarise(plan, tally, health, stages)
+        summary_tmp = transaction.stage(plan.paths["summary"])
         summary_tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    return RunResult(outputs=paths, summary=summary)
+    return RunResult(outputs=plan.paths, summary=summary)
