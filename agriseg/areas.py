@@ -34,10 +34,7 @@ def _unit_factor(crs: CRS) -> float:
 
 
 def _geod(crs: CRS) -> Geod:
-    ellipsoid = crs.ellipsoid
-    if ellipsoid is None:
-        return Geod(ellps="WGS84")
-    return Geod(a=ellipsoid.semi_major_metre, rf=ellipsoid.inverse_flattening or 0.0)
+    return crs.get_geod() or Geod(ellps="WGS84")
 
 
 def pixel_area_rows_m2(crs: object, transform: Affine, rows: np.ndarray, col: float) -> np.ndarray:

@@ -107,3 +107,29 @@ class RunConfig:
     health: HealthOptions = field(default_factory=HealthOptions)
     stream_health: bool | None = None
     resample: Literal["auto", "off"] = "auto"
+
+    def __post_init__(self) -> None:
+        # Checked here so a bad option fails before the run creates its output folder.
+        # The tile size's multiple and the overlap's upper bound depend on the model
+        # and are checked when the tiles are planned (also before any output).
+        if self.tile_size is not None and self.tile_size < 1:
+            raise InputError(
+                f"--tile-size {self.tile_size}: expected a positive number of pixels "
+                "(or leave it out for the model's own)"
+            )
+        if self.overlap < 0 or self.overlap % 2:
+            raise InputError(f"--overlap {self.overlap}: expected an even number of pixels ≥ 0")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size}: expected at least 1 tile")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(
+                f"--workers {self.workers}: expected at least 1 worker process "
+                "(or leave it out to run in this process)"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise InputError(
+                f"--threads {self.threads}: expected at least 1 thread per forward pass "
+                "(or leave it out for one per core)"
+            )
+        if self.gsd_m is not None and not self.gsd_m > 0:
+            raise InputError(f"--gsd {self.gsd_m}: expected a ground distance in metres > 0")

@@ -152,7 +152,7 @@ def get_predictor(model_ref: str | Path, device: str, threads: int | None = None
     ``threads`` defaults to :data:`DEFAULT_FORWARD_THREADS`.
     """
     global _LOADS
-    key = (str(model_ref), device, threads or DEFAULT_FORWARD_THREADS)
+    key = (str(model_ref), device, DEFAULT_FORWARD_THREADS if threads is None else threads)
     with _PREDICTORS_LOCK:
         predictor = _PREDICTORS.get(key)
         if predictor is None:

@@ -9,7 +9,6 @@ polygons, zones) gets its own style.
 
 from __future__ import annotations
 
-import datetime as dt
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -144,7 +143,7 @@ def write_layer_styles(gpkg_path: Path, styles: Mapping[str, str]) -> None:
     Writes the ``layer_styles`` table with the columns QGIS reads and writes
     itself, so QGIS applies each style when the layer is opened.
     """
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+    now = pd.Timestamp.now(tz="UTC").floor("ms")
     rows = []
     for layer, qml in styles.items():
         geometry_column = pyogrio.read_info(gpkg_path, layer=layer)["geometry_name"] or "geom"
@@ -161,7 +160,16 @@ def write_layer_styles(gpkg_path: Path, styles: Mapping[str, str]) -> None:
                 "description": "agriseg default style",
                 "owner": "",
                 "ui": "",
-                "update_time": pd.Timestamp(now),
+                "update_time": now,
             }
         )
-    pyogrio.write_dataframe(pd.DataFrame(rows), gpkg_path, layer=STYLE_TABLE, driver="GPKG")
+    # GeoPackage DATETIME is UTC text "YYYY-MM-DDTHH:MM:SS.SSSZ": the timestamp is UTC so
+    # GDAL writes the Z, and MILLISECOND makes it write ".000" where it would drop it
+    # (older GDALs ignore the option). Other text makes GDAL warn "Non-conformant content".
+    pyogrio.write_dataframe(
+        pd.DataFrame(rows),
+        gpkg_path,
+        layer=STYLE_TABLE,
+        driver="GPKG",
+        layer_options={"DATETIME_PRECISION": "MILLISECOND"},
+    )

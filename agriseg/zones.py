@@ -21,6 +21,8 @@ import rasterio
 import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
@@ -199,14 +201,37 @@ class ZoneGrid:
         return np.asarray(shapely.box(x0, y1 - self.size, x0 + self.size, y1), dtype=object)
 
 
+#: Where the UTM grid departs from 6° zones (as MGRS and Norway's maps do), as
+#: ``((south, north), (west, east), zone)``: south-western Norway lies in zone 32 and
+#: Svalbard in the odd zones 31-37. PROJ's database, and so geopandas'
+#: ``estimate_utm_crs``, knows only the 6° zones.
+UTM_EXCEPTIONS = (
+    ((56.0, 64.0), (3.0, 12.0), 32),
+    ((72.0, 84.0), (0.0, 9.0), 31),
+    ((72.0, 84.0), (9.0, 21.0), 33),
+    ((72.0, 84.0), (21.0, 33.0), 35),
+    ((72.0, 84.0), (33.0, 42.0), 37),
+)
+
+
+def utm_crs(lon: float, lat: float) -> CRS:
+    """The WGS84 UTM zone holding a point; UPS beyond UTM's 84°N and 80°S."""
+    for (south, north), (west, east), zone in UTM_EXCEPTIONS:
+        if south <= lat < north and west <= lon < east:
+            return CRS.from_epsg(32600 + zone)
+    point = AreaOfInterest(lon, lat, lon, lat)
+    found = query_utm_crs_info(datum_name="WGS 84", area_of_interest=point)
+    if found:
+        return CRS.from_epsg(int(found[0].code))
+    return CRS.from_epsg(5041 if lat > 0 else 5042)  # UPS North / South (E,N)
+
+
 def grid_crs(crs: CRS, lonlat_bounds: tuple[float, float, float, float]) -> CRS:
-    """``crs`` itself when it is projected in metres, else the WGS84 UTM zone of the centre."""
+    """``crs`` itself when it is projected in metres, else the UTM zone of the centre."""
     if is_planar_metric(crs) and crs.axis_info[0].unit_conversion_factor == 1.0:
         return crs
     west, south, east, north = lonlat_bounds
-    lon, lat = (west + east) / 2, (south + north) / 2
-    zone = min(60, int((lon + 180) // 6) + 1)
-    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+    return utm_crs((west + east) / 2, (south + north) / 2)
 
 
 def make_grid(crs: CRS, transform: Affine, width: int, height: int, size_m: float) -> ZoneGrid:

@@ -164,6 +164,10 @@ def health_options_from_args(args: argparse.Namespace) -> HealthOptions:
     )
 
 
+#: Seconds of progress before a bar is first drawn.
+PROGRESS_DELAY_S = 0.5
+
+
 @contextmanager
 def progress_bar(
     desc: str, quiet: bool, unit: str = "tile"
@@ -172,17 +176,36 @@ def progress_bar(
     if quiet:
         yield lambda done, total: None
         return
-    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+    bars: list[tqdm] = []
 
     def update(done: int, total: int) -> None:
+        # The bar is made on the first report, when the total is known, and drawn only
+        # after PROGRESS_DELAY_S of progress, when the rate is known too: no
+        # "0tile [00:00, ?tile/s]" line, and quick steps draw nothing.
+        if not bars:
+            bars.append(
+                tqdm(
+                    desc=desc,
+                    total=total,
+                    initial=done,
+                    unit=unit,
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                    leave=False,
+                    delay=PROGRESS_DELAY_S,
+                )
+            )
+        bar = bars[0]
         if bar.total != total:
             bar.total = total
-        bar.update(done - bar.n)
+        if done != bar.n:
+            bar.update(done - bar.n)
 
     try:
         yield update
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

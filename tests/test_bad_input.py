@@ -17,7 +17,8 @@ from agriseg_cli.main import main
 from conftest import field_image, write_raster
 
 from agriseg.classes import NODATA
-from agriseg.errors import RasterReadError
+from agriseg.errors import InputError, RasterReadError
+from agriseg.inference import get_predictor
 
 FAST = ("--device", "cpu", "--quiet", "--tile-size", "128", "--overlap", "32")
 
@@ -177,3 +178,24 @@ def test_disk_full_while_writing(tmp_path):
     assert "writing failed" in last
     assert "no space left" in last and "file too large" in last and "free space" in last
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--threads", "0", "--threads 0: expected at least 1 thread"),
+        ("--workers", "0", "--workers 0: expected at least 1 worker"),
+        ("--batch-size", "0", "--batch-size 0: expected at least 1 tile"),
+        ("--overlap", "-2", "--overlap -2: expected an even number"),
+    ],
+)
+def test_bad_option_fails_before_the_output_folder_exists(tmp_path, capsys, option, value, needle):
+    out = tmp_path / "out"
+    msg = run_bad(good(tmp_path), out, capsys, option, value)
+    assert needle in msg
+    assert not out.exists()
+
+
+def test_zero_threads_is_not_taken_for_the_default() -> None:
+    with pytest.raises(InputError, match="--threads 0"):
+        get_predictor("default", "cpu", threads=0)

@@ -13,7 +13,7 @@ from affine import Affine
 from conftest import UTM, UTM_TRANSFORM, field_image, write_raster
 from pyproj import CRS, Geod, Transformer
 
-from agriseg.areas import geometry_area_perimeter_m
+from agriseg.areas import geometry_area_perimeter_m, pixel_area_rows_m2
 from agriseg.atomic import TMP_MARK
 from agriseg.classes import CLASS_NAMES, DEFAULT_CLASSES, NODATA
 from agriseg.errors import InputError
@@ -117,6 +117,16 @@ def test_area_m2_is_ground_area_in_any_crs(tmp_path: Path, grid: str) -> None:
     # ~2 cm pixels in every grid, so the crop area is about its pixels × 4 cm².
     crop_px = ((data == 1).sum()) * 0.0004
     assert summary["health"]["classes"]["crop"]["area_m2"] == pytest.approx(crop_px, rel=0.05)
+
+
+def test_areas_on_a_sphere_use_the_sphere() -> None:
+    sphere = CRS("+proj=longlat +R=6371000 +no_defs")
+    expected, _ = Geod(a=6371000, f=0).polygon_area_perimeter([10, 11, 11, 10], [50, 50, 51, 51])
+    cell = np.array([shapely.box(10, 50, 11, 51)], dtype=object)
+    area, _ = geometry_area_perimeter_m(cell, sphere)
+    assert area[0] == pytest.approx(abs(expected), rel=1e-9)
+    pixel = pixel_area_rows_m2(sphere, Affine(1.0, 0.0, 10.0, 0.0, -1.0, 51.0), np.array([0]), 0)
+    assert pixel[0] == pytest.approx(abs(expected), rel=1e-9)
 
 
 def test_perimeter_is_planar_in_utm() -> None:

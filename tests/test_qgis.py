@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import re
+import sqlite3
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
+import shapely
 from conftest import write_raster
 
 from agriseg.classes import CLASSES, NODATA, ClassList
 from agriseg.products import HealthOptions, health_paths, write_health_products
-from agriseg.qgis import class_style, zone_style
+from agriseg.qgis import class_style, write_layer_styles, zone_style
 
 
 def check_class_style(qml: str, classes: ClassList = CLASSES) -> None:
@@ -79,3 +84,18 @@ def test_gpkg_holds_default_styles(products: dict[str, Path]) -> None:
         assert row.f_table_schema == "" and row.f_table_catalog == ""
     health = styles.set_index("f_table_name").loc["health", "styleQML"]
     check_class_style(health)
+
+
+def test_layer_styles_update_time_is_geopackage_datetime(tmp_path: Path) -> None:
+    # GeoPackage DATETIME is "YYYY-MM-DDTHH:MM:SS.SSSZ"; QGIS's GDAL warns on anything else.
+    path = tmp_path / "styled.gpkg"
+    frame = gpd.GeoDataFrame({"a": [1]}, geometry=[shapely.box(0, 0, 1, 1)], crs="EPSG:32633")
+    pyogrio.write_dataframe(frame, path, layer="health", driver="GPKG")
+    write_layer_styles(path, {"health": class_style(CLASSES)})
+    with sqlite3.connect(path) as db:
+        (stored,) = db.execute("SELECT update_time FROM layer_styles").fetchone()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stored), stored
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pyogrio turns GDAL warnings into Python warnings
+        styles = pyogrio.read_dataframe(path, layer="layer_styles")
+    assert str(styles["update_time"].dt.tz) == "UTC"

@@ -17,7 +17,15 @@ from agriseg.classes import CLASSES, DEFAULT_CLASSES, NODATA
 from agriseg.errors import InputError
 from agriseg.health import class_areas_m2, health_summary
 from agriseg.products import HealthOptions, write_health_products
-from agriseg.zones import Fields, assign_fields, field_statistics, grid_zones, read_fields
+from agriseg.zones import (
+    Fields,
+    assign_fields,
+    field_statistics,
+    grid_crs,
+    grid_zones,
+    make_grid,
+    read_fields,
+)
 
 PIXEL_M2 = 0.02 * 0.02
 
@@ -177,6 +185,31 @@ def test_grid_over_geographic_raster_is_in_utm(tmp_path: Path) -> None:
     assert zones["area_m2"].sum() == pytest.approx(class_areas_m2(tmp_path / "g.tif", 4).sum())
     shares = zones[[f"{c.name}_share" for c in CLASSES]].to_numpy()
     assert shares.sum(axis=1) == pytest.approx(np.ones(len(zones)))
+
+
+@pytest.mark.parametrize(
+    ("lon", "lat", "epsg"),
+    [
+        (10.3, 45.2, 32632),  # ordinary place: the 6° zone
+        (-70.5, -30.2, 32719),  # southern hemisphere
+        (5.5, 60.5, 32632),  # south-western Norway: zone 32, where 6° zones say 31
+        (8.0, 78.0, 32631),  # Svalbard: zone 31, where 6° zones say 32
+        (15.0, 78.0, 32633),
+        (22.0, 78.0, 32635),  # Svalbard: zone 35, where 6° zones say 34
+        (0.0, 86.0, 5041),  # beyond UTM: UPS North
+    ],
+)
+def test_grid_over_geographic_raster_uses_the_local_utm_zone(
+    lon: float, lat: float, epsg: int
+) -> None:
+    transform = Affine(1e-6, 0.0, lon, 0.0, -1e-6, lat)
+    grid = make_grid(CRS(4326), transform, 50, 40, size_m=0.5)
+    assert grid.crs == CRS(epsg)
+    assert grid_crs(CRS(4326), (lon, lat, lon, lat)) == CRS(epsg)
+
+
+def test_grid_keeps_a_projected_metric_crs() -> None:
+    assert grid_crs(CRS(UTM), (5.5, 60.5, 5.5, 60.5)) == CRS(UTM)
 
 
 def test_grid_too_fine_is_an_input_error(tmp_path: Path) -> None:
