@@ -261,7 +261,9 @@ def segment_raster(
             "valid_pixels": int(pixels.sum()),
             "classes": class_table(pixels, area, meta.classes),
             **health,
-            "warnings": plan.scale.warnings() + run_warnings(info, int(pixels.sum())),
+            "warnings": plan.scale.warnings()
+            + run_warnings(info, int(pixels.sum()))
+            + health.get("warnings", []),
             "timings_s": {**stages, "total": round(elapsed, 3)},
             "peak_rss_mb": peak_rss_mb(),
             "machine": platform.node(),
