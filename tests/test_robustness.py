@@ -141,3 +141,17 @@ def test_unexpected_exception_with_debug_shows_the_traceback(tmp_path, health_pa
     with pytest.raises(RuntimeError, match="polygon table"):
         main(["run", str(image), "--out", str(tmp_path / "out"), *FAST, "--debug"])
     assert not (tmp_path / "out").exists()
+
+
+def test_degrees_beyond_the_pole_are_refused_in_one_line(tmp_path, capsys):
+    # Latitudes 80°..100°: pixels past the pole are nowhere, so no product is right.
+    transform = from_bounds(0, 80, 10, 100, 64, 64)
+    image = write_raster(tmp_path / "polar.tif", field_image(64, 64), "EPSG:4326", transform)
+    out = tmp_path / "out"
+    code = main(["run", str(image), "--out", str(out), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err.splitlines() == [
+        f"agriseg run: error: {image}: its rows reach latitude 80° to 100°, beyond the poles "
+        "(±90°); check the geotransform, or the CRS (--assume-crs) if it is not in degrees"
+    ]
