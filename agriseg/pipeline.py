@@ -291,7 +291,9 @@ def _summarise(
         "valid_pixels": valid,
         "classes": class_table(tally.pixels, tally.area_m2, meta.classes),
         **health,
-        "warnings": plan.tiles.scale.warnings() + run_warnings(info, valid),
+        "warnings": plan.tiles.scale.warnings()
+        + run_warnings(info, valid)
+        + health.get("warnings", []),
         "timings_s": timings_s,
         "peak_rss_mb": peak_rss_mb(),
         "machine": platform.node(),

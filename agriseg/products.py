@@ -84,6 +84,12 @@ def _template(crs: CRS, with_fields: bool, indices: tuple[str, ...] = ()) -> gpd
     return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
 
 
+def _finite_or_nan(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` with NaN (null in the outputs) wherever either is not finite."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    return np.where(ok, a, np.nan), np.where(ok, b, np.nan)
+
+
 def polygon_attributes(
     batch: PolygonBatch,
     crs: CRS,
@@ -92,10 +98,15 @@ def polygon_attributes(
     indices: tuple[str, ...] = (),
 ) -> gpd.GeoDataFrame:
     """The health-polygon table of one batch (geometries in ``crs``); ``indices`` names the
-    batch's per-pixel values (vegetation indices), written as ``mean_<index>``."""
-    area, perimeter = geometry_area_perimeter_m(batch.geometry, crs)
+    batch's per-pixel values (vegetation indices), written as ``mean_<index>``.
+
+    Where a centroid has no WGS84 lon/lat (off the Earth's disk in a geostationary
+    view), ``lon`` and ``lat`` are null; so are area and perimeter where a geodesic
+    measure is impossible (in a projected CRS they are planar and always known).
+    """
+    area, perimeter = _finite_or_nan(*geometry_area_perimeter_m(batch.geometry, crs))
     centroid = shapely.centroid(batch.geometry)
-    lon, lat = lonlat_points(shapely.get_x(centroid), shapely.get_y(centroid), crs)
+    lon, lat = _finite_or_nan(*lonlat_points(shapely.get_x(centroid), shapely.get_y(centroid), crs))
     columns: dict[str, Any] = {
         "class": np.array(classes.names, dtype=object)[batch.class_id],
         "class_id": batch.class_id.astype("int32"),
@@ -255,11 +266,12 @@ def _write_polygons(
     gpkg: Path | None,
     preview: _BackgroundPreview | None = None,
     indices: IndexReader | None = None,
-) -> tuple[int, dict[str, float | None]]:
+) -> tuple[int, int, dict[str, float | None]]:
     """Sieve ``strips`` into ``sieved`` and vectorise them into the given files, in one pass.
 
     Sieved strips also go to ``preview``; ``indices`` are averaged per polygon. Returns
-    the number of polygons and each index's mean over every polygon's pixels.
+    the number of polygons, how many of them the GeoJSON left out because they cannot
+    be projected to WGS84, and each index's mean over every polygon's pixels.
     """
     grid, options = job.grid, job.options
     profile = {**grid.profile, "driver": "GTiff", "count": 1, "dtype": "uint8", "nodata": NODATA}
@@ -295,11 +307,12 @@ def _write_polygons(
             count += len(frame)
             value_sum += batch.value_sum.sum(axis=0)
             value_count += batch.value_count.sum(axis=0)
+        unprojectable = sum(w.unprojectable for w in writers if isinstance(w, GeoJSONWriter))
     means = {
         name: round(float(value_sum[k] / value_count[k]), 4) if value_count[k] else None
         for k, name in enumerate(names)
     }
-    return count, means
+    return count, unprojectable, means
 
 
 def _write_zones(
@@ -346,8 +359,10 @@ def write_health_products(
         Additions to ``<stem>.summary.json``: ``health`` (see
         :func:`agriseg.health.health_summary`, plus ``min_area_m2``, ``sieve_px``
         and ``polygons``), ``fields`` (per-field statistics, with ``--fields``),
-        ``zones`` (cell count, size and CRS, with ``--grid``) and ``outputs``
-        (paths written, as text).
+        ``zones`` (cell count, size and CRS, with ``--grid``), ``outputs``
+        (paths written, as text) and, when some polygons cannot be projected to
+        WGS84 and were left out of the GeoJSON (``health["unprojectable_polygons"]``),
+        ``warnings``.
 
     Raises:
         InputError: The class raster has no CRS, or the fields file is unusable.
@@ -389,7 +404,7 @@ def _run_health(
                     )
                     for f in options.formats
                 }
-                count, index_means = _write_polygons(
+                count, unprojectable, index_means = _write_polygons(
                     job, strips, sieved, tmp.get("geojson"), tmp.get("gpkg"), preview, indices
                 )
                 if "gpkg" in tmp:
@@ -412,8 +427,20 @@ def _run_health(
                 "min_area_m2": options.min_area_m2,
                 "sieve_px": job.sieve_px,
                 "polygons": count,
+                "unprojectable_polygons": unprojectable,
                 "vegetation_indices": index_means,
             }
+            if unprojectable:
+                kept = (
+                    f"{paths['gpkg'].name} keeps them in the raster's CRS"
+                    if "gpkg" in options.formats
+                    else "add --format gpkg to keep them in the raster's CRS"
+                )
+                result["warnings"] = [
+                    f"{unprojectable} of {count} polygons cannot be projected to WGS84 "
+                    "longitude/latitude (off the Earth's disk, or around a pole) and were "
+                    f"left out of {paths['geojson'].name}; {kept}"
+                ]
             if job.fields is not None:
                 result["fields"] = field_statistics(
                     sieved, classes, job.fields, options.block_size, indices

@@ -138,6 +138,16 @@ def select_bands(
     return match_bands(src, wanted)
 
 
+def _check_latitudes(path: Path, height: int, width: int, transform: Affine) -> None:
+    """Refuse a raster in degrees whose rows reach past a pole: such pixels are nowhere."""
+    _, south, _, north = rasterio.transform.array_bounds(height, width, transform)
+    if south < -90 - 1e-6 or north > 90 + 1e-6:
+        raise InputError(
+            f"{path}: its rows reach latitude {south:g}° to {north:g}°, beyond the poles "
+            "(±90°); check the geotransform, or the CRS (--assume-crs) if it is not in degrees"
+        )
+
+
 def open_raster(
     path: Path | str,
     wanted_bands: tuple[str, ...],
@@ -170,6 +180,8 @@ def open_raster(
             raise InputError(
                 f"{path}: is not georeferenced (no geotransform); georeference it first"
             )
+        if not plain and crs.is_geographic:
+            _check_latitudes(path, src.height, src.width, src.transform)
         selected = select_bands(src, wanted_bands, bands)
         block_h, block_w = src.block_shapes[selected[0] - 1]
         return RasterInfo(

@@ -57,24 +57,30 @@ def file_strips(
     strip_height: int,
     halo: int = 0,
 ) -> Iterator[Strip]:
-    """The strips of a class raster file, ``strip_height`` rows each, with ``halo`` context rows."""
+    """The strips of a class raster file, ``strip_height`` rows each, with ``halo`` context rows.
+
+    The GDAL environment is entered around each read, never held across a ``yield``:
+    a generator astriponed by an error is closed later, maybe after the caller's own
+    ``rasterio.Env`` has exited, and leaving an Env then raises ``EnvError``.
+    """
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(**GDAL_ENV))
-        classes = stack.enter_context(rasterio.open(classes_path))
-        confidence = (
-            stack.enter_context(rasterio.open(confidence_path)) if confidence_path else None
-        )
+        with rasterio.Env(**GDAL_ENV):
+            classes = stack.enter_context(rasterio.open(classes_path))
+            confidence = (
+                stack.enter_context(rasterio.open(confidence_path)) if confidence_path else None
+            )
         height, width = classes.height, classes.width
         for row in range(0, height, strip_height):
             rows = min(strip_height, height - row)
             top = max(0, row - halo)
             bottom = min(height, row + rows + halo)
-            data = classes.read(1, window=Window(0, top, width, bottom - top))
-            conf = (
-                confidence.read(1, window=Window(0, row, width, rows))
-                if confidence is not None
-                else None
-            )
+            with rasterio.Env(**GDAL_ENV):
+                data = classes.read(1, window=Window(0, top, width, bottom - top))
+                conf = (
+                    confidence.read(1, window=Window(0, row, width, rows))
+                    if confidence is not None
+                    else None
+                )
             yield Strip(row, rows, data, row - top, conf)
 
 

@@ -71,11 +71,19 @@ def rounding_keeps_lattice_polygons_valid(
         np.array(to_wgs84.transform(a * x + b * y + c, d * x + e * y + f))
         for x, y in ((cols, rows), (cols + 1, rows), (cols, rows + 1))
     ]
-    jacobians = np.stack([lonlat[1] - lonlat[0], lonlat[2] - lonlat[0]], axis=-1).transpose(1, 0, 2)
-    if not np.isfinite(jacobians).all():
+    if not np.isfinite(lonlat).all():  # a corner off the Earth's disk
         return False
+    jacobians = np.stack([lonlat[1] - lonlat[0], lonlat[2] - lonlat[0]], axis=-1).transpose(1, 0, 2)
     narrowest = np.linalg.svd(jacobians, compute_uv=False).min()
     return bool(narrowest > 2.1 * _ROUNDING_SHIFT)
+
+
+def _all_finite(geometry: np.ndarray) -> np.ndarray:
+    """Whether every coordinate of each geometry is finite (missing geometries: True)."""
+    coords, owner = shapely.get_coordinates(geometry, return_index=True)
+    bad = np.zeros(len(geometry), dtype=bool)
+    bad[owner[~np.isfinite(coords).all(axis=1)]] = True
+    return ~bad
 
 
 def to_rfc7946(geometry: np.ndarray, crs: CRS, *, snap_safely: bool = True) -> np.ndarray:
@@ -86,13 +94,24 @@ def to_rfc7946(geometry: np.ndarray, crs: CRS, *, snap_safely: bool = True) -> n
     grid collapses rather than self-intersects; a polygon smaller than it becomes
     empty). Without it they are only rounded, ~10x faster, which is safe where
     :func:`rounding_keeps_lattice_polygons_valid` says so.
+
+    A geometry that cannot be projected comes back as None (missing): one with a
+    vertex that has no lon/lat (off the Earth's disk in a geostationary or
+    orthographic view: PROJ gives infinity) or, when snapping, one that is invalid in
+    lon/lat (a polygon around a pole).
     """
     to_wgs84 = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
     lonlat = shapely.transform(
         geometry, lambda xy: np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1]))
     )
+    lonlat = np.where(_all_finite(lonlat), lonlat, None)
     if snap_safely:
-        lonlat = shapely.set_precision(lonlat, 10.0**-GEOJSON_DECIMALS)
+        grid = 10.0**-GEOJSON_DECIMALS
+        try:
+            lonlat = shapely.set_precision(lonlat, grid)
+        except shapely.errors.GEOSException:  # rare: checking validity first costs every run
+            usable = shapely.is_missing(lonlat) | shapely.is_valid(lonlat)
+            lonlat = shapely.set_precision(np.where(usable, lonlat, None), grid)
     oriented = shapely.orient_polygons(lonlat, exterior_cw=False)
     # Print the grid values exactly (set_precision leaves them a few ulps off).
     return shapely.transform(oriented, lambda xy: np.round(xy, GEOJSON_DECIMALS))
@@ -117,7 +136,9 @@ def geopackage_output(final: Path) -> Iterator[Path]:
 class GeoJSONWriter:
     """Writes a FeatureCollection feature by feature (RFC 7946: WGS84, CCW, 7 decimals).
 
-    Features whose geometry vanishes at 1 cm precision are left out.
+    Features whose geometry vanishes at 1 cm precision are left out, and so are those
+    that cannot be projected to WGS84 (see :func:`to_rfc7946`; counted in
+    :attr:`unprojectable`).
 
     Args:
         path: File to write.
@@ -132,6 +153,8 @@ class GeoJSONWriter:
         self._snap_safely = snap_safely
         self._fh: IO[str] | None = None
         self._count = 0
+        #: Features left out because they cannot be projected to WGS84.
+        self.unprojectable = 0
 
     def __enter__(self) -> GeoJSONWriter:
         self._fh = open(self._path, "w", encoding="utf-8")
@@ -145,8 +168,11 @@ class GeoJSONWriter:
 
     def _write_slice(self, frame: gpd.GeoDataFrame) -> None:
         assert self._fh is not None, "use GeoJSONWriter as a context manager"
-        geometry = to_rfc7946(frame.geometry.to_numpy(), self._crs, snap_safely=self._snap_safely)
-        keep = ~(shapely.is_missing(geometry) | shapely.is_empty(geometry))
+        source = frame.geometry.to_numpy()
+        geometry = to_rfc7946(source, self._crs, snap_safely=self._snap_safely)
+        missing = shapely.is_missing(geometry)
+        self.unprojectable += int((missing & ~shapely.is_missing(source)).sum())
+        keep = ~(missing | shapely.is_empty(geometry))
         if not keep.any():
             return
         records = frame.drop(columns=frame.geometry.name)[keep].to_dict("records")

@@ -1,8 +1,9 @@
 """``agriseg`` entry point: dispatches to one module per command.
 
 Each command module in this package defines ``add_parser(subparsers)`` and
-``execute(args) -> int``. Library errors become one-line messages and a non-zero
-exit code; ``--debug`` shows the traceback instead.
+``execute(args) -> int``. Library errors become one-line messages and exit status 2;
+any other exception is a bug in agriseg (or in a library it uses) and becomes one
+line saying so, with exit status 3; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from agriseg.errors import AgrisegError
 COMMANDS = ("run", "batch", "train", "evaluate", "models", "bench", "generate")
 
 EXIT_ERROR = 2
+EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+
+#: Positional arguments that name a command's input, for the internal-error message.
+INPUT_ARGS = ("input", "raster", "rasters", "survey_dir")
 
 
 def _available_commands() -> list:
@@ -47,6 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _input_of(args: argparse.Namespace) -> str | None:
+    for name in INPUT_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            return ", ".join(map(str, value)) if value else None
+        if value is not None:
+            return str(value)
+    return None
+
+
+def internal_error_message(command: str, exc: Exception, input_path: str | None) -> str:
+    """One line for an exception agriseg did not expect: what it was, where, what to do."""
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever GDAL said
+    where = f" (input: {input_path})" if input_path else ""
+    return (
+        f"agriseg {command}: internal error: {what}{where} — "
+        "rerun with --debug for the traceback and report it"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"agriseg {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:  # a bug: one line, not a traceback (the outputs are rolled back)
+        if args.debug:
+            raise
+        print(internal_error_message(args.command, exc, _input_of(args)), file=sys.stderr)
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         print(f"agriseg {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
