@@ -43,7 +43,7 @@ def compare_rasters(
             classes = ClassList.from_tags(src.tags()) or DEFAULT_CLASSES
         n = len(classes)
         cm = np.zeros((n, n), dtype="int64")
-        grid = Grid(src.height, src.width, src.transform, src.crs)
+        grid = Grid.of_dataset(src)
         labels = Labels(labels_path, grid, classes, label_column, colors=label_colors)
         blocks = [w for _, w in src.block_windows(1)]
         for done, window in enumerate(blocks, start=1):
@@ -87,7 +87,7 @@ def evaluate_raster(
     _, meta = find_model(config.model)
     classes = meta.classes
     info = open_raster(raster, meta.bands, config.bands, config.assume_crs)
-    grid = Grid(info.height, info.width, info.transform, info.crs)
+    grid = info.grid
     # Unusable labels fail here, before the (long) segmentation starts.
     Labels(labels_path, grid, classes, label_column, colors=label_colors)
     result = segment_raster(raster, out_dir, config, progress)

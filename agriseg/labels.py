@@ -13,16 +13,13 @@ window, so labels of any size fit in memory.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import geopandas as gpd
 import numpy as np
 import rasterio
-from affine import Affine
 from rasterio import features, windows
-from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
@@ -32,23 +29,13 @@ from shapely.geometry import box
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, guess_role
 from agriseg.datasets import LabelColors, color_ids, decode_colors
 from agriseg.errors import InputError, RasterReadError
+from agriseg.grid import Grid
 from agriseg.raster import georeferenced, open_dataset
 
 #: File suffixes read as vector labels; anything else is opened as a raster.
 VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite")
 
 LabelKind = Literal["raster", "vector"]
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The pixel grid labels are read on: an image's size, transform and CRS
-    (``None``: a plain image, whose labels must be a mask of the same size)."""
-
-    height: int
-    width: int
-    transform: Affine
-    crs: CRS | None
 
 
 def label_kind(path: Path) -> LabelKind:

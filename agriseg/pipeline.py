@@ -23,7 +23,6 @@ import numpy as np
 from distributed import get_task_stream
 
 from agriseg import __version__
-from agriseg.areas import as_pyproj
 from agriseg.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.classes import ClassList
 from agriseg.config import RunConfig
@@ -37,7 +36,7 @@ from agriseg.outputs import (
     class_raster_profile,
     output_paths,
 )
-from agriseg.products import ClassGrid, HealthJob, plan_health
+from agriseg.products import ClassRaster, HealthJob, plan_health
 from agriseg.raster import RasterInfo, open_raster, pixel_grid_ok
 from agriseg.scale import TilePlan, plan_tiles
 from agriseg.segment import Block, segment_blocks
@@ -160,15 +159,8 @@ def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
     health = None
     if info.crs is not None:
-        grid = ClassGrid(
-            as_pyproj(info.crs),
-            info.transform,
-            info.height,
-            info.width,
-            class_raster_profile(info),
-            meta.classes,
-        )
-        health = plan_health(grid, config.health)
+        raster = ClassRaster(info.grid, class_raster_profile(info), meta.classes)
+        health = plan_health(raster, config.health)
     stream = config.stream_health
     if stream is None:
         stream = device.startswith("cuda")

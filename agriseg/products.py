@@ -24,7 +24,6 @@ import pandas as pd
 import rasterio
 import rasterio.io
 import shapely
-from affine import Affine
 from pyproj import CRS
 from rasterio.windows import Window
 
@@ -32,6 +31,8 @@ from agriseg.areas import geometry_area_perimeter_m, lonlat_points, pixel_size_m
 from agriseg.atomic import atomic_output, temporary_name, write_text_atomic
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.config import HealthOptions
+from agriseg.errors import InputError
+from agriseg.grid import Grid
 from agriseg.health import class_areas_m2, health_summary, raster_crs
 from agriseg.indices import IndexReader
 from agriseg.outputs import output_paths
@@ -125,37 +126,31 @@ def polygon_attributes(
 
 
 @dataclass(frozen=True)
-class ClassGrid:
-    """Where a class raster lies: what the health pass needs to know before any pixel.
+class ClassRaster:
+    """What the health pass needs to know of a class raster before any pixel.
 
     Attributes:
-        crs: Its CRS.
-        transform: Its affine transform.
-        height: Rows.
-        width: Columns.
+        grid: Where it lies (it must have a CRS: areas are measured on the ground).
         profile: rasterio profile for the sieved copy (uint8, nodata 255).
         classes: What its class ids mean (the model's classes).
     """
 
-    crs: CRS
-    transform: Affine
-    height: int
-    width: int
+    grid: Grid
     profile: dict[str, Any]
     classes: ClassList = DEFAULT_CLASSES
 
     @classmethod
-    def of_file(cls, path: Path) -> ClassGrid:
-        """The grid of a class raster; its classes come from its tags and colour table
-        (the four default classes for rasters that carry none)."""
+    def of_file(cls, path: Path) -> ClassRaster:
+        """A class raster file; its classes come from its tags and colour table (the four
+        default classes for rasters that carry none)."""
         with rasterio.open(path) as src:
             try:
                 colormap = src.colormap(1)
             except ValueError:  # no colour table
                 colormap = None
             classes = ClassList.from_tags(src.tags(), colormap) or DEFAULT_CLASSES
-            crs = raster_crs(src, path)
-            return cls(crs, src.transform, src.height, src.width, src.profile, classes)
+            raster_crs(src, path)  # refuses a raster without a CRS
+            return cls(Grid.of_dataset(src), src.profile, classes)
 
 
 @dataclass(frozen=True)
@@ -167,11 +162,21 @@ class HealthJob:
     segmentation that produces them is still running.
     """
 
-    grid: ClassGrid
+    raster: ClassRaster
     options: HealthOptions
     fields: Fields | None
     pixel_m: float
     sieve_px: int
+
+    @property
+    def grid(self) -> Grid:
+        return self.raster.grid
+
+    @property
+    def crs(self) -> CRS:
+        """The class raster's CRS (a health pass always has one)."""
+        assert self.raster.grid.crs is not None
+        return self.raster.grid.crs
 
     @property
     def strip_height(self) -> int:
@@ -201,12 +206,16 @@ class HealthJob:
         return _run_health(self, strips, image_path, Path(out_dir), stem)
 
 
-def plan_health(grid: ClassGrid, options: HealthOptions | None = None) -> HealthJob:
+def plan_health(raster: ClassRaster, options: HealthOptions | None = None) -> HealthJob:
     """Check the options against the raster and read ``--fields``; see :class:`HealthJob`."""
     options = options or HealthOptions()
+    grid = raster.grid
+    if grid.crs is None:
+        raise InputError("the field-health pass needs a class raster with a CRS")
     fields = read_fields(options.fields, grid.crs) if options.fields is not None else None
     pixel_m = pixel_size_m(grid.crs, grid.transform, grid.width, grid.height)
-    return HealthJob(grid, options, fields, pixel_m, sieve_size(options.min_area_m2, pixel_m**2))
+    sieve_px = sieve_size(options.min_area_m2, pixel_m**2)
+    return HealthJob(raster, options, fields, pixel_m, sieve_px)
 
 
 def _polygon_writers(
@@ -220,11 +229,11 @@ def _polygon_writers(
     writers: list[GeoJSONWriter | GpkgLayerWriter] = []
     if geojson is not None:
         snap = job.options.simplify_m > 0 or not rounding_keeps_lattice_polygons_valid(
-            grid.crs, grid.transform, grid.height, grid.width
+            job.crs, grid.transform, grid.height, grid.width
         )
-        writers.append(stack.enter_context(GeoJSONWriter(geojson, grid.crs, snap_safely=snap)))
+        writers.append(stack.enter_context(GeoJSONWriter(geojson, job.crs, snap_safely=snap)))
     if gpkg is not None:
-        template = _template(grid.crs, job.fields is not None, indices)
+        template = _template(job.crs, job.fields is not None, indices)
         writers.append(stack.enter_context(GpkgLayerWriter(gpkg, POLYGON_LAYER, template)))
     return writers
 
@@ -234,10 +243,11 @@ class _BackgroundPreview:
     while the last strip is still being vectorised."""
 
     def __init__(
-        self, grid: ClassGrid, image_path: Path | None, out: Path, pool: ThreadPoolExecutor
+        self, raster: ClassRaster, image_path: Path | None, out: Path, pool: ThreadPoolExecutor
     ) -> None:
+        grid = raster.grid
         self._canvas = PreviewCanvas(grid.height, grid.width)
-        self._classes = grid.classes
+        self._classes = raster.classes
         self._height = grid.height
         self._image_path = image_path
         self._out = out
@@ -274,7 +284,13 @@ def _write_polygons(
     be projected to WGS84, and each index's mean over every polygon's pixels.
     """
     grid, options = job.grid, job.options
-    profile = {**grid.profile, "driver": "GTiff", "count": 1, "dtype": "uint8", "nodata": NODATA}
+    profile = {
+        **job.raster.profile,
+        "driver": "GTiff",
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": NODATA,
+    }
     names = indices.names if indices is not None else ()
     polygons = StripPolygons(
         grid.height,
@@ -301,7 +317,7 @@ def _write_polygons(
         count = 0
         simplify_px = options.simplify_m / job.pixel_m
         for batch in finish_polygons(pixel_batches(dst), grid.transform, simplify_px):
-            frame = polygon_attributes(batch, grid.crs, grid.classes, job.fields, names)
+            frame = polygon_attributes(batch, job.crs, job.raster.classes, job.fields, names)
             for writer in writers:
                 writer.write(frame)
             count += len(frame)
@@ -369,7 +385,7 @@ def write_health_products(
         OutputError: An output could not be written.
     """
     classes_path = Path(classes_path)
-    job = plan_health(ClassGrid.of_file(classes_path), options)
+    job = plan_health(ClassRaster.of_file(classes_path), options)
     strips = job.file_strips(classes_path, confidence_path)
     return _run_health(job, strips, image_path, Path(out_dir), stem)
 
@@ -382,7 +398,7 @@ def _run_health(
     stem: str,
 ) -> dict[str, Any]:
     options = job.options
-    classes = job.grid.classes
+    classes = job.raster.classes
     indices = IndexReader.of_file(image_path)
     paths = health_paths(out_dir, stem)
     sieved = temporary_name(output_paths(out_dir, stem, ("sieved",))["sieved"])
@@ -396,7 +412,7 @@ def _run_health(
                 # first, then the PNG appears (or, after an error, is removed).
                 preview_tmp = outer.enter_context(atomic_output(paths["preview"]))
                 pool = outer.enter_context(ThreadPoolExecutor(1, "agriseg-preview"))
-                preview = _BackgroundPreview(job.grid, image_path, preview_tmp, pool)
+                preview = _BackgroundPreview(job.raster, image_path, preview_tmp, pool)
             with contextlib.ExitStack() as stack:
                 tmp = {
                     f: stack.enter_context(

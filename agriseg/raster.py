@@ -20,11 +20,14 @@ import numpy as np
 import rasterio
 from affine import Affine
 from dask.base import tokenize
+from pyproj import CRS as PyprojCRS
 from rasterio.crs import CRS
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
+from agriseg.areas import as_pyproj
 from agriseg.errors import InputError, RasterReadError
+from agriseg.grid import Grid
 from agriseg.spectral import band_names, match_bands
 
 #: Dtypes agriseg can normalise.
@@ -40,29 +43,43 @@ CHUNK_TARGET = 512
 
 @dataclass(frozen=True)
 class RasterInfo:
-    """A validated input raster and the bands agriseg will read from it.
+    """A validated input raster: its grid and the bands agriseg will read from it.
 
     ``bands`` are 1-based indexes in the model's order; ``band_names`` are the
     file's names of those bands (see :mod:`agriseg.spectral`).
 
-    ``crs`` is ``None`` for a plain image (PNG, JPEG, TIFF with neither CRS nor
-    geotransform): its ``transform`` is then the identity, a grid of pixels only.
+    The grid's ``crs`` is ``None`` for a plain image (PNG, JPEG, TIFF with neither CRS
+    nor geotransform): its ``transform`` is then the identity, a grid of pixels only.
+    ``height``, ``width``, ``transform`` and ``crs`` read through to the grid.
     """
 
     path: Path
-    width: int
-    height: int
+    grid: Grid
     count: int
     dtype: str
-    crs: CRS | None
-    transform: Affine
     block_shape: tuple[int, int]
     bands: tuple[int, ...]
     band_names: tuple[str, ...] = ()
 
     @property
+    def height(self) -> int:
+        return self.grid.height
+
+    @property
+    def width(self) -> int:
+        return self.grid.width
+
+    @property
     def shape(self) -> tuple[int, int]:
-        return self.height, self.width
+        return self.grid.shape
+
+    @property
+    def transform(self) -> Affine:
+        return self.grid.transform
+
+    @property
+    def crs(self) -> PyprojCRS | None:
+        return self.grid.crs
 
 
 @contextlib.contextmanager
@@ -186,12 +203,9 @@ def open_raster(
         block_h, block_w = src.block_shapes[selected[0] - 1]
         return RasterInfo(
             path=path,
-            width=src.width,
-            height=src.height,
+            grid=Grid(src.height, src.width, src.transform, as_pyproj(crs) if crs else None),
             count=src.count,
             dtype=dtype,
-            crs=crs,
-            transform=src.transform,
             block_shape=(block_h, block_w),
             bands=selected,
             band_names=tuple(band_names(src)[b - 1] for b in selected),

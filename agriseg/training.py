@@ -34,7 +34,7 @@ from agriseg.areas import pixel_size_m
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, Colour
 from agriseg.errors import InputError, ModelError
 from agriseg.inference import normalize, resolve_device
-from agriseg.labels import Grid, Labels, label_classes
+from agriseg.labels import Labels, label_classes
 from agriseg.metrics import Scores, confusion_matrix, scores
 from agriseg.models import (
     RGB_BANDS,
@@ -230,7 +230,7 @@ def load_scene(
     """
     info = open_raster(raster, wanted, config.bands)
     image = read_window(info.path, info.bands, Window(0, 0, info.width, info.height))
-    grid = Grid(info.height, info.width, info.transform, info.crs)
+    grid = info.grid
     truth = Labels(labels, grid, classes, config.label_column, colors=config.label_colors).read(
         Window(0, 0, info.width, info.height)
     )

@@ -15,7 +15,7 @@ from agriseg.classes import NODATA
 from agriseg.config import RunConfig
 from agriseg.health_stream import HealthStream
 from agriseg.pipeline import segment_raster
-from agriseg.products import ClassGrid, HealthOptions, plan_health, write_health_products
+from agriseg.products import ClassRaster, HealthOptions, plan_health, write_health_products
 from agriseg.strips import StripAssembler, file_strips
 
 
@@ -78,7 +78,7 @@ def test_run_streams_the_same_products_as_a_pass_over_the_finished_rasters(
 
 def job_for(tmp_path: Path, **options):
     path = write_raster(tmp_path / "g.tif", np.zeros((1, 40, 30), dtype="uint8"), nodata=NODATA)
-    return plan_health(ClassGrid.of_file(path), HealthOptions(block_size=16, **options))
+    return plan_health(ClassRaster.of_file(path), HealthOptions(block_size=16, **options))
 
 
 def test_a_failing_health_pass_fails_the_producer_and_stops(tmp_path: Path) -> None:

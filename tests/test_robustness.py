@@ -113,7 +113,7 @@ def health_pass_bug(monkeypatch):
     monkeypatch.setattr(agriseg.products, "polygon_attributes", broken)
 
 
-# The band reader abandoned by the error must not fail later on leaving a GDAL
+# The strip reader abandoned by the error must not fail later on leaving a GDAL
 # environment that is gone (rasterio's EnvError, once a second traceback).
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("out_exists", [False, True])
