@@ -32,7 +32,6 @@ from rasterio.windows import Window
 from agriseg.areas import as_pyproj, pixel_area_rows_m2
 from agriseg.classes import ROLES, ClassList, Role
 from agriseg.errors import InputError
-from agriseg.strips import GDAL_ENV
 from agriseg.vectorize import blocks
 
 #: Labels each pixel of a window with a zone index (``-1``: in no zone).
@@ -71,7 +70,7 @@ def class_areas_m2(
         Float64 array of shape ``(n_zones, n_classes)``, in m².
     """
     totals = np.zeros(n_zones * n_classes)
-    with rasterio.Env(**GDAL_ENV), rasterio.open(classes_path) as src:
+    with rasterio.open(classes_path) as src:
         crs = raster_crs(src, classes_path)
         for row in blocks(src.height, src.width, block_size):
             first = row[0]

@@ -20,8 +20,9 @@ from agriseg.raster import RasterInfo
 #: The rasters a :class:`ClassRasterWriter` writes, keys of :func:`output_paths`.
 KINDS = ("classes", "confidence")
 
-#: GDAL settings for writing: a bounded block cache (bytes), scoped to the writer.
-WRITE_ENV = {"GDAL_CACHEMAX": 64 * 2**20, "GDAL_NUM_THREADS": "ALL_CPUS"}
+#: GDAL settings for writing: compress on every core. The block cache is the run's
+#: (:mod:`agriseg.gdal_settings`).
+WRITE_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS"}
 
 
 def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from agriseg.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.classes import ClassList
 from agriseg.config import RunConfig
 from agriseg.execution import dask_client, release_free_memory
+from agriseg.gdal_settings import on_workers, run_settings
 from agriseg.health_stream import HealthStream
 from agriseg.inference import resolve_device
 from agriseg.models import ModelMeta, find_model
@@ -213,6 +214,7 @@ def _segment(
     grid, info, config = plan.tiles.grid, plan.info, plan.config
     with (
         dask_client(config.scheduler, config.workers) as client,
+        on_workers(client),
         get_task_stream(client) as stream,
         pixel_grid_ok(info.crs is None),
         ClassRasterWriter(
@@ -308,7 +310,7 @@ def segment_raster(
     started = time.perf_counter()
     plan = plan_run(input_path, out_dir, config)
     stem = input_path.stem
-    with output_folder(out_dir), output_transaction() as transaction:
+    with run_settings(), output_folder(out_dir), output_transaction() as transaction:
         staging = transaction.staging_folder(out_dir, "health")
         job = plan.health
         health_stream = (

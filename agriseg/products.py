@@ -32,13 +32,14 @@ from agriseg.atomic import atomic_output, temporary_name, write_text_atomic
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.config import HealthOptions
 from agriseg.errors import InputError
+from agriseg.gdal_settings import run_settings
 from agriseg.grid import Grid
 from agriseg.health import class_areas_m2, health_summary, raster_crs
 from agriseg.indices import IndexReader
 from agriseg.outputs import output_paths
 from agriseg.preview import PreviewCanvas, blend_preview, save_png
 from agriseg.qgis import class_style, write_layer_styles, zone_style
-from agriseg.strips import GDAL_ENV, Strip, file_strips
+from agriseg.strips import Strip, file_strips
 from agriseg.vector_outputs import (
     GeoJSONWriter,
     GpkgLayerWriter,
@@ -311,7 +312,6 @@ def _write_polygons(
             yield polygons.add(core, strip.confidence, strip.row_off)
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(**GDAL_ENV))
         dst = stack.enter_context(rasterio.open(sieved, "w", **profile))
         writers = _polygon_writers(stack, job, geojson, gpkg, names)
         count = 0
@@ -386,8 +386,9 @@ def write_health_products(
     """
     classes_path = Path(classes_path)
     job = plan_health(ClassRaster.of_file(classes_path), options)
-    strips = job.file_strips(classes_path, confidence_path)
-    return _run_health(job, strips, image_path, Path(out_dir), stem)
+    with run_settings():
+        strips = job.file_strips(classes_path, confidence_path)
+        return _run_health(job, strips, image_path, Path(out_dir), stem)
 
 
 def _run_health(

@@ -34,8 +34,9 @@ from agriseg.spectral import band_names, match_bands
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 #: GDAL settings for one read task: each task decodes its own chunk on its own
-#: thread (Dask provides the parallelism), with a small block cache (bytes).
-READ_ENV = {"GDAL_NUM_THREADS": 1, "GDAL_CACHEMAX": 64 * 2**20}
+#: thread (Dask provides the parallelism). The block cache is the run's
+#: (:mod:`agriseg.gdal_settings`).
+READ_ENV = {"GDAL_NUM_THREADS": 1}
 
 #: Target chunk edge (pixels) for the lazy array; rounded to whole file blocks.
 CHUNK_TARGET = 512

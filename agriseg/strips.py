@@ -20,11 +20,6 @@ from rasterio.windows import Window
 
 from agriseg.classes import NODATA
 
-#: Environment for block-wise reads and writes of class rasters: a bounded GDAL block cache.
-#: rasterio hands an int GDAL_CACHEMAX to GDALSetCacheMax64, so it is in bytes (GDAL's
-#: own string option reads small numbers as MB: a bare 256 here once meant 256 bytes).
-GDAL_ENV = {"GDAL_CACHEMAX": 64 * 2**20}
-
 
 @dataclass(frozen=True)
 class Strip:
@@ -59,28 +54,26 @@ def file_strips(
 ) -> Iterator[Strip]:
     """The strips of a class raster file, ``strip_height`` rows each, with ``halo`` context rows.
 
-    The GDAL environment is entered around each read, never held across a ``yield``:
-    a generator astriponed by an error is closed later, maybe after the caller's own
-    ``rasterio.Env`` has exited, and leaving an Env then raises ``EnvError``.
+    No ``rasterio.Env`` is held across a ``yield``: a generator abandoned by an error
+    is closed later, maybe after the caller's own Env has exited, and leaving an Env
+    then raises ``EnvError``. The block cache is the run's (:mod:`agriseg.gdal_settings`).
     """
     with contextlib.ExitStack() as stack:
-        with rasterio.Env(**GDAL_ENV):
-            classes = stack.enter_context(rasterio.open(classes_path))
-            confidence = (
-                stack.enter_context(rasterio.open(confidence_path)) if confidence_path else None
-            )
+        classes = stack.enter_context(rasterio.open(classes_path))
+        confidence = (
+            stack.enter_context(rasterio.open(confidence_path)) if confidence_path else None
+        )
         height, width = classes.height, classes.width
         for row in range(0, height, strip_height):
             rows = min(strip_height, height - row)
             top = max(0, row - halo)
             bottom = min(height, row + rows + halo)
-            with rasterio.Env(**GDAL_ENV):
-                data = classes.read(1, window=Window(0, top, width, bottom - top))
-                conf = (
-                    confidence.read(1, window=Window(0, row, width, rows))
-                    if confidence is not None
-                    else None
-                )
+            data = classes.read(1, window=Window(0, top, width, bottom - top))
+            conf = (
+                confidence.read(1, window=Window(0, row, width, rows))
+                if confidence is not None
+                else None
+            )
             yield Strip(row, rows, data, row - top, conf)
 
 

@@ -32,7 +32,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from agriseg.classes import NODATA
-from agriseg.strips import GDAL_ENV, Strip, file_strips
+from agriseg.gdal_settings import run_settings
+from agriseg.strips import Strip, file_strips
 
 #: Polygons built from GDAL's shapes at a time (bounds their Python coordinate lists).
 SHAPES_SLICE = 2048
@@ -198,7 +199,7 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
         block_size: Edge of the processing blocks in pixels.
     """
     with (
-        rasterio.Env(**GDAL_ENV),
+        run_settings(),
         rasterio.open(src_path) as src,
         rasterio.open(dst_path, "w", **src.profile) as dst,
     ):
