@@ -505,6 +505,50 @@ def _model_and_meta(
     return model.train(), meta
 
 
+def _train_epoch(
+    model: torch.nn.Module,
+    sampler: ChipSampler,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rng: np.random.Generator,
+    device: torch.device,
+    steps: int,
+    progress: Progress | None = None,
+    steps_before: int = 0,
+    steps_total: int = 0,
+) -> float:
+    """Run ``steps`` optimiser steps on sampled chips; return the mean loss.
+
+    The loss is cross-entropy plus Dice, both ignoring unlabelled pixels (255).
+    ``progress`` is called with the steps done in the whole training (``steps_before``
+    plus this epoch's) and ``steps_total``.
+    """
+    dice = smp.losses.DiceLoss("multiclass", ignore_index=NODATA)
+    model.train()
+    losses = []
+    for step in range(steps):
+        x, y = sampler.batch(rng)
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, ignore_index=NODATA) + dice(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(steps_before + step + 1, steps_total)
+    return float(np.mean(losses))
+
+
+def _check_scenes(scenes: Sequence[Scene]) -> None:
+    if not scenes:
+        raise InputError("no training images given")
+    counts = {s.image.shape[0] for s in scenes}
+    if len(counts) > 1:
+        raise InputError(f"training images have different band counts {sorted(counts)}")
+
+
 def train(
     scenes: Sequence[Scene],
     out: Path,
@@ -527,11 +571,7 @@ def train(
         The checkpoint written after the last epoch and the history of all epochs.
     """
     config.check()
-    if not scenes:
-        raise InputError("no training images given")
-    counts = {s.image.shape[0] for s in scenes}
-    if len(counts) > 1:
-        raise InputError(f"training images have different band counts {sorted(counts)}")
+    _check_scenes(scenes)
     device = resolve_device(config.device)
     weights_path, _ = checkpoint_paths(out)
     name = weights_path.name.removesuffix(".safetensors")
@@ -547,7 +587,6 @@ def train(
     )
     total = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total))
-    dice = smp.losses.DiceLoss("multiclass", ignore_index=NODATA)
     history: list[EpochResult] = []
     records: list[dict[str, Any]] = []
     first_epoch = 1
@@ -562,25 +601,22 @@ def train(
     started = time.perf_counter()
     for epoch in range(first_epoch, config.epochs + 1):
         epoch_start = time.perf_counter()
-        model.train()
-        losses = []
-        for step in range(config.steps_per_epoch):
-            x, y = sampler.batch(rng)
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, ignore_index=NODATA) + dice(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                done = (epoch - 1) * config.steps_per_epoch + step + 1
-                progress(done, total)
+        loss = _train_epoch(
+            model,
+            sampler,
+            optimizer,
+            scheduler,
+            rng,
+            device,
+            config.steps_per_epoch,
+            progress,
+            (epoch - 1) * config.steps_per_epoch,
+            total,
+        )
         result = EpochResult(
             epoch=epoch,
             epochs=config.epochs,
-            loss=float(np.mean(losses)),
+            loss=loss,
             validation=validate(model, scenes, splits, meta.normalization, device, meta.classes),
             seconds=time.perf_counter() - epoch_start,
         )
