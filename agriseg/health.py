@@ -20,7 +20,8 @@ and ``other`` classes such as water or residue included).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,69 @@ def raster_crs(dataset: rasterio.DatasetReader, path: Path) -> CRS:
     return as_pyproj(dataset.crs)
 
 
+@dataclass(frozen=True)
+class Zoning:
+    """A way to split a raster into zones (fields, grid cells...).
+
+    Attributes:
+        label: Labels the pixels of a window with zone indexes in ``[0, count)`` or
+            ``-1`` (in no zone); None puts every pixel in zone 0.
+        count: Number of zones.
+    """
+
+    label: ZoneLabeller | None = None
+    count: int = 1
+
+    def labels(self, window: Window) -> np.ndarray:
+        if self.label is None:
+            return np.zeros((int(window.height), int(window.width)), dtype="int64")
+        return np.asarray(self.label(window), dtype="int64")
+
+
+#: The whole raster as one zone.
+WHOLE = Zoning()
+
+
+def zone_class_areas(
+    classes_path: Path,
+    n_classes: int,
+    zonings: Sequence[Zoning],
+    *,
+    block_size: int = 2048,
+) -> list[np.ndarray]:
+    """Ground area of each class in each zone of every zoning, in one read of the raster.
+
+    Args:
+        classes_path: Class raster (uint8, nodata 255) with a CRS.
+        n_classes: Number of classes (ids ``0..n_classes-1``).
+        zonings: The zonings to measure.
+        block_size: Edge of the blocks read at a time, in pixels.
+
+    Returns:
+        One float64 array of shape ``(zoning.count, n_classes)`` per zoning, in m².
+    """
+    totals = [np.zeros(z.count * n_classes) for z in zonings]
+    with rasterio.open(classes_path) as src:
+        crs = raster_crs(src, classes_path)
+        for row in blocks(src.height, src.width, block_size):
+            first = row[0]
+            rows = np.arange(first.row_off, first.row_off + first.height)
+            row_area = pixel_area_rows_m2(crs, src.transform, rows, src.width / 2)
+            planar = np.ptp(row_area) == 0  # one pixel area for all
+            for window in row:
+                data = src.read(1, window=window)
+                area = None if planar else np.broadcast_to(row_area[:, None], data.shape)
+                for zoning, total in zip(zonings, totals, strict=True):
+                    label = zoning.labels(window)
+                    keep = (data < n_classes) & (label >= 0)  # nodata (255) is not a class
+                    index = label[keep] * n_classes + data[keep]
+                    if area is None:
+                        total += np.bincount(index, minlength=total.size) * row_area[0]
+                    else:
+                        total += np.bincount(index, weights=area[keep], minlength=total.size)
+    return [t.reshape(z.count, n_classes) for z, t in zip(zonings, totals, strict=True)]
+
+
 def class_areas_m2(
     classes_path: Path,
     n_classes: int,
@@ -56,37 +120,10 @@ def class_areas_m2(
     zones: ZoneLabeller | None = None,
     n_zones: int = 1,
 ) -> np.ndarray:
-    """Ground area of each class in each zone of a class raster.
-
-    Args:
-        classes_path: Class raster (uint8, nodata 255) with a CRS.
-        n_classes: Number of classes (ids ``0..n_classes-1``).
-        block_size: Edge of the blocks read at a time, in pixels.
-        zones: Labels the pixels of a window with zone indexes in ``[0, n_zones)``
-            or ``-1``; None puts every pixel in zone 0.
-        n_zones: Number of zones.
-
-    Returns:
-        Float64 array of shape ``(n_zones, n_classes)``, in m².
-    """
-    totals = np.zeros(n_zones * n_classes)
-    with rasterio.open(classes_path) as src:
-        crs = raster_crs(src, classes_path)
-        for row in blocks(src.height, src.width, block_size):
-            first = row[0]
-            rows = np.arange(first.row_off, first.row_off + first.height)
-            row_area = pixel_area_rows_m2(crs, src.transform, rows, src.width / 2)
-            for window in row:
-                data = src.read(1, window=window)
-                label = np.zeros(data.shape, dtype="int64") if zones is None else zones(window)
-                keep = (data < n_classes) & (label >= 0)  # nodata (255) is not a class
-                index = label[keep].astype("int64") * n_classes + data[keep]
-                if np.ptp(row_area) == 0:  # planar CRS: one pixel area for all
-                    totals += np.bincount(index, minlength=totals.size) * row_area[0]
-                else:
-                    area = np.broadcast_to(row_area[:, None], data.shape)[keep]
-                    totals += np.bincount(index, weights=area, minlength=totals.size)
-    return totals.reshape(n_zones, n_classes)
+    """Ground area of each class in each zone of a class raster (one zoning: see
+    :func:`zone_class_areas`); ``(n_zones, n_classes)`` in m²."""
+    zoning = Zoning(zones, n_zones)
+    return zone_class_areas(classes_path, n_classes, [zoning], block_size=block_size)[0]
 
 
 def role_areas(areas: np.ndarray, classes: ClassList) -> dict[Role, np.ndarray]:

@@ -18,7 +18,7 @@ per field and per zone are computed block by block in bounded memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from agriseg.health import ZoneLabeller
+from agriseg.health import Zoning
 from agriseg.raster import READ_ENV
 from agriseg.spectral import band_names
 from agriseg.vectorize import blocks
@@ -107,28 +107,29 @@ def zone_index_means(
     reader: IndexReader,
     height: int,
     width: int,
+    zonings: Sequence[Zoning],
     *,
     block_size: int = 2048,
-    zones: ZoneLabeller | None = None,
-    n_zones: int = 1,
-) -> np.ndarray:
-    """Mean of each index in each zone: ``(n_zones, len(reader.names))``, NaN where no
-    pixel of a zone has a value. ``zones`` labels pixels as in
-    :func:`agriseg.health.class_areas_m2` (None: one zone, the whole image)."""
+) -> list[np.ndarray]:
+    """Mean of each index in each zone of every zoning, in one read of the image: one
+    ``(zoning.count, len(reader.names))`` array per zoning, NaN where no pixel of a
+    zone has a value."""
     k = len(reader.names)
-    sums = np.zeros((k, n_zones))
-    counts = np.zeros((k, n_zones))
+    sums = [np.zeros((k, z.count)) for z in zonings]
+    counts = [np.zeros((k, z.count)) for z in zonings]
     for row in blocks(height, width, block_size):
         for window in row:
             values = reader.read(window)
-            label = (
-                np.zeros(values.shape[1:], dtype="int64")
-                if zones is None
-                else np.asarray(zones(window), dtype="int64")
-            )
-            for i in range(k):
-                keep = np.isfinite(values[i]) & (label >= 0)
-                sums[i] += np.bincount(label[keep], weights=values[i][keep], minlength=n_zones)
-                counts[i] += np.bincount(label[keep], minlength=n_zones)
+            finite = np.isfinite(values)
+            for zoning, total, count in zip(zonings, sums, counts, strict=True):
+                label = zoning.labels(window)
+                for i in range(k):
+                    keep = finite[i] & (label >= 0)
+                    n = zoning.count
+                    total[i] += np.bincount(label[keep], weights=values[i][keep], minlength=n)
+                    count[i] += np.bincount(label[keep], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).T
+        return [
+            np.where(c > 0, s / np.maximum(c, 1), np.nan).T
+            for s, c in zip(sums, counts, strict=True)
+        ]

@@ -34,8 +34,8 @@ from agriseg.config import HealthOptions
 from agriseg.errors import InputError
 from agriseg.gdal_settings import run_settings
 from agriseg.grid import Grid
-from agriseg.health import class_areas_m2, health_summary, raster_crs
-from agriseg.indices import IndexReader
+from agriseg.health import WHOLE, Zoning, health_summary, raster_crs, zone_class_areas
+from agriseg.indices import IndexReader, zone_index_means
 from agriseg.outputs import output_paths
 from agriseg.preview import PreviewCanvas, blend_preview, save_png
 from agriseg.qgis import class_style, write_layer_styles, zone_style
@@ -54,7 +54,16 @@ from agriseg.vectorize import (
     sieve_size,
     sieve_strip,
 )
-from agriseg.zones import Fields, assign_fields, field_statistics, grid_zones, read_fields
+from agriseg.zones import (
+    Fields,
+    assign_fields,
+    field_labeller,
+    field_table,
+    grid_labeller,
+    make_grid,
+    read_fields,
+    zone_frame,
+)
 
 #: Most rows per strip of the health pass (blocks are ``block_size`` px wide).
 STRIP_ROWS = 2048
@@ -331,16 +340,45 @@ def _write_polygons(
     return count, unprojectable, means
 
 
-def _write_zones(
-    source: Path,
-    classes: ClassList,
-    gpkg: Path,
-    options: HealthOptions,
-    indices: IndexReader | None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Statistics:
+    """The health statistics of a sieved class raster: the whole raster's class areas,
+    and the per-field table and zone layer when asked for."""
+
+    areas: np.ndarray
+    fields: list[dict] | None
+    zones: gpd.GeoDataFrame | None
+
+
+def _statistics(job: HealthJob, sieved: Path, indices: IndexReader | None) -> _Statistics:
+    """Class areas of the whole raster, its fields and its grid cells, in one read of the
+    sieved raster (and one of the image for the vegetation indices)."""
+    grid, options, classes = job.grid, job.options, job.raster.classes
+    zonings = [WHOLE]
+    if job.fields is not None:
+        zonings.append(Zoning(field_labeller(job.fields, grid.transform), len(job.fields.ids)))
+    cells = None
+    if options.grid_m is not None:
+        cells = make_grid(job.crs, grid.transform, grid.width, grid.height, options.grid_m)
+        zonings.append(Zoning(grid_labeller(cells, job.crs, grid.transform), cells.n_cells))
+    areas = zone_class_areas(sieved, len(classes), zonings, block_size=options.block_size)
+    means: list[np.ndarray | None] = [None] * len(zonings)
+    if indices is not None and len(zonings) > 1:
+        means[1:] = zone_index_means(
+            indices, grid.height, grid.width, zonings[1:], block_size=options.block_size
+        )
+    fields = zones = None
+    k = 1
+    if job.fields is not None:
+        fields = field_table(job.fields, classes, areas[k], means[k], indices)
+        k += 1
+    if cells is not None:
+        zones = zone_frame(cells, classes, areas[k], means[k], indices)
+    return _Statistics(areas[0][0], fields, zones)
+
+
+def _write_zones(zones: gpd.GeoDataFrame, gpkg: Path, options: HealthOptions) -> dict[str, Any]:
     """Add the management-zone layer to ``gpkg``; return its summary."""
-    assert options.grid_m is not None
-    zones = grid_zones(source, classes, options.grid_m, options.block_size, indices)
     with GpkgLayerWriter(gpkg, ZONE_LAYER, zones.iloc[:0]) as writer:
         writer.write(zones)
     return {"cells": len(zones), "cell_size_m": options.grid_m, "crs": zones.crs.to_string()}
@@ -424,12 +462,11 @@ def _run_health(
                 count, unprojectable, index_means = _write_polygons(
                     job, strips, sieved, tmp.get("geojson"), tmp.get("gpkg"), preview, indices
                 )
+                stats = _statistics(job, sieved, indices)
                 if "gpkg" in tmp:
                     styles = {POLYGON_LAYER: class_style(classes)}
-                    if options.grid_m is not None:
-                        result["zones"] = _write_zones(
-                            sieved, classes, tmp["gpkg"], options, indices
-                        )
+                    if stats.zones is not None:
+                        result["zones"] = _write_zones(stats.zones, tmp["gpkg"], options)
                         styles[ZONE_LAYER] = zone_style()
                     write_layer_styles(tmp["gpkg"], styles)
             for fmt in options.formats:
@@ -437,8 +474,7 @@ def _run_health(
             if options.formats:
                 write_text_atomic(paths["qml"], class_style(classes))
                 written["qml"] = str(paths["qml"])
-            areas = class_areas_m2(sieved, len(classes), block_size=options.block_size)
-            health = health_summary(areas[0], classes)
+            health = health_summary(stats.areas, classes)
             result["health"] = {
                 **health,
                 "min_area_m2": options.min_area_m2,
@@ -458,10 +494,8 @@ def _run_health(
                     "longitude/latitude (off the Earth's disk, or around a pole) and were "
                     f"left out of {paths['geojson'].name}; {kept}"
                 ]
-            if job.fields is not None:
-                result["fields"] = field_statistics(
-                    sieved, classes, job.fields, options.block_size, indices
-                )
+            if stats.fields is not None:
+                result["fields"] = stats.fields
             if preview is not None:
                 preview.result()
                 written["preview"] = str(paths["preview"])

@@ -31,10 +31,11 @@ from agriseg.classes import ClassList
 from agriseg.errors import InputError
 from agriseg.health import (
     ZoneLabeller,
-    class_areas_m2,
+    Zoning,
     health_indices,
     health_summary,
     raster_crs,
+    zone_class_areas,
 )
 from agriseg.indices import IndexReader, zone_index_means
 
@@ -125,19 +126,27 @@ def field_statistics(
     the mean of each vegetation index of ``indices`` (``mean_<index>``)."""
     with rasterio.open(classes_path) as src:
         transform, height, width = src.transform, src.height, src.width
-    labeller = field_labeller(fields, transform)
-    n = len(fields.ids)
-    areas = class_areas_m2(
-        classes_path, len(classes), block_size=block_size, zones=labeller, n_zones=n
-    )
+    zoning = Zoning(field_labeller(fields, transform), len(fields.ids))
+    areas = zone_class_areas(classes_path, len(classes), [zoning], block_size=block_size)[0]
+    means = None
+    if indices is not None:
+        means = zone_index_means(indices, height, width, [zoning], block_size=block_size)[0]
+    return field_table(fields, classes, areas, means, indices)
+
+
+def field_table(
+    fields: Fields,
+    classes: ClassList,
+    areas: np.ndarray,
+    means: np.ndarray | None = None,
+    indices: IndexReader | None = None,
+) -> list[dict]:
+    """Per-field statistics from each field's class areas (and index means)."""
     stats = [
         {"field_id": fid, **health_summary(row, classes)}
         for fid, row in zip(fields.ids, areas, strict=True)
     ]
-    if indices is not None:
-        means = zone_index_means(
-            indices, height, width, block_size=block_size, zones=labeller, n_zones=n
-        )
+    if means is not None and indices is not None:
         for entry, row in zip(stats, means, strict=True):
             for name, value in zip(indices.names, row, strict=True):
                 entry[f"mean_{name}"] = round(float(value), 4) if np.isfinite(value) else None
@@ -304,10 +313,23 @@ def grid_zones(
         crs = raster_crs(src, classes_path)
         transform, width, height = src.transform, src.width, src.height
     grid = make_grid(crs, transform, width, height, size_m)
-    labeller = grid_labeller(grid, crs, transform)
-    areas = class_areas_m2(
-        classes_path, len(classes), block_size=block_size, zones=labeller, n_zones=grid.n_cells
-    )
+    zoning = Zoning(grid_labeller(grid, crs, transform), grid.n_cells)
+    areas = zone_class_areas(classes_path, len(classes), [zoning], block_size=block_size)[0]
+    means = None
+    if indices is not None:
+        means = zone_index_means(indices, height, width, [zoning], block_size=block_size)[0]
+    return zone_frame(grid, classes, areas, means, indices)
+
+
+def zone_frame(
+    grid: ZoneGrid,
+    classes: ClassList,
+    areas: np.ndarray,
+    means: np.ndarray | None = None,
+    indices: IndexReader | None = None,
+) -> gpd.GeoDataFrame:
+    """The zone layer (see :func:`grid_zones`) from each cell's class areas (and index
+    means)."""
     total = areas.sum(axis=1)
     used = np.flatnonzero(total > 0)
     areas, total = areas[used], total[used]
@@ -322,10 +344,7 @@ def grid_zones(
         columns[f"{c.name}_share"] = areas[:, c.id] / total
     for name in ("weed_pressure", "disease_incidence", "health_score"):
         columns[name] = health[name]
-    if indices is not None:
-        means = zone_index_means(
-            indices, height, width, block_size=block_size, zones=labeller, n_zones=grid.n_cells
-        )
+    if means is not None and indices is not None:
         for k, name in enumerate(indices.names):
             columns[f"mean_{name}"] = np.round(means[used, k], 4)
     return gpd.GeoDataFrame(columns, geometry=grid.cells(used), crs=grid.crs)

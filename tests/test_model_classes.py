@@ -143,8 +143,8 @@ def test_a_run_writes_the_models_classes_everywhere(tmp_path: Path) -> None:
     assert {f"{n}_share" for n in classes.names} <= set(zones.columns)
     weeds = sum(summary["health"]["classes"][n]["area_m2"] for n in classes.names[2:])
     crop = summary["health"]["classes"]["maize"]["area_m2"]
-    if weeds + crop:
-        assert summary["health"]["weed_pressure"] == pytest.approx(weeds / (weeds + crop), 1e-4)
+    if weeds + crop > 0.05:  # areas are rounded to 1e-4 m²
+        assert summary["health"]["weed_pressure"] == pytest.approx(weeds / (weeds + crop), abs=1e-3)
 
 
 def test_a_checkpoint_with_a_plain_class_name_list_still_runs(tmp_path: Path) -> None:
@@ -250,7 +250,7 @@ def test_five_class_model_trains_runs_and_evaluates_with_its_classes(
     )
     plants = weeds + health["classes"]["maize"]["area_m2"]
     assert plants > 0
-    assert health["weed_pressure"] == pytest.approx(weeds / plants, abs=1e-5)
+    assert health["weed_pressure"] == pytest.approx(weeds / plants, abs=1e-3)
     assert health["roles"]["weed"]["area_m2"] == pytest.approx(weeds, abs=1e-3)
     report = tmp_path / "scores.json"
     assert (
