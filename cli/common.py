@@ -232,11 +232,11 @@ def _percent(value: float | None) -> str:
 def print_health_table(health: dict[str, Any]) -> None:
     """The closing table of a run: class areas and the field-health indices."""
     rows: list[tuple[Any, ...]] = [
-        (name, c["area_m2"], f"{c['area_ha']:.4f}", _percent(c["share"]))
+        (name, c.get("role", ""), c["area_m2"], f"{c['area_ha']:.4f}", _percent(c["share"]))
         for name, c in health["classes"].items()
     ]
-    rows.append(("total", health["valid_area_m2"], f"{health['valid_area_ha']:.4f}", ""))
-    print_table(("class", "area m²", "ha", "share"), rows)
+    rows.append(("total", "", health["valid_area_m2"], f"{health['valid_area_ha']:.4f}", ""))
+    print_table(("class", "role", "area m²", "ha", "share"), rows)
     score = health["health_score"]
     print(
         f"vegetation cover {_percent(health['vegetation_cover'])}  "
@@ -244,3 +244,6 @@ def print_health_table(health: dict[str, Any]) -> None:
         f"disease incidence {_percent(health['disease_incidence'])}  "
         f"health score {'n/a' if score is None else f'{score:.0f}/100'}"
     )
+    indices = {k: v for k, v in health.get("vegetation_indices", {}).items() if v is not None}
+    if indices:
+        print("mean " + "  ".join(f"{name.upper()} {value:.3f}" for name, value in indices.items()))
