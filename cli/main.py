@@ -41,7 +41,8 @@ def _available_commands() -> list:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agriseg",
-        description="Maps of crop, weed, diseased crop and soil from orthomosaics.",
+        description="Maps of crop, weed, diseased crop and soil (or your own classes) "
+        "from orthomosaics.",
     )
     parser.add_argument("--version", action="version", version=f"agriseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -15,9 +15,10 @@ from agriseg.pipeline import default_out_dir, segment_raster
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "run",
-        help="segment an orthomosaic into crop / weed / diseased / soil",
-        description="Segment a georeferenced orthomosaic and write a class raster, "
-        "confidence raster and field-health summary.",
+        help="segment an orthomosaic into the model's classes (crop, weed, soil...)",
+        description="Segment a georeferenced orthomosaic (or a plain photo, on its pixel "
+        "grid) into the model's classes and write a class raster, confidence raster, "
+        "field-health polygons and summary.",
     )
     parser.add_argument("input", type=Path, help="GeoTIFF (or any GDAL raster) to segment")
     parser.add_argument(
