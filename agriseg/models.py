@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import segmentation_models_pytorch as smp
 import torch
@@ -59,11 +59,20 @@ class Normalization:
     )
 
     def scale_for(self, dtype: str) -> float:
-        if dtype == "uint8":
-            return self.scale["uint8"]
-        if dtype in ("uint16", "int16", "uint32", "int32"):
-            return self.scale["uint16"]
-        return self.scale["float"]
+        return self.scale[pixel_kind(dtype)]
+
+
+PixelKind = Literal["uint8", "uint16", "float"]
+
+
+def pixel_kind(dtype: str) -> PixelKind:
+    """How a pixel type is scaled: ``uint8`` (0-255), ``uint16`` (any wider integer) or
+    ``float`` (reflectance 0-1)."""
+    if dtype == "uint8":
+        return "uint8"
+    if dtype in ("uint16", "int16", "uint32", "int32"):
+        return "uint16"
+    return "float"
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class ModelMeta:
     normalization: Normalization = field(default_factory=Normalization)
     tile_size: int = 512
     gsd_m: float | None = 0.02
+    pixel_kinds: tuple[PixelKind, ...] = ()
     arch_params: dict[str, Any] = field(default_factory=dict)
     agriseg_version: str = ""
     description: str = ""
@@ -95,8 +105,9 @@ class ModelMeta:
         norm = data.pop("normalization", {})
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        if "bands" in kwargs:
-            kwargs["bands"] = tuple(kwargs["bands"])
+        for key in ("bands", "pixel_kinds"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
         if "classes" in kwargs:
             kwargs["classes"] = ClassList.from_json(kwargs["classes"], "model classes")
         return cls(

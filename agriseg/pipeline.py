@@ -30,7 +30,7 @@ from agriseg.execution import dask_client, release_free_memory
 from agriseg.gdal_settings import on_workers, run_settings
 from agriseg.health_stream import HealthStream
 from agriseg.inference import resolve_device
-from agriseg.models import ModelMeta, find_model
+from agriseg.models import ModelMeta, find_model, pixel_kind
 from agriseg.outputs import (
     ClassRasterWriter,
     block_size_for,
@@ -41,6 +41,7 @@ from agriseg.products import ClassRaster, HealthJob, plan_health
 from agriseg.raster import RasterInfo, open_raster, pixel_grid_ok
 from agriseg.scale import TilePlan, plan_tiles
 from agriseg.segment import Block, segment_blocks
+from agriseg.spectral import band_names
 
 #: Called as ``progress(tiles_done, tiles_total)``.
 Progress = Callable[[int, int], None]
@@ -112,14 +113,31 @@ def class_table(
     ]
 
 
-def run_warnings(info: RasterInfo, valid_pixels: int) -> list[str]:
+#: Bands only multispectral cameras and satellites have.
+SPECTRAL_ONLY = ("red_edge", "nir", "swir1", "swir2", "coastal")
+
+
+def run_warnings(info: RasterInfo, valid_pixels: int, meta: ModelMeta) -> list[str]:
     """Warnings about a finished run, for the summary and the command line."""
+    warnings = []
+    kind = pixel_kind(info.dtype)
+    unused = [n for n in band_names(info.path) if n in SPECTRAL_ONLY and n not in meta.bands]
+    # A 16-bit RGB export is scaled right (÷65535); a multispectral reflectance survey
+    # (0-10000, with bands the model does not take) is not what an RGB model learnt.
+    if meta.pixel_kinds and kind not in meta.pixel_kinds and unused:
+        warnings.append(
+            f"{info.path}: a multispectral {info.dtype} survey (it also has "
+            f"{', '.join(unused)}), but model {meta.name} was trained on "
+            f"{' and '.join(meta.pixel_kinds)} images of {', '.join(meta.bands)}: its "
+            "values are not what the model learnt, so the classes may be wrong; train a "
+            "model on such surveys (agriseg train, see Band names in the README)"
+        )
     if valid_pixels == 0:
-        return [
+        warnings.append(
             f"{info.path}: every pixel is nodata or masked, so the outputs are empty; "
             "check the file's nodata value and mask"
-        ]
-    return []
+        )
+    return warnings
 
 
 @dataclass(frozen=True)
@@ -286,7 +304,7 @@ def _summarise(
         "classes": class_table(tally.pixels, tally.area_m2, meta.classes),
         **health,
         "warnings": plan.tiles.scale.warnings()
-        + run_warnings(info, valid)
+        + run_warnings(info, valid, meta)
         + health.get("warnings", []),
         "timings_s": timings_s,
         "peak_rss_mb": peak_rss_mb(),

@@ -45,6 +45,7 @@ from agriseg.models import (
     check_architecture,
     checkpoint_paths,
     load_model,
+    pixel_kind,
     save_checkpoint,
     with_classes,
 )
@@ -660,6 +661,7 @@ def _with_training_info(
         meta,
         agriseg_version=__version__,
         gsd_m=round(float(np.median(known)), 4) if known else None,
+        pixel_kinds=tuple(sorted({pixel_kind(s.dtype) for s in scenes})),
         description=config.description or meta.description,
         metrics=metrics,
         training=training,

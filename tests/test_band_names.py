@@ -263,3 +263,21 @@ def test_new_model_bands_come_from_the_file(survey):
     paths, reordered, _ = survey
     assert new_model_bands(paths.image, None, None) == BAND_NAMES
     assert new_model_bands(reordered, (3, 2, 1), None) == ("red", "green", "blue")
+
+
+def test_rgb_model_on_a_multispectral_survey_warns_but_not_on_16_bit_rgb(tmp_path, survey):
+    paths, _, model_path = survey
+    assert load_model(str(model_path))[1].pixel_kinds == ("uint16",)
+    out = tmp_path / "ms"
+    assert main(["run", str(paths.image), "--out", str(out), *RUN]) == 0
+    warnings = json.loads((out / f"{paths.image.stem}.summary.json").read_text())["warnings"]
+    assert any("multispectral uint16 survey (it also has red_edge, nir)" in w for w in warnings)
+    # A 16-bit RGB export is scaled right for the shipped 8-bit model: no warning.
+    rgb = write_raster(
+        tmp_path / "rgb16.tif",
+        (np.arange(3 * 64 * 64).reshape(3, 64, 64) % 60000).astype("uint16"),
+        colorinterp=RGB,
+    )
+    assert main(["run", str(rgb), "--out", str(tmp_path / "rgb"), *RUN]) == 0
+    summary = json.loads((tmp_path / "rgb" / "rgb16.summary.json").read_text())
+    assert not any("multispectral" in w for w in summary["warnings"])
