@@ -145,10 +145,11 @@ def model_card() -> str:
         )
     lines += [
         "",
-        "**Classes** (id, name): 0 soil, 1 crop, 2 weed, 3 diseased (crop plants inside "
-        "disease foci). Input: 8-bit RGB orthomosaics (red, green, blue by colour "
-        "interpretation), normalised with the mean/std stored in each model's JSON; "
-        "inference tiles of 512 px.",
+        "**Classes** (id, name, role): 0 soil (background), 1 crop (crop), 2 weed (weed), "
+        "3 diseased (disease: crop plants inside disease foci). Input: 8-bit RGB "
+        "orthomosaics (red, green, blue found by name), normalised with the mean/std "
+        "stored in each model's JSON; inference tiles of 512 px; trained GSD: the median "
+        "of the training surveys' (2.92 cm).",
         "",
         "**Training data**: "
         f"{N_TRAIN} procedurally generated drone surveys of row crops, {TRAIN_SIZE} px "
