@@ -142,7 +142,7 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
                 window = Window(
                     cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
                 )
-                data = read_window(info.path, info.bands, window)
+                data = read_window(info.path, info.bands, window, info.crs is None)
                 tiles = chunk_batch(data, grid, i, j, info.dtype, meta.normalization).tiles
                 if plan.resize_to is not None:
                     tiles = resize_tiles(torch.from_numpy(tiles), plan.resize_to).numpy()

@@ -38,7 +38,7 @@ from agriseg.outputs import (
     output_paths,
 )
 from agriseg.products import ClassRaster, HealthJob, plan_health
-from agriseg.raster import RasterInfo, open_raster, pixel_grid_ok
+from agriseg.raster import RasterInfo, open_dataset, open_raster, pixel_grid_ok
 from agriseg.scale import TilePlan, plan_tiles
 from agriseg.segment import Block, segment_blocks
 from agriseg.spectral import band_names
@@ -120,11 +120,13 @@ SPECTRAL_ONLY = ("red_edge", "nir", "swir1", "swir2", "coastal")
 def run_warnings(info: RasterInfo, valid_pixels: int, meta: ModelMeta) -> list[str]:
     """Warnings about a finished run, for the summary and the command line."""
     warnings = []
-    kind = pixel_kind(info.dtype)
-    unused = [n for n in band_names(info.path) if n in SPECTRAL_ONLY and n not in meta.bands]
+    unused: list[str] = []
+    if meta.pixel_kinds and pixel_kind(info.dtype) not in meta.pixel_kinds:
+        with open_dataset(info.path, plain=info.crs is None) as src:
+            unused = [n for n in band_names(src) if n in SPECTRAL_ONLY and n not in meta.bands]
     # A 16-bit RGB export is scaled right (÷65535); a multispectral reflectance survey
     # (0-10000, with bands the model does not take) is not what an RGB model learnt.
-    if meta.pixel_kinds and kind not in meta.pixel_kinds and unused:
+    if unused:
         warnings.append(
             f"{info.path}: a multispectral {info.dtype} survey (it also has "
             f"{', '.join(unused)}), but model {meta.name} was trained on "

@@ -86,17 +86,29 @@ class RasterInfo:
 @contextlib.contextmanager
 def pixel_grid_ok(quiet: bool = True) -> Iterator[None]:
     """Silence rasterio's NotGeoreferencedWarning (when ``quiet``): plain images and
-    their outputs have no georeferencing by design."""
+    their outputs have no georeferencing by design.
+
+    Python's warning filters are process-wide, and ``catch_warnings`` swaps them as a
+    whole, so using it on one thread can undo a filter another thread relies on
+    (rasterio's own, inside ``features.sieve``): it is entered only when ``quiet``,
+    which georeferenced runs never are.
+    """
+    if not quiet:
+        yield
+        return
     with warnings.catch_warnings():
-        if quiet:
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         yield
 
 
-def open_dataset(path: Path | str) -> rasterio.DatasetReader:
-    """``rasterio.open`` without the NotGeoreferencedWarning: plain images are valid input."""
+def open_dataset(path: Path | str, plain: bool = True) -> rasterio.DatasetReader:
+    """``rasterio.open`` without the NotGeoreferencedWarning: plain images are valid input.
+
+    ``plain=False`` (a raster known to be georeferenced) opens it as it is, without
+    touching the process-wide warning filters (see :func:`pixel_grid_ok`).
+    """
     # Scoped to the open call, where rasterio raises the warning.
-    with pixel_grid_ok():
+    with pixel_grid_ok(plain):
         return rasterio.open(path)
 
 
@@ -213,10 +225,13 @@ def open_raster(
         )
 
 
-def read_window(path: Path, bands: tuple[int, ...], window: Window) -> np.ndarray:
-    """Read ``window`` as float32 ``(bands, h, w)`` with invalid pixels set to NaN."""
+def read_window(
+    path: Path, bands: tuple[int, ...], window: Window, plain: bool = False
+) -> np.ndarray:
+    """Read ``window`` as float32 ``(bands, h, w)`` with invalid pixels set to NaN;
+    ``plain`` for an image without georeferencing (see :func:`open_dataset`)."""
     try:
-        with rasterio.Env(**READ_ENV), open_dataset(path) as src:
+        with rasterio.Env(**READ_ENV), open_dataset(path, plain) as src:
             data = src.read(list(bands), window=window, out_dtype="float32")
             valid = src.dataset_mask(window=window)
     except RasterioError as exc:
@@ -260,7 +275,8 @@ def lazy_array(info: RasterInfo) -> da.Array:
         col_off = 0
         for j, w in enumerate(cols):
             window = Window(col_off, row_off, w, h)
-            graph[(name, 0, i, j)] = (read_window, info.path, info.bands, window)
+            plain = info.crs is None
+            graph[(name, 0, i, j)] = (read_window, info.path, info.bands, window, plain)
             col_off += w
         row_off += h
     chunks = ((len(info.bands),), rows, cols)

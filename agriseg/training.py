@@ -230,7 +230,8 @@ def load_scene(
     its ground sampling distance is then ``config.gsd_m`` (or unknown).
     """
     info = open_raster(raster, wanted, config.bands)
-    image = read_window(info.path, info.bands, Window(0, 0, info.width, info.height))
+    window = Window(0, 0, info.width, info.height)
+    image = read_window(info.path, info.bands, window, info.crs is None)
     grid = info.grid
     truth = Labels(labels, grid, classes, config.label_column, colors=config.label_colors).read(
         Window(0, 0, info.width, info.height)
