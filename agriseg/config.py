@@ -12,6 +12,11 @@ from typing import Literal
 
 from agriseg.errors import InputError
 
+#: Architectures ``agriseg train --arch`` offers (the keys of
+#: :data:`agriseg.models.ARCHITECTURES`, named here so that parsing the command line
+#: does not import torch).
+ARCHITECTURE_NAMES: tuple[str, ...] = ("deeplabv3plus", "fpn", "pspnet", "unet")
+
 VectorFormat = Literal["geojson", "gpkg"]
 
 #: Vector formats ``write_health_products`` can write.

@@ -12,7 +12,6 @@ from pathlib import Path
 from agriseg_cli.common import add_health_options, add_segmentation_options, print_table
 from agriseg_cli.run import config_from_args
 
-from agriseg.batch import BatchOptions, log_path, run_batch
 from agriseg.errors import AgrisegError
 
 EXIT_SURVEYS_FAILED = 1
@@ -49,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def batch_logging(results_dir: Path, quiet: bool) -> Iterator[logging.FileHandler]:
     """Log to the night's file in ``results_dir/logs`` and to stderr, for the block."""
+    from agriseg.batch import log_path
+
     path = log_path(results_dir)
     logger = logging.getLogger("agriseg")
     to_file = logging.FileHandler(path, encoding="utf-8")
@@ -70,6 +71,8 @@ def batch_logging(results_dir: Path, quiet: bool) -> Iterator[logging.FileHandle
 
 
 def execute(args: argparse.Namespace) -> int:
+    from agriseg.batch import BatchOptions, run_batch
+
     options = BatchOptions(pattern=args.pattern, force=args.force, checksum=args.checksum)
     with batch_logging(args.out, args.quiet) as log_file:
         try:

@@ -9,8 +9,6 @@ from pathlib import Path
 from agriseg_cli.common import add_health_options, add_segmentation_options
 from agriseg_cli.run import config_from_args
 
-from agriseg.bench import BenchConfig, bench
-
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
@@ -38,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from agriseg.bench import BenchConfig, bench
+
     config = BenchConfig(
         size=args.size, input=args.input, run=config_from_args(args), seed=args.seed
     )

@@ -7,13 +7,13 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agriseg_cli import common
 from agriseg_cli.run import config_from_args
 
-from agriseg.atomic import write_text_atomic
-from agriseg.datasets import parse_label_colors
-from agriseg.evaluation import EvaluationResult, evaluate_raster
+if TYPE_CHECKING:
+    from agriseg.evaluation import EvaluationResult
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -64,6 +64,10 @@ def _show(result: EvaluationResult) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from agriseg.atomic import write_text_atomic
+    from agriseg.datasets import parse_label_colors
+    from agriseg.evaluation import evaluate_raster
+
     config = config_from_args(args)
     colors = parse_label_colors(args.label_colors) if args.label_colors else None
     with tempfile.TemporaryDirectory(prefix="agriseg-evaluate-") as tmp:

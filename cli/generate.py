@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agriseg.synthetic import draw_params, generate_survey, write_survey
-
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
@@ -35,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from agriseg.synthetic import draw_params, generate_survey, write_survey
+
     overrides: dict[str, object] = {"multispectral": args.multispectral}
     if args.weed_species:
         overrides.update(weed_species=True, disease_foci=0)

@@ -7,8 +7,6 @@ import json
 
 from agriseg_cli.common import print_table
 
-from agriseg.models import ALIASES, DEFAULT_MODEL, shipped_dir, shipped_models
-
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
@@ -27,6 +25,8 @@ def _miou(metrics: dict) -> str:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from agriseg.models import ALIASES, DEFAULT_MODEL, shipped_dir, shipped_models
+
     metas = shipped_models()
     if args.json:
         print(json.dumps([json.loads(m.to_json()) for m in metas], indent=2))

@@ -9,7 +9,6 @@ from pathlib import Path
 from agriseg_cli import common
 
 from agriseg.config import RunConfig
-from agriseg.pipeline import default_out_dir, segment_raster
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,6 +58,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from agriseg.pipeline import default_out_dir, segment_raster
+
     out = args.out or default_out_dir(args.input)
     with common.progress_bar(f"segmenting {args.input.name}", args.quiet) as progress:
         result = segment_raster(args.input, out, config_from_args(args), progress)

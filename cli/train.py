@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from agriseg_cli import common
 
-from agriseg.classes import ClassList
-from agriseg.datasets import pair_files, parse_label_colors
-from agriseg.models import ARCHITECTURES
-from agriseg.training import EpochResult, TrainConfig, train_files
+from agriseg.config import ARCHITECTURE_NAMES
+
+if TYPE_CHECKING:
+    from agriseg.training import EpochResult, TrainConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--gsd", type=float, default=None, help="pixel size of the images in metres (plain images)"
     )
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None, help="default unet")
+    parser.add_argument("--arch", choices=ARCHITECTURE_NAMES, default=None, help="default unet")
     parser.add_argument("--encoder", default=None, help="encoder name (default mobilenet_v2)")
     parser.add_argument(
         "--from",
@@ -85,6 +85,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from agriseg.classes import ClassList
+    from agriseg.datasets import parse_label_colors
+    from agriseg.training import TrainConfig
+
     lr = args.lr if args.lr is not None else (3e-4 if args.init else 1e-3)
     return TrainConfig(
         architecture=args.arch,
@@ -147,6 +151,11 @@ def _epoch_table(result: EpochResult) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    import torch
+
+    from agriseg.datasets import pair_files
+    from agriseg.training import train_files
+
     config = config_from_args(args)
     sources = pair_files(args.rasters, args.labels)
     if args.threads is not None:
