@@ -12,6 +12,12 @@ from typing import Any
 from tqdm import tqdm
 
 from agriseg.config import VECTOR_FORMATS, HealthOptions
+from agriseg.prescriptions import (
+    PrescriptionOptions,
+    PrescriptionResult,
+    parse_rate_table,
+    read_rate_table,
+)
 
 
 def band_list(text: str) -> tuple[int, ...]:
@@ -247,3 +253,78 @@ def print_health_table(health: dict[str, Any]) -> None:
     indices = {k: v for k, v in health.get("vegetation_indices", {}).items() if v is not None}
     if indices:
         print("mean " + "  ".join(f"{name.upper()} {value:.3f}" for name, value in indices.items()))
+
+
+def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = False) -> None:
+    """Options of ``prescribe``; with ``after_run``, for ``run``/``batch`` (off unless asked)."""
+    group = parser.add_argument_group("prescriptions (to the sprayer)")
+    if after_run:
+        group.add_argument(
+            "--prescribe",
+            action="store_true",
+            help="also write spot-spray prescriptions (implied by --rates/--rate)",
+        )
+    rates = group.add_mutually_exclusive_group()
+    rates.add_argument(
+        "--rates",
+        type=Path,
+        default=None,
+        help="rate table for the zones, one rule a line, e.g. 'weed_pressure >= 0.10: 1.5 l/ha' "
+        "and a closing 'otherwise: 0 l/ha' (needs a run with --grid)",
+    )
+    rates.add_argument(
+        "--rate",
+        action="append",
+        default=None,
+        metavar="RULE",
+        help="a rate-table rule on the command line; repeat, in order, ending with "
+        "'otherwise: RATE UNIT'",
+    )
+    group.add_argument(
+        "--buffer",
+        type=float,
+        default=0.5,
+        help="margin sprayed around each weed patch, metres (default 0.5)",
+    )
+    group.add_argument(
+        "--min-section",
+        type=float,
+        default=0.5,
+        help="smallest area the sprayer treats, m²: smaller holes are sprayed over, smaller "
+        "patches grown to it (default 0.5)",
+    )
+    group.add_argument(
+        "--spot-rate",
+        type=float,
+        default=2.0,
+        help="rate on the weed patches, in the rate table's unit (default 2.0; l/ha without one)",
+    )
+
+
+def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOptions | None:
+    """The prescription options, or ``None`` when ``run``/``batch`` were not asked for any."""
+    if not (getattr(args, "prescribe", True) or args.rates or args.rate):
+        return None
+    rates = None
+    if args.rates is not None:
+        rates = read_rate_table(args.rates)
+    elif args.rate:
+        rates = parse_rate_table(args.rate, "--rate", line_numbers=False)
+    return PrescriptionOptions(
+        buffer_m=args.buffer,
+        min_section_m2=args.min_section,
+        spot_rate=args.spot_rate,
+        rates=rates,
+    )
+
+
+def print_prescriptions(results: Sequence[PrescriptionResult]) -> None:
+    """One row per prescription file written."""
+    rows = []
+    for r in results:
+        zones = ", ".join(f"{n} at {rate:g}" for rate, n in sorted(r.zone_rates.items()))
+        rows.append((r.stem, r.spot_sections, r.spot_area_m2, zones or "-"))
+    print_table(("input", "spray sections", "spray area m²", "zones"), rows)
+    for r in results:
+        for path in r.outputs.values():
+            print(path)
