@@ -12,6 +12,7 @@ from typing import Any
 from tqdm import tqdm
 
 from agriseg.config import VECTOR_FORMATS, HealthOptions
+from agriseg.errors import InputError
 from agriseg.prescriptions import (
     PrescriptionOptions,
     PrescriptionResult,
@@ -305,6 +306,11 @@ def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOpti
     """The prescription options, or ``None`` when ``run``/``batch`` were not asked for any."""
     if not (getattr(args, "prescribe", True) or args.rates or args.rate):
         return None
+    if hasattr(args, "grid") and args.grid is None and (args.rates or args.rate):
+        raise InputError(
+            "--rates/--rate give each management zone a rate, and there are none without "
+            "--grid: add --grid SIZE_M (e.g. --grid 10)"
+        )
     rates = None
     if args.rates is not None:
         rates = read_rate_table(args.rates)

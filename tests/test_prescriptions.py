@@ -12,6 +12,7 @@ import numpy as np
 import pyogrio
 import pytest
 import shapely
+from conftest import field_image, write_raster
 from isoxml.converter.shapely_geom import ShapelyConverterV4
 from isoxml.util.isoxml_io import isoxml_from_path
 
@@ -245,3 +246,24 @@ def test_rates_without_a_zone_layer_say_to_rerun_with_grid(tmp_path: Path, run_c
 def test_prescribe_needs_a_run_folder(tmp_path: Path, run_cli, capsys) -> None:
     assert run_cli("prescribe", tmp_path) == 2
     assert "no <stem>.summary.json here" in capsys.readouterr().err
+
+
+def test_run_writes_prescriptions_with_the_rates_option(tmp_path: Path, run_cli) -> None:
+    image = write_raster(tmp_path / "survey.tif", field_image(128, 128))
+    rates = write_rates(tmp_path)
+    out = tmp_path / "out"
+    assert run_cli("run", image, "--out", out, "--grid", "1", "--rates", rates, "--quiet") == 0
+    zones = pyogrio.read_dataframe(out / "survey.health.gpkg", layer="zones")
+    shp = pyogrio.read_dataframe(out / "survey.zones.shp.zip")
+    assert len(shp) == len(zones)
+    expected = parse_rate_table(RATES.splitlines(), "rates").rates(zones)
+    assert shp.sort_values("ZONE_ID")["RATE"].tolist() == expected.tolist()
+    assert (out / "survey.spot.shp.zip").is_file() and (out / "survey.taskdata.zip").is_file()
+
+
+def test_run_checks_the_rate_table_before_segmenting(tmp_path: Path, run_cli, capsys) -> None:
+    image = write_raster(tmp_path / "survey.tif", field_image(64, 64))
+    rates = write_rates(tmp_path, "weed_pressure >= 0.1: 1 l/ha\n")
+    assert run_cli("run", image, "--out", tmp_path / "out", "--grid", "1", "--rates", rates) == 2
+    assert "rates.txt:1: the table has no 'otherwise' line" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
