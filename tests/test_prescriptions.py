@@ -43,7 +43,9 @@ def square(x: float, y: float, size: float) -> shapely.Polygon:
     return shapely.box(X0 + x, Y0 + y, X0 + x + size, Y0 + y + size)
 
 
-def make_run(run_dir: Path, stem: str = "field", zones: bool = True) -> gpd.GeoDataFrame:
+def make_run(
+    run_dir: Path, stem: str = "field", zones: bool = True, crs: str = CRS
+) -> gpd.GeoDataFrame:
     """A finished run's folder by hand: summary, health polygons, a 3 x 2 zone grid of 10 m."""
     run_dir.mkdir(parents=True, exist_ok=True)
     classes = ClassList.build(["soil", "crop", "weed", "thistle"], roles={"thistle": "weed"})
@@ -65,7 +67,7 @@ def make_run(run_dir: Path, stem: str = "field", zones: bool = True) -> gpd.GeoD
         crs=CRS,
     )
     gpkg = run_dir / f"{stem}.health.gpkg"
-    pyogrio.write_dataframe(health, gpkg, layer="health", driver="GPKG")
+    pyogrio.write_dataframe(health.to_crs(crs), gpkg, layer="health", driver="GPKG")
     if zones:
         cells = [square(10 * (k % 3), 10 * (k // 3), 10) for k in range(6)]
         frame = gpd.GeoDataFrame(
@@ -80,7 +82,7 @@ def make_run(run_dir: Path, stem: str = "field", zones: bool = True) -> gpd.GeoD
             geometry=cells,
             crs=CRS,
         )
-        pyogrio.write_dataframe(frame, gpkg, layer="zones", driver="GPKG", append=True)
+        pyogrio.write_dataframe(frame.to_crs(crs), gpkg, layer="zones", driver="GPKG", append=True)
     return health
 
 
@@ -159,6 +161,16 @@ def test_spot_shapefile_covers_every_weed_with_the_buffer(tmp_path: Path) -> Non
     assert shapely.covers(sprayed, weeds.geometry.buffer(0.45)).all()
     crop = health[health["class"] == "crop"].geometry.iloc[0]
     assert not sprayed.intersects(crop.buffer(-0.6))
+
+
+def test_a_geographic_run_is_buffered_in_metres(tmp_path: Path) -> None:
+    health = make_run(tmp_path / "run", zones=False, crs="EPSG:4326")
+    [result] = prescribe(tmp_path / "run", PrescriptionOptions(buffer_m=0.5))
+    spray = pyogrio.read_dataframe(result.outputs["spot_shp"]).to_crs(CRS)
+    weeds = health[health["class"] != "crop"].geometry
+    assert shapely.covers(shapely.union_all(spray.geometry.to_numpy()), weeds.buffer(0.45)).all()
+    assert spray.area.sum() < 10  # four patches with a 0.5 m margin, not degrees of margin
+    assert spray["AREA_M2"].sum() == pytest.approx(spray.area.sum(), rel=0.01)
 
 
 def test_small_holes_are_sprayed_over_and_small_sections_grown() -> None:
