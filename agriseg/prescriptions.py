@@ -38,7 +38,7 @@ from agriseg import __version__
 from agriseg.atomic import OutputTransaction, output_transaction
 from agriseg.errors import InputError, OutputError
 from agriseg.qgis import WEED_PRESSURE_RANGES, graduated_qml, write_layer_styles
-from agriseg.zones import grid_crs
+from agriseg.zones import grid_crs, read_fields
 
 Unit = Literal["l/ha", "kg/ha"]
 
@@ -217,6 +217,8 @@ class PrescriptionOptions:
         spot_rate: Rate inside the spray sections, in the rate table's unit.
         unit: Unit of ``spot_rate`` when there is no rate table.
         rates: Zone rates, or ``None`` for the spot-spray prescription alone.
+        fields: Field boundaries (the file the run got as ``--fields``) to rate
+            instead of the run's grid cells.
     """
 
     buffer_m: float = 0.5
@@ -224,6 +226,7 @@ class PrescriptionOptions:
     spot_rate: float = 2.0
     unit: Unit = "l/ha"
     rates: RateTable | None = None
+    fields: Path | None = None
 
     def __post_init__(self) -> None:
         for name, value in (
@@ -274,6 +277,10 @@ class RunOutputs:
     @property
     def gpkg(self) -> Path:
         return self.run_dir / f"{self.stem}.health.gpkg"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.run_dir / f"{self.stem}.summary.json"
 
     @property
     def weed_classes(self) -> tuple[str, ...]:
@@ -348,17 +355,56 @@ def spot_prescription(run: RunOutputs, options: PrescriptionOptions) -> Prescrip
     return Prescription("spot spray", frame, options.rate_unit)
 
 
-def zone_prescription(run: RunOutputs, rates: RateTable) -> Prescription:
-    """The run's management zones, each with the rate the table gives its statistics."""
-    zones = _read_layer(run, "zones")
-    if zones is None:
+#: Zone statistics of the summary's per-field entries, as in the ``zones`` layer.
+FIELD_STATISTICS = ("weed_pressure", "disease_incidence", "health_score")
+
+
+def field_zones(run: RunOutputs, fields_path: Path) -> gpd.GeoDataFrame:
+    """The fields of ``fields_path`` with the run's statistics of each, as zone rows
+    (``zone_id`` is the field id; the columns of the ``zones`` layer)."""
+    stats = {str(f["field_id"]): f for f in run.summary.get("fields") or []}
+    if not stats:
         raise InputError(
-            f"{run.gpkg}: no 'zones' layer for the rate table {rates.source} to apply to; rerun "
-            "agriseg run with --grid SIZE_M (e.g. --grid 10)"
+            f"{run.summary_path}: the run has no per-field statistics; rerun agriseg run "
+            f"with --fields {fields_path}"
         )
+    crs = CRS.from_user_input(run.summary["input"]["crs"])
+    fields = read_fields(fields_path, crs)
+    missing = [i for i in fields.ids if i not in stats]
+    if missing:
+        raise InputError(
+            f"{fields_path}: field(s) {', '.join(missing[:5])} have no statistics in "
+            f"{run.summary_path}; give the --fields file that run used"
+        )
+    rows = []
+    for fid in fields.ids:
+        entry = stats[fid]
+        row: dict[str, Any] = {"zone_id": fid, "area_m2": entry["valid_area_m2"]}
+        row.update({f"{name}_share": c["share"] for name, c in entry["classes"].items()})
+        numbers = {k: v for k, v in entry.items() if k in FIELD_STATISTICS or k.startswith("mean_")}
+        row.update({k: np.nan if v is None else v for k, v in numbers.items()})
+        rows.append(row)
+    return gpd.GeoDataFrame(rows, geometry=list(fields.geometry), crs=crs)
+
+
+def zone_prescription(
+    run: RunOutputs, rates: RateTable, fields: Path | None = None
+) -> Prescription:
+    """The run's management zones (or ``fields``), each with the rate the table gives
+    its statistics."""
+    if fields is not None:
+        zones = field_zones(run, fields)
+    else:
+        found = _read_layer(run, "zones")
+        if found is None:
+            raise InputError(
+                f"{run.gpkg}: no 'zones' layer for the rate table {rates.source} to apply to; "
+                "rerun agriseg run with --grid SIZE_M (e.g. --grid 10), or give --fields FILE"
+            )
+        zones = found
     frame = gpd.GeoDataFrame(
         {
-            "zone_id": zones["zone_id"].astype("int32"),
+            "zone_id": zones["zone_id"] if fields is not None else zones["zone_id"].astype("int32"),
             "rate": rates.rates(zones),
             "unit": [rates.unit] * len(zones),
             "area_m2": zones["area_m2"].round(3),
@@ -368,6 +414,12 @@ def zone_prescription(run: RunOutputs, rates: RateTable) -> Prescription:
         crs=zones.crs,
     )
     return Prescription("zone rates", frame, rates.unit)
+
+
+def _geometry_options(frame: gpd.GeoDataFrame) -> dict[str, Any]:
+    """Polygons, unless some zone (a field) has several parts: then all multipolygons."""
+    multi = bool((frame.geometry.geom_type == "MultiPolygon").any())
+    return {"geometry_type": "MultiPolygon" if multi else "Polygon", "promote_to_multi": multi}
 
 
 # -- writers ---------------------------------------------------------------------------
@@ -387,8 +439,7 @@ def write_shapefile_zip(
         frame.to_crs(WGS84),
         folder / f"{stem}.shp",
         driver="ESRI Shapefile",
-        geometry_type="Polygon",
-        promote_to_multi=False,
+        **_geometry_options(frame),
         encoding="UTF-8",
     )
     with zipfile.ZipFile(transaction.stage(final), "w", zipfile.ZIP_DEFLATED) as archive:
@@ -397,21 +448,22 @@ def write_shapefile_zip(
 
 
 def _rate_codes(rates: np.ndarray) -> dict[float, int]:
-    """Treatment-zone code of each distinct rate (code 0 is 'no application')."""
-    distinct = sorted(set(rates.tolist()))
-    if len(distinct) > 253:
+    """Treatment-zone code of each rate: 0 for none (also outside the polygons), then
+    1, 2... by rate."""
+    distinct = sorted(set(rates.tolist()) - {0.0})
+    if len(distinct) > 254:
         raise InputError(
-            f"{len(distinct)} distinct rates: ISOXML allows at most 253 treatment zones; "
+            f"{len(distinct)} distinct rates: ISOXML allows at most 254 treatment zones; "
             "use fewer rules or round the rates"
         )
-    return {rate: k for k, rate in enumerate(distinct, start=1)}
+    return {0.0: 0, **{rate: k for k, rate in enumerate(distinct, start=1)}}
 
 
 def build_taskdata(prescriptions: Sequence[Prescription], stem: str) -> Any:
     """ISO 11783-10 task data (v4.3): one task per prescription.
 
-    Each distinct rate is a treatment zone holding the polygons with that rate; the
-    default, position-lost and out-of-field zone (code 0) applies nothing.
+    Each distinct rate is a treatment zone holding the polygons with that rate; zone 0,
+    the default, position-lost and out-of-field zone, applies nothing.
     """
     import isoxml.models.base.v4 as iso
     from isoxml.converter.shapely_geom import ShapelyConverterV4
@@ -441,10 +493,10 @@ def build_taskdata(prescriptions: Sequence[Prescription], stem: str) -> Any:
 
         frame = prescription.frame.to_crs(WGS84)
         codes = _rate_codes(frame["rate"].to_numpy())
-        zones = [iso.TreatmentZone(code=0, designator="no application", colour=0)]
-        zones[0].process_data_variables.append(variable(0.0))
+        zones = []
         for rate, code in codes.items():
-            zone = iso.TreatmentZone(code=code, designator=f"{rate:g} {prescription.unit}")
+            name = f"{rate:g} {prescription.unit}" if code else "no application"
+            zone = iso.TreatmentZone(code=code, designator=name)
             zone.process_data_variables.append(variable(rate))
             for polygon in frame.geometry[frame["rate"] == rate]:
                 for part in shapely.get_parts(polygon):
@@ -509,7 +561,7 @@ def write_prescription_gpkg(
             tmp,
             layer=layer,
             driver="GPKG",
-            geometry_type="Polygon",
+            **_geometry_options(prescription.frame),
             append=tmp.exists(),
         )
     write_layer_styles(
@@ -534,7 +586,7 @@ def run_prescriptions(run: RunOutputs, options: PrescriptionOptions) -> dict[str
     with a rate table."""
     layers = {SPOT_LAYER: spot_prescription(run, options)}
     if options.rates is not None:
-        layers[ZONE_LAYER] = zone_prescription(run, options.rates)
+        layers[ZONE_LAYER] = zone_prescription(run, options.rates, options.fields)
     return layers
 
 

@@ -281,6 +281,13 @@ def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = 
         help="a rate-table rule on the command line; repeat, in order, ending with "
         "'otherwise: RATE UNIT'",
     )
+    if not after_run:  # run and batch have --fields already
+        group.add_argument(
+            "--fields",
+            type=Path,
+            default=None,
+            help="rate these fields (the file the run got as --fields) instead of its --grid zones",
+        )
     group.add_argument(
         "--buffer",
         type=float,
@@ -306,10 +313,11 @@ def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOpti
     """The prescription options, or ``None`` when ``run``/``batch`` were not asked for any."""
     if not (getattr(args, "prescribe", True) or args.rates or args.rate):
         return None
-    if hasattr(args, "grid") and args.grid is None and (args.rates or args.rate):
+    after_run = hasattr(args, "grid")
+    if after_run and args.grid is None and args.fields is None and (args.rates or args.rate):
         raise InputError(
             "--rates/--rate give each management zone a rate, and there are none without "
-            "--grid: add --grid SIZE_M (e.g. --grid 10)"
+            "--grid or --fields: add --grid SIZE_M (e.g. --grid 10) or --fields FILE"
         )
     rates = None
     if args.rates is not None:
@@ -321,6 +329,8 @@ def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOpti
         min_section_m2=args.min_section,
         spot_rate=args.spot_rate,
         rates=rates,
+        # after a run, its fields are rated when it has no grid
+        fields=args.fields if not after_run or args.grid is None else None,
     )
 
 

@@ -279,3 +279,47 @@ def test_run_checks_the_rate_table_before_segmenting(tmp_path: Path, run_cli, ca
     assert run_cli("run", image, "--out", tmp_path / "out", "--grid", "1", "--rates", rates) == 2
     assert "rates.txt:1: the table has no 'otherwise' line" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_fields_get_rates_from_the_runs_per_field_statistics(tmp_path: Path, run_cli) -> None:
+    make_run(tmp_path / "run", zones=False)
+    fields = gpd.GeoDataFrame(
+        {"name": ["north", "south"]},
+        geometry=[
+            square(0, 10, 20),
+            shapely.MultiPolygon([square(0, 0, 5), square(10, 0, 5)]),  # two parts
+        ],
+        crs=CRS,
+    )
+    fields.to_file(tmp_path / "fields.gpkg")
+    summary_path = tmp_path / "run" / "field.summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["input"] = {"crs": CRS}
+    summary["fields"] = [
+        {"field_id": fid, "valid_area_m2": area, "classes": {}, "weed_pressure": wp}
+        for fid, area, wp in (("north", 400.0, 0.35), ("south", 50.0, None))
+    ]
+    summary_path.write_text(json.dumps(summary))
+    rates = write_rates(tmp_path)
+    args = ("prescribe", tmp_path / "run", "--rates", rates, "--fields", tmp_path / "fields.gpkg")
+    assert run_cli(*args, "--quiet") == 0
+    shp = pyogrio.read_dataframe(tmp_path / "run" / "field.zones.shp.zip")
+    assert shp["ZONE_ID"].tolist() == ["north", "south"]
+    assert shp["RATE"].tolist() == [2.0, 0.0]  # no weed pressure known: 'otherwise'
+    assert shp.geometry.iloc[1].geom_type == "MultiPolygon"
+    task_data = read_taskdata(tmp_path / "run" / "field.taskdata.zip", tmp_path)
+    zones = {
+        z.process_data_variables[0].process_data_value: z
+        for z in task_data.tasks[1].treatment_zones
+    }
+    assert len(zones[200].polygons) == 1 and len(zones[0].polygons) == 2
+    assert zones[0].code == 0 == task_data.tasks[1].default_treatment_zone_code
+
+
+def test_fields_need_the_runs_field_statistics(tmp_path: Path, run_cli, capsys) -> None:
+    make_run(tmp_path / "run")
+    square_field = gpd.GeoDataFrame({"name": ["a"]}, geometry=[square(0, 0, 5)], crs=CRS)
+    square_field.to_file(tmp_path / "fields.gpkg")
+    args = ("--rates", write_rates(tmp_path), "--fields", tmp_path / "fields.gpkg")
+    assert run_cli("prescribe", tmp_path / "run", *args) == 2
+    assert "no per-field statistics; rerun agriseg run with --fields" in capsys.readouterr().err
