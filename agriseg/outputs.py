@@ -150,8 +150,8 @@ class ClassRasterWriter:
     """Streams class and confidence blocks into two GeoTIFFs on ``info``'s grid.
 
     The class raster carries ``classes``' colour table and ``class_N``/``class_N_role`` tags.
-    Blocks are written to tiled GeoTIFFs, rewritten as cloud-optimised GeoTIFFs
-    (:func:`write_cog`) when the writer closes without error.
+    Blocks are written to tiled GeoTIFFs; :meth:`to_cogs` rewrites them as
+    cloud-optimised GeoTIFFs once nothing reads them any more.
 
     The files are written to temporaries staged in ``transaction``, which puts them
     in place (with the run's other outputs) once everything succeeded.
@@ -181,6 +181,20 @@ class ClassRasterWriter:
     def staged(self) -> dict[str, Path]:
         """The temporary paths the rasters are written to until the transaction commits."""
         return dict(self._tmp)
+
+    def to_cogs(self) -> None:
+        """Rewrite the rasters as COGs (:func:`write_cog`), still staged; after the writer
+        has closed them."""
+        assert self._classes is not None and self._classes.closed, "close the writer first"
+        for kind in KINDS:
+            try:
+                with rasterio.Env(**WRITE_ENV):
+                    write_cog(self._tmp[kind], OVERVIEW_RESAMPLING[kind])
+            except rasterio.errors.RasterioError as err:
+                raise _write_failed(self._paths[kind], _gdal_reason(err)) from None
+            reason = incomplete_geotiff(self._tmp[kind])
+            if reason is not None:
+                raise _write_failed(self._paths[kind], reason)
 
     def __enter__(self) -> ClassRasterWriter:
         try:
@@ -234,13 +248,6 @@ class ClassRasterWriter:
         if exc_type is None:
             for kind in KINDS:
                 reason = incomplete_geotiff(self._tmp[kind])
-                if reason is None:
-                    try:
-                        with rasterio.Env(**WRITE_ENV):
-                            write_cog(self._tmp[kind], OVERVIEW_RESAMPLING[kind])
-                    except rasterio.errors.RasterioError as err:
-                        raise _write_failed(self._paths[kind], _gdal_reason(err)) from None
-                    reason = incomplete_geotiff(self._tmp[kind])
                 if reason is not None:
                     raise _write_failed(self._paths[kind], reason)
         return suppressed

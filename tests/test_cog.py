@@ -36,15 +36,14 @@ def write_outputs(tmp_path: Path, classes: np.ndarray, confidence: np.ndarray) -
     grid = Grid(SIZE, SIZE, UTM_TRANSFORM, CRS.from_string(UTM))
     info = RasterInfo(tmp_path / "in.tif", grid, 3, "uint8", (256, 256), (1, 2, 3))
     paths = output_paths(tmp_path, "in")
-    with (
-        output_transaction() as transaction,
-        ClassRasterWriter(info, paths, 256, "test", transaction, CLASSES) as writer,
-    ):
-        for row in range(0, SIZE, 256):
-            for col in range(0, SIZE, 256):
-                window = Window(col, row, min(256, SIZE - col), min(256, SIZE - row))
-                rows, cols = window.toslices()
-                writer.write(window, classes[rows, cols], confidence[rows, cols])
+    with output_transaction() as transaction:
+        with ClassRasterWriter(info, paths, 256, "test", transaction, CLASSES) as writer:
+            for row in range(0, SIZE, 256):
+                for col in range(0, SIZE, 256):
+                    window = Window(col, row, min(256, SIZE - col), min(256, SIZE - row))
+                    rows, cols = window.toslices()
+                    writer.write(window, classes[rows, cols], confidence[rows, cols])
+        writer.to_cogs()
     return paths
 
 
