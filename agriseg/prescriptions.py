@@ -30,6 +30,7 @@ from typing import Any, Literal, cast
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyogrio
 import shapely
 from pyproj import CRS
@@ -105,12 +106,16 @@ class RateTable:
 
     def rates(self, zones: gpd.GeoDataFrame) -> np.ndarray:
         """The rate of each zone (row of ``zones``, which has the statistics as columns)."""
+        have = [
+            str(c)
+            for c in zones.columns
+            if c not in ("zone_id", "row", "col") and pd.api.types.is_numeric_dtype(zones[c])
+        ]
         for rule in self.rules:
-            if rule.statistic is not None and rule.statistic not in zones.columns:
-                have = [c for c in zones.columns if c != "geometry" and c not in ("row", "col")]
+            if rule.statistic is not None and rule.statistic not in have:
                 raise InputError(
                     f"{rule.where}: unknown zone statistic {rule.statistic!r}; use one of "
-                    f"{', '.join(map(str, have))}"
+                    f"{', '.join(have)}"
                 )
         rates = np.full(len(zones), np.nan)
         for rule in self.rules:
@@ -259,7 +264,8 @@ def spray_sections(weeds: np.ndarray, buffer_m: float, min_section_m2: float) ->
     parts = shapely.get_parts(shapely.union_all(grown))
     small = shapely.area(parts) < min_section_m2
     if small.any():
-        radius = math.sqrt(min_section_m2 / math.pi)
+        # the buffer's round ends are 16-gons, of area 8 r² sin(π/8) (not π r²)
+        radius = math.sqrt(min_section_m2 / (8 * math.sin(math.pi / 8)))
         parts[small] = shapely.buffer(parts[small], radius, quad_segs=4)
         parts = shapely.get_parts(shapely.union_all(parts))
     parts = parts[shapely.get_type_id(parts) == 3]  # polygons only (no stray lines)
@@ -289,17 +295,18 @@ class RunOutputs:
 
 
 def find_runs(run_dir: Path) -> list[RunOutputs]:
-    """Every run in ``run_dir`` (one per ``<stem>.summary.json``: a batch folder holds many)."""
+    """Every run in ``run_dir`` or its subfolders (one per ``<stem>.summary.json``: an
+    ``agriseg batch`` folder holds one subfolder per survey)."""
     fix = "give the --out folder of a finished agriseg run or batch"
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such folder; {fix}")
     runs = []
-    for path in sorted(run_dir.glob("*.summary.json")):
+    for path in sorted([*run_dir.glob("*.summary.json"), *run_dir.glob("*/*.summary.json")]):
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise InputError(f"{path}: unreadable run summary ({exc}); rerun agriseg run") from None
-        runs.append(RunOutputs(run_dir, path.name.removesuffix(".summary.json"), summary))
+        runs.append(RunOutputs(path.parent, path.name.removesuffix(".summary.json"), summary))
     if not runs:
         raise InputError(f"{run_dir}: no <stem>.summary.json here; {fix}")
     return runs
@@ -620,19 +627,20 @@ def prescribe(
     out_dir: Path | None = None,
     stems: Sequence[str] | None = None,
 ) -> list[PrescriptionResult]:
-    """Prescriptions for every run in ``run_dir`` (or those of ``stems``), written to
-    ``out_dir`` (default: ``run_dir``).
+    """Prescriptions for every run in ``run_dir`` (see :func:`find_runs`; or those of
+    ``stems``), written to ``out_dir`` (default: beside each run's outputs).
 
     Every run's prescriptions are made (and the rate table checked against its zones)
     before anything is written; each run's files appear together or not at all.
     """
     runs = [r for r in find_runs(run_dir) if stems is None or r.stem in stems]
-    made = [(run.stem, run_prescriptions(run, options)) for run in runs]
-    out_dir = out_dir or run_dir
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{out_dir}: cannot create the output folder ({exc.strerror}); choose a writable --out"
-        ) from None
-    return [write_prescriptions(stem, layers, out_dir) for stem, layers in made]
+    made = [(run, run_prescriptions(run, options)) for run in runs]
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(
+                f"{out_dir}: cannot create the output folder ({exc.strerror}); "
+                "choose a writable --out"
+            ) from None
+    return [write_prescriptions(run.stem, layers, out_dir or run.run_dir) for run, layers in made]
