@@ -271,7 +271,7 @@ def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = 
         type=Path,
         default=None,
         help="rate table for the zones, one rule a line, e.g. 'weed_pressure >= 0.10: 1.5 l/ha' "
-        "and a closing 'otherwise: 0 l/ha' (needs a run with --grid)",
+        "and a closing 'otherwise: 0 l/ha' (for a run with --grid, or with --fields)",
     )
     rates.add_argument(
         "--rate",

@@ -22,7 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dir", type=Path, help="--out folder of agriseg run (or a batch's)")
     parser.add_argument(
-        "--out", type=Path, default=None, help="where to write them (default: RUN_DIR)"
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write them (default: beside each run's outputs)",
     )
     common.add_prescription_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no table")
