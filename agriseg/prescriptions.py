@@ -313,6 +313,11 @@ def find_runs(run_dir: Path) -> list[RunOutputs]:
 
 
 def _read_layer(run: RunOutputs, layer: str) -> gpd.GeoDataFrame | None:
+    if run.summary.get("input", {"crs": ""}).get("crs") is None:
+        raise InputError(
+            f"{run.summary_path}: the run was in pixel mode (its input has no CRS), so it "
+            "has no map to spray by; rerun agriseg run with --assume-crs EPSG:..."
+        )
     if not run.gpkg.is_file():
         raise InputError(
             f"{run.gpkg}: missing, so there are no weed polygons to prescribe from; rerun "

@@ -319,6 +319,11 @@ def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOpti
             "--rates/--rate give each management zone a rate, and there are none without "
             "--grid or --fields: add --grid SIZE_M (e.g. --grid 10) or --fields FILE"
         )
+    if after_run and args.formats and "gpkg" not in args.formats:
+        raise InputError(
+            "prescriptions are drawn from the weed polygons of <stem>.health.gpkg, which "
+            "--format leaves out: add --format gpkg"
+        )
     rates = None
     if args.rates is not None:
         rates = read_rate_table(args.rates)

@@ -333,3 +333,38 @@ def test_a_batch_folder_gets_prescriptions_beside_each_survey(tmp_path: Path, ru
     for name in ("north", "south"):
         zones = pyogrio.read_dataframe(tmp_path / "batch" / name / f"{name}.zones.shp.zip")
         assert zones.sort_values("ZONE_ID")["RATE"].tolist() == EXPECTED_RATE
+
+
+def test_batch_writes_prescriptions_for_each_survey(tmp_path: Path, run_cli) -> None:
+    surveys = tmp_path / "surveys"
+    surveys.mkdir()
+    write_raster(surveys / "a.tif", field_image(64, 64))
+    args = ("--out", tmp_path / "out", "--grid", "1", "--rates", write_rates(tmp_path))
+    assert run_cli("batch", surveys, *args, "--quiet", "--device", "cpu") == 0
+    assert pyogrio.read_dataframe(tmp_path / "out" / "a" / "a.zones.shp.zip")["RATE"].notna().all()
+    assert (tmp_path / "out" / "a" / "a.spot.shp.zip").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (("--format", "geojson", "--prescribe"), "add --format gpkg"),
+        (("--rate", "otherwise: 1 l/ha"), "add --grid SIZE_M"),
+    ],
+)
+def test_run_refuses_prescriptions_it_cannot_make_before_segmenting(
+    tmp_path: Path, run_cli, capsys, extra: tuple[str, ...], says: str
+) -> None:
+    image = write_raster(tmp_path / "survey.tif", field_image(64, 64))
+    assert run_cli("run", image, "--out", tmp_path / "out", *extra) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pixel_mode_run_cannot_be_prescribed(tmp_path: Path, run_cli, capsys) -> None:
+    make_run(tmp_path / "run")
+    summary_path = tmp_path / "run" / "field.summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**summary, "input": {"crs": None}}))
+    assert run_cli("prescribe", tmp_path / "run") == 2
+    assert "pixel mode" in capsys.readouterr().err
