@@ -36,7 +36,7 @@ import shapely
 from pyproj import CRS
 
 from agriseg import __version__
-from agriseg.atomic import OutputTransaction, output_transaction
+from agriseg.atomic import OutputTransaction, output_transaction, remove_stale_temporaries
 from agriseg.errors import InputError, OutputError
 from agriseg.qgis import WEED_PRESSURE_RANGES, graduated_qml, write_layer_styles
 from agriseg.zones import grid_crs, read_fields
@@ -611,6 +611,7 @@ def write_prescriptions(
     if zones is None:
         del paths["zones_shp"]
     spot = layers[SPOT_LAYER]
+    remove_stale_temporaries(out_dir)  # left by a killed run or prescribe
     with output_transaction() as transaction:
         write_prescription_gpkg(layers, paths["gpkg"], transaction)
         write_shapefile_zip(spot, paths["spot_shp"], transaction)
