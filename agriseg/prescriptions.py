@@ -547,19 +547,21 @@ def write_taskdata_zip(
 
 
 def rate_style(rates: Sequence[float], unit: str) -> str:
-    """QGIS style of a prescription layer: its rates from green (least) to red (most)."""
+    """QGIS style of a prescription layer: one class per rate, coloured by its share of
+    the highest rate, from green (none) to red (the most)."""
     distinct = sorted(set(rates)) or [0.0]
     palette = [rgb for _, rgb in WEED_PRESSURE_RANGES]
+    top = distinct[-1] or 1.0
     bounds = [
         distinct[0],
         *((a + b) / 2 for a, b in zip(distinct, distinct[1:], strict=False)),
         distinct[-1],
     ]
-    ranges = []
-    for k, rate in enumerate(distinct):
-        colour = palette[round(k * (len(palette) - 1) / max(len(distinct) - 1, 1))]
-        ranges.append((bounds[k], bounds[k + 1], colour, f"{rate:g} {unit}"))
-    return graduated_qml("rate", [r[:3] for r in ranges], labels=[r[3] for r in ranges])
+    ranges = [
+        (bounds[k], bounds[k + 1], palette[round(rate / top * (len(palette) - 1))])
+        for k, rate in enumerate(distinct)
+    ]
+    return graduated_qml("rate", ranges, labels=[f"{rate:g} {unit}" for rate in distinct])
 
 
 def write_prescription_gpkg(

@@ -197,6 +197,9 @@ def test_prescription_layers_are_styled_by_rate(tmp_path: Path) -> None:
     assert 'type="graduatedSymbol"' in styles["prescription"]
     assert 'attr="rate"' in styles["prescription"]
     assert 'label="1.5 l/ha"' in styles["prescription"]
+    red, green = "215,25,28,255", "26,150,65,255"  # the most, none
+    assert f'"color" type="QString" value="{green}"' in styles["prescription"]
+    assert f'"color" type="QString" value="{red}"' in styles["spot"]  # spot: the only rate
 
 
 @pytest.mark.parametrize(
