@@ -70,6 +70,7 @@ _RULE = re.compile(
     rf"(?P<threshold>-?(?:{_NUMBER}))\s*(?P<percent>%?)\s*:\s*{_RATE}$"
 )
 _OTHERWISE = re.compile(rf"^otherwise\s*:\s*{_RATE}$", re.IGNORECASE)
+_PRODUCT = re.compile(r"^product\s*:\s*(?P<name>\S.*)$", re.IGNORECASE)
 _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
     ">": operator.gt,
@@ -94,11 +95,15 @@ class RateRule:
 
 @dataclass(frozen=True)
 class RateTable:
-    """Rules tried top to bottom; a zone gets the rate of the first rule it matches."""
+    """Rules tried top to bottom; a zone gets the rate of the first rule it matches.
+
+    ``product`` is the name of what is applied (the table's ``product:`` line), if given.
+    """
 
     rules: tuple[RateRule, ...]
     unit: Unit
     source: str
+    product: str | None = None
 
     @property
     def statistics(self) -> tuple[str, ...]:
@@ -134,7 +139,8 @@ def _rule_error(where: str, problem: str, fix: str = RULE_EXAMPLE) -> InputError
 
 
 def parse_rate_table(lines: Sequence[str], source: str, line_numbers: bool = True) -> RateTable:
-    """Parse rate rules (one per line; ``#`` starts a comment; blank lines are skipped).
+    """Parse rate rules (one per line; ``#`` starts a comment; blank lines are skipped)
+    and an optional ``product: NAME`` line.
 
     Args:
         lines: The table's lines.
@@ -148,11 +154,23 @@ def parse_rate_table(lines: Sequence[str], source: str, line_numbers: bool = Tru
     unit: str | None = None
     unit_where = ""
     last = source
+    product: str | None = None
+    product_where = ""
     for n, raw in enumerate(lines, start=1):
         text = raw.split("#", 1)[0].strip()
         if not text:
             continue
         where = f"{source}:{n}" if line_numbers else f"{source} #{n}"
+        named = _PRODUCT.match(text)
+        if named is not None:
+            if product is not None:
+                raise _rule_error(
+                    where,
+                    f"a second product line (the first is {product_where})",
+                    "give one product per table",
+                )
+            product, product_where = named["name"].strip(), where
+            continue
         last = where
         if rules and rules[-1].statistic is None:
             raise _rule_error(
@@ -195,7 +213,7 @@ def parse_rate_table(lines: Sequence[str], source: str, line_numbers: bool = Tru
             "the table has no 'otherwise' line, so zones that match no rule would get no rate",
             f"end it with 'otherwise: 0 {unit}'",
         )
-    return RateTable(tuple(rules), cast(Unit, unit), source)
+    return RateTable(tuple(rules), cast(Unit, unit), source, product)
 
 
 def read_rate_table(path: Path) -> RateTable:
@@ -341,6 +359,7 @@ class Prescription:
     name: str
     frame: gpd.GeoDataFrame
     unit: Unit
+    product: str | None = None
 
 
 def spot_prescription(run: RunOutputs, options: PrescriptionOptions) -> Prescription:
@@ -364,7 +383,8 @@ def spot_prescription(run: RunOutputs, options: PrescriptionOptions) -> Prescrip
         geometry=gpd.GeoSeries(sections, crs=metric),
         crs=metric,
     )
-    return Prescription("spot spray", frame, options.rate_unit)
+    product = options.rates.product if options.rates is not None else None
+    return Prescription("spot spray", frame, options.rate_unit, product)
 
 
 #: Zone statistics of the summary's per-field entries, as in the ``zones`` layer.
@@ -425,7 +445,7 @@ def zone_prescription(
         geometry=zones.geometry,
         crs=zones.crs,
     )
-    return Prescription("zone rates", frame, rates.unit)
+    return Prescription("zone rates", frame, rates.unit, rates.product)
 
 
 def _geometry_options(frame: gpd.GeoDataFrame) -> dict[str, Any]:
@@ -475,7 +495,8 @@ def build_taskdata(prescriptions: Sequence[Prescription], stem: str) -> Any:
     """ISO 11783-10 task data (v4.3): one task per prescription.
 
     Each distinct rate is a treatment zone holding the polygons with that rate; zone 0,
-    the default, position-lost and out-of-field zone, applies nothing.
+    the default, position-lost and out-of-field zone, applies nothing. A named product
+    becomes a product (PDT) the rates refer to.
     """
     import isoxml.models.base.v4 as iso
     from isoxml.converter.shapely_geom import ShapelyConverterV4
@@ -483,7 +504,14 @@ def build_taskdata(prescriptions: Sequence[Prescription], stem: str) -> Any:
     to_iso = ShapelyConverterV4()
     tasks: list[Any] = []
     presentations: dict[str, Any] = {}
+    products: dict[str, Any] = {}
     for k, prescription in enumerate(prescriptions, start=1):
+        product = None
+        if prescription.product is not None:
+            product = products.setdefault(
+                prescription.product,
+                iso.Product(id=f"PDT{len(products) + 1}", designator=prescription.product[:32]),
+            )
         ddi, factor = ISO_RATE_DDI[prescription.unit]
         vpn = presentations.setdefault(
             prescription.unit,
@@ -496,10 +524,13 @@ def build_taskdata(prescriptions: Sequence[Prescription], stem: str) -> Any:
             ),
         )
 
-        def variable(rate: float, ddi: int = ddi, factor: int = factor, vpn: Any = vpn) -> Any:
+        def variable(
+            rate: float, ddi: int = ddi, factor: int = factor, vpn: Any = vpn, pdt: Any = product
+        ) -> Any:
             return iso.ProcessDataVariable(
                 process_data_ddi=ddi.to_bytes(2, "big"),
                 process_data_value=round(rate * factor),
+                product_id_ref=None if pdt is None else pdt.id,
                 value_presentation_id_ref=vpn.id,
             )
 
@@ -531,6 +562,7 @@ def build_taskdata(prescriptions: Sequence[Prescription], stem: str) -> Any:
         management_software_version=__version__,
         data_transfer_origin=iso.Iso11783TaskDataDataTransferOrigin.FMIS,
         value_presentations=list(presentations.values()),
+        products=list(products.values()),
         tasks=tasks,
     )
 

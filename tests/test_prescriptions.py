@@ -30,6 +30,7 @@ CRS = "EPSG:32633"
 X0, Y0 = 500000.0, 5300000.0
 RATES = """\
 # herbicide by weed pressure: first matching line wins
+product: Herbicide X
 weed_pressure >= 30%: 2.0 l/ha
 weed_pressure >= 0.10: 1.5 l/ha   # light infestation
 otherwise: 0 l/ha
@@ -144,6 +145,10 @@ def test_isoxml_reads_back_with_the_same_zones_and_rates(tmp_path: Path) -> None
         assert any(p.contains(cell.representative_point()) for p in polygons)
     spot_rates = rates_by_zone(spot)
     assert set(spot_rates) == {0.0, 3.0} and len(spot_rates[3.0]) == result.spot_sections
+    [product] = task_data.products
+    assert product.designator == "Herbicide X"
+    pdvs = [p for t in task_data.tasks for z in t.treatment_zones for p in z.process_data_variables]
+    assert {p.product_id_ref for p in pdvs} == {product.id}
 
 
 def test_spot_shapefile_covers_every_weed_with_the_buffer(tmp_path: Path) -> None:
@@ -211,6 +216,7 @@ def test_prescription_layers_are_styled_by_rate(tmp_path: Path) -> None:
         ("weed_pressure >= 0.1: -1 l/ha\notherwise: 0 l/ha\n", ":1:", "negative rate"),
         ("otherwise: 0 l/ha\nweed_pressure >= 0.1: 1 l/ha\n", ":2:", "after the 'otherwise'"),
         ("# only\nweed_pressure >= 0.1: 1 l/ha\n", ":2:", "no 'otherwise' line"),
+        ("product: A\nproduct: B\notherwise: 0 l/ha\n", ":2:", "a second product line"),
         ("weed_presure >= 0.1: 1 l/ha\notherwise: 0 l/ha\n", ":1:", "unknown zone statistic"),
     ],
 )
