@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from rasterio.windows import Window
 
 from agriseg import __version__
@@ -23,6 +25,40 @@ KINDS = ("classes", "confidence")
 #: GDAL settings for writing: compress on every core. The block cache is the run's
 #: (:mod:`agriseg.gdal_settings`).
 WRITE_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS"}
+
+
+#: Block edge of the finished rasters (cloud-optimised GeoTIFFs).
+COG_BLOCK = 512
+
+#: How each raster's overviews are resampled: the most frequent class (mode never
+#: invents a class between two others), the mean confidence.
+OVERVIEW_RESAMPLING = {"classes": "MODE", "confidence": "AVERAGE"}
+
+
+def write_cog(path: Path, resampling: str) -> None:
+    """Rewrite the GeoTIFF ``path`` in place as a cloud-optimised GeoTIFF.
+
+    512-px deflate blocks and internal overviews halving down to one block. GDAL's COG
+    driver copies block by block (overviews go through a temporary file beside
+    ``path``), so the raster is never held in memory; it keeps the colour table,
+    tags and band descriptions.
+    """
+    cog = path.with_name(f"{path.name}.cog{path.suffix}")
+    try:
+        rasterio.shutil.copy(
+            path,
+            cog,
+            driver="COG",
+            BLOCKSIZE=COG_BLOCK,
+            COMPRESS="DEFLATE",
+            OVERVIEW_RESAMPLING=resampling,
+            BIGTIFF="IF_SAFER",
+            NUM_THREADS="ALL_CPUS",
+        )
+        os.replace(cog, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            cog.unlink()
 
 
 def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
@@ -114,6 +150,8 @@ class ClassRasterWriter:
     """Streams class and confidence blocks into two GeoTIFFs on ``info``'s grid.
 
     The class raster carries ``classes``' colour table and ``class_N``/``class_N_role`` tags.
+    Blocks are written to tiled GeoTIFFs; :meth:`to_cogs` rewrites them as
+    cloud-optimised GeoTIFFs once nothing reads them any more.
 
     The files are written to temporaries staged in ``transaction``, which puts them
     in place (with the run's other outputs) once everything succeeded.
@@ -143,6 +181,20 @@ class ClassRasterWriter:
     def staged(self) -> dict[str, Path]:
         """The temporary paths the rasters are written to until the transaction commits."""
         return dict(self._tmp)
+
+    def to_cogs(self) -> None:
+        """Rewrite the rasters as COGs (:func:`write_cog`), still staged; after the writer
+        has closed them."""
+        assert self._classes is not None and self._classes.closed, "close the writer first"
+        for kind in KINDS:
+            try:
+                with rasterio.Env(**WRITE_ENV):
+                    write_cog(self._tmp[kind], OVERVIEW_RESAMPLING[kind])
+            except rasterio.errors.RasterioError as err:
+                raise _write_failed(self._paths[kind], _gdal_reason(err)) from None
+            reason = incomplete_geotiff(self._tmp[kind])
+            if reason is not None:
+                raise _write_failed(self._paths[kind], reason)
 
     def __enter__(self) -> ClassRasterWriter:
         try:

@@ -94,9 +94,14 @@ def categorized_qml(
 
 
 def graduated_qml(
-    attribute: str, ranges: Sequence[tuple[float, float, tuple[int, int, int]]]
+    attribute: str,
+    ranges: Sequence[tuple[float, float, tuple[int, int, int]]],
+    labels: Sequence[str] | None = None,
 ) -> str:
-    """QML of a graduated fill renderer with ``(lower, upper, rgb)`` ranges."""
+    """QML of a graduated fill renderer with ``(lower, upper, rgb)`` ranges.
+
+    ``labels`` name the ranges in the legend (default: the bounds as percentages).
+    """
     renderer = ET.Element(
         "renderer-v2",
         type="graduatedSymbol",
@@ -109,7 +114,7 @@ def graduated_qml(
     rngs = ET.SubElement(renderer, "ranges")
     symbols = ET.SubElement(renderer, "symbols")
     for k, (lower, upper, rgb) in enumerate(ranges):
-        label = f"{lower:.0%} – {upper:.0%}"
+        label = labels[k] if labels is not None else f"{lower:.0%} – {upper:.0%}"
         ET.SubElement(
             rngs,
             "range",

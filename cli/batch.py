@@ -9,7 +9,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from agriseg_cli.common import add_health_options, add_segmentation_options, print_table
+from agriseg_cli.common import (
+    add_health_options,
+    add_prescription_options,
+    add_segmentation_options,
+    prescription_options_from_args,
+    print_prescriptions,
+    print_table,
+)
 from agriseg_cli.run import config_from_args
 
 from agriseg.errors import AgrisegError
@@ -39,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_segmentation_options(parser)
     add_health_options(parser)
+    add_prescription_options(parser, after_run=True)
     parser.add_argument(
         "--quiet", action="store_true", help="only warnings and errors on stderr; no table"
     )
@@ -72,8 +80,10 @@ def batch_logging(results_dir: Path, quiet: bool) -> Iterator[logging.FileHandle
 
 def execute(args: argparse.Namespace) -> int:
     from agriseg.batch import BatchOptions, run_batch
+    from agriseg.prescriptions import prescribe
 
     options = BatchOptions(pattern=args.pattern, force=args.force, checksum=args.checksum)
+    prescription = prescription_options_from_args(args)  # a bad table fails first
     with batch_logging(args.out, args.quiet) as log_file:
         try:
             result = run_batch(args.survey_dir, args.out, config_from_args(args), options)
@@ -91,4 +101,9 @@ def execute(args: argparse.Namespace) -> int:
         for survey in result.failed:
             print(f"{survey.name} failed: {survey.error}")
         print(f"manifest: {result.manifest}; log: {log_file.baseFilename}")
+    if prescription is not None:
+        done = [s for s in result.surveys if s.outcome != "failed"]
+        prescribed = [r for s in done for r in prescribe(args.out / s.name, prescription)]
+        if not args.quiet:
+            print_prescriptions(prescribed)
     return 0 if result.ok else EXIT_SURVEYS_FAILED

@@ -7,11 +7,15 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from agriseg.config import VECTOR_FORMATS, HealthOptions
+from agriseg.errors import InputError
+
+if TYPE_CHECKING:
+    from agriseg.prescriptions import PrescriptionOptions, PrescriptionResult
 
 
 def band_list(text: str) -> tuple[int, ...]:
@@ -247,3 +251,100 @@ def print_health_table(health: dict[str, Any]) -> None:
     indices = {k: v for k, v in health.get("vegetation_indices", {}).items() if v is not None}
     if indices:
         print("mean " + "  ".join(f"{name.upper()} {value:.3f}" for name, value in indices.items()))
+
+
+def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = False) -> None:
+    """Options of ``prescribe``; with ``after_run``, for ``run``/``batch`` (off unless asked)."""
+    group = parser.add_argument_group("prescriptions (to the sprayer)")
+    if after_run:
+        group.add_argument(
+            "--prescribe",
+            action="store_true",
+            help="also write spot-spray prescriptions (implied by --rates/--rate)",
+        )
+    rates = group.add_mutually_exclusive_group()
+    rates.add_argument(
+        "--rates",
+        type=Path,
+        default=None,
+        help="rate table for the zones, one rule a line, e.g. 'weed_pressure >= 0.10: 1.5 l/ha' "
+        "and a closing 'otherwise: 0 l/ha' (for a run with --grid, or with --fields)",
+    )
+    rates.add_argument(
+        "--rate",
+        action="append",
+        default=None,
+        metavar="RULE",
+        help="a rate-table rule on the command line; repeat, in order, ending with "
+        "'otherwise: RATE UNIT'",
+    )
+    if not after_run:  # run and batch have --fields already
+        group.add_argument(
+            "--fields",
+            type=Path,
+            default=None,
+            help="rate these fields (the file the run got as --fields) instead of its --grid zones",
+        )
+    group.add_argument(
+        "--buffer",
+        type=float,
+        default=0.5,
+        help="margin sprayed around each weed patch, metres (default 0.5)",
+    )
+    group.add_argument(
+        "--min-section",
+        type=float,
+        default=0.5,
+        help="smallest area the sprayer treats, m²: smaller holes are sprayed over, smaller "
+        "patches grown to it (default 0.5)",
+    )
+    group.add_argument(
+        "--spot-rate",
+        type=float,
+        default=2.0,
+        help="rate on the weed patches, in the rate table's unit (default 2.0; l/ha without one)",
+    )
+
+
+def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOptions | None:
+    """The prescription options, or ``None`` when ``run``/``batch`` were not asked for any."""
+    from agriseg.prescriptions import PrescriptionOptions, parse_rate_table, read_rate_table
+
+    if not (getattr(args, "prescribe", True) or args.rates or args.rate):
+        return None
+    after_run = hasattr(args, "grid")
+    if after_run and args.grid is None and args.fields is None and (args.rates or args.rate):
+        raise InputError(
+            "--rates/--rate give each management zone a rate, and there are none without "
+            "--grid or --fields: add --grid SIZE_M (e.g. --grid 10) or --fields FILE"
+        )
+    if after_run and args.formats and "gpkg" not in args.formats:
+        raise InputError(
+            "prescriptions are drawn from the weed polygons of <stem>.health.gpkg, which "
+            "--format leaves out: add --format gpkg"
+        )
+    rates = None
+    if args.rates is not None:
+        rates = read_rate_table(args.rates)
+    elif args.rate:
+        rates = parse_rate_table(args.rate, "--rate", line_numbers=False)
+    return PrescriptionOptions(
+        buffer_m=args.buffer,
+        min_section_m2=args.min_section,
+        spot_rate=args.spot_rate,
+        rates=rates,
+        # after a run, its fields are rated when it has no grid
+        fields=args.fields if not after_run or args.grid is None else None,
+    )
+
+
+def print_prescriptions(results: Sequence[PrescriptionResult]) -> None:
+    """One row per prescription file written."""
+    rows = []
+    for r in results:
+        zones = ", ".join(f"{n} at {rate:g}" for rate, n in sorted(r.zone_rates.items()))
+        rows.append((r.stem, r.spot_sections, r.spot_area_m2, zones or "-"))
+    print_table(("input", "spray sections", "spray area m²", "zones"), rows)
+    for r in results:
+        for path in r.outputs.values():
+            print(path)

@@ -17,14 +17,14 @@ from agriseg import __version__
 from agriseg.errors import AgrisegError
 
 #: Command modules, in the order ``agriseg --help`` lists them.
-COMMANDS = ("run", "batch", "train", "evaluate", "models", "bench", "generate")
+COMMANDS = ("run", "batch", "prescribe", "train", "evaluate", "models", "bench", "generate")
 
 EXIT_ERROR = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
 #: Positional arguments that name a command's input, for the internal-error message.
-INPUT_ARGS = ("input", "raster", "rasters", "survey_dir")
+INPUT_ARGS = ("input", "raster", "rasters", "survey_dir", "run_dir")
 
 
 def _available_commands() -> list:

@@ -1,0 +1,80 @@
+"""The class and confidence rasters are cloud-optimised GeoTIFFs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import UTM, UTM_TRANSFORM, field_image, write_raster
+from rasterio.crs import CRS
+from rasterio.windows import Window
+from rio_cogeo.cogeo import cog_validate
+
+from agriseg.atomic import output_transaction
+from agriseg.classes import NODATA, ClassList
+from agriseg.grid import Grid
+from agriseg.outputs import ClassRasterWriter, output_paths
+from agriseg.raster import RasterInfo
+
+CLASSES = ClassList.build(["soil", "crop", "weed"])
+SIZE = 1300  # overviews at 2 (650) and 4 (325): down to one 512-px block
+
+
+def assert_cog(path: Path, overviews: list[int]) -> None:
+    """rio-cogeo's validator (GDAL's COG rules: IFDs before the data, smaller overviews'
+    data first...) without warnings, GDAL's own LAYOUT=COG, 512-px blocks, overviews."""
+    assert cog_validate(path) == (True, [], [])
+    with rasterio.open(path) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.block_shapes[0] == (512, 512)
+        assert src.overviews(1) == overviews
+
+
+def write_outputs(tmp_path: Path, classes: np.ndarray, confidence: np.ndarray) -> dict:
+    grid = Grid(SIZE, SIZE, UTM_TRANSFORM, CRS.from_string(UTM))
+    info = RasterInfo(tmp_path / "in.tif", grid, 3, "uint8", (256, 256), (1, 2, 3))
+    paths = output_paths(tmp_path, "in")
+    with output_transaction() as transaction:
+        with ClassRasterWriter(info, paths, 256, "test", transaction, CLASSES) as writer:
+            for row in range(0, SIZE, 256):
+                for col in range(0, SIZE, 256):
+                    window = Window(col, row, min(256, SIZE - col), min(256, SIZE - row))
+                    rows, cols = window.toslices()
+                    writer.write(window, classes[rows, cols], confidence[rows, cols])
+        writer.to_cogs()
+    return paths
+
+
+def test_class_and_confidence_rasters_are_cogs_with_colours_and_tags(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    classes = np.repeat(np.repeat(rng.integers(0, 3, (13, 13), dtype="uint8"), 100, 0), 100, 1)
+    classes[:40] = NODATA
+    confidence = rng.integers(30, 101, (SIZE, SIZE), dtype="uint8")
+    paths = write_outputs(tmp_path, classes, confidence)
+    for kind in ("classes", "confidence"):
+        assert_cog(paths[kind], [2, 4])
+    with rasterio.open(paths["classes"]) as src:
+        assert np.array_equal(src.read(1), classes)
+        assert src.colormap(1)[2] == (*CLASSES[2].colour, 255)
+        assert src.tags()["class_2"] == "weed" and src.tags()["class_2_role"] == "weed"
+        assert src.descriptions == ("class",) and src.nodata == NODATA
+        overview = src.read(1, out_shape=(SIZE // 4, SIZE // 4))
+        # classes are never blended (average would invent ids between the patches')
+        assert np.array_equal(overview, classes[::4, ::4])
+    with rasterio.open(paths["confidence"]) as src:
+        assert np.array_equal(src.read(1), confidence)
+        assert src.tags()["units"] == "percent"
+        mean = float(src.read(1, out_shape=(SIZE // 4, SIZE // 4)).mean())
+        assert mean == pytest.approx(float(confidence.mean()), abs=1.0)  # averaged
+
+
+def test_a_run_writes_cogs_that_the_health_pass_reads(tmp_path: Path, run_cli) -> None:
+    image = write_raster(tmp_path / "survey.tif", field_image(96, 96))
+    out = tmp_path / "out"
+    assert run_cli("run", image, "--out", out, "--quiet", "--device", "cpu") == 0
+    for kind in ("classes", "confidence"):
+        assert_cog(out / f"survey.{kind}.tif", [])  # one block: no overviews needed
+    assert (out / "survey.health.gpkg").is_file()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
