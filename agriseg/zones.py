@@ -127,11 +127,24 @@ def field_statistics(
     with rasterio.open(classes_path) as src:
         transform, height, width = src.transform, src.height, src.width
     zoning = Zoning(field_labeller(fields, transform), len(fields.ids))
-    areas = zone_class_areas(classes_path, len(classes), [zoning], block_size=block_size)[0]
-    means = None
-    if indices is not None:
-        means = zone_index_means(indices, height, width, [zoning], block_size=block_size)[0]
+    areas, means = _measure(classes_path, (height, width), classes, zoning, block_size, indices)
     return field_table(fields, classes, areas, means, indices)
+
+
+def _measure(
+    classes_path: Path,
+    shape: tuple[int, int],
+    classes: ClassList,
+    zoning: Zoning,
+    block_size: int,
+    indices: IndexReader | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One zoning's class areas, and its index means when ``indices`` are given."""
+    areas = zone_class_areas(classes_path, len(classes), [zoning], block_size=block_size)[0]
+    if indices is None:
+        return areas, None
+    means = zone_index_means(indices, *shape, [zoning], block_size=block_size)[0]
+    return areas, means
 
 
 def field_table(
@@ -314,10 +327,7 @@ def grid_zones(
         transform, width, height = src.transform, src.width, src.height
     grid = make_grid(crs, transform, width, height, size_m)
     zoning = Zoning(grid_labeller(grid, crs, transform), grid.n_cells)
-    areas = zone_class_areas(classes_path, len(classes), [zoning], block_size=block_size)[0]
-    means = None
-    if indices is not None:
-        means = zone_index_means(indices, height, width, [zoning], block_size=block_size)[0]
+    areas, means = _measure(classes_path, (height, width), classes, zoning, block_size, indices)
     return zone_frame(grid, classes, areas, means, indices)
 
 
