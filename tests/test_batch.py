@@ -80,6 +80,13 @@ def test_failures_are_isolated_and_a_rerun_skips_finished_surveys(tmp_path, caps
         assert {"classes", "confidence", "summary"} <= set(entry["outputs"])
         assert all((out / p).is_file() for p in entry["outputs"].values())
         assert_complete(out / path.stem, path)
+        summary = json.loads((out / entry["outputs"]["summary"]).read_text())
+        digest = entry["health"]  # the model's classes, roles and shares, and the indices
+        assert digest["classes"] == {
+            name: {"role": c["role"], "share": c["share"]}
+            for name, c in summary["health"]["classes"].items()
+        }
+        assert digest["health_score"] == summary["health"]["health_score"]
     assert not (out / "broken").exists()
     log = next((out / "logs").glob("agriseg-*.log")).read_text()
     assert "broken.tif: failed" in log
