@@ -1,0 +1,202 @@
+"""Exporting a model to ONNX, for ONNX Runtime and the QGIS Deepness plugin.
+
+The graph takes NCHW float32 tiles of one fixed edge (``tile_size``) with a dynamic
+batch axis, and returns softmax probabilities ``(N, C, H, W)``: Deepness's
+``Segmentor`` thresholds and argmaxes them as they come. The ``metadata_props`` hold
+what Deepness reads, each value JSON-encoded (Deepness ``json.loads`` every one),
+plus agriseg's own :class:`~agriseg.models.ModelMeta` under :data:`AGRISEG_META_KEY`,
+so ``agriseg run --model FILE.onnx`` needs no side file.
+
+``onnx`` is imported only here and only when needed: the rest of agriseg runs
+without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agriseg.atomic import atomic_output
+from agriseg.errors import ModelError
+from agriseg.models import RGB_BANDS, SIZE_DIVISOR, ModelMeta
+
+#: ONNX opset of exported graphs (Deepness's ONNX Runtime reads 17 and later).
+OPSET = 17
+
+#: Names of the graph's input and output.
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+
+#: ``metadata_props`` key holding agriseg's :class:`ModelMeta` as JSON.
+AGRISEG_META_KEY = "agriseg_meta"
+
+#: Tile overlap written for Deepness, in model pixels (a run's default ``--overlap``).
+DEFAULT_OVERLAP_PX = 64
+
+#: Largest tile overlap written for Deepness, in percent.
+MAX_OVERLAP_PCT = 25
+
+#: Smallest region, in m², Deepness keeps (a run's default ``--min-area``).
+DEFAULT_MIN_AREA_M2 = 0.01
+
+
+class _WithSoftmax(torch.nn.Module):
+    """The network followed by a softmax over classes: the exported graph."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+def check_export_tile(tile_size: int) -> None:
+    if tile_size < SIZE_DIVISOR or tile_size % SIZE_DIVISOR:
+        raise ModelError(
+            f"--tile-size {tile_size}: an exported model needs a multiple of {SIZE_DIVISOR} "
+            f"pixels, at least {SIZE_DIVISOR}"
+        )
+
+
+def export_bytes(model: torch.nn.Module, meta: ModelMeta, tile_size: int) -> bytes:
+    """The serialised ONNX graph of ``model`` (without metadata) for ``tile_size`` tiles."""
+    check_export_tile(tile_size)
+    wrapper = _WithSoftmax(model).eval()
+    example = torch.zeros((1, len(meta.bands), tile_size, tile_size), dtype=torch.float32)
+    buffer = io.BytesIO()
+    # The TorchScript exporter: the torch.export one needs onnxscript and gives the
+    # same graph for these convolutional networks.
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            buffer,  # type: ignore[arg-type]  # a file-like object works (documented)
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def deepness_metadata(
+    meta: ModelMeta,
+    tile_size: int,
+    overlap_px: int = DEFAULT_OVERLAP_PX,
+    min_area_m2: float = DEFAULT_MIN_AREA_M2,
+) -> dict[str, Any]:
+    """The values Deepness reads from ``metadata_props`` (before JSON encoding).
+
+    Deepness divides 0-255 RGB by 255 and then applies ``(x - mean) / std`` per
+    channel; agriseg feeds ``(value / 255 - mean) / std`` for 8-bit input, so the
+    model's own mean and std carry over (the first three bands: Deepness feeds RGB).
+    ``seg_thresh`` 0 keeps agriseg's plain argmax; ``seg_small_segment`` is the
+    minimum mapping unit of a run in pixels at the model's resolution.
+    """
+    # Capped: on small tiles the run's default overlap would be half of each tile.
+    overlap_pct = min(MAX_OVERLAP_PCT, round(100 * overlap_px / tile_size))
+    values: dict[str, Any] = {
+        "model_type": "Segmentor",
+        "class_names": {str(i): name for i, name in enumerate(meta.classes.names)},
+        "tile_size": tile_size,
+        # Deepness's documentation says tiles_size, its code reads tile_size: write both.
+        "tiles_size": tile_size,
+        "tiles_overlap": overlap_pct,
+        "standardization_mean": [float(v) for v in meta.normalization.mean[:3]],
+        "standardization_std": [float(v) for v in meta.normalization.std[:3]],
+        "seg_thresh": 0.0,
+        "seg_small_segment": 0,
+    }
+    if meta.gsd_m is not None:
+        values["resolution"] = round(meta.gsd_m * 100, 4)
+        values["seg_small_segment"] = round(min_area_m2 / meta.gsd_m**2)
+    return values
+
+
+def onnx_meta(meta: ModelMeta, tile_size: int) -> ModelMeta:
+    """``meta`` as recorded in an export: its tile size is the graph's fixed edge."""
+    note = "" if tuple(meta.bands[:3]) == RGB_BANDS else " Deepness feeds RGB(A) only."
+    return dataclasses.replace(
+        meta,
+        tile_size=tile_size,
+        description=(meta.description + f" (ONNX export, {tile_size} px tiles).{note}").strip(),
+    )
+
+
+def export_onnx(
+    model: torch.nn.Module, meta: ModelMeta, out: Path, tile_size: int | None = None
+) -> Path:
+    """Write ``model`` as an ONNX file with Deepness's and agriseg's metadata; returns ``out``."""
+    import onnx
+
+    tile = tile_size or meta.tile_size
+    graph = onnx.load_from_string(export_bytes(model, meta, tile))
+    props = {key: json.dumps(value) for key, value in deepness_metadata(meta, tile).items()}
+    props[AGRISEG_META_KEY] = onnx_meta(meta, tile).to_json()
+    del graph.metadata_props[:]
+    for key, value in props.items():
+        graph.metadata_props.add(key=key, value=value)
+    graph.producer_name = "agriseg"
+    graph.doc_string = meta.description
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out) as tmp:
+        onnx.save(graph, str(tmp))
+        tmp.chmod(0o644)
+    return out
+
+
+def read_onnx_meta(path: Path) -> ModelMeta:
+    """agriseg's metadata of an exported ONNX file (see :data:`AGRISEG_META_KEY`)."""
+    try:
+        import onnx
+    except ImportError:
+        raise ModelError(
+            f"{path}: reading an ONNX model needs the onnx package (pip install onnx)"
+        ) from None
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such ONNX model") from None
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable ONNX model ({exc})") from None
+    props = {p.key: p.value for p in graph.metadata_props}
+    if AGRISEG_META_KEY not in props:
+        raise ModelError(
+            f"{path}: an ONNX model without agriseg metadata ({AGRISEG_META_KEY!r}); "
+            "export it with `agriseg export`"
+        )
+    try:
+        return ModelMeta.from_dict(json.loads(props[AGRISEG_META_KEY]))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: invalid agriseg metadata ({exc})") from None
+
+
+#: Formats ``agriseg export`` writes.
+EXPORT_FORMATS = ("onnx",)
+
+
+def export_model(
+    model_ref: str | Path, out: Path | None = None, tile_size: int | None = None
+) -> tuple[Path, ModelMeta]:
+    """Export a shipped model (by name) or a checkpoint (by path) to ONNX.
+
+    ``out`` defaults to ``NAME.onnx`` in the current folder and ``tile_size`` to the
+    model's training tile size. Returns the written file and the exported metadata.
+    """
+    from agriseg.models import load_model
+
+    model, meta = load_model(model_ref)
+    tile = tile_size or meta.tile_size
+    check_export_tile(tile)
+    path = export_onnx(model, meta, Path(out or f"{meta.name}.onnx"), tile)
+    return path, onnx_meta(meta, tile)
