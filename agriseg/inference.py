@@ -150,24 +150,21 @@ ORT_INTER_OP_THREADS = 1
 class OnnxForward:
     """Probabilities from ONNX Runtime on CPU, one session per tile edge.
 
-    An exported ``.onnx`` file has one fixed edge; a torch model is exported in
-    memory, once per edge it meets, on first use (a few seconds).
+    ``source`` is an exported ``.onnx`` file (one fixed edge) or a checkpoint, exported
+    once per edge it meets, on first use, into the cache (see
+    :func:`~agriseg.onnx_export.cached_export`).
     """
 
-    def __init__(
-        self,
-        meta: ModelMeta,
-        threads: int,
-        model: torch.nn.Module | None = None,
-        path: Path | None = None,
-    ) -> None:
+    def __init__(self, meta: ModelMeta, threads: int, source: Path) -> None:
         self.meta = meta
         self.threads = threads
-        self._model = model
+        self._checkpoint: Path | None = None
         self._sessions: dict[int, Any] = {}
         self._lock = threading.Lock()
-        if path is not None:
-            self._sessions[meta.tile_size] = self._session(str(path))
+        if is_onnx(source):
+            self._sessions[meta.tile_size] = self._session(str(source))
+        else:
+            self._checkpoint = source
 
     def _session(self, source: str | bytes) -> Any:
         import onnxruntime as ort
@@ -184,15 +181,15 @@ class OnnxForward:
         with self._lock:
             session = self._sessions.get(edge)
             if session is None:
-                if self._model is None:
+                if self._checkpoint is None:
                     fixed = ", ".join(map(str, sorted(self._sessions)))
                     raise ModelError(
                         f"this ONNX model takes {fixed} px tiles, not {edge}: "
                         f"use --tile-size {fixed}"
                     )
-                from agriseg.onnx_export import export_bytes
+                from agriseg.onnx_export import cached_export
 
-                session = self._session(export_bytes(self._model, self.meta, edge))
+                session = self._session(cached_export(self._checkpoint, self.meta, edge))
                 self._sessions[edge] = session
             return session
 
@@ -282,15 +279,12 @@ def get_predictor(
         if predictor is None:
             torch_device = resolve_device(device)
             forward: TorchForward | OnnxForward
-            if engine == "onnx" and is_onnx(model_ref):
-                _, meta = find_model(model_ref)
-                forward = OnnxForward(meta, key[2], path=Path(model_ref))
+            if engine == "onnx":
+                source, meta = find_model(model_ref)
+                forward = OnnxForward(meta, key[2], source)
             else:
                 model, meta = load_model(model_ref)
-                if engine == "onnx":
-                    forward = OnnxForward(meta, key[2], model=model)
-                else:
-                    forward = TorchForward(model, torch_device)
+                forward = TorchForward(model, torch_device)
             predictor = Predictor(forward, meta, torch_device, key[2], engine)
             _PREDICTORS[key] = predictor
             _LOADS += 1

@@ -14,8 +14,10 @@ without it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +202,38 @@ def export_model(
     check_export_tile(tile)
     path = export_onnx(model, meta, Path(out or f"{meta.name}.onnx"), tile)
     return path, onnx_meta(meta, tile)
+
+
+#: Environment variable naming the folder for ONNX exports made on the fly.
+CACHE_ENV = "AGRISEG_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where ``--engine onnx`` keeps the exports it makes of checkpoints:
+    ``$AGRISEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/agriseg``, else ``~/.cache/agriseg``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "agriseg"
+
+
+def cached_export(weights: Path, meta: ModelMeta, tile_size: int) -> str | bytes:
+    """An ONNX graph of checkpoint ``weights`` for ``tile_size`` tiles, exported once per
+    machine: the cached file's path, or the graph itself when the cache is not writable.
+
+    The cache key covers the weights, the metadata, the tile size, the opset and the
+    torch version, so a changed checkpoint is exported afresh.
+    """
+    from agriseg.models import load_model
+
+    digest = hashlib.sha256(Path(weights).read_bytes())
+    for part in (meta.to_json(), str(tile_size), str(OPSET), torch.__version__):
+        digest.update(part.encode())
+    path = cache_dir() / "onnx" / f"{meta.name}-{tile_size}-{digest.hexdigest()[:16]}.onnx"
+    if path.is_file():
+        return str(path)
+    model, _ = load_model(weights)
+    try:
+        return str(export_onnx(model, meta, path, tile_size))
+    except OSError:  # a read-only home: export in memory, every process
+        return export_bytes(model, meta, tile_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from conftest import field_image, read_classes, write_raster
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.models import find_model, load_model
-from agriseg.onnx_export import AGRISEG_META_KEY, OPSET, export_model
+from agriseg.onnx_export import AGRISEG_META_KEY, CACHE_ENV, OPSET, cached_export, export_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -140,3 +141,14 @@ def test_export_command_writes_the_file(tmp_path, run_cli, capsys):
     assert out.stem in capsys.readouterr().out
     assert json.loads(props(out)["tile_size"]) == 64
     assert run_cli("export", "default", "--out", out, "--tile-size", "100") == 2
+
+
+def test_checkpoints_are_exported_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    weights, meta = find_model("default")
+    first = cached_export(weights, meta, 64)
+    assert isinstance(first, str) and first.startswith(str(tmp_path))
+    made = Path(first).stat().st_mtime_ns
+    assert cached_export(weights, meta, 64) == first
+    assert Path(first).stat().st_mtime_ns == made
+    assert cached_export(weights, meta, 96) != first
