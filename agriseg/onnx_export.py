@@ -100,8 +100,10 @@ def deepness_metadata(
     Deepness divides 0-255 RGB by 255 and then applies ``(x - mean) / std`` per
     channel; agriseg feeds ``(value / 255 - mean) / std`` for 8-bit input, so the
     model's own mean and std carry over (the first three bands: Deepness feeds RGB).
-    ``seg_thresh`` 0 keeps agriseg's plain argmax; ``seg_small_segment`` is the
-    minimum mapping unit of a run in pixels at the model's resolution.
+    ``seg_thresh`` 0 keeps agriseg's plain argmax (Deepness then leaves its threshold
+    off). ``seg_small_segment`` is the size in pixels of the median filter Deepness runs
+    over the class map (an edge, not an area): the side of a run's minimum mapping
+    unit, a square of ``min_area_m2``, at the model's resolution.
     """
     # Capped: on small tiles the run's default overlap would be half of each tile.
     overlap_pct = min(MAX_OVERLAP_PCT, round(100 * overlap_px / tile_size))
@@ -119,7 +121,7 @@ def deepness_metadata(
     }
     if meta.gsd_m is not None:
         values["resolution"] = round(meta.gsd_m * 100, 4)
-        values["seg_small_segment"] = round(min_area_m2 / meta.gsd_m**2)
+        values["seg_small_segment"] = round(min_area_m2**0.5 / meta.gsd_m)
     return values
 
 
