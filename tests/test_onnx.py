@@ -12,6 +12,7 @@ from conftest import field_image, read_classes, write_raster
 
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
+from agriseg.inference import resolve_engine
 from agriseg.models import find_model, load_model
 from agriseg.onnx_export import AGRISEG_META_KEY, CACHE_ENV, OPSET, cached_export, export_model
 
@@ -152,3 +153,15 @@ def test_checkpoints_are_exported_once_into_the_cache(tmp_path, monkeypatch):
     assert cached_export(weights, meta, 64) == first
     assert Path(first).stat().st_mtime_ns == made
     assert cached_export(weights, meta, 96) != first
+
+
+def test_auto_engine_is_onnx_runtime_on_cpu_and_torch_on_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_engine("auto", cpu) == "onnx"
+    assert resolve_engine("auto", cuda) == "torch"
+    assert resolve_engine("torch", cpu) == "torch"
+    assert resolve_engine("auto", cpu, "m.onnx") == "onnx"
+    with pytest.raises(InputError, match="--device cpu"):
+        resolve_engine("onnx", cuda)
+    with pytest.raises(InputError, match="--engine torch cannot run"):
+        resolve_engine("torch", cpu, "m.onnx")
