@@ -13,8 +13,15 @@ from conftest import field_image, read_classes, write_raster
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.inference import resolve_engine
-from agriseg.models import find_model, load_model
-from agriseg.onnx_export import AGRISEG_META_KEY, CACHE_ENV, OPSET, cached_export, export_model
+from agriseg.models import ARCHITECTURES, ModelMeta, build_model, find_model, load_model
+from agriseg.onnx_export import (
+    AGRISEG_META_KEY,
+    CACHE_ENV,
+    OPSET,
+    cached_export,
+    export_bytes,
+    export_model,
+)
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -165,3 +172,19 @@ def test_auto_engine_is_onnx_runtime_on_cpu_and_torch_on_cuda():
         resolve_engine("onnx", cuda)
     with pytest.raises(InputError, match="--engine torch cannot run"):
         resolve_engine("torch", cpu, "m.onnx")
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_architecture_exports_exactly(architecture):
+    # PSPNet pools to 3 x 3 and 6 x 6 bins, which the exporter refuses as such.
+    meta = ModelMeta(name="tiny", architecture=architecture, encoder="mobilenet_v2", tile_size=96)
+    torch.manual_seed(0)
+    model = build_model(meta).eval()
+    session = ort.InferenceSession(
+        export_bytes(model, meta, 96), providers=["CPUExecutionProvider"]
+    )
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = torch.softmax(model(x), dim=1).numpy()
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert np.abs(got - expected).max() < 1e-4
