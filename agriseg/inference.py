@@ -88,8 +88,8 @@ Engine = Literal["torch", "onnx"]
 
 
 def onnxruntime_available() -> bool:
-    """Whether ONNX Runtime can be imported (it is an optional dependency)."""
-    return importlib.util.find_spec("onnxruntime") is not None
+    """Whether ONNX Runtime, and onnx to export checkpoints for it, can be imported."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
 def resolve_engine(engine: str, device: torch.device, model_path: str | Path = "") -> Engine:
@@ -117,7 +117,7 @@ def resolve_engine(engine: str, device: torch.device, model_path: str | Path = "
         )
     if not onnxruntime_available():
         raise InputError(
-            "--engine onnx needs ONNX Runtime: pip install onnxruntime (or use --engine torch)"
+            "--engine onnx needs ONNX Runtime: pip install onnxruntime onnx (or use --engine torch)"
         )
     return "onnx"
 

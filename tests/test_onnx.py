@@ -188,3 +188,20 @@ def test_every_architecture_exports_exactly(architecture):
         expected = torch.softmax(model(x), dim=1).numpy()
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert np.abs(got - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "f.tif"],
+        ["batch", "surveys", "--out", "results"],
+        ["evaluate", "f.tif", "--labels", "l.tif"],
+        ["bench"],
+    ],
+)
+def test_every_segmentation_command_takes_engine(argv):
+    from agriseg_cli.main import build_parser
+    from agriseg_cli.run import config_from_args
+
+    args = build_parser().parse_args([*argv, "--engine", "onnx"])
+    assert config_from_args(args).engine == "onnx"
