@@ -46,7 +46,7 @@ Status = Literal["running", "succeeded", "failed", "interrupted"]
 Outcome = Literal["succeeded", "failed", "skipped"]
 
 #: Options that do not change the results, so a change does not redo a survey.
-_EXECUTION_ONLY = ("device", "scheduler", "workers", "batch_size", "threads")
+_EXECUTION_ONLY = ("device", "scheduler", "workers", "batch_size", "threads", "engine")
 
 
 @dataclass(frozen=True)

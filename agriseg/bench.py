@@ -33,6 +33,7 @@ from agriseg.inference import (
     default_threads,
     get_predictor,
     resolve_device,
+    resolve_engine,
 )
 from agriseg.models import find_model
 from agriseg.pipeline import segment_raster
@@ -127,8 +128,9 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
     plan = plan_tiles(info, meta, config)
     grid = plan.grid
-    device = str(resolve_device(config.device))
-    predictor = get_predictor(str(weights), device, threads)
+    torch_device = resolve_device(config.device)
+    engine = resolve_engine(config.engine, torch_device, weights)
+    predictor = get_predictor(str(weights), str(torch_device), threads, engine)
     # Resampled, the model sees model-size tiles, resized here, before the clock
     # starts: resizing and weighting at the input's size belong to the run.
     weight = grid.weight_window() if plan.resize_to is None else None
@@ -205,6 +207,7 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
         "mpx_per_s": round(pixels / 1e6 / end_to_end, 3),
         "peak_rss_mb": summary["peak_rss_mb"],
         "device": summary["parameters"]["device"],
+        "engine": summary["parameters"]["engine"],
         "stages_s": summary["timings_s"],
         "model": summary["model"]["name"],
         "tile_size": summary["parameters"]["tile_size"],

@@ -19,6 +19,12 @@ ARCHITECTURE_NAMES: tuple[str, ...] = ("deeplabv3plus", "fpn", "pspnet", "unet")
 
 VectorFormat = Literal["geojson", "gpkg"]
 
+#: What runs the model: ``auto`` is ONNX Runtime on CPU when it is installed, else torch.
+EngineChoice = Literal["auto", "torch", "onnx"]
+
+#: Valid ``--engine`` values.
+ENGINES: tuple[EngineChoice, ...] = ("auto", "torch", "onnx")
+
 #: Vector formats ``write_health_products`` can write.
 VECTOR_FORMATS: tuple[VectorFormat, ...] = ("geojson", "gpkg")
 
@@ -96,6 +102,9 @@ class RunConfig:
         resample: ``auto`` resamples tiles to a ground sampling distance the model
             knows when the input's is far from the model's (see :mod:`agriseg.scale`);
             ``off`` feeds the input's pixels as they are.
+        engine: what runs the model: ``torch``, ``onnx`` (ONNX Runtime, CPU only) or
+            ``auto`` (ONNX Runtime on CPU when installed, torch otherwise). Class
+            rasters of the two agree on all but a few pixels near class boundaries.
     """
 
     model: str = "default"
@@ -112,6 +121,7 @@ class RunConfig:
     health: HealthOptions = field(default_factory=HealthOptions)
     stream_health: bool | None = None
     resample: Literal["auto", "off"] = "auto"
+    engine: EngineChoice = "auto"
 
     def __post_init__(self) -> None:
         # Checked here so a bad option fails before the run creates its output folder.
@@ -138,3 +148,5 @@ class RunConfig:
             )
         if self.gsd_m is not None and not self.gsd_m > 0:
             raise InputError(f"--gsd {self.gsd_m}: expected a ground distance in metres > 0")
+        if self.engine not in ENGINES:
+            raise InputError(f"--engine {self.engine!r}: expected one of {', '.join(ENGINES)}")

@@ -213,13 +213,26 @@ def read_meta(meta_path: Path) -> ModelMeta:
     return meta
 
 
+#: Suffix of an exported ONNX model (see :mod:`agriseg.onnx_export`).
+ONNX_SUFFIX = ".onnx"
+
+
+def is_onnx(path: str | Path) -> bool:
+    """Whether ``path`` names an exported ONNX model rather than a checkpoint."""
+    return Path(path).suffix.lower() == ONNX_SUFFIX
+
+
 def resolve(ref: str | Path) -> Path:
-    """Find the weights file for a shipped model name or a checkpoint path."""
+    """Find the weights file for a shipped model name, a checkpoint path or an ONNX file."""
     text = str(ref)
     name = ALIASES.get(text, text)
     shipped = shipped_dir() / f"{name}.safetensors"
     if shipped.exists():
         return shipped
+    if is_onnx(text):
+        if not Path(text).is_file():
+            raise ModelError(f"{text}: no such ONNX model (export one with `agriseg export`)")
+        return Path(text)
     weights, meta_path = checkpoint_paths(Path(text))
     if weights.exists() or meta_path.exists():
         return weights
@@ -231,14 +244,25 @@ def resolve(ref: str | Path) -> Path:
 
 
 def find_model(ref: str | Path) -> tuple[Path, ModelMeta]:
-    """The weights file and metadata of a shipped model (by name) or a checkpoint (by path)."""
+    """The weights file and metadata of a shipped model (by name), a checkpoint or an
+    exported ONNX model (by path)."""
     weights = resolve(ref)
+    if is_onnx(weights):
+        from agriseg.onnx_export import read_onnx_meta
+
+        return weights, read_onnx_meta(weights)
     return weights, read_meta(checkpoint_paths(weights)[1])
 
 
 def load_model(ref: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
     """Load a shipped model (by name) or a checkpoint (by path), in eval mode on CPU."""
-    weights, meta_path = checkpoint_paths(resolve(ref))
+    resolved = resolve(ref)
+    if is_onnx(resolved):
+        raise ModelError(
+            f"{resolved}: an ONNX model runs only in ONNX Runtime (--engine onnx or auto, "
+            "on CPU); torch needs the checkpoint (NAME.safetensors + NAME.json)"
+        )
+    weights, meta_path = checkpoint_paths(resolved)
     meta = read_meta(meta_path)
     model = build_model(meta)
     try:

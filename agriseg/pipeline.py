@@ -26,11 +26,12 @@ from agriseg import __version__
 from agriseg.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.classes import ClassList
 from agriseg.config import RunConfig
+from agriseg.errors import InputError
 from agriseg.execution import dask_client, release_free_memory
 from agriseg.gdal_settings import on_workers, run_settings
 from agriseg.health_stream import HealthStream
-from agriseg.inference import resolve_device
-from agriseg.models import ModelMeta, find_model, pixel_kind
+from agriseg.inference import Engine, resolve_device, resolve_engine
+from agriseg.models import ModelMeta, find_model, is_onnx, pixel_kind
 from agriseg.outputs import (
     ClassRasterWriter,
     block_size_for,
@@ -153,6 +154,7 @@ class RunPlan:
         weights: The model's weights file.
         meta: The model's metadata.
         device: The torch device the model runs on.
+        engine: What runs the model (``torch`` or ``onnx``).
         info: The validated input.
         tiles: The scale decision and the tile grid.
         paths: Where the class and confidence rasters and the summary go.
@@ -166,6 +168,7 @@ class RunPlan:
     weights: Path
     meta: ModelMeta
     device: str
+    engine: Engine
     info: RasterInfo
     tiles: TilePlan
     paths: dict[str, Path]
@@ -176,7 +179,9 @@ class RunPlan:
 def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     """Check the model, the input and the options, and set the run up; writes nothing."""
     weights, meta = find_model(config.model)
-    device = str(resolve_device(config.device))
+    torch_device = resolve_device(config.device)
+    engine = resolve_engine(config.engine, torch_device, weights)
+    device = str(torch_device)
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
     health = None
     if info.crs is not None:
@@ -185,6 +190,13 @@ def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     stream = config.stream_health
     if stream is None:
         stream = device.startswith("cuda")
+    tiles = plan_tiles(info, meta, config)
+    if is_onnx(weights) and tiles.model_tile != meta.tile_size:
+        raise InputError(
+            f"{weights}: this ONNX model takes {meta.tile_size} px tiles, not "
+            f"{tiles.model_tile}: use --tile-size {meta.tile_size}, or re-export it with "
+            f"`agriseg export MODEL --tile-size {tiles.model_tile}`"
+        )
     return RunPlan(
         input_path,
         out_dir,
@@ -192,8 +204,9 @@ def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
         weights,
         meta,
         device,
+        engine,
         info,
-        plan_tiles(info, meta, config),
+        tiles,
         output_paths(out_dir, input_path.stem),
         health,
         stream and health is not None,
@@ -254,6 +267,7 @@ def _segment(
             plan.device,
             config.threads,
             plan.tiles.resize_to,
+            plan.engine,
         )
         for block in blocks:
             t = time.perf_counter()
@@ -299,6 +313,7 @@ def _summarise(
             **asdict(plan.config),
             "tile_size": plan.tiles.model_tile,
             "device": plan.device,
+            "engine": plan.engine,
         },
         "scale": plan.tiles.summary(),
         "tiles": plan.tiles.grid.n_tiles,

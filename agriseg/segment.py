@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from agriseg.areas import pixel_area_rows_m2
 from agriseg.classes import NODATA
-from agriseg.inference import DEFAULT_FORWARD_THREADS, get_predictor, normalize
+from agriseg.inference import DEFAULT_FORWARD_THREADS, Engine, get_predictor, normalize
 from agriseg.models import Normalization
 from agriseg.raster import RasterInfo, lazy_array
 from agriseg.tiling import TileGrid
@@ -108,13 +108,14 @@ def infer_chunk(
     dtype: str,
     threads: int,
     model_tile: int | None = None,
+    engine: Engine = "torch",
 ) -> ChunkResult:
     """Run chunk ``(i, j)``'s tiles as one batch; ``data`` is its extent clipped to the raster.
 
     With ``model_tile``, the model sees the tiles resized to that edge (see :mod:`agriseg.scale`).
     """
     start = time.perf_counter()
-    predictor = get_predictor(model_ref, device, threads)
+    predictor = get_predictor(model_ref, device, threads, engine)
     batch = chunk_batch(data, grid, i, j, dtype, predictor.meta.normalization)
     called = time.perf_counter()
     probs, model_s = predictor.probabilities(batch.tiles, grid.weight_window(), model_tile)
@@ -191,6 +192,7 @@ def segment_blocks(
     device: str,
     threads: int | None = None,
     model_tile: int | None = None,
+    engine: Engine = "torch",
 ) -> Iterator[Block]:
     """Yield every core block of the raster, computed on ``client``'s cluster.
 
@@ -199,7 +201,7 @@ def segment_blocks(
     :data:`~agriseg.inference.DEFAULT_FORWARD_THREADS`) is the intra-op thread count
     of every forward pass on every worker, so outputs do not depend on where chunks ran.
     ``model_tile``, when it differs from ``grid.tile``, is the edge tiles are resized to
-    for the model.
+    for the model. ``engine`` runs the model (see :func:`~agriseg.inference.resolve_engine`).
     """
     threads = threads or DEFAULT_FORWARD_THREADS
     source = lazy_array(info)
@@ -218,6 +220,7 @@ def segment_blocks(
                 info.dtype,
                 threads,
                 model_tile,
+                engine,
             )
             pending[(i, j)] = client.compute(task, priority=-i)
 

@@ -42,7 +42,8 @@ def band_name_list(text: str) -> tuple[str, ...]:
 
 
 def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``run``, ``batch`` and ``bench``: model, tiling, device, cluster."""
+    """Options shared by ``run``, ``batch``, ``evaluate`` and ``bench``: model, tiling,
+    device, engine, cluster."""
     parser.add_argument("--model", default="default", help="shipped model name or checkpoint path")
     parser.add_argument(
         "--tile-size", type=int, default=None, help="tile edge in pixels (default: the model's)"
@@ -54,6 +55,12 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=4, help="tiles per forward pass (default 4)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        help="what runs the model: torch, onnx (ONNX Runtime, CPU) or auto: ONNX Runtime "
+        "on CPU when installed, else torch (default auto)",
+    )
     parser.add_argument(
         "--bands",
         type=band_list,

@@ -17,7 +17,17 @@ from agriseg import __version__
 from agriseg.errors import AgrisegError
 
 #: Command modules, in the order ``agriseg --help`` lists them.
-COMMANDS = ("run", "batch", "prescribe", "train", "evaluate", "models", "bench", "generate")
+COMMANDS = (
+    "run",
+    "batch",
+    "prescribe",
+    "train",
+    "evaluate",
+    "models",
+    "export",
+    "bench",
+    "generate",
+)
 
 EXIT_ERROR = 2
 EXIT_INTERNAL = 3

@@ -47,6 +47,7 @@ SAME_NAMED = (
     "threads",
     "stream_health",
     "resample",
+    "engine",
 )
 
 

@@ -1,0 +1,316 @@
+"""Exporting a model to ONNX, for ONNX Runtime and the QGIS Deepness plugin.
+
+The graph takes NCHW float32 tiles of one fixed edge (``tile_size``) with a dynamic
+batch axis, and returns softmax probabilities ``(N, C, H, W)``: Deepness's
+``Segmentor`` thresholds and argmaxes them as they come. The ``metadata_props`` hold
+what Deepness reads, each value JSON-encoded (Deepness ``json.loads`` every one),
+plus agriseg's own :class:`~agriseg.models.ModelMeta` under :data:`AGRISEG_META_KEY`,
+so ``agriseg run --model FILE.onnx`` needs no side file.
+
+``onnx`` is imported only here and only when needed: the rest of agriseg runs
+without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.decoders.pspnet.decoder import PSPBlock
+
+from agriseg.atomic import atomic_output
+from agriseg.errors import ModelError
+from agriseg.models import RGB_BANDS, SIZE_DIVISOR, ModelMeta
+
+#: ONNX opset of exported graphs (Deepness's ONNX Runtime reads 17 and later).
+OPSET = 17
+
+#: Names of the graph's input and output.
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+
+#: ``metadata_props`` key holding agriseg's :class:`ModelMeta` as JSON.
+AGRISEG_META_KEY = "agriseg_meta"
+
+#: Tile overlap written for Deepness, in model pixels (a run's default ``--overlap``).
+DEFAULT_OVERLAP_PX = 64
+
+#: Largest tile overlap written for Deepness, in percent.
+MAX_OVERLAP_PCT = 25
+
+#: Smallest region, in m², Deepness keeps (a run's default ``--min-area``).
+DEFAULT_MIN_AREA_M2 = 0.01
+
+
+class _WithSoftmax(torch.nn.Module):
+    """The network followed by a softmax over classes: the exported graph."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+def _bins(length: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling bins: ``floor(i * L / out)`` to ``ceil((i + 1) * L / out)``."""
+    return [((i * length) // out, -(-((i + 1) * length) // out)) for i in range(out)]
+
+
+class _AdaptiveAvgPool2d(torch.nn.Module):
+    """``AdaptiveAvgPool2d`` for one input size, as fixed slices and means: the same
+    bins, so the same values, but exportable for any output size (ONNX has no
+    adaptive pooling, and the exporter takes only output sizes dividing the input:
+    PSPNet's 3 and 6 do not)."""
+
+    def __init__(self, output_size: Any, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        size = output_size if isinstance(output_size, tuple) else (output_size, output_size)
+        height, width = input_size
+        self.rows = _bins(height, size[0] or height)
+        self.cols = _bins(width, size[1] or width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [
+                torch.cat(
+                    [x[..., r0:r1, c0:c1].mean(dim=(-2, -1), keepdim=True) for c0, c1 in self.cols],
+                    dim=-1,
+                )
+                for r0, r1 in self.rows
+            ],
+            dim=-2,
+        )
+
+
+class _PSPBlock(torch.nn.Module):
+    """smp's ``PSPBlock`` for one input size, as it runs in eager mode (pool, convolve,
+    upsample): under ONNX export smp swaps its pooling for an ``area`` interpolation,
+    which the exporter refuses for PSPNet's 3 and 6 bins."""
+
+    def __init__(self, block: PSPBlock, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.pool = torch.nn.Sequential(
+            _AdaptiveAvgPool2d(block.pool[0].output_size, input_size), *block.pool[1:]
+        )
+        self.size = input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.pool(x), size=self.size, mode="bilinear", align_corners=True)
+
+
+def _exportable(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``model`` whose adaptive average pools export to ONNX for tiles the
+    size of ``example``: one forward records the size each pool sees."""
+    model = copy.deepcopy(model).eval()
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda _, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:]))
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.AdaptiveAvgPool2d, PSPBlock))
+    ]
+    with torch.no_grad():
+        model(example)
+    for hook in hooks:
+        hook.remove()
+    for name, size in sizes.items():
+        if any(name.startswith(outer + ".") for outer in sizes):
+            continue  # the pool of a PSPBlock, replaced with it
+        module = model.get_submodule(name)
+        if isinstance(module, PSPBlock):
+            replacement: torch.nn.Module = _PSPBlock(module, size)
+        else:
+            replacement = _AdaptiveAvgPool2d(module.output_size, size)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, replacement)
+    return model
+
+
+def check_export_tile(tile_size: int) -> None:
+    if tile_size < SIZE_DIVISOR or tile_size % SIZE_DIVISOR:
+        raise ModelError(
+            f"--tile-size {tile_size}: an exported model needs a multiple of {SIZE_DIVISOR} "
+            f"pixels, at least {SIZE_DIVISOR}"
+        )
+
+
+def export_bytes(model: torch.nn.Module, meta: ModelMeta, tile_size: int) -> bytes:
+    """The serialised ONNX graph of ``model`` (without metadata) for ``tile_size`` tiles."""
+    check_export_tile(tile_size)
+    example = torch.zeros((1, len(meta.bands), tile_size, tile_size), dtype=torch.float32)
+    wrapper = _WithSoftmax(_exportable(model, example)).eval()
+    buffer = io.BytesIO()
+    # The TorchScript exporter: the torch.export one needs onnxscript and gives the
+    # same graph for these convolutional networks.
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            buffer,  # type: ignore[arg-type]  # a file-like object works (documented)
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def deepness_metadata(
+    meta: ModelMeta,
+    tile_size: int,
+    overlap_px: int = DEFAULT_OVERLAP_PX,
+    min_area_m2: float = DEFAULT_MIN_AREA_M2,
+) -> dict[str, Any]:
+    """The values Deepness reads from ``metadata_props`` (before JSON encoding).
+
+    Deepness divides 0-255 RGB by 255 and then applies ``(x - mean) / std`` per
+    channel; agriseg feeds ``(value / 255 - mean) / std`` for 8-bit input, so the
+    model's own mean and std carry over (the first three bands: Deepness feeds RGB).
+    ``seg_thresh`` 0 keeps agriseg's plain argmax (Deepness then leaves its threshold
+    off). ``seg_small_segment`` is the size in pixels of the median filter Deepness runs
+    over the class map (an edge, not an area): the side of a run's minimum mapping
+    unit, a square of ``min_area_m2``, at the model's resolution.
+    """
+    # Capped: on small tiles the run's default overlap would be half of each tile.
+    overlap_pct = min(MAX_OVERLAP_PCT, round(100 * overlap_px / tile_size))
+    values: dict[str, Any] = {
+        "model_type": "Segmentor",
+        "class_names": {str(i): name for i, name in enumerate(meta.classes.names)},
+        "tile_size": tile_size,
+        # Deepness's documentation says tiles_size, its code reads tile_size: write both.
+        "tiles_size": tile_size,
+        "tiles_overlap": overlap_pct,
+        "standardization_mean": [float(v) for v in meta.normalization.mean[:3]],
+        "standardization_std": [float(v) for v in meta.normalization.std[:3]],
+        "seg_thresh": 0.0,
+        "seg_small_segment": 0,
+    }
+    if meta.gsd_m is not None:
+        values["resolution"] = round(meta.gsd_m * 100, 4)
+        values["seg_small_segment"] = round(min_area_m2**0.5 / meta.gsd_m)
+    return values
+
+
+def onnx_meta(meta: ModelMeta, tile_size: int) -> ModelMeta:
+    """``meta`` as recorded in an export: its tile size is the graph's fixed edge."""
+    note = "" if tuple(meta.bands[:3]) == RGB_BANDS else " Deepness feeds RGB(A) only."
+    return dataclasses.replace(
+        meta,
+        tile_size=tile_size,
+        description=(meta.description + f" (ONNX export, {tile_size} px tiles).{note}").strip(),
+    )
+
+
+def export_onnx(
+    model: torch.nn.Module, meta: ModelMeta, out: Path, tile_size: int | None = None
+) -> Path:
+    """Write ``model`` as an ONNX file with Deepness's and agriseg's metadata; returns ``out``."""
+    import onnx
+
+    tile = tile_size or meta.tile_size
+    graph = onnx.load_from_string(export_bytes(model, meta, tile))
+    props = {key: json.dumps(value) for key, value in deepness_metadata(meta, tile).items()}
+    props[AGRISEG_META_KEY] = onnx_meta(meta, tile).to_json()
+    del graph.metadata_props[:]
+    for key, value in props.items():
+        graph.metadata_props.add(key=key, value=value)
+    graph.producer_name = "agriseg"
+    graph.doc_string = meta.description
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out) as tmp:
+        onnx.save(graph, str(tmp))
+        tmp.chmod(0o644)
+    return out
+
+
+def read_onnx_meta(path: Path) -> ModelMeta:
+    """agriseg's metadata of an exported ONNX file (see :data:`AGRISEG_META_KEY`)."""
+    try:
+        import onnx
+    except ImportError:
+        raise ModelError(
+            f"{path}: reading an ONNX model needs the onnx package (pip install onnx)"
+        ) from None
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such ONNX model") from None
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable ONNX model ({exc})") from None
+    props = {p.key: p.value for p in graph.metadata_props}
+    if AGRISEG_META_KEY not in props:
+        raise ModelError(
+            f"{path}: an ONNX model without agriseg metadata ({AGRISEG_META_KEY!r}); "
+            "export it with `agriseg export`"
+        )
+    try:
+        return ModelMeta.from_dict(json.loads(props[AGRISEG_META_KEY]))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: invalid agriseg metadata ({exc})") from None
+
+
+def export_model(
+    model_ref: str | Path, out: Path | None = None, tile_size: int | None = None
+) -> tuple[Path, ModelMeta]:
+    """Export a shipped model (by name) or a checkpoint (by path) to ONNX.
+
+    ``out`` defaults to ``NAME.onnx`` in the current folder and ``tile_size`` to the
+    model's training tile size. Returns the written file and the exported metadata.
+    """
+    from agriseg.models import load_model
+
+    model, meta = load_model(model_ref)
+    tile = tile_size or meta.tile_size
+    check_export_tile(tile)
+    path = export_onnx(model, meta, Path(out or f"{meta.name}.onnx"), tile)
+    return path, onnx_meta(meta, tile)
+
+
+#: Environment variable naming the folder for ONNX exports made on the fly.
+CACHE_ENV = "AGRISEG_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where ``--engine onnx`` keeps the exports it makes of checkpoints:
+    ``$AGRISEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/agriseg``, else ``~/.cache/agriseg``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "agriseg"
+
+
+def cached_export(weights: Path, meta: ModelMeta, tile_size: int) -> str | bytes:
+    """An ONNX graph of checkpoint ``weights`` for ``tile_size`` tiles, exported once per
+    machine: the cached file's path, or the graph itself when the cache is not writable.
+
+    The cache key covers the weights, the metadata, the tile size, the opset and the
+    torch version, so a changed checkpoint is exported afresh.
+    """
+    from agriseg.models import load_model
+
+    digest = hashlib.sha256(Path(weights).read_bytes())
+    for part in (meta.to_json(), str(tile_size), str(OPSET), torch.__version__):
+        digest.update(part.encode())
+    path = cache_dir() / "onnx" / f"{meta.name}-{tile_size}-{digest.hexdigest()[:16]}.onnx"
+    if path.is_file():
+        return str(path)
+    model, _ = load_model(weights)
+    try:
+        return str(export_onnx(model, meta, path, tile_size))
+    except OSError:  # a read-only home: export in memory, every process
+        return export_bytes(model, meta, tile_size)

@@ -1,0 +1,207 @@
+"""ONNX export (for ONNX Runtime and QGIS Deepness) and the ``--engine`` choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import field_image, read_classes, write_raster
+
+from agriseg.config import RunConfig
+from agriseg.errors import InputError
+from agriseg.inference import resolve_engine
+from agriseg.models import ARCHITECTURES, ModelMeta, build_model, find_model, load_model
+from agriseg.onnx_export import (
+    AGRISEG_META_KEY,
+    CACHE_ENV,
+    OPSET,
+    cached_export,
+    export_bytes,
+    export_model,
+)
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+TILE = 128
+FAST = ("--device", "cpu", "--quiet", "--overlap", "32", "--no-preview", "--format", "geojson")
+
+#: The share of pixels on which two engines' class rasters must agree.
+AGREEMENT = 0.999
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    path, _ = export_model("default", tmp_path_factory.mktemp("onnx") / "unet.onnx", TILE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory):
+    return write_raster(tmp_path_factory.mktemp("field") / "field.tif", field_image(300, 260))
+
+
+def props(path):
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_export_matches_torch_on_random_tiles(exported):
+    model, _ = load_model("default")
+    x = torch.randn(3, 3, TILE, TILE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = torch.softmax(model(x), dim=1).numpy()
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert got.shape == expected.shape == (3, 4, TILE, TILE)
+    assert np.abs(got - expected).max() < 1e-4
+    # Any batch, one fixed tile edge.
+    batch, bands, height, width = session.get_inputs()[0].shape
+    assert isinstance(batch, str) and (bands, height, width) == (3, TILE, TILE)
+    graph = onnx.load(str(exported))
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= OPSET
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_every_deepness_metadata_key_is_json_of_the_right_type(exported):
+    values = {key: json.loads(value) for key, value in props(exported).items()}
+    _, meta = find_model("default")
+    assert values["model_type"] == "Segmentor"
+    assert values["class_names"] == {str(i): n for i, n in enumerate(meta.classes.names)}
+    assert isinstance(values["resolution"], float)
+    assert values["resolution"] == pytest.approx(meta.gsd_m * 100)
+    for key in ("tile_size", "tiles_size"):
+        assert values[key] == TILE and isinstance(values[key], int)
+    assert isinstance(values["tiles_overlap"], int) and 0 <= values["tiles_overlap"] < 50
+    for key, expected in (
+        ("standardization_mean", meta.normalization.mean),
+        ("standardization_std", meta.normalization.std),
+    ):
+        assert isinstance(values[key], list) and all(isinstance(v, float) for v in values[key])
+        assert values[key] == pytest.approx(list(expected[:3]))
+    assert isinstance(values["seg_thresh"], float) and 0 <= values["seg_thresh"] < 1
+    assert isinstance(values["seg_small_segment"], int) and values["seg_small_segment"] >= 0
+    # agriseg's own metadata, read back by find_model: the exported tile size.
+    assert values[AGRISEG_META_KEY]["tile_size"] == TILE
+    _, onnx_meta = find_model(exported)
+    assert onnx_meta.classes == meta.classes and onnx_meta.tile_size == TILE
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape
+    return float((a == b).mean())
+
+
+def test_run_with_exported_onnx_agrees_with_torch(exported, field, tmp_path, run_cli):
+    assert run_cli("run", field, "--out", tmp_path / "onnx", "--model", exported, *FAST) == 0
+    torch_args = ("--model", "default", "--tile-size", TILE, "--engine", "torch")
+    assert run_cli("run", field, "--out", tmp_path / "torch", *torch_args, *FAST) == 0
+    onnx_classes, _ = read_classes(tmp_path / "onnx", field.stem)
+    torch_classes, _ = read_classes(tmp_path / "torch", field.stem)
+    assert agreement(onnx_classes, torch_classes) >= AGREEMENT
+    summary = json.loads((tmp_path / "onnx" / "field.summary.json").read_text())
+    assert summary["parameters"]["engine"] == "onnx"
+    assert summary["model"]["path"] == str(exported)
+
+
+def test_engine_onnx_agrees_with_engine_torch(field, tmp_path, run_cli):
+    common = ("--tile-size", TILE, *FAST)
+    for engine in ("onnx", "torch"):
+        assert run_cli("run", field, "--out", tmp_path / engine, "--engine", engine, *common) == 0
+    onnx_classes, _ = read_classes(tmp_path / "onnx", field.stem)
+    torch_classes, _ = read_classes(tmp_path / "torch", field.stem)
+    assert agreement(onnx_classes, torch_classes) >= AGREEMENT
+    for engine in ("onnx", "torch"):
+        summary = json.loads((tmp_path / engine / "field.summary.json").read_text())
+        assert summary["parameters"]["engine"] == engine
+
+
+def test_bad_engine_is_a_one_line_error(field, tmp_path, run_cli, capsys):
+    assert run_cli("run", field, "--out", tmp_path / "o", "--engine", "tensorrt", *FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--engine 'tensorrt'" in err and "auto, torch, onnx" in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(InputError, match="engine"):
+        RunConfig(engine="tensorrt")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--tile-size", "256"), "--tile-size 128"),
+        (("--engine", "torch"), "--engine torch cannot run the ONNX model"),
+    ],
+)
+def test_onnx_model_misuse_is_a_one_line_error(
+    exported, field, tmp_path, run_cli, capsys, extra, message
+):
+    args = ("run", field, "--out", tmp_path / "o", "--model", exported, *FAST, *extra)
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
+
+
+def test_export_command_writes_the_file(tmp_path, run_cli, capsys):
+    out = tmp_path / "m.onnx"
+    assert run_cli("export", "default", "--out", out, "--tile-size", "64") == 0
+    assert out.stem in capsys.readouterr().out
+    assert json.loads(props(out)["tile_size"]) == 64
+    assert run_cli("export", "default", "--out", out, "--tile-size", "100") == 2
+
+
+def test_checkpoints_are_exported_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    weights, meta = find_model("default")
+    first = cached_export(weights, meta, 64)
+    assert isinstance(first, str) and first.startswith(str(tmp_path))
+    made = Path(first).stat().st_mtime_ns
+    assert cached_export(weights, meta, 64) == first
+    assert Path(first).stat().st_mtime_ns == made
+    assert cached_export(weights, meta, 96) != first
+
+
+def test_auto_engine_is_onnx_runtime_on_cpu_and_torch_on_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_engine("auto", cpu) == "onnx"
+    assert resolve_engine("auto", cuda) == "torch"
+    assert resolve_engine("torch", cpu) == "torch"
+    assert resolve_engine("auto", cpu, "m.onnx") == "onnx"
+    with pytest.raises(InputError, match="--device cpu"):
+        resolve_engine("onnx", cuda)
+    with pytest.raises(InputError, match="--engine torch cannot run"):
+        resolve_engine("torch", cpu, "m.onnx")
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_architecture_exports_exactly(architecture):
+    # PSPNet pools to 3 x 3 and 6 x 6 bins, which the exporter refuses as such.
+    meta = ModelMeta(name="tiny", architecture=architecture, encoder="mobilenet_v2", tile_size=96)
+    torch.manual_seed(0)
+    model = build_model(meta).eval()
+    session = ort.InferenceSession(
+        export_bytes(model, meta, 96), providers=["CPUExecutionProvider"]
+    )
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = torch.softmax(model(x), dim=1).numpy()
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert np.abs(got - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "f.tif"],
+        ["batch", "surveys", "--out", "results"],
+        ["evaluate", "f.tif", "--labels", "l.tif"],
+        ["bench"],
+    ],
+)
+def test_every_segmentation_command_takes_engine(argv):
+    from agriseg_cli.main import build_parser
+    from agriseg_cli.run import config_from_args
+
+    args = build_parser().parse_args([*argv, "--engine", "onnx"])
+    assert config_from_args(args).engine == "onnx"
