@@ -294,14 +294,31 @@ def cache_dir() -> Path:
     return Path(base) / "agriseg"
 
 
+def shipped_onnx(weights: Path, tile_size: int) -> Path | None:
+    """The ONNX file shipped beside a shipped model's weights, when it has ``tile_size``
+    tiles (``scripts/train_default.py`` writes both; a test keeps them in sync)."""
+    from agriseg.models import shipped_dir
+
+    weights = Path(weights)
+    path = weights.with_name(weights.name.removesuffix(".safetensors") + ".onnx")
+    if weights.parent.resolve() != shipped_dir().resolve() or not path.is_file():
+        return None
+    return path if read_onnx_meta(path).tile_size == tile_size else None
+
+
 def cached_export(weights: Path, meta: ModelMeta, tile_size: int) -> str | bytes:
-    """An ONNX graph of checkpoint ``weights`` for ``tile_size`` tiles, exported once per
-    machine: the cached file's path, or the graph itself when the cache is not writable.
+    """An ONNX graph of checkpoint ``weights`` for ``tile_size`` tiles: the shipped file
+    of a shipped model, else exported once per machine: the cached file's path, or the
+    graph itself when the cache is not writable.
 
     The cache key covers the weights, the metadata, the tile size, the opset and the
     torch version, so a changed checkpoint is exported afresh.
     """
     from agriseg.models import load_model
+
+    shipped = shipped_onnx(weights, tile_size)
+    if shipped is not None:
+        return str(shipped)
 
     digest = hashlib.sha256(Path(weights).read_bytes())
     for part in (meta.to_json(), str(tile_size), str(OPSET), torch.__version__):

@@ -25,6 +25,7 @@ import torch
 from agriseg.classes import CLASS_NAMES, DEFAULT_CLASSES
 from agriseg.metrics import scores
 from agriseg.models import load_model, save_checkpoint, shipped_dir, shipped_models
+from agriseg.onnx_export import export_onnx
 from agriseg.synthetic import draw_params, generate_survey, write_survey
 from agriseg.training import EpochResult, Scene, TrainConfig, train
 
@@ -211,6 +212,16 @@ def model_card() -> str:
     return "\n".join(lines)
 
 
+def export_shipped_onnx(name: str) -> Path:
+    """Export shipped model ``name`` to ``NAME.onnx`` beside it, from the shipped (fp16)
+    weights as loaded, so that both engines run the same numbers; ONNX Runtime runs
+    fp32 fastest on CPU here."""
+    model, meta = load_model(name)
+    out = export_onnx(model, meta, shipped_dir() / f"{name}.onnx")
+    print(f"[{name}] exported {out} ({out.stat().st_size / 2**20:.1f} MB)", flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all)")
@@ -230,12 +241,21 @@ def main() -> int:
     parser.add_argument(
         "--card", action="store_true", help="only rewrite MODEL_CARD.md from the shipped models"
     )
+    parser.add_argument(
+        "--export-onnx",
+        action="store_true",
+        help="only re-export the shipped models' ONNX files from their shipped weights",
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; expected any of {', '.join(MODELS)}")
     if args.card:
         (shipped_dir() / "MODEL_CARD.md").write_text(model_card(), encoding="utf-8")
+        return 0
+    if args.export_onnx:
+        for key in args.models or list(MODELS):
+            export_shipped_onnx(f"agriseg-{key}")
         return 0
     torch.set_num_threads(args.threads)
     heldout = write_heldout(args.build / "heldout")
@@ -284,6 +304,7 @@ def main() -> int:
             metrics = {**meta.metrics, **evaluate(f"agriseg-{key}", heldout, args.build / "eval")}
             meta = dataclasses.replace(meta, metrics=metrics)
             save_checkpoint(model, meta, target, half=True)
+            export_shipped_onnx(f"agriseg-{key}")
             pooled = metrics["heldout_pooled"]
             print(f"[{key}] installed; held-out: {json.dumps(pooled['classes'])}")
             print(f"[{key}] held-out mIoU {metrics['heldout_pooled']['miou']}", flush=True)

@@ -205,3 +205,26 @@ def test_every_segmentation_command_takes_engine(argv):
 
     args = build_parser().parse_args([*argv, "--engine", "onnx"])
     assert config_from_args(args).engine == "onnx"
+
+
+@pytest.mark.parametrize("name", ["agriseg-unet", "agriseg-pspnet"])
+def test_shipped_onnx_models_stay_in_sync_with_their_weights(name: str) -> None:
+    """The shipped .onnx files are exports of the shipped weights as loaded: rerun
+    ``scripts/train_default.py --export-onnx`` whenever the weights change."""
+    from agriseg.models import shipped_dir
+    from agriseg.onnx_export import onnx_meta, read_onnx_meta, shipped_onnx
+
+    weights, meta = find_model(name)
+    path = shipped_onnx(weights, meta.tile_size)
+    assert path is not None and path.parent == shipped_dir()
+    assert read_onnx_meta(path) == onnx_meta(meta, meta.tile_size)
+    model, _ = load_model(name)
+    x = np.random.default_rng(1).normal(size=(2, 3, meta.tile_size, meta.tile_size))
+    x = x.astype("float32")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    found = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.inference_mode():
+        expected = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+    assert np.abs(found - expected).max() < 1e-4
+    # A run with the shipped model uses the shipped file: nothing is exported.
+    assert cached_export(weights, meta, meta.tile_size) == str(path)
