@@ -151,7 +151,12 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
                 group.append(tiles)
             for k in range(len(totals)):
                 began = time.perf_counter()
-                list(pool.map(lambda tiles: predictor.probabilities(tiles, weight), group))
+                list(
+                    pool.map(
+                        lambda tiles: predictor.probabilities(tiles, weight, None, config.tta),
+                        group,
+                    )
+                )
                 totals[k] += time.perf_counter() - began
     return min(totals)
 

@@ -105,6 +105,9 @@ class RunConfig:
         engine: what runs the model: ``torch``, ``onnx`` (ONNX Runtime, CPU only) or
             ``auto`` (ONNX Runtime on CPU when installed, torch otherwise). Class
             rasters of the two agree on all but a few pixels near class boundaries.
+        tta: test-time augmentation: average each tile's class probabilities over its
+            eight D4 views (rotations by 90°, mirrored), inside the tiling, so blending
+            and memory are unchanged; eight forward passes per tile.
     """
 
     model: str = "default"
@@ -122,6 +125,7 @@ class RunConfig:
     stream_health: bool | None = None
     resample: Literal["auto", "off"] = "auto"
     engine: EngineChoice = "auto"
+    tta: bool = False
 
     def __post_init__(self) -> None:
         # Checked here so a bad option fails before the run creates its output folder.

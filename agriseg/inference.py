@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -227,20 +228,29 @@ class Predictor:
         self._executor = ThreadPoolExecutor(self.streams, thread_name_prefix="agriseg-forward")
 
     def probabilities(
-        self, tiles: np.ndarray, weight: np.ndarray | None = None, model_tile: int | None = None
+        self,
+        tiles: np.ndarray,
+        weight: np.ndarray | None = None,
+        model_tile: int | None = None,
+        tta: bool = False,
     ) -> tuple[np.ndarray, float]:
         """Softmax probabilities ``(N, C, H, W)`` for normalised tiles ``(N, B, H, W)``.
 
         With ``model_tile``, tiles are resized to that edge for the model and the
-        probabilities resized back, on the device (see :mod:`agriseg.scale`). When
-        ``weight`` (``H x W``) is given the probabilities come back multiplied by it,
-        computed on the device. Also returns the seconds spent on the device, resizing
-        included (excluding waiting for it).
+        probabilities resized back, on the device (see :mod:`agriseg.scale`). With
+        ``tta``, the probabilities are the mean over the tiles' eight D4 views (see
+        :func:`d4_mean`). When ``weight`` (``H x W``) is given the probabilities come
+        back multiplied by it, computed on the device. Also returns the seconds spent on
+        the device, resizing included (excluding waiting for it).
         """
-        return self._executor.submit(self._forward, tiles, weight, model_tile).result()
+        return self._executor.submit(self._forward, tiles, weight, model_tile, tta).result()
 
     def _forward(
-        self, tiles: np.ndarray, weight: np.ndarray | None, model_tile: int | None
+        self,
+        tiles: np.ndarray,
+        weight: np.ndarray | None,
+        model_tile: int | None,
+        tta: bool = False,
     ) -> tuple[np.ndarray, float]:
         x = torch.from_numpy(np.ascontiguousarray(tiles))
         cuda = self.device.type == "cuda"
@@ -254,13 +264,28 @@ class Predictor:
             x = x.to(self.device, non_blocking=cuda)
             if resize:
                 x = resize_tiles(x, model_tile or edge)
-            probs = self.forward(x)
+            probs = d4_mean(self.forward, x) if tta else self.forward(x)
             if resize:
                 probs = resize_tiles(probs, edge)
             if weight is not None:
                 probs *= torch.from_numpy(weight).to(self.device, non_blocking=cuda)
             out = probs.cpu().numpy()
             return out, time.perf_counter() - start
+
+
+def d4_mean(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation: the mean of ``forward``'s probabilities over the eight
+    views of the dihedral group D4 (four 90° rotations, each also mirrored), each
+    brought back to the tiles' orientation. Square tiles only (as agriseg's are)."""
+    total: torch.Tensor | None = None
+    for flip in (False, True):
+        view = x.flip(-1) if flip else x
+        for k in range(4):
+            out = torch.rot90(forward(torch.rot90(view, k, (-2, -1))), -k, (-2, -1))
+            out = out.flip(-1) if flip else out
+            total = out if total is None else total + out
+    assert total is not None
+    return total / 8
 
 
 _PREDICTORS: dict[tuple[str, str, int, str], Predictor] = {}

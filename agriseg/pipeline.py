@@ -268,6 +268,7 @@ def _segment(
             config.threads,
             plan.tiles.resize_to,
             plan.engine,
+            config.tta,
         )
         for block in blocks:
             t = time.perf_counter()

@@ -109,16 +109,18 @@ def infer_chunk(
     threads: int,
     model_tile: int | None = None,
     engine: Engine = "torch",
+    tta: bool = False,
 ) -> ChunkResult:
     """Run chunk ``(i, j)``'s tiles as one batch; ``data`` is its extent clipped to the raster.
 
-    With ``model_tile``, the model sees the tiles resized to that edge (see :mod:`agriseg.scale`).
+    With ``model_tile``, the model sees the tiles resized to that edge (see :mod:`agriseg.scale`);
+    with ``tta``, each tile's probabilities are the mean of its eight D4 views.
     """
     start = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads, engine)
     batch = chunk_batch(data, grid, i, j, dtype, predictor.meta.normalization)
     called = time.perf_counter()
-    probs, model_s = predictor.probabilities(batch.tiles, grid.weight_window(), model_tile)
+    probs, model_s = predictor.probabilities(batch.tiles, grid.weight_window(), model_tile, tta)
     returned = time.perf_counter()
     acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
@@ -193,6 +195,7 @@ def segment_blocks(
     threads: int | None = None,
     model_tile: int | None = None,
     engine: Engine = "torch",
+    tta: bool = False,
 ) -> Iterator[Block]:
     """Yield every core block of the raster, computed on ``client``'s cluster.
 
@@ -221,6 +224,7 @@ def segment_blocks(
                 threads,
                 model_tile,
                 engine,
+                tta,
             )
             pending[(i, j)] = client.compute(task, priority=-i)
 

@@ -56,6 +56,12 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average each tile over its 8 rotations and mirror "
+        "images (8x the model's work)",
+    )
+    parser.add_argument(
         "--engine",
         default="auto",
         help="what runs the model: torch, onnx (ONNX Runtime, CPU) or auto: ONNX Runtime "
