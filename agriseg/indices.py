@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
 from agriseg.health import Zoning
-from agriseg.raster import READ_ENV
+from agriseg.raster import read_window
 from agriseg.spectral import band_names
 from agriseg.vectorize import blocks
 
@@ -95,10 +94,7 @@ class IndexReader:
     def read(self, window: Window) -> np.ndarray:
         """``(len(names), h, w)`` float32 indices of ``window``; NaN where undefined."""
         order = sorted(self.bands)
-        with rasterio.Env(**READ_ENV), rasterio.open(self.path) as src:
-            data = src.read([self.bands[n] for n in order], window=window, out_dtype="float32")
-            valid = src.dataset_mask(window=window) > 0
-        data[:, ~valid] = np.nan
+        data = read_window(self.path, tuple(self.bands[n] for n in order), window)
         band = {name: data[k] for k, name in enumerate(order)}
         return np.stack([_FORMULAS[i](*(band[b] for b in INDEX_BANDS[i])) for i in self.names])
 
