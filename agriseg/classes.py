@@ -298,6 +298,16 @@ class ClassList(Sequence[FieldClass]):
         return cls.build(names, colours, roles)
 
     @classmethod
+    def of_class_raster(cls, src: Any) -> ClassList:
+        """The classes an open class raster (a rasterio dataset) records in its tags and
+        colour table; :data:`DEFAULT_CLASSES` for one that records none."""
+        try:
+            colormap = src.colormap(1)
+        except ValueError:  # no colour table
+            colormap = None
+        return cls.from_tags(src.tags(), colormap) or DEFAULT_CLASSES
+
+    @classmethod
     def from_tags(
         cls, tags: Mapping[str, str], colormap: Mapping[int, Sequence[int]] | None = None
     ) -> ClassList | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
+from agriseg.classes import NODATA, ClassList
 from agriseg.config import RunConfig
 from agriseg.datasets import LabelColors
 from agriseg.labels import Grid, Labels
@@ -40,7 +40,7 @@ def compare_rasters(
     unpredicted = 0
     with open_dataset(classes_path) as src:
         if classes is None:
-            classes = ClassList.from_tags(src.tags()) or DEFAULT_CLASSES
+            classes = ClassList.of_class_raster(src)
         n = len(classes)
         cm = np.zeros((n, n), dtype="int64")
         grid = Grid.of_dataset(src)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
 from agriseg.atomic import atomic_output
-from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
+from agriseg.classes import NODATA, ClassList
 from agriseg.raster import READ_ENV
 from agriseg.spectral import find_bands
 
@@ -144,15 +144,8 @@ def render_preview(
     with rasterio.open(classes_path) as src:
         shape = preview_shape(src.height, src.width, max_size)
         classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-        class_list = ClassList.from_tags(src.tags(), _colormap(src)) or DEFAULT_CLASSES
+        class_list = ClassList.of_class_raster(src)
     return blend_preview(classes, class_list, image_path)
-
-
-def _colormap(src: rasterio.DatasetReader) -> dict[int, tuple[int, ...]] | None:
-    try:
-        return src.colormap(1)
-    except ValueError:  # no colour table
-        return None
 
 
 def save_png(image: Image.Image, path: Path) -> None:

@@ -154,11 +154,7 @@ class ClassRaster:
         """A class raster file; its classes come from its tags and colour table (the four
         default classes for rasters that carry none)."""
         with rasterio.open(path) as src:
-            try:
-                colormap = src.colormap(1)
-            except ValueError:  # no colour table
-                colormap = None
-            classes = ClassList.from_tags(src.tags(), colormap) or DEFAULT_CLASSES
+            classes = ClassList.of_class_raster(src)
             raster_crs(src, path)  # refuses a raster without a CRS
             return cls(Grid.of_dataset(src), src.profile, classes)
 
