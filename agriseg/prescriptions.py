@@ -36,8 +36,8 @@ import shapely
 from pyproj import CRS
 
 from agriseg import __version__
-from agriseg.atomic import OutputTransaction, output_transaction, remove_stale_temporaries
-from agriseg.errors import InputError, OutputError
+from agriseg.atomic import OutputTransaction, output_folder, output_transaction
+from agriseg.errors import InputError
 from agriseg.qgis import WEED_PRESSURE_RANGES, graduated_qml, write_layer_styles
 from agriseg.zones import grid_crs, read_fields
 
@@ -645,8 +645,9 @@ def write_prescriptions(
     if zones is None:
         del paths["zones_shp"]
     spot = layers[SPOT_LAYER]
-    remove_stale_temporaries(out_dir)  # left by a killed run or prescribe
-    with output_transaction() as transaction:
+    # output_folder creates out_dir if needed (removing it again if this fails) and
+    # clears temporaries left by a killed run or prescribe.
+    with output_folder(out_dir), output_transaction() as transaction:
         write_prescription_gpkg(layers, paths["gpkg"], transaction)
         write_shapefile_zip(spot, paths["spot_shp"], transaction)
         if zones is not None:
@@ -675,12 +676,4 @@ def prescribe(
     """
     runs = [r for r in find_runs(run_dir) if stems is None or r.stem in stems]
     made = [(run, run_prescriptions(run, options)) for run in runs]
-    if out_dir is not None:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(
-                f"{out_dir}: cannot create the output folder ({exc.strerror}); "
-                "choose a writable --out"
-            ) from None
     return [write_prescriptions(run.stem, layers, out_dir or run.run_dir) for run, layers in made]
