@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from agriseg import __version__
-from agriseg.areas import pixel_size_m
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, Colour
 from agriseg.errors import InputError, ModelError
 from agriseg.inference import normalize, resolve_device
@@ -50,6 +49,7 @@ from agriseg.models import (
     with_classes,
 )
 from agriseg.raster import open_raster, pixel_grid_ok, read_window
+from agriseg.scale import raster_gsd_m
 from agriseg.spectral import new_model_bands
 
 #: Called as ``progress(steps_done, steps_total)``.
@@ -234,17 +234,14 @@ def load_scene(
     image = read_window(info.path, info.bands, window, info.crs is None)
     grid = info.grid
     truth = Labels(labels, grid, classes, config.label_column, colors=config.label_colors).read(
-        Window(0, 0, info.width, info.height)
+        window
     )
     truth[np.isnan(image).any(axis=0)] = NODATA
     if not (truth != NODATA).any():
         raise InputError(
             f"{labels}: no labelled pixel falls on {raster}; check that both cover the same area"
         )
-    gsd = config.gsd_m
-    if gsd is None and info.crs is not None:
-        gsd = pixel_size_m(info.crs, info.transform, info.width, info.height)
-    return Scene(image, truth, info.dtype, gsd, str(raster))
+    return Scene(image, truth, info.dtype, raster_gsd_m(info, config.gsd_m), str(raster))
 
 
 def _fit_normalization(scenes: Sequence[Scene]) -> Normalization:
