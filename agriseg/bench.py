@@ -87,15 +87,17 @@ def _survey(edge: int, seed: int) -> np.ndarray:
     return generate_survey(draw_params(seed, edge, edge), seed).image[:3]
 
 
-def write_bench_raster(path: Path, size: int, seed: int = 0) -> Path:
-    """Write a ``size`` x ``size`` RGB GeoTIFF for benchmarking, a strip at a time.
+def write_bench_raster(path: Path, size: int, seed: int = 0, *, height: int | None = None) -> Path:
+    """Write a ``size`` x ``size`` RGB GeoTIFF for benchmarking, a strip at a time
+    (``size`` wide and ``height`` high when ``height`` is given).
 
     A survey of at most :data:`SURVEY_EDGE` pixels is drawn once and mirrored
     across the raster, so memory stays small whatever ``size`` is.
     """
-    if size < 32:
+    height = size if height is None else height
+    if min(size, height) < 32:
         raise InputError(f"--size {size} is too small; use at least 32 pixels")
-    survey = _survey(min(size, SURVEY_EDGE), seed)
+    survey = _survey(min(max(size, height), SURVEY_EDGE), seed)
     edge = survey.shape[1]
     # Mirrored repeats (0..e-1, e-1..0, ...) avoid seams between copies.
     mirror = np.concatenate([np.arange(edge), np.arange(edge)[::-1]])
@@ -103,7 +105,7 @@ def write_bench_raster(path: Path, size: int, seed: int = 0) -> Path:
     profile = {
         "driver": "GTiff",
         "width": size,
-        "height": size,
+        "height": height,
         "count": 3,
         "dtype": "uint8",
         "crs": CRS.from_epsg(32633),
@@ -116,10 +118,10 @@ def write_bench_raster(path: Path, size: int, seed: int = 0) -> Path:
         "BIGTIFF": "IF_SAFER",
     }
     with rasterio.open(path, "w", **profile) as dst:
-        for row in range(0, size, WRITE_ROWS):
-            height = min(WRITE_ROWS, size - row)
-            rows = mirror[np.arange(row, row + height) % (2 * edge)]
-            dst.write(survey[:, rows][:, :, cols], window=Window(0, row, size, height))
+        for row in range(0, height, WRITE_ROWS):
+            n = min(WRITE_ROWS, height - row)
+            rows = mirror[np.arange(row, row + n) % (2 * edge)]
+            dst.write(survey[:, rows][:, :, cols], window=Window(0, row, size, n))
     return path
 
 
