@@ -106,8 +106,9 @@ def test_install_part_installs_the_wheels_once_every_part_is_there(tmp_path):
     assert not (site / "lib").exists()
     assert "2 wheels installed" in install(1)
     assert "already installed" in install(1)  # idempotent
+    code = "import gpu_probe_a, gpu_probe_b; print(len(gpu_probe_a.DATA) // 2)"
     probe = subprocess.run(
-        [sys.executable, "-c", "import gpu_probe_a, gpu_probe_b; print(len(gpu_probe_a.DATA) // 2)"],
+        [sys.executable, "-c", code],
         env={**os.environ, "PYTHONPATH": str(site / "lib")},
         capture_output=True,
         text=True,
