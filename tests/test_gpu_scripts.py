@@ -91,7 +91,8 @@ def test_install_part_installs_the_wheels_once_every_part_is_there(tmp_path):
     source = tmp_path / "src"
     source.mkdir()
     wheels = [make_wheel(source, "gpu_probe_a", payload=12_000), make_wheel(source, "gpu_probe_b")]
-    manifest = parts.pack(wheels, tmp_path / "wheels", 15_000, {})
+    needs = [["a.whl", "packaging>=1"], ["a.whl", "pytest>=999"], ["b.whl", "gpu-ghost>=1"]]
+    manifest = parts.pack(wheels, tmp_path / "wheels", 15_000, {"device_needs": needs})
     count = len(manifest["parts"])
     assert count >= 2
     site = tmp_path / "site"
@@ -102,7 +103,13 @@ def test_install_part_installs_the_wheels_once_every_part_is_there(tmp_path):
         return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
     for number in range(2, count + 1):
-        assert "still to carry: 1" in install(number)
+        output = install(number)
+        assert "still to carry: 1" in output
+        # The device's own packages are checked against what the wheels need, every call.
+        pytest_version = importlib.metadata.version("pytest")
+        assert f"a.whl needs pytest>=999: pytest {pytest_version} is here" in output
+        assert "b.whl needs gpu-ghost>=1: not installed here" in output
+        assert "packaging" not in output
     assert not (site / "lib").exists()
     assert "2 wheels installed" in install(1)
     assert "already installed" in install(1)  # idempotent
@@ -129,6 +136,10 @@ def test_the_device_gets_the_gdal_and_dask_stacks_at_the_versions_tested_here():
     assert not {"ruff", "mypy"} & set(pins)  # linters: the device only runs tests
     for name, version in pins.items():
         assert importlib.metadata.version(name) == version
+    # --carry: a package the device has, but too old, travels too.
+    carry = fetch_wheels.CARRY_ANYWAY | {"pandas"}
+    with_pandas = fetch_wheels.missing_on_device(fetch_wheels.top_level_requirements(), carry)
+    assert with_pandas == {**pins, "pandas": importlib.metadata.version("pandas")}
 
 
 def test_unmet_requirements_names_what_neither_a_wheel_nor_the_device_has(tmp_path):

@@ -126,13 +126,16 @@ def _applies(requirement: Requirement, extras: Iterable[str]) -> bool:
     )
 
 
-def missing_on_device(top: Iterable[Requirement]) -> dict[str, str]:
+def missing_on_device(
+    top: Iterable[Requirement], carry: Iterable[str] = CARRY_ANYWAY
+) -> dict[str, str]:
     """``{name: version}`` of every distribution the device lacks, versions as installed here.
 
     Walks the requirements through this environment's installed metadata, with the
     device's markers, and stops at :data:`DEVICE_PACKAGES` (their own needs are the
-    device's business).
+    device's business) unless ``carry`` names them.
     """
+    carry = {canonical(name) for name in carry}
     pins: dict[str, str] = {}
     queue: list[tuple[Requirement, frozenset[str]]] = [(r, frozenset()) for r in top]
     seen: set[tuple[str, frozenset[str]]] = set()
@@ -142,7 +145,7 @@ def missing_on_device(top: Iterable[Requirement]) -> dict[str, str]:
             continue
         name = canonical(requirement.name)
         extras = frozenset(requirement.extras)
-        if name in DEVICE_PACKAGES and name not in CARRY_ANYWAY:
+        if name in DEVICE_PACKAGES and name not in carry:
             continue
         if (name, extras) in seen:
             continue
@@ -176,30 +179,46 @@ def wheel_name(path: Path) -> str:
     return canonical(path.name.split("-")[0])
 
 
-def unmet_requirements(wheels: Iterable[Path]) -> list[str]:
-    """Requirements of the wheels (their own METADATA, device markers) that neither
-    another wheel nor the device provides; empty when the set is complete."""
-    paths = list(wheels)
-    carried = {wheel_name(p) for p in paths}
-    unmet = []
-    for path in paths:
+def wheel_requirements(wheels: Iterable[Path]) -> list[tuple[str, Requirement]]:
+    """``(wheel file name, requirement)`` for each requirement in the wheels' own
+    METADATA that applies on the device. Extras of a carried package are followed
+    from its requirer, so only each wheel's base requirements count."""
+    found = []
+    for path in wheels:
         with zipfile.ZipFile(path) as archive:
             meta_name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
             metadata = archive.read(meta_name).decode()
         for line in metadata.splitlines():
-            if not line.startswith("Requires-Dist:"):
-                continue
-            requirement = Requirement(line.split(":", 1)[1].strip())
-            # Extras of a carried package are followed from its requirer, so only the
-            # base requirements of each wheel count here.
-            if requirement.marker is not None and not requirement.marker.evaluate(
-                {**TARGET_ENV, "extra": ""}
-            ):
-                continue
-            name = canonical(requirement.name)
-            if name not in carried and name not in DEVICE_PACKAGES:
-                unmet.append(f"{path.name} needs {requirement}")
-    return unmet
+            if line.startswith("Requires-Dist:"):
+                requirement = Requirement(line.split(":", 1)[1].strip())
+                marker = requirement.marker
+                if marker is None or marker.evaluate({**TARGET_ENV, "extra": ""}):
+                    found.append((path.name, requirement))
+    return found
+
+
+def unmet_requirements(wheels: Iterable[Path]) -> list[str]:
+    """Requirements of the wheels that neither another wheel nor the device provides;
+    empty when the set is complete."""
+    paths = list(wheels)
+    carried = {wheel_name(p) for p in paths}
+    return [
+        f"{wheel} needs {requirement}"
+        for wheel, requirement in wheel_requirements(paths)
+        if canonical(requirement.name) not in carried | DEVICE_PACKAGES
+    ]
+
+
+def device_needs(wheels: Iterable[Path]) -> list[list[str]]:
+    """``[wheel, requirement]`` the device's own packages must meet (``pandas>=2.2.0``
+    for geopandas...): ``install_part.py`` checks them there, in the first call."""
+    paths = list(wheels)
+    carried = {wheel_name(p) for p in paths}
+    return [
+        [wheel, str(requirement)]
+        for wheel, requirement in wheel_requirements(paths)
+        if canonical(requirement.name) in DEVICE_PACKAGES - carried
+    ]
 
 
 def travelling_tree_bytes(repo: Path = REPO) -> int:
@@ -219,10 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         "--part-mib", type=float, default=None,
         help="largest part in MiB (default: 64 MiB - the travelling tree - 3 MiB)",
     )  # fmt: skip
+    parser.add_argument(
+        "--carry", action="append", default=[], metavar="NAME",
+        help="carry this package (and what it needs) although the device has it, e.g. "
+        "when install_part.py reports the device's version too old",
+    )  # fmt: skip
     parser.add_argument("--list", action="store_true", help="print what the device lacks and stop")
     args = parser.parse_args(argv)
 
-    pins = missing_on_device(top_level_requirements())
+    top = top_level_requirements()
+    pins = missing_on_device(top, CARRY_ANYWAY | set(args.carry))
     if args.list:
         print("\n".join(f"{n}=={v}" for n, v in pins.items()))
         return 0
@@ -243,7 +268,17 @@ def main(argv: list[str] | None = None) -> int:
 
     tree = travelling_tree_bytes()
     limit = int(args.part_mib * MIB) if args.part_mib else CALL_LIMIT - tree - MARGIN
-    info = {"python": "3.12", "tree_bytes": tree, "pins": pins}
+    info = {
+        "python": "3.12",
+        "tree_bytes": tree,
+        "pins": pins,
+        "device_needs": device_needs(wheels.values())
+        + [
+            ["agriseg", str(r)]
+            for r in top
+            if canonical(r.name) in DEVICE_PACKAGES and canonical(r.name) not in pins
+        ],
+    }
     manifest = pack(wheels.values(), args.dest, limit, info)
     print(
         f"{len(pins)} wheels, {manifest['wheel_bytes'] / MIB:.1f} MiB; the travelling tree is "

@@ -13,6 +13,7 @@ Standard library only, for the device's bare Python 3.12.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,26 @@ from parts import receive, unpack  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
+def device_conflicts(manifest: dict) -> list[str]:
+    """The wheels' needs (``manifest["device_needs"]``) that this machine's own packages
+    do not meet; a fix is ``fetch_wheels.py --carry NAME`` here, then the parts again."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        return ["packaging is not installed: the device's versions were not checked"]
+    conflicts = []
+    for wheel, text in manifest.get("device_needs", []):
+        requirement = Requirement(text)
+        try:
+            version = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            conflicts.append(f"{wheel} needs {text}: not installed here")
+            continue
+        if not requirement.specifier.contains(version, prereleases=True):
+            conflicts.append(f"{wheel} needs {text}: {requirement.name} {version} is here")
+    return conflicts
+
+
 def install(number: int, wheels: Path, site: Path) -> str:
     """Receive part ``number`` from ``wheels/partN``; install all when complete.
     Returns a one-line status."""
@@ -32,6 +53,9 @@ def install(number: int, wheels: Path, site: Path) -> str:
         raise SystemExit(f"{part_dir} is missing: carry .gpu-wheels/part{number} in this call")
     manifest, missing = receive(part_dir, site / "parts")
     count = len(manifest["parts"])
+    conflicts = device_conflicts(manifest)
+    checked = len(manifest.get("device_needs", []))
+    print("\n".join(conflicts) or f"the device's packages meet the wheels' {checked} needs")
     if missing:
         return f"part {number} of {count} kept; still to carry: {', '.join(map(str, missing))}"
     lib = site / "lib"
