@@ -180,6 +180,13 @@ def test_run_checks_dry_run_writes_the_figures_a_gpu_run_writes(tmp_path):
     assert (tmp_path / "out" / "bench-128.log").read_text().count("[exit 0,") == 1
 
 
+def test_a_step_past_the_budget_is_stopped_and_recorded(tmp_path):
+    summary = run_checks(tmp_path, "--size", "128", "--skip-pytest", "--budget", "20")
+    assert summary["steps"][-1]["timed_out"] is True
+    assert summary["bench"]["128"]["rc"] == 124
+    assert "timed out" in (tmp_path / "out" / "bench-128.log").read_text()
+
+
 @pytest.mark.slow
 def test_run_checks_dry_run_with_the_gpu_tests_and_a_batch_sweep(tmp_path):
     summary = run_checks(tmp_path, "--size", "128", "--sweep", "2", "--sweep-size", "160")

@@ -32,6 +32,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -127,15 +128,20 @@ class Checks:
         record it in the summary. Returns the exit status (124 on timeout) and output."""
         began = time.monotonic()
         timed_out = False
+        # Its own process group, so that a timeout also ends what it spawned (bench
+        # runs in a spawned process that would otherwise hold the GPU on).
+        process = subprocess.Popen(
+            command, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
         try:
-            done = subprocess.run(
-                command, cwd=REPO, env=self.env, capture_output=True, text=True,
-                timeout=max(1.0, limit),
-            )  # fmt: skip
-            rc, output = done.returncode, done.stdout + done.stderr
-        except subprocess.TimeoutExpired as exc:
+            output, _ = process.communicate(timeout=max(1.0, limit))
+            rc = process.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
             timed_out, rc = True, 124
-            output = _text(exc.stdout) + _text(exc.stderr) + f"\n[timed out after {limit:.0f} s]\n"
+            output += f"\n[timed out after {limit:.0f} s]\n"
         seconds = round(time.monotonic() - began, 1)
         with (self.out / log).open("a") as f:
             f.write(f"$ {' '.join(command)}\n{output}\n[exit {rc}, {seconds} s]\n\n")
@@ -147,12 +153,6 @@ class Checks:
 
     def agriseg(self, *arguments: str) -> list[str]:
         return [self.args.python, "-m", "agriseg_cli.main", *arguments]
-
-
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data if isinstance(data, str) else data.decode(errors="replace")
 
 
 def last_json(output: str) -> dict | None:
@@ -235,6 +235,13 @@ def bench(checks: Checks, size: int, log: str, *extra: str, work: Path | None = 
     result = {"rc": rc, "wall_s": checks.summary["steps"][-1]["seconds"]}
     if figures is None:
         result["error"] = output.strip().splitlines()[-1] if output.strip() else "no output"
+        # Cut short in the model-only pass, the run itself may have finished: keep its
+        # summary (stage seconds, peak RSS).
+        for path in (work / "outputs").glob("*.summary.json"):
+            run_summary = json.loads(path.read_text())
+            result["run_only"] = {
+                k: run_summary.get(k) for k in ("timings_s", "peak_rss_mb", "tiles", "input")
+            }
     else:
         result["figures"] = figures
     if samples:
