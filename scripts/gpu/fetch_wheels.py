@@ -16,8 +16,8 @@ working tree, at most 64 MiB a call, the tracked files included. This script
    device call beside the working tree (see ``parts.py``).
 
 Run here, from the checkout the session was started in (its tree is what travels):
-``.venv/bin/python scripts/gpu/fetch_wheels.py``; then ``install_part.sh N`` on the
-device for each part, then ``run_checks.sh`` (see the README, *On a GPU*).
+``.venv/bin/python scripts/gpu/fetch_wheels.py``; then ``install_part.py N`` on the
+device for each part, then ``run_checks.py`` (see the README, *On a GPU*).
 """
 
 from __future__ import annotations
