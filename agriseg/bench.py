@@ -187,15 +187,29 @@ def model_only_seconds(
     return seconds
 
 
+def peak_gpu_mb(device: str) -> dict[str, float | None]:
+    """Peak GPU memory of this process so far, in MiB: what torch's tensors took
+    (``allocated``) and what its caching allocator held (``reserved``, about what
+    ``nvidia-smi`` shows, less the CUDA context); None off CUDA."""
+    torch_device = resolve_device(device)
+    if torch_device.type != "cuda":
+        return {"allocated": None, "reserved": None}
+    return {
+        "allocated": round(torch.cuda.max_memory_allocated(torch_device) / 2**20, 1),
+        "reserved": round(torch.cuda.max_memory_reserved(torch_device) / 2**20, 1),
+    }
+
+
 def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any]:
     """Run the pipeline, then the model alone, in this process; return the figures.
 
-    Peak memory is read before the model-only pass, so it is the run's own.
+    Peak memory (RAM and GPU) is read before the model-only pass, so it is the run's own.
     """
     start = time.perf_counter()
     result = segment_raster(input_path, out_dir, config)
     end_to_end = time.perf_counter() - start
     summary = result.summary
+    gpu_mb = peak_gpu_mb(config.device)
     # A run's forwards happen on Dask worker threads, and OpenMP teams started from
     # the main thread behave differently (with the default active wait policy we
     # measured main-thread forwards up to 2x slower on a busy machine): time the
@@ -213,6 +227,8 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
         "ratio": round(end_to_end / model_s, 3) if model_s else None,
         "mpx_per_s": round(pixels / 1e6 / end_to_end, 3),
         "peak_rss_mb": summary["peak_rss_mb"],
+        "peak_gpu_mb": gpu_mb["allocated"],
+        "peak_gpu_reserved_mb": gpu_mb["reserved"],
         "device": summary["parameters"]["device"],
         "engine": summary["parameters"]["engine"],
         "stages_s": summary["timings_s"],
