@@ -31,7 +31,7 @@ import json
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,13 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.windows import Window
+from scipy import ndimage
 
 from agriseg.areas import pixel_size_m
 from agriseg.atomic import write_text_atomic
 from agriseg.classes import NODATA, ClassList
 from agriseg.errors import InputError
-from agriseg.health import raster_crs
+from agriseg.health import ZoneLabeller, raster_crs
 from agriseg.vector_outputs import geopackage_output
 from agriseg.zones import field_labeller, grid_labeller, make_grid, read_fields
 
@@ -57,6 +58,8 @@ CORE_ALONG, CORE_ACROSS = 0.25, 0.15
 PHASE_BAND = 0.3
 #: An empty slot is a missing plant when plants stand within this many slots on both sides.
 GAP_REACH = 3
+#: Length of the row segments whose slots are placed together, in plant spacings.
+SEGMENT = 32
 #: Ground ranges searched, in metres: row spacing and plant spacing.
 ROW_SPACING_M = (0.2, 1.5)
 PLANT_SPACING_M = (0.05, 0.6)
@@ -126,7 +129,9 @@ class PlantCount:
     """Plants of one class raster.
 
     Attributes:
-        plants: Points (``plant_id``, ``class``, ``area_m2``, ``field_id``, ``zone_id``).
+        plants: Points: ``plant_id``, ``area_m2`` (its pixels in its slot's cell),
+            ``diseased`` (most of them of a ``disease`` class), with fields
+            ``field_id`` and with a grid ``zone_id`` (None outside them).
         missing: Points of the missing plants (empty slots between plants of a row).
         rows: The row lattice, or None where there was no crop to find rows in.
         area_m2: Valid ground area.
@@ -209,23 +214,19 @@ def estimate_rows(mask: np.ndarray, gsd_m: float) -> Rows | None:
         step_f, step_phi = step_f / 4, step_phi / 4
     angle = phi + math.pi / 2  # rows run across their wave vector
     row_spacing = 1 / freq
-    u = xs * math.cos(angle) + ys * math.sin(angle)
     v = -xs * math.sin(angle) + ys * math.cos(angle)
     offset = float(np.angle(np.exp(2j * np.pi * v / row_spacing).sum())) / (2 * np.pi)
-    # Plant spacing: the strongest period along the rows.
+    # Plant spacing: the most prominent period along the rows. Power falls with the
+    # frequency (the canopy's patches, gaps, foci), so peaks are judged against the
+    # mean of their surroundings, not by height.
     full = np.fft.fftshift(np.abs(np.fft.fft2(centred)) ** 2)
     lo, hi = (m / gsd_m for m in PLANT_SPACING_M)
     freqs = np.linspace(1 / min(hi, max(h, w) / 3), 1 / max(lo, 2.5), 600)
-    coords = [
-        freqs * math.sin(angle) * h + h // 2,
-        freqs * math.cos(angle) * w + w // 2,
-    ]
-    from scipy import ndimage
-
+    coords = [freqs * math.sin(angle) * h + h // 2, freqs * math.cos(angle) * w + w // 2]
     profile = ndimage.map_coordinates(ndimage.gaussian_filter(full, 1.0), coords, order=1)
+    profile /= ndimage.uniform_filter1d(profile, freqs.size // 4, mode="nearest")
     plant_spacing = 1 / float(freqs[int(np.argmax(profile))])
-    del u
-    return Rows(float(angle), float(row_spacing), plant_spacing, offset * row_spacing, gsd_m)
+    return Rows(float(angle), float(row_spacing), plant_spacing, float(offset * row_spacing), gsd_m)
 
 
 def _windows(height: int, width: int, size: int) -> Iterator[Window]:
@@ -247,39 +248,103 @@ def _pixel_uv(rows: Rows, window: Window) -> tuple[np.ndarray, np.ndarray]:
     return rows.uv(cols[None, :], rws[:, None])
 
 
-def row_phases(src: rasterio.DatasetReader, ids: np.ndarray, rows: Rows, size: int) -> dict:
-    """Where along each row its slots lie: row index -> ``u`` of slot 0 (pixels)."""
+def _segment_key(k: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    return (k.astype(np.int64) << 32) + (seg.astype(np.int64) + (1 << 31))
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Where the slots of each row segment lie.
+
+    A row is cut along ``u`` into segments of :data:`SEGMENT` plant spacings (the same
+    for every window); segment ``seg`` of row ``k`` owns the slots at
+    ``u = seg * SEGMENT * plant_spacing + phase + j * plant_spacing``, ``j`` in
+    ``0 .. SEGMENT - 1``, ``0 <= phase < plant_spacing``. Measuring the phase per
+    segment follows sowing that drifts along a long row.
+    """
+
+    keys: np.ndarray
+    phase: np.ndarray
+
+    def lookup(self, k: np.ndarray, seg: np.ndarray) -> np.ndarray:
+        """Phase of each (row, segment); NaN for segments without plants."""
+        key = _segment_key(k, seg)
+        at = np.clip(np.searchsorted(self.keys, key), 0, max(self.keys.size - 1, 0))
+        if self.keys.size == 0:
+            return np.full(key.shape, np.nan)
+        return np.where(self.keys[at] == key, self.phase[at], np.nan)
+
+
+def _segments(rows: Rows, u: np.ndarray) -> np.ndarray:
+    return np.floor(u / (SEGMENT * rows.plant_spacing)).astype(np.int64)
+
+
+def _row_sums(
+    rows: Rows, u: np.ndarray, v: np.ndarray, plant: np.ndarray, whole_rows: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of the (row, segment) pairs and the sum of ``exp(2 pi i u' / plant_spacing)``
+    over the plant pixels near each row's centre line (``u'``: from the segment's start;
+    ``whole_rows``: one segment per row)."""
+    spacing = rows.plant_spacing
+    kf = (v - rows.offset) / rows.row_spacing
+    k = np.rint(kf).astype(np.int64)
+    near = plant & (np.abs(kf - k) < PHASE_BAND)
+    seg = np.zeros(int(near.sum()), np.int64) if whole_rows else _segments(rows, u[near])
+    turn = 2 * np.pi * (u[near] - seg * SEGMENT * rows.plant_spacing) / spacing
+    keys, inverse = np.unique(_segment_key(k[near], seg), return_inverse=True)
+    z = np.bincount(inverse, weights=np.cos(turn), minlength=keys.size) + 1j * np.bincount(
+        inverse, weights=np.sin(turn), minlength=keys.size
+    )
+    return keys, z
+
+
+def row_phases(src: rasterio.DatasetReader, ids: np.ndarray, rows: Rows, size: int) -> Phases:
+    """Where the slots of every row segment lie, from the plant pixels of all windows."""
     sums: dict[int, complex] = {}
     for window in _windows(src.height, src.width, size):
-        mask = np.isin(src.read(1, window=window), ids)
         u, v = _pixel_uv(rows, window)
-        k = np.rint((v - rows.offset) / rows.row_spacing).astype(np.int64)
-        near = mask & (
-            np.abs(v - rows.offset - k * rows.row_spacing) < PHASE_BAND * rows.row_spacing
-        )
-        if not near.any():
-            continue
-        k, turn = k[near], 2 * np.pi * u[near] / rows.plant_spacing
-        k0 = int(k.min())
-        re = np.bincount(k - k0, weights=np.cos(turn))
-        im = np.bincount(k - k0, weights=np.sin(turn))
-        for i in np.flatnonzero(np.bincount(k - k0)):
-            sums[k0 + int(i)] = sums.get(k0 + int(i), 0j) + complex(re[i], im[i])
-    return {k: float(np.angle(z)) / (2 * np.pi) * rows.plant_spacing for k, z in sums.items()}
+        plant = np.isin(src.read(1, window=window), ids)
+        keys, z = _row_sums(rows, u, v, plant)
+        for key, value in zip(keys.tolist(), z.tolist(), strict=True):
+            sums[key] = sums.get(key, 0j) + value
+    keys = np.array(sorted(sums), np.int64)
+    turns = np.array([np.angle(sums[k]) for k in keys.tolist()], np.float64) / (2 * np.pi)
+    return Phases(keys, np.mod(turns, 1.0) * rows.plant_spacing)
 
 
 @dataclass
-class _Tally:
-    """What the windows found, gathered for the whole raster."""
+class _ZoneTally:
+    """Valid pixels and plants per zone (field or grid cell), and each plant's zone."""
 
-    plants: list[np.ndarray]
-    missing: list[np.ndarray]
-    valid_px: int
-    field_px: np.ndarray
-    field_plants: np.ndarray
-    zone_px: np.ndarray
-    zone_plants: np.ndarray
-    plant_zone: dict[str, list[np.ndarray]]
+    label: ZoneLabeller
+    valid_px: np.ndarray
+    plants: np.ndarray
+    of_plant: list[np.ndarray] = field(default_factory=list)
+
+    def add(
+        self, core: Window, valid: np.ndarray, plant_rows: np.ndarray, plant_cols: np.ndarray
+    ) -> None:
+        zone = self.label(core)
+        self.valid_px += np.bincount(zone[valid & (zone >= 0)], minlength=self.valid_px.size)
+        at = zone[plant_rows, plant_cols]
+        self.plants += np.bincount(at[at >= 0], minlength=self.plants.size)
+        self.of_plant.append(at)
+
+    def table(self, keys: Sequence[dict[str, Any]], pixel_m2: float) -> list[dict[str, Any]]:
+        """Plants, valid area and plants per m² of the zones holding valid pixels."""
+        out = []
+        for i in np.flatnonzero(self.valid_px).tolist():
+            area = float(self.valid_px[i]) * pixel_m2
+            n = int(self.plants[i])
+            out.append(
+                {
+                    **keys[i],
+                    "plants": n,
+                    "area_m2": round(area, 3),
+                    "plants_per_m2": round(n / area, 3),
+                }
+            )
+        return out
 
 
 def _count_window(
@@ -289,7 +354,7 @@ def _count_window(
     ids: np.ndarray,
     disease_ids: np.ndarray,
     rows: Rows,
-    phases: dict[int, float],
+    phases: Phases,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plants and missing plants whose slot centre lies in ``core``.
 
@@ -303,20 +368,22 @@ def _count_window(
     kf = (v - rows.offset) / rows.row_spacing
     k = np.rint(kf).astype(np.int64)
     across = (kf - k) * rows.row_spacing
-    ks = np.unique(k)
-    phase = np.array([phases.get(int(i), np.nan) for i in ks])
-    phase_px = phase[np.searchsorted(ks, k)]
-    sf = (u - phase_px) / rows.plant_spacing
-    on_row = np.isfinite(sf)
-    s = np.where(on_row, np.rint(np.where(on_row, sf, 0)), 0).astype(np.int64)
-    along = (sf - s) * rows.plant_spacing
+    seg = _segments(rows, u)
+    phase = phases.lookup(k, seg)
+    jf = (u - seg * SEGMENT * rows.plant_spacing - phase) / rows.plant_spacing
+    # Pixels of a slot owned by the neighbouring segment (j = -1 or SEGMENT) are left to it.
+    on_row = np.isfinite(jf)
+    j = np.rint(np.where(on_row, jf, -1)).astype(np.int64)
+    on_row &= (j >= 0) & (j < SEGMENT)
     if not on_row.any():
         return np.zeros((0, 4)), np.zeros((0, 2))
-    k0, s0 = int(k[on_row].min()), int(s[on_row].min()) - GAP_REACH
-    n_s = int(s[on_row].max()) - s0 + 1 + GAP_REACH
+    along = (jf - j) * rows.plant_spacing
+    t = seg * SEGMENT + j  # the slot's place along its row
+    k0, t0 = int(k[on_row].min()), int(t[on_row].min()) - GAP_REACH
+    n_t = int(t[on_row].max()) - t0 + 1 + GAP_REACH
     n_k = int(k[on_row].max()) - k0 + 1
-    cell = np.where(on_row, (k - k0) * n_s + (s - s0), 0)
-    n = n_k * n_s
+    cell = np.where(on_row, (k - k0) * n_t + (t - t0), 0)
+    n = n_k * n_t
     in_core = (
         on_row
         & valid
@@ -337,9 +404,12 @@ def _count_window(
     sum_c = np.bincount(cells, weights=cc + window.col_off + 0.5, minlength=n)
     sum_r = np.bincount(cells, weights=rr + window.row_off + 0.5, minlength=n)
     # Slot centres, in raster pixel coordinates.
-    kk, ss = np.divmod(np.arange(n), n_s)
-    kk, ss = kk + k0, ss + s0
-    slot_u = np.array([phases.get(int(i), np.nan) for i in kk]) + ss * rows.plant_spacing
+    kk, tt = np.divmod(np.arange(n), n_t)
+    kk, tt = kk + k0, tt + t0
+    seg_t, j_t = np.divmod(tt, SEGMENT)
+    slot_u = (
+        seg_t * SEGMENT * rows.plant_spacing + phases.lookup(kk, seg_t) + j_t * rows.plant_spacing
+    )
     slot_c, slot_r = rows.colrow(slot_u, rows.offset + kk * rows.row_spacing)
     holds = (
         (slot_c >= core.col_off)
@@ -350,7 +420,7 @@ def _count_window(
     found = np.flatnonzero(holds & occupied)
     safe = np.maximum(area[found], 1)
     plants = np.column_stack([sum_c[found] / safe, sum_r[found] / safe, area[found], sick[found]])
-    grid = occupied.reshape(n_k, n_s)
+    grid = occupied.reshape(n_k, n_t)
     before = np.zeros_like(grid)
     after = np.zeros_like(grid)
     for d in range(1, GAP_REACH + 1):
@@ -359,6 +429,21 @@ def _count_window(
     gap = judged & ~occupied & holds & (before & after).ravel()
     missing = np.column_stack([slot_c[gap], slot_r[gap]])
     return plants, missing
+
+
+def _sample_window(height: int, width: int) -> list[Window]:
+    """Candidate windows to measure the rows on: the centre and the quarters' centres."""
+    h, w = min(SAMPLE_PX, height), min(SAMPLE_PX, width)
+    centres = [(0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)]
+    return [
+        Window(
+            min(max(round(fx * width - w / 2), 0), width - w),
+            min(max(round(fy * height - h / 2), 0), height - h),
+            w,
+            h,
+        )
+        for fy, fx in centres
+    ]
 
 
 def count_plants(
@@ -385,107 +470,82 @@ def count_plants(
         disease_ids = np.array(classes.ids_with_role("disease"), np.uint8)
         height, width, transform = src.height, src.width, src.transform
         gsd = gsd_m or pixel_size_m(crs, transform, width, height)
-        edge = min(SAMPLE_PX, height), min(SAMPLE_PX, width)
-        sample = Window((width - edge[1]) // 2, (height - edge[0]) // 2, edge[1], edge[0])
-        rows = estimate_rows(np.isin(src.read(1, window=sample), ids), gsd)
-        fields = read_fields(options.fields, crs) if options.fields else None
-        grid = make_grid(crs, transform, width, height, options.grid_m) if options.grid_m else None
-        label_field = field_labeller(fields, transform) if fields else None
-        label_zone = grid_labeller(grid, crs, transform) if grid else None
-        n_fields = len(fields.ids) if fields else 0
-        n_zones = grid.n_cells if grid else 0
-        tally = _Tally(
-            [],
-            [],
-            0,
-            np.zeros(n_fields, np.int64),
-            np.zeros(n_fields, np.int64),
-            np.zeros(n_zones, np.int64),
-            np.zeros(n_zones, np.int64),
-            {"field": [], "zone": []},
+        # The rows are measured where the crop is densest of a few sample windows.
+        samples = [(w, np.isin(src.read(1, window=w), ids)) for w in _sample_window(height, width)]
+        _, mask = max(samples, key=lambda wm: int(wm[1].sum()))
+        rows = estimate_rows(mask, gsd)
+        zones: dict[str, _ZoneTally] = {}
+        keys: dict[str, list[dict[str, Any]]] = {}
+        if options.fields:
+            fields = read_fields(options.fields, crs)
+            n = len(fields.ids)
+            zones["field_id"] = _ZoneTally(
+                field_labeller(fields, transform), np.zeros(n, np.int64), np.zeros(n, np.int64)
+            )
+            keys["field_id"] = [{"field_id": i} for i in fields.ids]
+        if options.grid_m:
+            grid = make_grid(crs, transform, width, height, options.grid_m)
+            n = grid.n_cells
+            zones["zone_id"] = _ZoneTally(
+                grid_labeller(grid, crs, transform), np.zeros(n, np.int64), np.zeros(n, np.int64)
+            )
+            keys["zone_id"] = [
+                {"zone_id": i, "row": i // grid.n_cols, "col": i % grid.n_cols} for i in range(n)
+            ]
+        phases = row_phases(src, ids, rows, options.window_px) if rows else None
+        # The halo holds a slot's whole cell and the slots a missing plant looks along.
+        halo = (
+            0
+            if rows is None
+            else math.ceil((GAP_REACH + 1) * rows.plant_spacing + rows.row_spacing)
         )
-        phases = row_phases(src, ids, rows, options.window_px) if rows else {}
-        halo = 0
-        if rows:
-            halo = math.ceil((GAP_REACH + 1) * rows.plant_spacing + rows.row_spacing) + 2
+        found, missing, valid_px = [], [], 0
         for core in _windows(height, width, options.window_px):
-            core_valid = src.read(1, window=core) != NODATA
-            tally.valid_px += int(core_valid.sum())
-            found = np.zeros((0, 4))
-            if rows:
-                window = _grown(core, halo, height, width)
-                found, missing = _count_window(
+            valid = src.read(1, window=core) != NODATA
+            valid_px += int(valid.sum())
+            plants, gaps = np.zeros((0, 4)), np.zeros((0, 2))
+            if rows is not None and phases is not None:
+                window = _grown(core, halo + 2, height, width)
+                plants, gaps = _count_window(
                     src.read(1, window=window), window, core, ids, disease_ids, rows, phases
                 )
-                tally.plants.append(found)
-                tally.missing.append(missing)
-            plant_r = (found[:, 1] - core.row_off).astype(np.int64)
-            plant_c = (found[:, 0] - core.col_off).astype(np.int64)
-            plant_r = np.clip(plant_r, 0, int(core.height) - 1)
-            plant_c = np.clip(plant_c, 0, int(core.width) - 1)
-            for name, label, px, per in (
-                ("field", label_field, tally.field_px, tally.field_plants),
-                ("zone", label_zone, tally.zone_px, tally.zone_plants),
-            ):
-                if label is None:
-                    continue
-                zone = label(core)
-                inside = core_valid & (zone >= 0)
-                px += np.bincount(zone[inside], minlength=px.size)
-                at = zone[plant_r, plant_c]
-                per += np.bincount(at[at >= 0], minlength=per.size)
-                tally.plant_zone[name].append(at)
+            found.append(plants)
+            missing.append(gaps)
+            r = np.clip((plants[:, 1] - core.row_off).astype(np.int64), 0, int(core.height) - 1)
+            c = np.clip((plants[:, 0] - core.col_off).astype(np.int64), 0, int(core.width) - 1)
+            for tally in zones.values():
+                tally.add(core, valid, r, c)
     pixel_m2 = gsd * gsd
-    return _result(tally, classes, rows, transform, crs, pixel_m2, fields, grid)
-
-
-def _result(tally, classes, rows, transform, crs, pixel_m2, fields, grid) -> PlantCount:  # type: ignore[no-untyped-def]
-    found = np.concatenate(tally.plants) if tally.plants else np.zeros((0, 4))
-    missing = np.concatenate(tally.missing) if tally.missing else np.zeros((0, 2))
-    x, y = transform * (found[:, 0], found[:, 1])
-    plants = gpd.GeoDataFrame(
+    every = np.concatenate(found)
+    x, y = transform * (every[:, 0], every[:, 1])
+    points = gpd.GeoDataFrame(
         {
-            "plant_id": np.arange(len(found), dtype=np.int64),
-            "class": np.where(found[:, 3] * 2 > found[:, 2], "diseased", "crop"),
-            "area_m2": found[:, 2] * pixel_m2,
+            "plant_id": np.arange(len(every), dtype=np.int64),
+            "area_m2": every[:, 2] * pixel_m2,
+            "diseased": every[:, 3] * 2 > every[:, 2],
         },
         geometry=gpd.points_from_xy(x, y),
         crs=crs,
     )
-    mx, my = transform * (missing[:, 0], missing[:, 1])
-    gaps = gpd.GeoDataFrame(
-        {"gap_id": np.arange(len(missing), dtype=np.int64)},
-        geometry=gpd.points_from_xy(mx, my),
+    for column, tally in zones.items():
+        at = np.concatenate(tally.of_plant)
+        named = np.array([k[column] for k in keys[column]] + [None], dtype=object)
+        points.insert(len(points.columns) - 1, column, named[at])  # -1: no zone
+    gaps = np.concatenate(missing)
+    gx, gy = transform * (gaps[:, 0], gaps[:, 1])
+    missing_points = gpd.GeoDataFrame(
+        {"missing_id": np.arange(len(gaps), dtype=np.int64)},
+        geometry=gpd.points_from_xy(gx, gy),
         crs=crs,
     )
-    del classes
-    if fields is not None:
-        at = np.concatenate(tally.plant_zone["field"])
-        ids = np.array([*fields.ids, ""], dtype=object)
-        plants.insert(3, "field_id", np.where(at >= 0, ids[at], None))
-    if grid is not None:
-        plants.insert(3, "zone_id", np.concatenate(tally.plant_zone["zone"]).astype(np.int64))
-    table = []
-    if fields is not None:
-        for i, fid in enumerate(fields.ids):
-            area = tally.field_px[i] * pixel_m2
-            table.append(_density({"field_id": fid}, int(tally.field_plants[i]), area))
-    zones = []
-    if grid is not None:
-        for cell in np.flatnonzero(tally.zone_px).tolist():
-            area = tally.zone_px[cell] * pixel_m2
-            key = {"zone_id": cell, "row": cell // grid.n_cols, "col": cell % grid.n_cols}
-            zones.append(_density(key, int(tally.zone_plants[cell]), area))
-    return PlantCount(plants, gaps, rows, tally.valid_px * pixel_m2, table, zones)
-
-
-def _density(key: dict[str, Any], plants: int, area_m2: float) -> dict[str, Any]:
-    return {
-        **key,
-        "plants": plants,
-        "area_m2": round(float(area_m2), 3),
-        "plants_per_m2": round(plants / area_m2, 3) if area_m2 else None,
-    }
+    return PlantCount(
+        points,
+        missing_points,
+        rows,
+        valid_px * pixel_m2,
+        zones["field_id"].table(keys["field_id"], pixel_m2) if "field_id" in zones else [],
+        zones["zone_id"].table(keys["zone_id"], pixel_m2) if "zone_id" in zones else [],
+    )
 
 
 @dataclass(frozen=True)
