@@ -58,6 +58,8 @@ CORE_ALONG, CORE_ACROSS = 0.25, 0.15
 PHASE_BAND = 0.3
 #: An empty slot is a missing plant when plants stand within this many slots on both sides.
 GAP_REACH = 3
+#: Share of the rows' centre lines under crop above which the rows count as closed bands.
+CLOSED = 0.945
 #: Length of the row segments whose slots are placed together, in plant spacings.
 SEGMENT = 32
 #: Ground ranges searched, in metres: row spacing and plant spacing.
@@ -182,8 +184,35 @@ def _spectrum_peak(
     return float(fy[iy]), float(fx[ix])
 
 
-def estimate_rows(mask: np.ndarray, gsd_m: float) -> Rows | None:
-    """The row lattice of a plant mask (True on plant pixels); None with too few rows in it."""
+def _along_rows(mask: np.ndarray, angle: float, freqs: np.ndarray) -> np.ndarray:
+    """Power of ``mask`` at ``freqs`` (cycles/px) along direction ``angle``, relative to
+    the mean power of the frequencies around each."""
+    h, w = mask.shape
+    centred = mask.astype(np.float32) - np.float32(mask.mean())
+    power = ndimage.gaussian_filter(np.fft.fftshift(np.abs(np.fft.fft2(centred)) ** 2), 1.0)
+    coords = [freqs * math.sin(angle) * h + h // 2, freqs * math.cos(angle) * w + w // 2]
+    profile = ndimage.map_coordinates(power, coords, order=1)
+    return profile / ndimage.uniform_filter1d(profile, freqs.size // 4, mode="nearest")
+
+
+def _closed(
+    mask: np.ndarray, angle: float, row_spacing: float, offset: float, origin: tuple[int, int]
+) -> bool:
+    """Whether the plants of the rows close into bands: crop covers nearly all of the
+    rows' centre lines (``offset``: in row spacings; ``origin``: the mask's column and
+    row in the raster)."""
+    h, w = mask.shape
+    rr, cc = np.mgrid[0:h, 0:w]
+    cols, rows = cc + origin[0] + 0.5, rr + origin[1] + 0.5
+    v = -cols * math.sin(angle) + rows * math.cos(angle)
+    turns = (v / row_spacing - offset) % 1.0
+    centre = np.minimum(turns, 1 - turns) < 0.05
+    return float(mask[centre].mean()) > CLOSED
+
+
+def estimate_rows(mask: np.ndarray, gsd_m: float, window: Window | None = None) -> Rows | None:
+    """The row lattice of a plant mask (True on plant pixels) read in ``window`` of the
+    raster (default: at its origin); None with too few rows in it."""
     h, w = mask.shape
     if mask.sum() < 100:
         return None
@@ -199,7 +228,8 @@ def estimate_rows(mask: np.ndarray, gsd_m: float) -> Rows | None:
     if rr.size > 100_000:
         keep = np.random.default_rng(0).choice(rr.size, 100_000, replace=False)
         rr, cc = rr[keep], cc[keep]
-    xs, ys = cc + 0.5, rr + 0.5
+    col_off, row_off = (window.col_off, window.row_off) if window is not None else (0, 0)
+    xs, ys = cc + col_off + 0.5, rr + row_off + 0.5
     freq, phi = math.hypot(vx, vy), math.atan2(vy, vx)
     step_f = 1 / max(h, w)
     step_phi = step_f / freq
@@ -216,16 +246,19 @@ def estimate_rows(mask: np.ndarray, gsd_m: float) -> Rows | None:
     row_spacing = 1 / freq
     v = -xs * math.sin(angle) + ys * math.cos(angle)
     offset = float(np.angle(np.exp(2j * np.pi * v / row_spacing).sum())) / (2 * np.pi)
-    # Plant spacing: the most prominent period along the rows. Power falls with the
-    # frequency (the canopy's patches, gaps, foci), so peaks are judged against the
-    # mean of their surroundings, not by height.
-    full = np.fft.fftshift(np.abs(np.fft.fft2(centred)) ** 2)
+    # Plant spacing: the most prominent period along the rows, judged against the mean
+    # power around it (power falls with the frequency: the canopy's patches, gaps, foci).
     lo, hi = (m / gsd_m for m in PLANT_SPACING_M)
-    freqs = np.linspace(1 / min(hi, max(h, w) / 3), 1 / max(lo, 2.5), 600)
-    coords = [freqs * math.sin(angle) * h + h // 2, freqs * math.cos(angle) * w + w // 2]
-    profile = ndimage.map_coordinates(ndimage.gaussian_filter(full, 1.0), coords, order=1)
-    profile /= ndimage.uniform_filter1d(profile, freqs.size // 4, mode="nearest")
-    plant_spacing = 1 / float(freqs[int(np.argmax(profile))])
+    freqs = np.linspace(1 / min(hi, max(h, w) / 3), 1 / max(lo, 2.5), 2000)
+    plant_spacing = 1 / float(freqs[int(np.argmax(_along_rows(mask, angle, freqs)))])
+    # Where the plants of a row close into one band the mask hardly varies along it, but
+    # its outline still does (leaves and the notches between them): then the outline's
+    # period near the mask's is the plant spacing.
+    if _closed(mask, angle, row_spacing, offset, (col_off, row_off)):
+        outline = mask & ~ndimage.binary_erosion(mask)
+        near = np.abs(freqs * plant_spacing - 1) < 0.12
+        profile = np.where(near, _along_rows(outline, angle, freqs), 0)
+        plant_spacing = 1 / float(freqs[int(np.argmax(profile))])
     return Rows(float(angle), float(row_spacing), plant_spacing, float(offset * row_spacing), gsd_m)
 
 
@@ -472,8 +505,8 @@ def count_plants(
         gsd = gsd_m or pixel_size_m(crs, transform, width, height)
         # The rows are measured where the crop is densest of a few sample windows.
         samples = [(w, np.isin(src.read(1, window=w), ids)) for w in _sample_window(height, width)]
-        _, mask = max(samples, key=lambda wm: int(wm[1].sum()))
-        rows = estimate_rows(mask, gsd)
+        sample, mask = max(samples, key=lambda wm: int(wm[1].sum()))
+        rows = estimate_rows(mask, gsd, sample)
         zones: dict[str, _ZoneTally] = {}
         keys: dict[str, list[dict[str, Any]]] = {}
         if options.fields:

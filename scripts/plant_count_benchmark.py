@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import pyogrio
+from agriseg_cli.main import main as agriseg
 
 from agriseg.plants import count_plants
 from agriseg.synthetic import draw_params, generate_survey, write_survey
-from agriseg_cli.main import main as agriseg
 
 #: Held-out surveys: (seed, gsd_m, row_angle_deg).
 SURVEYS = ((20001, 0.012, 15.0), (20002, 0.024, 80.0), (20003, 0.036, 135.0))
@@ -49,7 +49,7 @@ def main() -> None:
             area = (args.size * gsd) ** 2
             out = folder / f"plants_{seed}_out"
             started = time.perf_counter()
-            command = [str(paths.image), "--out", str(out), "--engine", "onnx", "--plants"]
+            command = ["run", str(paths.image), "--out", str(out), "--engine", "onnx", "--plants"]
             assert agriseg([*command, "--quiet"]) == 0
             seconds = time.perf_counter() - started
             counted = json.loads((out / f"{paths.image.stem}.plants.json").read_text())
