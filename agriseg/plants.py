@@ -8,12 +8,12 @@ whether it holds a plant:
 
 1. **Rows** (:func:`estimate_rows`): the row direction and spacing are the strongest
    peak of the power spectrum of the plant mask (classes with role ``crop`` or
-   ``disease``) of a central sample window, refined by a direct Fourier transform of
-   the mask pixels; the plant spacing is the strongest peak of the spectrum along the
-   row direction (the plants' period along the row).
-2. **Phase of each row** (:func:`row_phases`): where along the row its slots lie, from
-   the row's Fourier coefficient at the plant spacing, summed over the windows of the
-   whole raster (so every window agrees on it).
+   ``disease``) of a sample window, refined by a direct Fourier transform of the mask
+   pixels; the plant spacing is the most prominent peak of the spectrum along the row
+   direction (of the canopy's outline where the rows close into bands).
+2. **Phase of each row segment** (:func:`row_phases`): where along the row its slots
+   lie, from the segment's Fourier coefficient at the plant spacing, summed over the
+   windows of the whole raster (so every window agrees on it).
 3. **Slots** (:func:`count_plants`): each window, read with a halo, cuts its pixels
    into slot cells (one plant spacing by one row spacing); a slot holds a plant when
    plant pixels cover more than :data:`OCCUPIED` of its core. A plant's point is the
@@ -37,6 +37,7 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import rasterio
 from affine import Affine
 from rasterio.windows import Window
@@ -51,9 +52,9 @@ from agriseg.vector_outputs import geopackage_output
 from agriseg.zones import field_labeller, grid_labeller, make_grid, read_fields
 
 #: Share of a slot's core that plant pixels must cover for the slot to hold a plant.
-OCCUPIED = 0.4
+OCCUPIED = 0.75
 #: Half extent of a slot's core: along the row, in plant spacings; across, in row spacings.
-CORE_ALONG, CORE_ACROSS = 0.25, 0.15
+CORE_ALONG, CORE_ACROSS = 0.3, 0.1
 #: Pixels of a row that feed its phase: within this many row spacings of its centre line.
 PHASE_BAND = 0.3
 #: An empty slot is a missing plant when plants stand within this many slots on both sides.
@@ -562,8 +563,8 @@ def count_plants(
     )
     for column, tally in zones.items():
         at = np.concatenate(tally.of_plant)
-        named = np.array([k[column] for k in keys[column]] + [None], dtype=object)
-        points.insert(len(points.columns) - 1, column, named[at])  # -1: no zone
+        named = pd.array([k[column] for k in keys[column]] + [None])  # last: at == -1
+        points.insert(len(points.columns) - 1, column, named[at])
     gaps = np.concatenate(missing)
     gx, gy = transform * (gaps[:, 0], gaps[:, 1])
     missing_points = gpd.GeoDataFrame(

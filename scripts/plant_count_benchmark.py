@@ -10,6 +10,7 @@ and, to separate the counting from the segmentation, for the truth class raster.
 Usage::
 
     .venv/bin/python scripts/plant_count_benchmark.py [--size 1536] [--work-dir DIR]
+        [--survey SEED,GSD_M,ANGLE ...]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from agriseg.plants import count_plants
 from agriseg.synthetic import draw_params, generate_survey, write_survey
 
 #: Held-out surveys: (seed, gsd_m, row_angle_deg).
-SURVEYS = ((20001, 0.012, 15.0), (20002, 0.024, 80.0), (20003, 0.036, 135.0))
+SURVEYS = ((20011, 0.012, 15.0), (20012, 0.024, 80.0), (20013, 0.036, 135.0))
 
 
 def error(found: float, truth: float) -> float:
@@ -38,11 +39,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1536, help="survey edge in pixels")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the surveys here")
+    parser.add_argument(
+        "--survey",
+        action="append",
+        default=None,
+        metavar="SEED,GSD_M,ANGLE",
+        help="survey to draw instead of the three held-out ones (repeatable)",
+    )
     args = parser.parse_args()
+    surveys = (
+        [tuple(float(x) for x in text.split(",")) for text in args.survey]
+        if args.survey
+        else SURVEYS
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="agriseg-plants-") as tmp:
         folder = args.work_dir or Path(tmp)
-        for seed, gsd, angle in SURVEYS:
+        for seed_value, gsd, angle in surveys:
+            seed = int(seed_value)
             params = draw_params(seed, args.size, args.size, gsd_m=gsd, row_angle_deg=angle)
             paths = write_survey(generate_survey(params, seed), folder, f"plants_{seed}")
             truth = len(pyogrio.read_dataframe(paths.plants, layer="plants"))

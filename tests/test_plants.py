@@ -83,7 +83,7 @@ def test_window_size_does_not_change_the_plants(tmp_path: Path) -> None:
 
 
 def test_missing_plants_are_empty_slots_between_plants(tmp_path: Path) -> None:
-    survey = generate_survey(draw_params(9105, 600, 600, gsd_m=0.02), 9105)
+    survey = generate_survey(draw_params(9121, 600, 600, gsd_m=0.02), 9121)
     paths = write_survey(survey, tmp_path, "s")
     count = count_plants(paths.labels)
     t = survey.plants
@@ -121,7 +121,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, SurveyPaths]:
     tmp = tmp_path_factory.mktemp("plants_run")
     paths = make_survey(tmp, 9106, 0.025, 30.0, 384)
     out = tmp / "out"
-    assert main([str(paths.image), "--out", str(out), "--plants", "--quiet"]) == 0
+    assert main(["run", str(paths.image), "--out", str(out), "--plants", "--quiet"]) == 0
     return out, paths
 
 
