@@ -172,3 +172,15 @@ def test_plants_grid_must_be_positive(finished_run, run_cli, capsys) -> None:
     out, _ = finished_run
     assert run_cli("plants", out, "--grid", "0") == 2
     assert "--grid 0" in capsys.readouterr().err
+
+
+def test_batch_with_plants_counts_each_survey(tmp_path: Path, run_cli) -> None:
+    paths = make_survey(tmp_path / "drawn", 9107, 0.02, 60.0, 256)
+    surveys = tmp_path / "surveys"
+    surveys.mkdir()
+    (surveys / "a.tif").write_bytes(paths.image.read_bytes())
+    args = ("--out", tmp_path / "out", "--plants", "--grid", "2", "--quiet", "--device", "cpu")
+    assert run_cli("batch", surveys, *args) == 0
+    summary = json.loads((tmp_path / "out" / "a" / "a.plants.json").read_text())
+    assert summary["plants"] > 20 and summary["zones"]
+    assert sum(z["plants"] for z in summary["zones"]) == summary["plants"]
