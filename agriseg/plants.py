@@ -66,7 +66,7 @@ SEGMENT = 32
 #: Ground ranges searched, in metres: row spacing and plant spacing.
 ROW_SPACING_M = (0.2, 1.5)
 PLANT_SPACING_M = (0.05, 0.6)
-#: Edge of the central sample window that the row geometry is measured on, in pixels.
+#: Edge of the sample windows the row geometry is measured on (the one with most crop), px.
 SAMPLE_PX = 1024
 
 
@@ -116,10 +116,8 @@ class Rows:
 
     def summary(self, transform: Affine) -> dict[str, float]:
         """Row direction (degrees anticlockwise from the map's east, 0-180) and spacings (m)."""
-        dx, dy = (
-            transform.a * math.cos(self.angle) + transform.b * math.sin(self.angle),
-            (transform.d * math.cos(self.angle) + transform.e * math.sin(self.angle)),
-        )
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        dx, dy = transform.a * c + transform.b * s, transform.d * c + transform.e * s
         return {
             "direction_deg": round(math.degrees(math.atan2(dy, dx)) % 180.0, 2),
             "row_spacing_m": round(self.row_spacing * self.gsd_m, 4),
