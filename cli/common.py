@@ -15,6 +15,7 @@ from agriseg.config import VECTOR_FORMATS, HealthOptions
 from agriseg.errors import InputError
 
 if TYPE_CHECKING:
+    from agriseg.plants import PlantOptions, PlantResult
     from agriseg.prescriptions import PrescriptionOptions, PrescriptionResult
 
 
@@ -361,3 +362,41 @@ def print_prescriptions(results: Sequence[PrescriptionResult]) -> None:
     for r in results:
         for path in r.outputs.values():
             print(path)
+
+
+def add_plant_options(parser: argparse.ArgumentParser) -> None:
+    """``--plants`` on run and batch: count the plants after the run (see ``agriseg plants``)."""
+    parser.add_argument(
+        "--plants",
+        action="store_true",
+        help="also count the crop plants: <stem>.plants.gpkg and <stem>.plants.json "
+        "(per --fields field and --grid zone)",
+    )
+
+
+def plant_options_from_args(args: argparse.Namespace) -> PlantOptions | None:
+    if not getattr(args, "plants", False):
+        return None
+    from agriseg.plants import PlantOptions
+
+    return PlantOptions(fields=args.fields, grid_m=args.grid)
+
+
+def print_plant_counts(results: Sequence[PlantResult]) -> None:
+    rows = []
+    for r in results:
+        count, lattice = r.count, r.count.rows
+        density = len(count.plants) / count.area_m2 if count.area_m2 else None
+        rows.append(
+            (
+                r.stem,
+                len(count.plants),
+                None if density is None else round(density, 2),
+                len(count.missing),
+                None if lattice is None else round(lattice.row_spacing * lattice.gsd_m, 3),
+                None if lattice is None else round(lattice.plant_spacing * lattice.gsd_m, 3),
+            )
+        )
+    print_table(("survey", "plants", "plants/m²", "missing", "row m", "plant m"), rows)
+    for r in results:
+        print(f"plants in {r.gpkg} and {r.json}")
