@@ -49,6 +49,7 @@ SAME_NAMED = (
     "resample",
     "engine",
     "tta",
+    "refine",
 )
 
 
