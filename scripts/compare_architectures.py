@@ -109,6 +109,53 @@ def tile_ms(arch: str, args: argparse.Namespace, engine: str) -> float:
     return round(1000 * best, 1)
 
 
+#: Post-processing of the default model measured by ``--post``: name -> evaluate options.
+POST = {"none": (), "refine crf": ("--refine", "crf")}
+DEFAULT_MODEL = "agriseg-unet"
+
+
+def post_processing(args: argparse.Namespace, heldout: list[Path]) -> dict:
+    """The default model on the held-out surveys without and with each post-processing:
+    pooled scores, wall seconds of the six evaluations and the runs' device seconds."""
+    found = {}
+    for name, options in POST.items():
+        folder = args.build / "post" / name.replace(" ", "-")
+        started = time.perf_counter()
+        scored = evaluate(DEFAULT_MODEL, heldout, folder, options)
+        wall = time.perf_counter() - started
+        infer = 0.0
+        for image in heldout:
+            summary = folder / f"{image.stem}_{DEFAULT_MODEL}" / f"{image.stem}.summary.json"
+            infer += json.loads(summary.read_text())["timings_s"]["infer"]
+        found[name] = {**scored, "wall_s": round(wall, 1), "infer_s": round(infer, 1)}
+        print(f"[{name}] mIoU {scored['heldout_pooled']['miou']:.3f}, {wall:.0f} s", flush=True)
+    return found
+
+
+def post_table(found: dict) -> str:
+    lines = [
+        "| `agriseg-unet` | "
+        + " | ".join(f"{c} IoU" for c in CLASS_NAMES)
+        + " | pooled mIoU | device s (summed) | wall, six surveys |",
+        "|---|" + "---|" * len(CLASS_NAMES) + "---|---|---|",
+    ]
+    for name, r in found.items():
+        pooled = r["heldout_pooled"]
+        ious = [f"{pooled['classes'][c]['iou']:.3f}" for c in CLASS_NAMES]
+        option = "" if name == "none" else f" `--{name}`"
+        lines.append(
+            f"|{option or ' plain'} | "
+            + " | ".join(ious)
+            + f" | **{pooled['miou']:.3f}** | {r['infer_s']:.1f} s | {r['wall_s']:.1f} s |"
+        )
+    per = ["", "| survey | " + " | ".join(found) + " |", "|---|" + "---|" * len(found)]
+    for seed, gsd, _ in HELDOUT:
+        stem = f"heldout_{seed}"
+        cells = [f"{r['heldout_per_survey'][stem]['miou']:.3f}" for r in found.values()]
+        per.append(f"| {stem} ({100 * gsd:.1f} cm) | " + " | ".join(cells) + " |")
+    return "\n".join(lines + per)
+
+
 def table(folder: Path) -> str:
     found = [folder / f"{a}.json" for a in ORDER if (folder / f"{a}.json").exists()]
     rows = [json.loads(p.read_text()) for p in found]
@@ -155,7 +202,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per engine")
     parser.add_argument("--build", type=Path, default=ROOT / "build" / "compare")
     parser.add_argument("--time", action="store_true", help="only time the trained models")
-    parser.add_argument("--table", action="store_true", help="only print the markdown table")
+    parser.add_argument("--table", action="store_true", help="only print the markdown tables")
+    parser.add_argument(
+        "--post",
+        action="store_true",
+        help=f"only score {DEFAULT_MODEL} without and with --refine crf on the held-out surveys",
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.archs) - set(ARCHITECTURES))
     if unknown:
@@ -163,8 +215,16 @@ def main() -> int:
     archs = [a for a in ORDER if a in (args.archs or ORDER)]
     results = args.build / "results"
     results.mkdir(parents=True, exist_ok=True)
+    post = results / "post_processing.json"
     if args.table:
         print(table(results))
+        if post.exists():
+            print("\n" + post_table(json.loads(post.read_text())))
+        return 0
+    if args.post:
+        found = post_processing(args, write_heldout(ROOT / "build" / "heldout"))
+        post.write_text(json.dumps(found, indent=2) + "\n")
+        print(post_table(found))
         return 0
     if args.time:
         for arch in archs:
