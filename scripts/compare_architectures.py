@@ -192,13 +192,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archs", nargs="*", help=f"any of {', '.join(ORDER)} (default: all)")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=60, help="steps per epoch")
+    parser.add_argument("--steps", type=int, default=40, help="steps per epoch")
     parser.add_argument(
         "--val-fraction", type=float, default=0.0, help="blocks held out for per-epoch validation"
     )
     parser.add_argument("--chip-size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per engine")
     parser.add_argument("--build", type=Path, default=ROOT / "build" / "compare")
     parser.add_argument("--time", action="store_true", help="only time the trained models")
