@@ -269,6 +269,7 @@ def _segment(
             plan.tiles.resize_to,
             plan.engine,
             config.tta,
+            n_classes,
             config.refine,
         )
         for block in blocks:
