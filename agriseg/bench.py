@@ -155,7 +155,9 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
                 began = time.perf_counter()
                 list(
                     pool.map(
-                        lambda tiles: predictor.probabilities(tiles, weight, None, config.tta),
+                        lambda tiles: predictor.probabilities(
+                            tiles, weight, None, config.tta, config.refine
+                        ),
                         group,
                     )
                 )

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from agriseg.config import ENGINES
+from agriseg.config import ENGINES, RefineChoice
 from agriseg.errors import InputError, ModelError
 from agriseg.models import ModelMeta, Normalization, find_model, is_onnx, load_model
 from agriseg.scale import resize_tiles
@@ -233,17 +233,20 @@ class Predictor:
         weight: np.ndarray | None = None,
         model_tile: int | None = None,
         tta: bool = False,
+        refine: RefineChoice = "none",
     ) -> tuple[np.ndarray, float]:
         """Softmax probabilities ``(N, C, H, W)`` for normalised tiles ``(N, B, H, W)``.
 
         With ``model_tile``, tiles are resized to that edge for the model and the
         probabilities resized back, on the device (see :mod:`agriseg.scale`). With
         ``tta``, the probabilities are the mean over the tiles' eight D4 views (see
-        :func:`d4_mean`). When ``weight`` (``H x W``) is given the probabilities come
-        back multiplied by it, computed on the device. Also returns the seconds spent on
-        the device, resizing included (excluding waiting for it).
+        :func:`d4_mean`). With ``refine="crf"`` they are a dense CRF's marginals, on
+        the tiles' pixels (see :mod:`agriseg.refine`). When ``weight`` (``H x W``) is
+        given the probabilities come back multiplied by it, computed on the device. Also
+        returns the seconds spent on the device, resizing and CRF included (excluding
+        waiting for it).
         """
-        return self._executor.submit(self._forward, tiles, weight, model_tile, tta).result()
+        return self._executor.submit(self._forward, tiles, weight, model_tile, tta, refine).result()
 
     def _forward(
         self,
@@ -251,6 +254,7 @@ class Predictor:
         weight: np.ndarray | None,
         model_tile: int | None,
         tta: bool = False,
+        refine: RefineChoice = "none",
     ) -> tuple[np.ndarray, float]:
         x = torch.from_numpy(np.ascontiguousarray(tiles))
         cuda = self.device.type == "cuda"
@@ -267,10 +271,23 @@ class Predictor:
             probs = d4_mean(self.forward, x) if tta else self.forward(x)
             if resize:
                 probs = resize_tiles(probs, edge)
+            if refine == "crf":
+                probs = self._crf(probs, tiles)
             if weight is not None:
                 probs *= torch.from_numpy(weight).to(self.device, non_blocking=cuda)
             out = probs.cpu().numpy()
             return out, time.perf_counter() - start
+
+    def _crf(self, probs: torch.Tensor, tiles: np.ndarray) -> torch.Tensor:
+        """A dense CRF's marginals on the tiles' pixels, brought back to 0-255."""
+        from agriseg.refine import refine_tiles
+
+        norm = self.meta.normalization
+        std = np.asarray(norm.std, dtype="float32")[:, None, None]
+        mean = np.asarray(norm.mean, dtype="float32")[:, None, None]
+        images = (tiles * std + mean) * np.float32(255)
+        refined = refine_tiles(probs.cpu().numpy(), images)
+        return torch.from_numpy(refined).to(self.device)
 
 
 def d4_mean(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -270,6 +270,7 @@ def _segment(
             plan.engine,
             config.tta,
             n_classes,
+            config.refine,
         )
         for block in blocks:
             t = time.perf_counter()

@@ -24,6 +24,7 @@ from rasterio.windows import Window
 
 from agriseg.areas import pixel_area_rows_m2
 from agriseg.classes import NODATA
+from agriseg.config import RefineChoice
 from agriseg.inference import DEFAULT_FORWARD_THREADS, Engine, get_predictor, normalize
 from agriseg.models import Normalization
 from agriseg.raster import RasterInfo, lazy_array
@@ -124,17 +125,21 @@ def infer_chunk(
     model_tile: int | None = None,
     engine: Engine = "torch",
     tta: bool = False,
+    refine: RefineChoice = "none",
 ) -> ChunkResult:
     """Run chunk ``(i, j)``'s tiles as one batch; ``data`` is its extent clipped to the raster.
 
     With ``model_tile``, the model sees the tiles resized to that edge (see :mod:`agriseg.scale`);
-    with ``tta``, each tile's probabilities are the mean of its eight D4 views.
+    with ``tta``, each tile's probabilities are the mean of its eight D4 views; with
+    ``refine``, a dense CRF refines them (see :mod:`agriseg.refine`).
     """
     start = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads, engine)
     batch = chunk_batch(data, grid, i, j, dtype, predictor.meta.normalization)
     called = time.perf_counter()
-    probs, model_s = predictor.probabilities(batch.tiles, grid.weight_window(), model_tile, tta)
+    probs, model_s = predictor.probabilities(
+        batch.tiles, grid.weight_window(), model_tile, tta, refine
+    )
     returned = time.perf_counter()
     acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
@@ -218,6 +223,7 @@ def segment_blocks(
     engine: Engine = "torch",
     tta: bool = False,
     classes: int = 4,
+    refine: RefineChoice = "none",
 ) -> Iterator[Block]:
     """Yield every core block of the raster, computed on ``client``'s cluster.
 
@@ -253,6 +259,7 @@ def segment_blocks(
             model_tile,
             engine,
             tta,
+            refine,
         )
         pending[(i, j)] = client.compute(task, priority=-i)
 

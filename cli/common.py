@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from agriseg.config import VECTOR_FORMATS, HealthOptions
+from agriseg.config import REFINEMENTS, VECTOR_FORMATS, HealthOptions
 from agriseg.errors import InputError
 
 if TYPE_CHECKING:
@@ -61,6 +61,13 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="test-time augmentation: average each tile over its 8 rotations and mirror "
         "images (8x the model's work)",
+    )
+    parser.add_argument(
+        "--refine",
+        choices=REFINEMENTS,
+        default="none",
+        help="crf: refine each tile's class probabilities with a dense CRF on its pixels "
+        "(needs pip install 'agriseg[crf]'; default none)",
     )
     parser.add_argument(
         "--engine",

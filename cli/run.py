@@ -50,6 +50,7 @@ SAME_NAMED = (
     "resample",
     "engine",
     "tta",
+    "refine",
 )
 
 
