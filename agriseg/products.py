@@ -640,6 +640,8 @@ def _run_health(
                 "min_area_m2": options.min_area_m2,
                 "sieve_px": job.sieve_px,
                 "polygons": count,
+                "polygon_classes": [classes[k].name for k in job.polygon_ids],
+                "simplify_m": job.simplify_m,
                 "unprojectable_polygons": unprojectable,
                 "vegetation_indices": index_means,
             }
