@@ -16,16 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
 
-from agriseg.products import HealthJob
+from agriseg.products import BlockRunner, HealthJob
 from agriseg.strips import Strip, StripAssembler
-
-if TYPE_CHECKING:
-    from distributed import Client
 
 #: Strips waiting for the health thread; bounds the memory they hold.
 QUEUE_STRIPS = 2
@@ -51,8 +48,7 @@ class HealthStream:
         image_path: The segmented image (for the preview).
         out_dir: Folder the products are written to.
         stem: Base name of the products.
-        client: A Dask cluster whose workers sieve and polygonise the blocks, or None
-            (local processes: see :meth:`HealthJob.run`).
+        runner: Where the blocks are sieved and polygonised (see :meth:`HealthJob.run`).
     """
 
     def __init__(
@@ -61,13 +57,13 @@ class HealthStream:
         image_path: Path | None,
         out_dir: Path,
         stem: str,
-        client: Client | None = None,
+        runner: BlockRunner | None = None,
     ) -> None:
         grid = job.grid
         self._assembler = StripAssembler(grid.height, grid.width, job.strip_height, job.halo)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_STRIPS)
         self._job = job
-        self._args = (image_path, out_dir, stem, client)
+        self._args = (image_path, out_dir, stem, runner)
         self._result: dict[str, Any] | None = None
         self._error: BaseException | None = None
         self._waited = 0.0

@@ -38,7 +38,7 @@ from agriseg.outputs import (
     class_raster_profile,
     output_paths,
 )
-from agriseg.products import ClassRaster, HealthJob, plan_health
+from agriseg.products import BlockRunner, ClassRaster, HealthJob, plan_health
 from agriseg.raster import RasterInfo, open_dataset, open_raster, pixel_grid_ok
 from agriseg.scale import TilePlan, plan_tiles
 from agriseg.segment import Block, segment_blocks
@@ -340,13 +340,13 @@ def _health_after(
     job: HealthJob,
     writer: ClassRasterWriter,
     staging: Path,
-    client: Client | None,
+    run_blocks: BlockRunner | None,
 ) -> tuple[dict[str, Any], float]:
     """The health pass over the finished rasters; its summary and seconds."""
     started = time.perf_counter()
     release_free_memory()
     strips = job.file_strips(writer.staged["classes"], writer.staged["confidence"])
-    health = job.run(strips, plan.input_path, staging, plan.input_path.stem, client)
+    health = job.run(strips, plan.input_path, staging, plan.input_path.stem, run_blocks)
     return health, time.perf_counter() - started
 
 
@@ -369,33 +369,38 @@ def segment_raster(
     with run_settings(), output_folder(out_dir), output_transaction() as transaction:
         staging = transaction.staging_folder(out_dir, "health")
         job = plan.health
-        # A cluster of worker processes (--workers, --scheduler) also runs the health
-        # pass's blocks; the in-process one (threads) is closed first, freeing the model.
-        cluster = contextlib.ExitStack()
-        client = cluster.enter_context(dask_client(config.scheduler, config.workers))
-        health_client = client if _has_worker_processes(config) else None
-        health_stream = (
-            HealthStream(job, input_path, staging, stem, health_client)
-            if plan.stream_health and job is not None
-            else None
-        )
-        with cluster, health_stream or contextlib.nullcontext():
-            tally, stages, writer = _segment(plan, client, transaction, health_stream, progress)
-            segmented = time.perf_counter()
-            if health_stream is not None:
-                health = health_stream.finish()
-                health_s = health_stream.busy_s
+        with contextlib.ExitStack() as health_stack:
+            # A cluster of worker processes (--workers, --scheduler) also runs the health
+            # pass's blocks; the in-process one (threads) is closed first, freeing the model.
+            cluster = health_stack.enter_context(contextlib.ExitStack())
+            client = cluster.enter_context(dask_client(config.scheduler, config.workers))
+            health_client = client if _has_worker_processes(config) else None
+            # Entered before segmenting, so local health processes start while tiles run.
+            run_blocks = (
+                health_stack.enter_context(job.block_runner(health_client))
+                if job is not None
+                else None
+            )
+            health_stream = (
+                HealthStream(job, input_path, staging, stem, run_blocks)
+                if plan.stream_health and job is not None
+                else None
+            )
+            with health_stream or contextlib.nullcontext():
+                tally, stages, writer = _segment(plan, client, transaction, health_stream, progress)
+                segmented = time.perf_counter()
+                if health_stream is not None:
+                    health = health_stream.finish()
+                    health_s = health_stream.busy_s
             if health_client is None:
                 cluster.close()
-            elif job is not None and health_stream is None:
-                health, health_s = _health_after(plan, job, writer, staging, health_client)
+            if job is not None and health_stream is None:
+                health, health_s = _health_after(plan, job, writer, staging, run_blocks)
         if job is None:
             health = {"notes": [PIXEL_MODE_NOTE]}
             health_s = 0.0
             if config.gsd_m is not None:
                 tally.area_m2 = tally.pixels * config.gsd_m**2
-        elif health_stream is None and health_client is None:
-            health, health_s = _health_after(plan, job, writer, staging, None)
         stages["vectorise_after_segmentation"] = round(time.perf_counter() - segmented, 3)
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()

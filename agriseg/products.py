@@ -61,6 +61,7 @@ from agriseg.vectorize import (
     run_block,
     sieve_halo,
     sieve_size,
+    warm_up,
 )
 
 if TYPE_CHECKING:
@@ -294,15 +295,24 @@ class HealthJob:
         image_path: Path | None,
         out_dir: Path,
         stem: str,
-        client: Client | None = None,
+        runner: BlockRunner | None = None,
     ) -> dict[str, Any]:
         """Write the products of the raster whose strips (top to bottom) are ``strips``.
 
-        Blocks are sieved and polygonised on ``client``'s Dask workers when given, else
-        on ``options.workers`` local processes. See :func:`write_health_products` for
-        the files and the returned summary.
+        Blocks are sieved and polygonised by ``runner`` (from :meth:`block_runner`,
+        entered early so its processes start while the raster is still being made),
+        else by one made here. See :func:`write_health_products` for the files and the
+        returned summary.
         """
-        return _run_health(self, strips, image_path, Path(out_dir), stem, client)
+        return _run_health(self, strips, image_path, Path(out_dir), stem, runner)
+
+    def block_runner(
+        self, client: Client | None = None
+    ) -> contextlib.AbstractContextManager[BlockRunner]:
+        """Where this pass's blocks run: ``client``'s Dask workers, else ``options.workers``
+        local processes, started (and their modules imported) right away."""
+        pixels = self.grid.width * self.grid.height
+        return block_runner(client, self.options.workers, pixels)
 
 
 def plan_health(raster: ClassRaster, options: HealthOptions | None = None) -> HealthJob:
@@ -390,6 +400,8 @@ def block_runner(
     # Spawned, not forked: the parent runs threads (Dask's, the preview's).
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for _ in range(workers):  # each submit to a pool without an idle process starts one
+            pool.submit(warm_up)
         yield lambda task, settings: pool.submit(run_block, task, settings)
 
 
@@ -592,7 +604,7 @@ def _run_health(
     image_path: Path | None,
     out_dir: Path,
     stem: str,
-    client: Client | None = None,
+    runner: BlockRunner | None = None,
 ) -> dict[str, Any]:
     options = job.options
     classes = job.raster.classes
@@ -617,8 +629,7 @@ def _run_health(
                     )
                     for f in job.formats
                 }
-                pixels = job.grid.width * job.grid.height
-                run = stack.enter_context(block_runner(client, options.workers, pixels))
+                run = runner or stack.enter_context(job.block_runner())
                 count, unprojectable, index_means = _write_polygons(
                     job, strips, sieved, tmp, run, preview, indices
                 )

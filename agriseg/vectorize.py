@@ -32,7 +32,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from agriseg.classes import NODATA
-from agriseg.gdal_settings import run_settings
 from agriseg.strips import Strip, file_strips
 
 #: Polygons built from GDAL's shapes at a time (bounds their Python coordinate lists).
@@ -188,6 +187,10 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
         size: Minimum region size in pixels (4-connected); ``<= 1`` copies unchanged.
         block_size: Edge of the processing blocks in pixels.
     """
+    # Imported here: it loads Dask distributed, which the health pass's worker
+    # processes (they import this module for run_block) would wait a second for.
+    from agriseg.gdal_settings import run_settings
+
     with (
         run_settings(),
         rasterio.open(src_path) as src,
@@ -298,6 +301,10 @@ class BlockPolygons:
     right: np.ndarray
     value_sum: np.ndarray
     value_count: np.ndarray
+
+
+def warm_up() -> None:
+    """Nothing: a worker process that runs it has imported this module, ready for blocks."""
 
 
 def run_block(task: BlockTask, settings: PolygonSettings) -> BlockPolygons:

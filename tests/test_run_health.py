@@ -33,9 +33,9 @@ def health_run(tmp_path_factory):
     fields.to_file(tmp / "fields.gpkg")
     out = tmp / "out"
     fields_path = str(tmp / "fields.gpkg")
-    code = main(
-        ["run", str(path), "--out", str(out), "--fields", fields_path, "--grid", "1", *FAST]
-    )
+    # Every class's polygons: the tests burn them back into the sieved raster.
+    args = ["--fields", fields_path, "--grid", "1", "--polygons", "all"]
+    code = main(["run", str(path), "--out", str(out), *args, *FAST])
     assert code == 0
     summary = json.loads((out / "plot.summary.json").read_text())
     return out, summary
