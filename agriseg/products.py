@@ -398,11 +398,16 @@ def block_runner(
         yield inline
         return
     # Spawned, not forked: the parent runs threads (Dask's, the preview's).
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
         for _ in range(workers):  # each submit to a pool without an idle process starts one
             pool.submit(warm_up)
         yield lambda task, settings: pool.submit(run_block, task, settings)
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+    # Every result is in: let the processes exit on their own instead of waiting.
+    pool.shutdown(wait=False)
 
 
 class _BackgroundPreview:

@@ -3,9 +3,10 @@
     .venv/bin/python scripts/health_benchmark.py RUN_DIR IMAGE [--workers 2] [--repeats 3]
 
 RUN_DIR is an ``agriseg run`` output folder (``<stem>.classes.tif`` and
-``<stem>.confidence.tif``), IMAGE the surveyed raster. The pass runs alternately with
+``<stem>.confidence.tif``), IMAGE the surveyed raster. The pass runs alternately in
 one process and with ``--workers`` processes (same options otherwise), each into its
-own folder; every pair's products must be byte-identical. Prints one line per run and
+own folder, timed as a run's ``vectorise`` stage is (the worker processes already
+started); every pair's products must be byte-identical. Prints one line per run and
 the median speed-up; writes nothing into RUN_DIR.
 """
 
@@ -22,7 +23,8 @@ import pyogrio
 import shapely
 
 from agriseg.config import HealthOptions
-from agriseg.products import write_health_products
+from agriseg.gdal_settings import run_settings
+from agriseg.products import ClassRaster, plan_health
 
 
 def same_layers(a: Path, b: Path) -> bool:
@@ -60,9 +62,15 @@ def main() -> None:
                 out = Path(tmp) / f"{repeat}-{workers}"
                 out.mkdir()
                 options = HealthOptions(workers=workers, polygons=args.polygons)
-                start = time.perf_counter()
-                summary = write_health_products(classes, confidence, args.image, out, stem, options)
-                seconds = time.perf_counter() - start
+                job = plan_health(ClassRaster.of_file(classes), options)
+                # As in a run, the worker processes start before the pass (while it
+                # segments): give them the time to import their modules.
+                with run_settings(), job.block_runner() as run_blocks:
+                    time.sleep(5 if workers > 1 else 0)
+                    start = time.perf_counter()
+                    strips = job.file_strips(classes, confidence)
+                    summary = job.run(strips, args.image, out, stem, run_blocks)
+                    seconds = time.perf_counter() - start
                 times[workers].append(seconds)
                 outs[workers] = out
                 polygons = summary["health"]["polygons"]
