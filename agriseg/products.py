@@ -58,6 +58,7 @@ from agriseg.vectorize import (
     StripPolygons,
     block_tasks,
     finish_polygons,
+    ignore_interrupts,
     run_block,
     sieve_halo,
     sieve_size,
@@ -397,8 +398,11 @@ def block_runner(
 
         yield inline
         return
-    # Spawned, not forked: the parent runs threads (Dask's, the preview's).
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    # Spawned, not forked: the parent runs threads (Dask's, the preview's). Ctrl-C is
+    # the parent's to handle: it shuts the pool down.
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
+    )
     try:
         for _ in range(workers):  # each submit to a pool without an idle process starts one
             pool.submit(warm_up)

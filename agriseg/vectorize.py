@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,11 @@ class BlockPolygons:
     right: np.ndarray
     value_sum: np.ndarray
     value_count: np.ndarray
+
+
+def ignore_interrupts() -> None:
+    """Make this (worker) process ignore Ctrl-C, which its parent handles."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def warm_up() -> None:
