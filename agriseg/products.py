@@ -470,6 +470,10 @@ def _write_polygons(
         "count": 1,
         "dtype": "uint8",
         "nodata": NODATA,
+        # A working copy, read once: deflate level 1 wrote a 4096² one 8 x faster than
+        # the default level 6, for a 40 % larger file.
+        "compress": "deflate",
+        "zlevel": 1,
     }
     names = indices.names if indices is not None else ()
     settings = job.polygon_settings(indices)
