@@ -481,6 +481,11 @@ def _seam_pairs(
     return np.unique(np.column_stack([a[same], b[same]]), axis=0)
 
 
+def _shifted(labels: np.ndarray, by: int) -> np.ndarray:
+    """A block's part labels (index + 1, 0: none) as indexes among parts numbered from ``by``."""
+    return np.where(labels > 0, labels + by, 0)
+
+
 class StripPolygons:
     """Polygons of a class raster fed strip by strip (top to bottom), in pixel coordinates.
 
@@ -540,15 +545,11 @@ class StripPolygons:
         for block in found:
             left, right = int(block.window.col_off), int(block.window.col_off + block.window.width)
             parts.append(block.polygons)
-
-            def shifted(labels: np.ndarray, by: int = count) -> np.ndarray:
-                return np.where(labels > 0, labels + by, 0)
-
-            first_row[left:right] = shifted(block.top)
-            last_row[left:right] = shifted(block.bottom)
+            first_row[left:right] = _shifted(block.top, count)
+            last_row[left:right] = _shifted(block.bottom, count)
             if previous_column is not None:
-                seams.append((previous_column, shifted(block.left)))
-            previous_column = shifted(block.right)
+                seams.append((previous_column, _shifted(block.left, count)))
+            previous_column = _shifted(block.right, count)
             count += len(block.polygons)
         pool = PolygonBatch.concat(parts)
         links = [np.column_stack([np.arange(len(self._carry)), self._carry_root])]
@@ -630,7 +631,8 @@ def finish_polygons(
     With ``coverage`` the polygons tile the raster, so they are simplified as
     coverages (shared edges stay shared, the outline exact); else (some classes are
     not vectorised, so their neighbours' edges are outline) each polygon is simplified
-    on its own, keeping it valid, which may open slivers between touching polygons.
+    on its own, keeping it valid, which may leave slivers of gap or overlap between
+    touching polygons.
     """
     stream: Iterable[PolygonBatch] = batches
     if simplify_px > 0 and coverage:
