@@ -326,3 +326,25 @@ def test_large_surveys_get_no_geojson_and_one_pixel_simplification() -> None:
     assert job(large, simplify_m=0).simplify_m == 0
     assert job(large, formats=("auto", "fgb")).formats == ("gpkg", "fgb")
     assert job(small, formats=("fgb", "geojson")).formats == ("geojson", "fgb")
+
+
+def test_flatgeobuf_writer_groups_appends_and_keeps_every_feature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geopandas as gpd
+
+    from agriseg import vector_outputs
+
+    monkeypatch.setattr(vector_outputs, "FLATGEOBUF_GROUP", 3)
+    boxes = [shapely.box(500000 + k, 5300000, 500001 + k, 5300001) for k in range(8)]
+    frame = gpd.GeoDataFrame({"k": np.arange(8)}, geometry=boxes, crs=UTM)
+    path = tmp_path / "x.fgb"
+    with vector_outputs.LayerWriter(path, "health", frame.iloc[:0], "FlatGeobuf") as writer:
+        for start in range(0, 8, 2):  # 4 batches of 2: appended as 4 + 4 (at >= 3)
+            writer.write(frame.iloc[start : start + 2])
+    back = pyogrio.read_dataframe(path)
+    assert sorted(back["k"]) == list(range(8)) and back.crs == CRS(UTM)
+    empty = tmp_path / "empty.fgb"
+    with vector_outputs.LayerWriter(empty, "health", frame.iloc[:0], "FlatGeobuf"):
+        pass
+    assert len(pyogrio.read_dataframe(empty)) == 0
