@@ -269,6 +269,7 @@ def _segment(
             plan.tiles.resize_to,
             plan.engine,
             config.tta,
+            n_classes,
         )
         for block in blocks:
             t = time.perf_counter()
