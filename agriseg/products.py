@@ -271,9 +271,13 @@ class HealthJob:
     @property
     def strip_height(self) -> int:
         """Rows per strip: short strips let a run's health pass follow close behind it,
-        and bound its memory on wide rasters (see :data:`STRIP_PIXELS`)."""
+        and bound its memory on wide rasters (see :data:`STRIP_PIXELS`). Always a
+        divisor of ``block_size``, so strip seams fall on the edges of the grid of
+        cells that field-spanning regions are cut on (see :class:`StripPolygons`)."""
         by_width = max(MIN_STRIP_ROWS, STRIP_PIXELS // max(1, self.grid.width))
-        return min(self.options.block_size, STRIP_ROWS, by_width)
+        size = self.options.block_size
+        limit = min(size, STRIP_ROWS, by_width)
+        return max(d for d in range(1, limit + 1) if size % d == 0)
 
     @property
     def halo(self) -> int:

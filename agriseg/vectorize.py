@@ -481,6 +481,10 @@ def _seam_pairs(
     return np.unique(np.column_stack([a[same], b[same]]), axis=0)
 
 
+#: Every class joined across a seam.
+_EVERY_CLASS = np.ones(256, dtype=bool)
+
+
 def _shifted(labels: np.ndarray, by: int) -> np.ndarray:
     """A block's part labels (index + 1, 0: none) as indexes among parts numbered from ``by``."""
     return np.where(labels > 0, labels + by, 0)
@@ -498,7 +502,8 @@ class StripPolygons:
     in the raster whatever the strip height.
 
     Regions of the classes not in ``whole`` (a boolean per class id; None: every
-    class) are not joined: they stay cut on the grid of ``block_size`` cells, so none
+    class) are not joined across the edges of the grid of ``block_size`` square cells
+    (from the raster's top-left corner; strips may be shorter than a cell), so none
     of their polygons outgrows a cell.
 
     ``values`` reads ``n_values`` per-pixel values (vegetation indices) of a block's
@@ -535,7 +540,7 @@ class StripPolygons:
         """Join the polygonised blocks of the next strip (left to right) to the regions
         still open above it; return the regions this strip finished."""
         window = found[0].window
-        bottom = int(window.row_off + window.height)
+        top, bottom = int(window.row_off), int(window.row_off + window.height)
         parts = [self._carry]
         count = len(self._carry)
         first_row = np.zeros(self._width, dtype="int64")
@@ -553,11 +558,17 @@ class StripPolygons:
             count += len(block.polygons)
         pool = PolygonBatch.concat(parts)
         links = [np.column_stack([np.arange(len(self._carry)), self._carry_root])]
-        links += [_seam_pairs(a, b, pool.class_id, self._whole) for a, b in seams]
+        # Cut classes are cut at cell edges only: strips may be shorter than a cell.
+        joined = [self._whole if top % self._block_size == 0 else _EVERY_CLASS]
+        joined += [self._whole] * (len(seams) - 1)  # the rest are block (= cell) columns
+        links += [
+            _seam_pairs(a, b, pool.class_id, j) for (a, b), j in zip(seams, joined, strict=True)
+        ]
         region = _components(count, np.concatenate(links))
         if bottom < self._height:
             is_open = np.isin(region, region[last_row[last_row > 0] - 1])
-            is_open &= self._whole[pool.class_id]
+            if bottom % self._block_size == 0:
+                is_open &= self._whole[pool.class_id]
         else:
             is_open = np.zeros(count, dtype=bool)
         done = ~is_open
