@@ -64,7 +64,7 @@ class HealthOptions:
         block_size: Edge of the processing blocks in pixels (memory grows with its square).
         workers: Processes sieving and polygonising blocks in parallel when the run has
             no Dask cluster of worker processes; None: one per core for rasters of at
-            least 4 Mpx, else 1; 1: all in the calling process.
+            least 8 Mpx, else 1; 1: all in the calling process.
     """
 
     min_area_m2: float = 0.01

@@ -109,8 +109,10 @@ FIELD_ROLES = ("background", "crop")
 STRIPS_AHEAD = 2
 
 #: Pixels below which a health pass without ``workers`` runs in this process: starting
-#: worker processes (about a second) costs more than they save (4 Mpx: 2048 x 2048).
-PARALLEL_MIN_PX = 4_194_304
+#: worker processes (about a second of imports each) costs more than they save on a
+#: pass of a second or two (8 Mpx: two 2048 x 2048 blocks; `agriseg bench`'s 2048² stays
+#: in one process).
+PARALLEL_MIN_PX = 8_388_608
 
 
 def health_paths(out_dir: Path, stem: str) -> dict[str, Path]:
