@@ -25,7 +25,10 @@ ARCHITECTURE_NAMES: tuple[str, ...] = (
     "unet",
 )
 
-VectorFormat = Literal["geojson", "gpkg"]
+VectorFormat = Literal["geojson", "gpkg", "fgb"]
+
+#: A ``--format`` value: a vector format, or ``auto`` (see :class:`HealthOptions`).
+FormatChoice = Literal["auto", "geojson", "gpkg", "fgb"]
 
 #: What runs the model: ``auto`` is ONNX Runtime on CPU when it is installed, else torch.
 EngineChoice = Literal["auto", "torch", "onnx"]
@@ -40,7 +43,13 @@ REFINEMENTS: tuple[RefineChoice, ...] = ("none", "crf")
 ENGINES: tuple[EngineChoice, ...] = ("auto", "torch", "onnx")
 
 #: Vector formats ``write_health_products`` can write.
-VECTOR_FORMATS: tuple[VectorFormat, ...] = ("geojson", "gpkg")
+VECTOR_FORMATS: tuple[VectorFormat, ...] = ("geojson", "gpkg", "fgb")
+
+#: Valid ``--format`` values.
+FORMAT_CHOICES: tuple[FormatChoice, ...] = ("auto", *VECTOR_FORMATS)
+
+#: ``--polygons`` keywords (anything else is a comma-separated list of class names).
+POLYGON_KEYWORDS: tuple[str, ...] = ("roles", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -52,39 +61,69 @@ class HealthOptions:
             their largest neighbour before vectorising. The default, 0.01 m²
             (10 × 10 cm), removes speckle (at 1–3 cm resolution, clumps of up to
             100 / 11 px) while keeping a single young weed or diseased plant.
-        simplify_m: Coverage-simplification tolerance in metres (0: exact pixel edges).
-        formats: Vector files to write (``geojson``, ``gpkg``).
+        simplify_m: Simplification tolerance in metres (0: exact pixel edges); None
+            (default): exact for surveys of up to ``LARGE_SURVEY_PX`` pixels, one pixel
+            above (see :mod:`agriseg.products`).
+        formats: Vector files to write (``geojson``, ``gpkg``, ``fgb``); ``auto``
+            (default) is the GeoPackage plus GeoJSON for a small survey.
+        polygons: Which classes become polygons: ``roles`` (default: the classes whose
+            role is weed or disease), ``all``, ``none`` or class names separated by
+            commas. Every class still gets its areas and statistics.
+        whole_regions: Join background and crop regions across the health pass's
+            cells of ``block_size`` px too (else they are cut on that grid, so none
+            outgrows a cell).
         fields: Field-boundary polygons for per-field statistics, or None.
         grid_m: Management-zone cell size in metres, or None for no grid.
         preview: Whether to draw ``<stem>.preview.png``.
         block_size: Edge of the processing blocks in pixels (memory grows with its square).
+        workers: Processes sieving and polygonising blocks in parallel when the run has
+            no Dask cluster of worker processes; None: one per core for rasters of at
+            least 8 Mpx, else 1; 1: all in the calling process.
     """
 
     min_area_m2: float = 0.01
-    simplify_m: float = 0.0
-    formats: tuple[VectorFormat, ...] = VECTOR_FORMATS
+    simplify_m: float | None = None
+    formats: tuple[FormatChoice, ...] = ("auto",)
+    polygons: str = "roles"
+    whole_regions: bool = False
     fields: Path | None = None
     grid_m: float | None = None
     preview: bool = True
     block_size: int = 2048
+    workers: int | None = None
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.formats if f not in VECTOR_FORMATS]
+        unknown = [f for f in self.formats if f not in FORMAT_CHOICES]
         if unknown:
             raise InputError(
                 f"unknown --format {', '.join(map(str, unknown))}; "
-                f"expected one or more of {', '.join(VECTOR_FORMATS)}"
+                f"expected one or more of {', '.join(FORMAT_CHOICES)}"
+            )
+        if not self.polygons.strip(" ,"):
+            raise InputError(
+                f"--polygons {self.polygons!r}: expected {', '.join(POLYGON_KEYWORDS)} "
+                "or class names separated by commas"
             )
         if self.min_area_m2 < 0:
             raise InputError(f"--min-area {self.min_area_m2}: expected an area ≥ 0 m²")
-        if self.simplify_m < 0:
+        if self.simplify_m is not None and self.simplify_m < 0:
             raise InputError(f"--simplify {self.simplify_m}: expected a distance ≥ 0 m")
         if self.grid_m is not None and not self.grid_m > 0:
             raise InputError(f"--grid {self.grid_m}: expected a cell size > 0 m")
-        if self.grid_m is not None and "gpkg" not in self.formats:
+        if self.grid_m is not None and not self.writes_gpkg:
             raise InputError("--grid writes a GeoPackage layer `zones`; add gpkg to --format")
         if self.block_size < 16:
             raise InputError(f"block size {self.block_size}: expected at least 16 px")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(
+                f"--health-workers {self.workers}: expected at least 1 process "
+                "(or leave it out for one per core)"
+            )
+
+    @property
+    def writes_gpkg(self) -> bool:
+        """Whether ``<stem>.health.gpkg`` is among the outputs (``auto`` always has it)."""
+        return "gpkg" in self.formats or "auto" in self.formats
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from agriseg.products import HealthJob
+from agriseg.products import BlockRunner, HealthJob
 from agriseg.strips import Strip, StripAssembler
 
 #: Strips waiting for the health thread; bounds the memory they hold.
@@ -48,14 +48,22 @@ class HealthStream:
         image_path: The segmented image (for the preview).
         out_dir: Folder the products are written to.
         stem: Base name of the products.
+        runner: Where the blocks are sieved and polygonised (see :meth:`HealthJob.run`).
     """
 
-    def __init__(self, job: HealthJob, image_path: Path | None, out_dir: Path, stem: str) -> None:
+    def __init__(
+        self,
+        job: HealthJob,
+        image_path: Path | None,
+        out_dir: Path,
+        stem: str,
+        runner: BlockRunner | None = None,
+    ) -> None:
         grid = job.grid
         self._assembler = StripAssembler(grid.height, grid.width, job.strip_height, job.halo)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_STRIPS)
         self._job = job
-        self._args = (image_path, out_dir, stem)
+        self._args = (image_path, out_dir, stem, runner)
         self._result: dict[str, Any] | None = None
         self._error: BaseException | None = None
         self._waited = 0.0

@@ -91,6 +91,7 @@ OUTPUT_SUFFIXES = {
     "summary": ".summary.json",
     "geojson": ".health.geojson",
     "gpkg": ".health.gpkg",
+    "fgb": ".health.fgb",
     "qml": ".health.qml",
     "preview": ".preview.png",
     "sieved": ".sieved.tif",  # the health pass's working copy, never kept

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed import get_task_stream
+from distributed import Client, get_task_stream
 
 from agriseg import __version__
 from agriseg.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.classes import ClassList
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
-from agriseg.execution import dask_client, release_free_memory
+from agriseg.execution import dask_client, release_free_memory, scheduler_address
 from agriseg.gdal_settings import on_workers, run_settings
 from agriseg.health_stream import HealthStream
 from agriseg.inference import Engine, resolve_device, resolve_engine
@@ -38,7 +38,7 @@ from agriseg.outputs import (
     class_raster_profile,
     output_paths,
 )
-from agriseg.products import ClassRaster, HealthJob, plan_health
+from agriseg.products import BlockRunner, ClassRaster, HealthJob, plan_health
 from agriseg.raster import RasterInfo, open_dataset, open_raster, pixel_grid_ok
 from agriseg.scale import TilePlan, plan_tiles
 from agriseg.segment import Block, segment_blocks
@@ -235,6 +235,7 @@ class _Tally:
 
 def _segment(
     plan: RunPlan,
+    client: Client,
     transaction: OutputTransaction,
     health_stream: HealthStream | None,
     progress: Progress | None,
@@ -246,7 +247,6 @@ def _segment(
     tally = _Tally(np.zeros(n_classes, dtype="int64"), np.zeros(n_classes, dtype="float64"))
     grid, info, config = plan.tiles.grid, plan.info, plan.config
     with (
-        dask_client(config.scheduler, config.workers) as client,
         on_workers(client),
         get_task_stream(client) as stream,
         pixel_grid_ok(info.crs is None),
@@ -332,6 +332,26 @@ def _summarise(
     }
 
 
+def _has_worker_processes(config: RunConfig) -> bool:
+    """Whether the run's Dask cluster has worker processes of its own (not threads here)."""
+    return config.workers is not None or scheduler_address(config.scheduler) is not None
+
+
+def _health_after(
+    plan: RunPlan,
+    job: HealthJob,
+    writer: ClassRasterWriter,
+    staging: Path,
+    run_blocks: BlockRunner | None,
+) -> tuple[dict[str, Any], float]:
+    """The health pass over the finished rasters; its summary and seconds."""
+    started = time.perf_counter()
+    release_free_memory()
+    strips = job.file_strips(writer.staged["classes"], writer.staged["confidence"])
+    health = job.run(strips, plan.input_path, staging, plan.input_path.stem, run_blocks)
+    return health, time.perf_counter() - started
+
+
 def segment_raster(
     input_path: Path,
     out_dir: Path,
@@ -351,27 +371,38 @@ def segment_raster(
     with run_settings(), output_folder(out_dir), output_transaction() as transaction:
         staging = transaction.staging_folder(out_dir, "health")
         job = plan.health
-        health_stream = (
-            HealthStream(job, input_path, staging, stem)
-            if plan.stream_health and job is not None
-            else None
-        )
-        with health_stream or contextlib.nullcontext():
-            tally, stages, writer = _segment(plan, transaction, health_stream, progress)
-            segmented = time.perf_counter()
-            if health_stream is not None:
-                health = health_stream.finish()
-                health_s = health_stream.busy_s
+        with contextlib.ExitStack() as health_stack:
+            # A cluster of worker processes (--workers, --scheduler) also runs the health
+            # pass's blocks; the in-process one (threads) is closed first, freeing the model.
+            cluster = health_stack.enter_context(contextlib.ExitStack())
+            client = cluster.enter_context(dask_client(config.scheduler, config.workers))
+            health_client = client if _has_worker_processes(config) else None
+            # Entered before segmenting, so local health processes start while tiles run.
+            run_blocks = (
+                health_stack.enter_context(job.block_runner(health_client))
+                if job is not None
+                else None
+            )
+            health_stream = (
+                HealthStream(job, input_path, staging, stem, run_blocks)
+                if plan.stream_health and job is not None
+                else None
+            )
+            with health_stream or contextlib.nullcontext():
+                tally, stages, writer = _segment(plan, client, transaction, health_stream, progress)
+                segmented = time.perf_counter()
+                if health_stream is not None:
+                    health = health_stream.finish()
+                    health_s = health_stream.busy_s
+            if health_client is None:
+                cluster.close()
+            if job is not None and health_stream is None:
+                health, health_s = _health_after(plan, job, writer, staging, run_blocks)
         if job is None:
             health = {"notes": [PIXEL_MODE_NOTE]}
             health_s = 0.0
             if config.gsd_m is not None:
                 tally.area_m2 = tally.pixels * config.gsd_m**2
-        elif health_stream is None:
-            release_free_memory()
-            strips = job.file_strips(writer.staged["classes"], writer.staged["confidence"])
-            health = job.run(strips, input_path, staging, stem)
-            health_s = time.perf_counter() - segmented
         stages["vectorise_after_segmentation"] = round(time.perf_counter() - segmented, 3)
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()

@@ -12,11 +12,14 @@ complete.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import geopandas as gpd
 import numpy as np
@@ -30,7 +33,7 @@ from rasterio.windows import Window
 from agriseg.areas import geometry_area_perimeter_m, lonlat_points, pixel_size_m
 from agriseg.atomic import atomic_output, temporary_name, write_text_atomic
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
-from agriseg.config import HealthOptions
+from agriseg.config import POLYGON_KEYWORDS, HealthOptions, VectorFormat
 from agriseg.errors import InputError
 from agriseg.gdal_settings import run_settings
 from agriseg.grid import Grid
@@ -41,19 +44,30 @@ from agriseg.preview import PreviewCanvas, blend_preview, save_png
 from agriseg.qgis import class_style, write_layer_styles, zone_style
 from agriseg.strips import Strip, file_strips
 from agriseg.vector_outputs import (
+    OGR_DRIVERS,
     GeoJSONWriter,
-    GpkgLayerWriter,
+    LayerWriter,
     geopackage_output,
     rounding_keeps_lattice_polygons_valid,
 )
 from agriseg.vectorize import (
+    BlockPolygons,
+    BlockTask,
     PolygonBatch,
+    PolygonSettings,
     StripPolygons,
+    block_tasks,
     finish_polygons,
+    ignore_interrupts,
+    run_block,
     sieve_halo,
     sieve_size,
-    sieve_strip,
+    warm_up,
 )
+
+if TYPE_CHECKING:
+    from distributed import Client
+
 from agriseg.zones import (
     Fields,
     assign_fields,
@@ -79,10 +93,72 @@ MIN_STRIP_ROWS = 64
 POLYGON_LAYER = "health"
 ZONE_LAYER = "zones"
 
+#: Pixels above which a survey is large: ``--format auto`` writes no GeoJSON and
+#: polygons are simplified by one pixel unless ``--simplify`` says otherwise (25 Mpx:
+#: 5000 x 5000 px, 2 ha at 2 cm).
+LARGE_SURVEY_PX = 25_000_000
+
+#: Roles whose classes ``--polygons roles`` vectorises: the patches sprayers act on.
+PATCH_ROLES = ("weed", "disease")
+
+#: Roles whose regions span the field: cut on the grid of blocks unless
+#: ``--whole-regions``.
+FIELD_ROLES = ("background", "crop")
+
+#: Strips whose blocks may be in flight at once, beyond the one being joined.
+STRIPS_AHEAD = 2
+
+#: Pixels below which a health pass without ``workers`` runs in this process: starting
+#: worker processes (about a second of imports each) costs more than they save on a
+#: pass of a second or two (8 Mpx: two 2048 x 2048 blocks; `agriseg bench`'s 2048² stays
+#: in one process).
+PARALLEL_MIN_PX = 8_388_608
+
 
 def health_paths(out_dir: Path, stem: str) -> dict[str, Path]:
     """Where the health products of input ``stem`` are written."""
-    return output_paths(out_dir, stem, ("geojson", "gpkg", "qml", "preview"))
+    return output_paths(out_dir, stem, ("geojson", "gpkg", "fgb", "qml", "preview"))
+
+
+def polygon_classes(spec: str, classes: ClassList) -> tuple[int, ...]:
+    """The class ids ``--polygons`` ``spec`` vectorises (see :class:`HealthOptions`)."""
+    if spec == "roles":
+        return tuple(c.id for c in classes if c.role in PATCH_ROLES)
+    if spec == "all":
+        return tuple(c.id for c in classes)
+    if spec == "none":
+        return ()
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in classes.names]
+    if unknown:
+        raise InputError(
+            f"--polygons {spec}: the model has no class {', '.join(unknown)}; expected "
+            f"{', '.join(POLYGON_KEYWORDS)} or names among {', '.join(classes.names)}"
+        )
+    return tuple(c.id for c in classes if c.name in names)
+
+
+def resolve_formats(options: HealthOptions, pixels: int) -> tuple[VectorFormat, ...]:
+    """The files ``--format`` asks for: ``auto`` is the GeoPackage, plus GeoJSON for a
+    survey of at most :data:`LARGE_SURVEY_PX` pixels."""
+    chosen: list[VectorFormat] = []
+    for choice in options.formats:
+        if choice == "auto":
+            found: tuple[VectorFormat, ...] = ("gpkg",)
+            if pixels <= LARGE_SURVEY_PX:
+                found = ("geojson", "gpkg")
+        else:
+            found = (choice,)
+        chosen += [f for f in found if f not in chosen]
+    return tuple(f for f in ("geojson", "gpkg", "fgb") if f in chosen)
+
+
+def default_workers() -> int:
+    """Processes of a health pass without a Dask cluster: one per core it may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _template(crs: CRS, with_fields: bool, indices: tuple[str, ...] = ()) -> gpd.GeoDataFrame:
@@ -180,6 +256,9 @@ class HealthJob:
     fields: Fields | None
     pixel_m: float
     sieve_px: int
+    polygon_ids: tuple[int, ...] = ()
+    formats: tuple[VectorFormat, ...] = ("geojson", "gpkg")
+    simplify_m: float = 0.0
 
     @property
     def grid(self) -> Grid:
@@ -194,14 +273,33 @@ class HealthJob:
     @property
     def strip_height(self) -> int:
         """Rows per strip: short strips let a run's health pass follow close behind it,
-        and bound its memory on wide rasters (see :data:`STRIP_PIXELS`)."""
+        and bound its memory on wide rasters (see :data:`STRIP_PIXELS`). Always a
+        divisor of ``block_size``, so strip seams fall on the edges of the grid of
+        cells that field-spanning regions are cut on (see :class:`StripPolygons`)."""
         by_width = max(MIN_STRIP_ROWS, STRIP_PIXELS // max(1, self.grid.width))
-        return min(self.options.block_size, STRIP_ROWS, by_width)
+        size = self.options.block_size
+        limit = min(size, STRIP_ROWS, by_width)
+        return max(d for d in range(1, limit + 1) if size % d == 0)
 
     @property
     def halo(self) -> int:
         """Context rows each strip needs around it (for sieving)."""
         return sieve_halo(self.sieve_px, self.options.block_size) if self.sieve_px > 1 else 0
+
+    def polygon_settings(self, indices: IndexReader | None) -> PolygonSettings:
+        """What each block's polygons are made of (classes, vegetation indices)."""
+        vectorized = np.zeros(256, dtype=bool)
+        vectorized[list(self.polygon_ids)] = True
+        if indices is None:
+            return PolygonSettings(vectorized)
+        return PolygonSettings(vectorized, indices.read, len(indices.names))
+
+    def whole_classes(self) -> np.ndarray:
+        """Which class ids' regions are joined across block seams (a boolean per value)."""
+        whole = np.ones(256, dtype=bool)
+        if not self.options.whole_regions:
+            whole[[c.id for c in self.raster.classes if c.role in FIELD_ROLES]] = False
+        return whole
 
     def file_strips(self, classes_path: Path, confidence_path: Path | None) -> Iterator[Strip]:
         """The strips this pass takes, read from finished class and confidence rasters."""
@@ -213,12 +311,24 @@ class HealthJob:
         image_path: Path | None,
         out_dir: Path,
         stem: str,
+        runner: BlockRunner | None = None,
     ) -> dict[str, Any]:
         """Write the products of the raster whose strips (top to bottom) are ``strips``.
 
-        See :func:`write_health_products` for the files and the returned summary.
+        Blocks are sieved and polygonised by ``runner`` (from :meth:`block_runner`,
+        entered early so its processes start while the raster is still being made),
+        else by one made here. See :func:`write_health_products` for the files and the
+        returned summary.
         """
-        return _run_health(self, strips, image_path, Path(out_dir), stem)
+        return _run_health(self, strips, image_path, Path(out_dir), stem, runner)
+
+    def block_runner(
+        self, client: Client | None = None
+    ) -> contextlib.AbstractContextManager[BlockRunner]:
+        """Where this pass's blocks run: ``client``'s Dask workers, else ``options.workers``
+        local processes, started (and their modules imported) right away."""
+        pixels = self.grid.width * self.grid.height
+        return block_runner(client, self.options.workers, pixels)
 
 
 def plan_health(raster: ClassRaster, options: HealthOptions | None = None) -> HealthJob:
@@ -230,27 +340,93 @@ def plan_health(raster: ClassRaster, options: HealthOptions | None = None) -> He
     fields = read_fields(options.fields, grid.crs) if options.fields is not None else None
     pixel_m = pixel_size_m(grid.crs, grid.transform, grid.width, grid.height)
     sieve_px = sieve_size(options.min_area_m2, pixel_m**2)
-    return HealthJob(raster, options, fields, pixel_m, sieve_px)
+    pixels = grid.width * grid.height
+    simplify_m = options.simplify_m
+    if simplify_m is None:
+        simplify_m = pixel_m if pixels > LARGE_SURVEY_PX else 0.0
+    return HealthJob(
+        raster,
+        options,
+        fields,
+        pixel_m,
+        sieve_px,
+        polygon_classes(options.polygons, raster.classes),
+        resolve_formats(options, pixels),
+        simplify_m,
+    )
 
 
 def _polygon_writers(
     stack: contextlib.ExitStack,
     job: HealthJob,
-    geojson: Path | None,
-    gpkg: Path | None,
+    files: dict[str, Path],
     indices: tuple[str, ...],
-) -> list[GeoJSONWriter | GpkgLayerWriter]:
+) -> list[GeoJSONWriter | LayerWriter]:
     grid = job.grid
-    writers: list[GeoJSONWriter | GpkgLayerWriter] = []
-    if geojson is not None:
-        snap = job.options.simplify_m > 0 or not rounding_keeps_lattice_polygons_valid(
+    writers: list[GeoJSONWriter | LayerWriter] = []
+    if "geojson" in files:
+        snap = job.simplify_m > 0 or not rounding_keeps_lattice_polygons_valid(
             job.crs, grid.transform, grid.height, grid.width
         )
-        writers.append(stack.enter_context(GeoJSONWriter(geojson, job.crs, snap_safely=snap)))
-    if gpkg is not None:
-        template = _template(job.crs, job.fields is not None, indices)
-        writers.append(stack.enter_context(GpkgLayerWriter(gpkg, POLYGON_LAYER, template)))
+        writer = GeoJSONWriter(files["geojson"], job.crs, snap_safely=snap)
+        writers.append(stack.enter_context(writer))
+    template = _template(job.crs, job.fields is not None, indices)
+    for fmt, driver in OGR_DRIVERS.items():
+        if fmt in files:
+            layer = LayerWriter(files[fmt], POLYGON_LAYER, template, driver)
+            writers.append(stack.enter_context(layer))
     return writers
+
+
+class PendingBlock(Protocol):
+    """A block being sieved and polygonised somewhere (a concurrent or Dask future)."""
+
+    def result(self) -> BlockPolygons: ...
+
+
+#: Starts one block's work (:func:`run_block`) and returns its pending result.
+BlockRunner = Callable[[BlockTask, PolygonSettings], PendingBlock]
+
+
+@contextlib.contextmanager
+def block_runner(
+    client: Client | None, workers: int | None, pixels: int = 0
+) -> Iterator[BlockRunner]:
+    """Where the blocks of a health pass are sieved and polygonised (:func:`run_block`).
+
+    On ``client``'s Dask workers when the run has a cluster; else on ``workers``
+    local processes (default: one per core for rasters of ``pixels`` >=
+    :data:`PARALLEL_MIN_PX`, else one), or in this thread for one. GDAL's ``shapes``
+    and the polygon building hold the GIL, so threads would not help.
+    """
+    if client is not None:
+        yield lambda task, settings: client.submit(run_block, task, settings, pure=False)
+        return
+    if workers is None:
+        workers = default_workers() if pixels >= PARALLEL_MIN_PX else 1
+    if workers == 1:
+
+        def inline(task: BlockTask, settings: PolygonSettings) -> PendingBlock:
+            done: Future[BlockPolygons] = Future()
+            done.set_result(run_block(task, settings))
+            return done
+
+        yield inline
+        return
+    # Spawned, not forked: the parent runs threads (Dask's, the preview's). Ctrl-C is
+    # the parent's to handle: it shuts the pool down.
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
+    )
+    try:
+        for _ in range(workers):  # each submit to a pool without an idle process starts one
+            pool.submit(warm_up)
+        yield lambda task, settings: pool.submit(run_block, task, settings)
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+    # Every result is in: let the processes exit on their own instead of waiting.
+    pool.shutdown(wait=False)
 
 
 class _BackgroundPreview:
@@ -287,16 +463,20 @@ def _write_polygons(
     job: HealthJob,
     strips: Iterable[Strip],
     sieved: Path,
-    geojson: Path | None,
-    gpkg: Path | None,
+    files: dict[str, Path],
+    run: BlockRunner,
     preview: _BackgroundPreview | None = None,
     indices: IndexReader | None = None,
 ) -> tuple[int, int, dict[str, float | None]]:
-    """Sieve ``strips`` into ``sieved`` and vectorise them into the given files, in one pass.
+    """Sieve ``strips`` into ``sieved`` and vectorise them into ``files``, in one pass.
 
-    Sieved strips also go to ``preview``; ``indices`` are averaged per polygon. Returns
-    the number of polygons, how many of them the GeoJSON left out because they cannot
-    be projected to WGS84, and each index's mean over every polygon's pixels.
+    Each strip's blocks go to ``run`` as soon as the strip arrives, up to
+    :data:`STRIPS_AHEAD` strips ahead of the one being joined; joining, numbering and
+    writing take the strips in order, so the products do not depend on where or in
+    which order the blocks ran. Sieved strips also go to ``preview``; ``indices`` are
+    averaged per polygon. Returns the number of polygons, how many of them the GeoJSON
+    left out because they cannot be projected to WGS84, and each index's mean over
+    every valid pixel.
     """
     grid, options = job.grid, job.options
     profile = {
@@ -305,38 +485,50 @@ def _write_polygons(
         "count": 1,
         "dtype": "uint8",
         "nodata": NODATA,
+        # A working copy, read once: deflate level 1 wrote a 4096² one 8 x faster than
+        # the default level 6, for a 40 % larger file.
+        "compress": "deflate",
+        "zlevel": 1,
     }
     names = indices.names if indices is not None else ()
-    polygons = StripPolygons(
-        grid.height,
-        grid.width,
-        options.block_size,
-        indices.read if indices is not None else None,
-        len(names),
-    )
+    settings = job.polygon_settings(indices)
+    polygons = StripPolygons(grid.height, grid.width, options.block_size, whole=job.whole_classes())
     value_sum = np.zeros(len(names))
     value_count = np.zeros(len(names))
 
+    def join(found: list[BlockPolygons], dst: rasterio.io.DatasetWriter) -> PolygonBatch:
+        for block in found:
+            value_sum[:] += block.value_sum
+            value_count[:] += block.value_count
+        core = np.concatenate([block.sieved for block in found], axis=1)
+        row_off = int(found[0].window.row_off)
+        dst.write(core, 1, window=Window(0, row_off, grid.width, core.shape[0]))
+        if preview is not None:
+            preview.add(core, row_off)
+        return polygons.add_blocks(found)
+
     def pixel_batches(dst: rasterio.io.DatasetWriter) -> Iterator[PolygonBatch]:
+        in_flight: deque[list[PendingBlock]] = deque()
         for strip in strips:
-            core = sieve_strip(strip, job.sieve_px, options.block_size)
-            dst.write(core, 1, window=Window(0, strip.row_off, grid.width, strip.height))
-            if preview is not None:
-                preview.add(core, strip.row_off)
-            yield polygons.add(core, strip.confidence, strip.row_off)
+            tasks = block_tasks(strip, job.sieve_px, options.block_size)
+            in_flight.append([run(task, settings) for task in tasks])
+            if len(in_flight) > STRIPS_AHEAD:
+                yield join([f.result() for f in in_flight.popleft()], dst)
+        while in_flight:
+            yield join([f.result() for f in in_flight.popleft()], dst)
 
     with contextlib.ExitStack() as stack:
         dst = stack.enter_context(rasterio.open(sieved, "w", **profile))
-        writers = _polygon_writers(stack, job, geojson, gpkg, names)
+        writers = _polygon_writers(stack, job, files, names)
         count = 0
-        simplify_px = options.simplify_m / job.pixel_m
-        for batch in finish_polygons(pixel_batches(dst), grid.transform, simplify_px):
+        simplify_px = job.simplify_m / job.pixel_m
+        coverage = len(job.polygon_ids) == len(job.raster.classes)
+        batches = finish_polygons(pixel_batches(dst), grid.transform, simplify_px, coverage)
+        for batch in batches:
             frame = polygon_attributes(batch, job.crs, job.raster.classes, job.fields, names)
             for writer in writers:
                 writer.write(frame)
             count += len(frame)
-            value_sum += batch.value_sum.sum(axis=0)
-            value_count += batch.value_count.sum(axis=0)
         unprojectable = sum(w.unprojectable for w in writers if isinstance(w, GeoJSONWriter))
     means = {
         name: round(float(value_sum[k] / value_count[k]), 4) if value_count[k] else None
@@ -384,7 +576,7 @@ def _statistics(job: HealthJob, sieved: Path, indices: IndexReader | None) -> _S
 
 def _write_zones(zones: gpd.GeoDataFrame, gpkg: Path, options: HealthOptions) -> dict[str, Any]:
     """Add the management-zone layer to ``gpkg``; return its summary."""
-    with GpkgLayerWriter(gpkg, ZONE_LAYER, zones.iloc[:0]) as writer:
+    with LayerWriter(gpkg, ZONE_LAYER, zones.iloc[:0]) as writer:
         writer.write(zones)
     return {"cells": len(zones), "cell_size_m": options.grid_m, "crs": zones.crs.to_string()}
 
@@ -440,6 +632,7 @@ def _run_health(
     image_path: Path | None,
     out_dir: Path,
     stem: str,
+    runner: BlockRunner | None = None,
 ) -> dict[str, Any]:
     options = job.options
     classes = job.raster.classes
@@ -458,14 +651,15 @@ def _run_health(
                 pool = outer.enter_context(ThreadPoolExecutor(1, "agriseg-preview"))
                 preview = _BackgroundPreview(job.raster, image_path, preview_tmp, pool)
             with contextlib.ExitStack() as stack:
-                tmp = {
+                tmp: dict[str, Path] = {
                     f: stack.enter_context(
-                        geopackage_output(paths[f]) if f == "gpkg" else atomic_output(paths[f])
+                        geopackage_output(paths[f]) if f in OGR_DRIVERS else atomic_output(paths[f])
                     )
-                    for f in options.formats
+                    for f in job.formats
                 }
+                run = runner or stack.enter_context(job.block_runner())
                 count, unprojectable, index_means = _write_polygons(
-                    job, strips, sieved, tmp.get("geojson"), tmp.get("gpkg"), preview, indices
+                    job, strips, sieved, tmp, run, preview, indices
                 )
                 stats = _statistics(job, sieved, indices)
                 if "gpkg" in tmp:
@@ -474,9 +668,9 @@ def _run_health(
                         result["zones"] = _write_zones(stats.zones, tmp["gpkg"], options)
                         styles[ZONE_LAYER] = zone_style()
                     write_layer_styles(tmp["gpkg"], styles)
-            for fmt in options.formats:
+            for fmt in job.formats:
                 written[fmt] = str(paths[fmt])
-            if options.formats:
+            if job.formats:
                 write_text_atomic(paths["qml"], class_style(classes))
                 written["qml"] = str(paths["qml"])
             health = health_summary(stats.areas, classes)
@@ -485,13 +679,15 @@ def _run_health(
                 "min_area_m2": options.min_area_m2,
                 "sieve_px": job.sieve_px,
                 "polygons": count,
+                "polygon_classes": [classes[k].name for k in job.polygon_ids],
+                "simplify_m": job.simplify_m,
                 "unprojectable_polygons": unprojectable,
                 "vegetation_indices": index_means,
             }
             if unprojectable:
                 kept = (
                     f"{paths['gpkg'].name} keeps them in the raster's CRS"
-                    if "gpkg" in options.formats
+                    if "gpkg" in job.formats
                     else "add --format gpkg to keep them in the raster's CRS"
                 )
                 result["warnings"] = [

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from agriseg.classes import NODATA
-from agriseg.gdal_settings import run_settings
 from agriseg.strips import Strip, file_strips
 
 #: Polygons built from GDAL's shapes at a time (bounds their Python coordinate lists).
@@ -163,27 +163,17 @@ def sieve_strip(strip: Strip, size: int, block_size: int) -> np.ndarray:
     window. Nodata pixels are never changed and never absorb a region; regions
     surrounded only by nodata stay.
     """
-    core = strip.core
     if size <= 1:
-        return core
-    halo = sieve_halo(size, block_size)
-    rows = slice(
-        max(0, strip.above - halo), min(len(strip.classes), strip.above + strip.height + halo)
-    )
-    context = strip.classes[rows]
-    r = strip.above - rows.start
-    width = core.shape[1]
-    out = np.empty_like(core)
-    for col in range(0, width, block_size):
-        c1 = min(width, col + block_size)
-        c0o, c1o = max(0, col - halo), min(width, c1 + halo)
-        data = np.ascontiguousarray(context[:, c0o:c1o])
-        valid = data != NODATA
-        # GDAL refuses a sieve threshold as large as the whole window.
-        if 1 < size < data.size and valid.any():
-            data = sieve(data, size, mask=valid, connectivity=4)
-        out[:, col:c1] = data[r : r + strip.height, col - c0o : c1 - c0o]
-    return out
+        return strip.core
+    return np.concatenate([task.sieved() for task in block_tasks(strip, size, block_size)], axis=1)
+
+
+def _sieve_window(data: np.ndarray, size: int) -> np.ndarray:
+    valid = data != NODATA
+    # GDAL refuses a sieve threshold as large as the whole window.
+    if 1 < size < data.size and valid.any():
+        return sieve(data, size, mask=valid, connectivity=4)
+    return data
 
 
 def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 2048) -> None:
@@ -198,6 +188,10 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
         size: Minimum region size in pixels (4-connected); ``<= 1`` copies unchanged.
         block_size: Edge of the processing blocks in pixels.
     """
+    # Imported here: it loads Dask distributed, which the health pass's worker
+    # processes (they import this module for run_block) would wait a second for.
+    from agriseg.gdal_settings import run_settings
+
     with (
         run_settings(),
         rasterio.open(src_path) as src,
@@ -211,20 +205,154 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
             dst.write(sieve_strip(strip, size, block_size), 1, window=window)
 
 
+@dataclass(frozen=True)
+class BlockTask:
+    """The pixels one block of a strip needs: its classes with sieving context around them.
+
+    A unit of the health pass's parallel work (:func:`run_block`): everything in it is
+    plain arrays and numbers, so it travels to a worker process as it is.
+
+    Attributes:
+        classes: Class ids of the block's window grown by the sieving halo (clipped to
+            the strip's context rows and the raster's columns).
+        top: Context rows above the block in ``classes``.
+        left: Context columns left of the block in ``classes``.
+        window: The block in the raster.
+        confidence: Confidence (0–100, nodata 255) of the block, or None.
+        sieve_px: Regions smaller than this are merged away (``<= 1``: none).
+    """
+
+    classes: np.ndarray
+    top: int
+    left: int
+    window: Window
+    confidence: np.ndarray | None
+    sieve_px: int
+
+    def sieved(self) -> np.ndarray:
+        """The block's class ids, sieved with its context (see :func:`sieve_strip`)."""
+        data = _sieve_window(np.ascontiguousarray(self.classes), self.sieve_px)
+        h, w = int(self.window.height), int(self.window.width)
+        return data[self.top : self.top + h, self.left : self.left + w]
+
+
+def block_tasks(strip: Strip, sieve_px: int, block_size: int) -> list[BlockTask]:
+    """The strip cut into blocks of ``block_size`` columns, each with its sieving halo."""
+    halo = sieve_halo(sieve_px, block_size) if sieve_px > 1 else 0
+    rows = slice(
+        max(0, strip.above - halo), min(len(strip.classes), strip.above + strip.height + halo)
+    )
+    width = strip.classes.shape[1]
+    tasks = []
+    for col in range(0, width, block_size):
+        c1 = min(width, col + block_size)
+        c0o, c1o = max(0, col - halo), min(width, c1 + halo)
+        conf = strip.confidence[:, col:c1] if strip.confidence is not None else None
+        tasks.append(
+            BlockTask(
+                strip.classes[rows, c0o:c1o],
+                strip.above - rows.start,
+                col - c0o,
+                Window(col, strip.row_off, c1 - col, strip.height),
+                conf,
+                sieve_px,
+            )
+        )
+    return tasks
+
+
+@dataclass(frozen=True)
+class PolygonSettings:
+    """What a block's polygons are made of.
+
+    Attributes:
+        classes: Which class ids become polygons: a boolean per value 0–255 (nodata,
+            255, never does); None: every class.
+        values: Reads per-pixel values (vegetation indices) of a window, summed per
+            polygon; None for none. Must pickle when blocks run in worker processes.
+        n_values: Number of values ``values`` gives per pixel.
+    """
+
+    classes: np.ndarray | None = None
+    values: ValueReader | None = None
+    n_values: int = 0
+
+
+@dataclass(frozen=True)
+class BlockPolygons:
+    """One block, sieved and polygonised: what :class:`StripPolygons` joins across seams.
+
+    Attributes:
+        window: The block in the raster.
+        sieved: The block's sieved class ids.
+        polygons: Its polygons, in whole-raster pixel coordinates.
+        top, bottom, left, right: The block's edge pixels labelled with their polygon's
+            index plus one (0: no polygon).
+        value_sum: Sum of each per-pixel value over all the block's valid pixels
+            (vectorised or not) that have one.
+        value_count: Number of those pixels, per value.
+    """
+
+    window: Window
+    sieved: np.ndarray
+    polygons: PolygonBatch
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value_sum: np.ndarray
+    value_count: np.ndarray
+
+
+def ignore_interrupts() -> None:
+    """Make this (worker) process ignore Ctrl-C, which its parent handles."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def warm_up() -> None:
+    """Nothing: a worker process that runs it has imported this module, ready for blocks."""
+
+
+def run_block(task: BlockTask, settings: PolygonSettings) -> BlockPolygons:
+    """Sieve and polygonise one block (the parallel part of the health pass).
+
+    A pure function of its arguments: wherever it runs (this thread, a worker process,
+    a Dask worker) it gives the same result, which keeps the products byte-identical.
+    """
+    sieved = task.sieved()
+    k = settings.n_values
+    values, value_sum, value_count = None, np.zeros(k), np.zeros(k, dtype="int64")
+    valid = sieved.ravel() != NODATA
+    if settings.values is not None and valid.any():
+        values = settings.values(task.window).reshape(k, -1)
+        has_value = np.isfinite(values) & valid
+        value_sum = np.where(has_value, values, 0.0).sum(axis=1)
+        value_count = has_value.sum(axis=1)
+    batch, labels = _block_polygons(
+        sieved, task.confidence, task.window, values, k, settings.classes
+    )
+    edges = labels[0], labels[-1], labels[:, 0], labels[:, -1]
+    return BlockPolygons(task.window, sieved, batch, *edges, value_sum, value_count)
+
+
 def _block_polygons(
     data: np.ndarray,
     conf: np.ndarray | None,
     window: Window,
-    values: ValueReader | None = None,
+    values: np.ndarray | None = None,
     n_values: int = 0,
+    classes: np.ndarray | None = None,
 ) -> tuple[PolygonBatch, np.ndarray]:
     """Polygons of one block's classes (at ``window``), in whole-raster pixel coordinates.
 
-    ``values`` gives ``n_values`` per-pixel values of the window to sum per polygon.
+    ``values`` are ``(n_values, pixels)`` per-pixel values of the block to sum per polygon;
+    ``classes`` (a boolean per value) limits the polygons to those classes.
     Also returns the block's pixels labelled with their polygon's index plus one
-    (0 for nodata).
+    (0 for nodata and for classes left out).
     """
     valid = data != NODATA
+    if classes is not None:
+        valid &= classes[data]
     if not valid.any():
         return PolygonBatch.empty(n_values), np.zeros(data.shape, dtype="int32")
     offset = Affine.translation(window.col_off, window.row_off)
@@ -234,8 +362,8 @@ def _block_polygons(
     regions = np.zeros(data.shape, dtype="int32")
     region_class = [np.zeros(1, dtype="uint8")]  # region 0: no region
     n_regions = 0
-    present = np.flatnonzero(np.bincount(data.ravel(), minlength=256))
-    for value in present[present != NODATA]:
+    present = np.flatnonzero(np.bincount(data[valid], minlength=256))
+    for value in present:
         found_regions, count = ndimage.label(data == value, structure=_FOUR_CONNECTED)
         np.add(found_regions, n_regions, out=regions, where=found_regions > 0)
         region_class.append(np.full(count, value, dtype="uint8"))
@@ -259,7 +387,7 @@ def _block_polygons(
     value_sum = np.zeros((n - 1, n_values))
     value_count = np.zeros((n - 1, n_values), dtype="int64")
     if values is not None:
-        found_values = values(window).reshape(n_values, -1)
+        found_values = values
         for k in range(n_values):
             has_value = np.isfinite(found_values[k]) & (labels > 0)
             value_sum[:, k] = np.bincount(
@@ -342,23 +470,41 @@ def union_parts(parts: np.ndarray) -> shapely.Polygon:
     return shapely.Polygon(outer.exterior, holes)
 
 
-def _seam_pairs(a: np.ndarray, b: np.ndarray, class_id: np.ndarray) -> np.ndarray:
-    """Pairs of part indexes (1-based) facing each other across a seam with the same class."""
+def _seam_pairs(
+    a: np.ndarray, b: np.ndarray, class_id: np.ndarray, whole: np.ndarray
+) -> np.ndarray:
+    """Pairs of part indexes (1-based) facing each other across a seam with the same class,
+    of a class whose regions are joined across seams (``whole``, a boolean per class id)."""
     both = (a > 0) & (b > 0)
     a, b = a[both] - 1, b[both] - 1
-    same = class_id[a] == class_id[b]
+    same = (class_id[a] == class_id[b]) & whole[class_id[a]]
     return np.unique(np.column_stack([a[same], b[same]]), axis=0)
+
+
+#: Every class joined across a seam.
+_EVERY_CLASS = np.ones(256, dtype=bool)
+
+
+def _shifted(labels: np.ndarray, by: int) -> np.ndarray:
+    """A block's part labels (index + 1, 0: none) as indexes among parts numbered from ``by``."""
+    return np.where(labels > 0, labels + by, 0)
 
 
 class StripPolygons:
     """Polygons of a class raster fed strip by strip (top to bottom), in pixel coordinates.
 
     Each strip is cut into blocks of ``block_size`` columns and polygonised block by
-    block. A region cut by block or strip seams comes out in parts; parts are joined
-    where same-class pixels face each other across a seam (pixel adjacency, not
-    geometry, decides), and each region's parts are unioned once, when no part of it
-    reaches the strip's last row any more. :meth:`add` returns the regions a strip
-    finished, so the cost stays linear in the raster whatever the strip height.
+    block (:func:`run_block`, which may run anywhere). A region cut by block or strip
+    seams comes out in parts; parts are joined where same-class pixels face each other
+    across a seam (pixel adjacency, not geometry, decides), and each region's parts
+    are unioned once, when no part of it reaches the strip's last row any more.
+    :meth:`add_blocks` returns the regions a strip finished, so the cost stays linear
+    in the raster whatever the strip height.
+
+    Regions of the classes not in ``whole`` (a boolean per class id; None: every
+    class) are not joined across the edges of the grid of ``block_size`` square cells
+    (from the raster's top-left corner; strips may be shorter than a cell), so none
+    of their polygons outgrows a cell.
 
     ``values`` reads ``n_values`` per-pixel values (vegetation indices) of a block's
     window; their sums and counts per polygon come with the polygons.
@@ -371,46 +517,58 @@ class StripPolygons:
         block_size: int,
         values: ValueReader | None = None,
         n_values: int = 0,
+        whole: np.ndarray | None = None,
     ) -> None:
         self._height = height
         self._width = width
         self._block_size = block_size
-        self._values = values
-        self._n_values = n_values if values is not None else 0
-        self._carry = PolygonBatch.empty(self._n_values)  # parts of regions still open
+        self._settings = PolygonSettings(None, values, n_values if values is not None else 0)
+        self._whole = np.ones(256, dtype=bool) if whole is None else whole
+        self._carry = PolygonBatch.empty(self._settings.n_values)  # parts of regions still open
         self._carry_root = np.empty(0, dtype="int64")  # region of each carried part
         self._carry_row = np.zeros(width, dtype="int64")  # last row: carried part + 1
 
     def add(self, classes: np.ndarray, confidence: np.ndarray | None, row_off: int) -> PolygonBatch:
         """Polygonise strip rows ``classes`` starting at ``row_off``; return the finished ones."""
-        top, bottom = row_off, row_off + classes.shape[0]
+        strip = Strip(row_off, classes.shape[0], classes, 0, confidence)
+        found = [
+            run_block(task, self._settings) for task in block_tasks(strip, 0, self._block_size)
+        ]
+        return self.add_blocks(found)
+
+    def add_blocks(self, found: list[BlockPolygons]) -> PolygonBatch:
+        """Join the polygonised blocks of the next strip (left to right) to the regions
+        still open above it; return the regions this strip finished."""
+        window = found[0].window
+        top, bottom = int(window.row_off), int(window.row_off + window.height)
         parts = [self._carry]
         count = len(self._carry)
         first_row = np.zeros(self._width, dtype="int64")
         last_row = np.zeros(self._width, dtype="int64")
         seams = [(self._carry_row, first_row)]  # pixels facing each other: part index + 1
         previous_column: np.ndarray | None = None
-        for left in range(0, self._width, self._block_size):
-            right = min(self._width, left + self._block_size)
-            window = Window(left, top, right - left, bottom - top)
-            conf = confidence[:, left:right] if confidence is not None else None
-            found, labels = _block_polygons(
-                classes[:, left:right], conf, window, self._values, self._n_values
-            )
-            labels = np.where(labels > 0, labels + count, 0)
-            parts.append(found)
-            count += len(found)
-            first_row[left:right] = labels[0]
-            last_row[left:right] = labels[-1]
+        for block in found:
+            left, right = int(block.window.col_off), int(block.window.col_off + block.window.width)
+            parts.append(block.polygons)
+            first_row[left:right] = _shifted(block.top, count)
+            last_row[left:right] = _shifted(block.bottom, count)
             if previous_column is not None:
-                seams.append((previous_column, labels[:, 0]))
-            previous_column = labels[:, -1]
+                seams.append((previous_column, _shifted(block.left, count)))
+            previous_column = _shifted(block.right, count)
+            count += len(block.polygons)
         pool = PolygonBatch.concat(parts)
         links = [np.column_stack([np.arange(len(self._carry)), self._carry_root])]
-        links += [_seam_pairs(a, b, pool.class_id) for a, b in seams]
+        # Cut classes are cut at cell edges only: strips may be shorter than a cell.
+        joined = [self._whole if top % self._block_size == 0 else _EVERY_CLASS]
+        joined += [self._whole] * (len(seams) - 1)  # the rest are block (= cell) columns
+        links += [
+            _seam_pairs(a, b, pool.class_id, j) for (a, b), j in zip(seams, joined, strict=True)
+        ]
         region = _components(count, np.concatenate(links))
         if bottom < self._height:
             is_open = np.isin(region, region[last_row[last_row > 0] - 1])
+            if bottom % self._block_size == 0:
+                is_open &= self._whole[pool.class_id]
         else:
             is_open = np.zeros(count, dtype=bool)
         done = ~is_open
@@ -474,16 +632,32 @@ def to_crs_coordinates(geometry: np.ndarray, transform: Affine) -> np.ndarray:
 
 
 def finish_polygons(
-    batches: Iterable[PolygonBatch], transform: Affine, simplify_px: float = 0.0
+    batches: Iterable[PolygonBatch],
+    transform: Affine,
+    simplify_px: float = 0.0,
+    coverage: bool = True,
 ) -> Iterator[PolygonBatch]:
-    """Simplify (as coverages, if ``simplify_px``) and move pixel-coordinate batches to the CRS."""
+    """Simplify (if ``simplify_px``) and move pixel-coordinate batches to the CRS.
+
+    With ``coverage`` the polygons tile the raster, so they are simplified as
+    coverages (shared edges stay shared, the outline exact); else (some classes are
+    not vectorised, so their neighbours' edges are outline) each polygon is simplified
+    on its own, keeping it valid, which may leave slivers of gap or overlap between
+    touching polygons.
+    """
     stream: Iterable[PolygonBatch] = batches
-    if simplify_px > 0:
+    if simplify_px > 0 and coverage:
         stream = _regroup(stream, SIMPLIFY_GROUP)
     for batch in stream:
         if not len(batch):
             continue
-        geometry = simplify_coverage(batch.geometry, simplify_px)
+        geometry = batch.geometry
+        if simplify_px > 0:
+            geometry = (
+                simplify_coverage(geometry, simplify_px)
+                if coverage
+                else np.asarray(shapely.simplify(geometry, simplify_px), dtype=object)
+            )
         yield batch.with_geometry(to_crs_coordinates(geometry, transform))
 
 

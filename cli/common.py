@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from agriseg.config import REFINEMENTS, VECTOR_FORMATS, HealthOptions
+from agriseg.config import FORMAT_CHOICES, REFINEMENTS, HealthOptions
 from agriseg.errors import InputError
 
 if TYPE_CHECKING:
@@ -154,16 +154,40 @@ def add_health_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--simplify",
         type=float,
-        default=0.0,
-        help="simplify polygon edges by this many metres, keeping shared edges shared (default 0)",
+        default=None,
+        metavar="METRES",
+        help="simplify polygon edges by this many metres (default: exact pixel edges up to "
+        "25 Mpx, one pixel above; 0: always exact)",
     )
     parser.add_argument(
         "--format",
         dest="formats",
-        choices=VECTOR_FORMATS,
+        choices=FORMAT_CHOICES,
         action="append",
         default=None,
-        help="vector output format; repeat for both (default: geojson and gpkg)",
+        help="vector output format; repeat for several (default auto: gpkg, plus geojson "
+        "up to 25 Mpx; fgb: FlatGeobuf with a spatial index, for large surveys)",
+    )
+    parser.add_argument(
+        "--polygons",
+        default=HealthOptions.polygons,
+        metavar="roles|all|none|CLASS,...",
+        help="classes that become polygons (default roles: the weed and disease classes); "
+        "every class still gets its areas and statistics",
+    )
+    parser.add_argument(
+        "--whole-regions",
+        action="store_true",
+        help="join background and crop regions across the 2048-px cells they are cut on "
+        "(a field-wide soil region becomes one polygon with a hole per plant)",
+    )
+    parser.add_argument(
+        "--health-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes sieving and polygonising in parallel (default: one per core; "
+        "on a Dask cluster its workers do it)",
     )
     parser.add_argument(
         "--fields", type=Path, default=None, help="field boundaries for per-field statistics"
@@ -182,7 +206,10 @@ def health_options_from_args(args: argparse.Namespace) -> HealthOptions:
     return HealthOptions(
         min_area_m2=args.min_area,
         simplify_m=args.simplify,
-        formats=tuple(args.formats) if args.formats else VECTOR_FORMATS,
+        formats=tuple(args.formats) if args.formats else HealthOptions.formats,
+        polygons=args.polygons,
+        whole_regions=args.whole_regions,
+        workers=args.health_workers,
         fields=args.fields,
         grid_m=args.grid,
         preview=not args.no_preview,
@@ -339,7 +366,7 @@ def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOpti
             "--rates/--rate give each management zone a rate, and there are none without "
             "--grid or --fields: add --grid SIZE_M (e.g. --grid 10) or --fields FILE"
         )
-    if after_run and args.formats and "gpkg" not in args.formats:
+    if after_run and args.formats and not {"gpkg", "auto"} & set(args.formats):
         raise InputError(
             "prescriptions are drawn from the weed polygons of <stem>.health.gpkg, which "
             "--format leaves out: add --format gpkg"

@@ -17,8 +17,16 @@ from agriseg.areas import geometry_area_perimeter_m, pixel_area_rows_m2
 from agriseg.atomic import TMP_MARK
 from agriseg.classes import CLASS_NAMES, DEFAULT_CLASSES, NODATA
 from agriseg.errors import InputError
+from agriseg.grid import Grid
 from agriseg.health import class_areas_m2, health_indices, health_summary
-from agriseg.products import HealthOptions, health_paths, write_health_products
+from agriseg.products import (
+    LARGE_SURVEY_PX,
+    ClassRaster,
+    HealthOptions,
+    health_paths,
+    plan_health,
+    write_health_products,
+)
 
 #: (CRS, transform) of ~2 cm pixels at 45° N, in UTM, geographic and Web Mercator.
 GRIDS = {
@@ -104,7 +112,8 @@ def test_area_m2_is_ground_area_in_any_crs(tmp_path: Path, grid: str) -> None:
     crs, transform = GRIDS[grid]
     data = field()
     write_inputs(tmp_path, data, crs, transform)
-    summary = run(tmp_path, HealthOptions(min_area_m2=0, block_size=32, preview=False))
+    options = HealthOptions(min_area_m2=0, block_size=32, preview=False, polygons="all")
+    summary = run(tmp_path, options)
     frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
     assert frame.crs == CRS(crs)
     for geom, area in zip(frame.geometry, frame["area_m2"], strict=True):
@@ -138,9 +147,10 @@ def test_perimeter_is_planar_in_utm() -> None:
 def test_products_files_and_summary(tmp_path: Path) -> None:
     data = field()
     write_inputs(tmp_path, data, *GRIDS["utm"])
-    summary = run(tmp_path, HealthOptions(block_size=32))
+    summary = run(tmp_path, HealthOptions(block_size=32, polygons="all", whole_regions=True))
     paths = health_paths(tmp_path, "f")
-    assert summary["outputs"] == {k: str(p) for k, p in paths.items()}
+    # A small survey: GeoJSON and GeoPackage (--format auto), no FlatGeobuf.
+    assert summary["outputs"] == {k: str(p) for k, p in paths.items() if k != "fgb"}
     assert not [p for p in tmp_path.iterdir() if TMP_MARK in p.name]
     health = summary["health"]
     assert health["weed_pressure"] == pytest.approx(225 / 3200, abs=1e-6)
@@ -202,7 +212,7 @@ def test_simplified_output_is_valid(tmp_path: Path) -> None:
     yy, xx = np.mgrid[0:96, 0:96]
     data = ((np.hypot(yy - 48, xx - 48) // 11) % 4).astype("uint8")
     write_inputs(tmp_path, data, *GRIDS["wgs84"])
-    run(tmp_path, HealthOptions(simplify_m=0.05, block_size=32, preview=False))
+    run(tmp_path, HealthOptions(simplify_m=0.05, block_size=32, preview=False, polygons="all"))
     frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
     assert shapely.coverage_is_valid(frame.geometry.to_numpy())
     assert shapely.is_valid(frame.geometry.to_numpy()).all()
@@ -227,3 +237,114 @@ def test_raster_without_crs_is_an_input_error(tmp_path: Path) -> None:
     write_raster(tmp_path / "f.classes.tif", field()[None], None, nodata=NODATA, block=16)
     with pytest.raises(InputError, match=r"f\.classes\.tif.*no CRS"):
         write_health_products(tmp_path / "f.classes.tif", None, None, tmp_path, "f")
+
+
+def test_default_polygons_are_the_weed_and_disease_patches(tmp_path: Path) -> None:
+    write_inputs(tmp_path, field(), *GRIDS["utm"])
+    summary = run(tmp_path, HealthOptions(block_size=32, preview=False))
+    frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
+    assert sorted(frame["class"]) == ["diseased", "weed"]
+    health = summary["health"]
+    assert health["polygons"] == 2 and health["polygon_classes"] == ["weed", "diseased"]
+    # Classes left out of the polygons keep their areas and statistics.
+    assert health["classes"]["soil"]["area_m2"] > 0 and health["classes"]["crop"]["area_m2"] > 0
+    assert health["vegetation_indices"]["exg"] is not None
+    features = json.loads((tmp_path / "f.health.geojson").read_text())["features"]
+    assert sorted(f["properties"]["class"] for f in features) == ["diseased", "weed"]
+
+
+def test_polygons_of_named_classes_and_unknown_names(tmp_path: Path) -> None:
+    write_inputs(tmp_path, field(), *GRIDS["utm"])
+    run(tmp_path, HealthOptions(polygons="crop, weed", preview=False, formats=("gpkg",)))
+    frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
+    assert set(frame["class"]) == {"crop", "weed"}
+    run(tmp_path, HealthOptions(polygons="none", preview=False, formats=("gpkg",)))
+    assert pyogrio.read_info(tmp_path / "f.health.gpkg", layer="health")["features"] == 0
+    with pytest.raises(
+        InputError, match=r"--polygons thistle: the model has no class thistle.*soil"
+    ):
+        run(tmp_path, HealthOptions(polygons="thistle"))
+
+
+def test_field_spanning_regions_are_cut_on_the_block_grid(tmp_path: Path) -> None:
+    data = field()
+    write_inputs(tmp_path, data, *GRIDS["utm"])
+    to_pixels = ~UTM_TRANSFORM
+    for whole in (False, True):
+        options = HealthOptions(
+            block_size=32, min_area_m2=0, polygons="all", whole_regions=whole, preview=False
+        )
+        summary = run(tmp_path, options)
+        frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
+        cells: dict[str, list[bool]] = {}
+        for name, geom in zip(frame["class"], frame.geometry, strict=True):
+            left, bottom, right, top = geom.bounds
+            col0, row0 = (round(v) for v in to_pixels * (left, top))
+            col1, row1 = (round(v) for v in to_pixels * (right, bottom))
+            in_one_cell = col0 // 32 == (col1 - 1) // 32 and row0 // 32 == (row1 - 1) // 32
+            cells.setdefault(name, []).append(in_one_cell)
+        # Weed and disease patches are whole either way (each lies in one region).
+        assert len(cells["weed"]) == 1 and len(cells["diseased"]) == 1
+        if whole:
+            assert len(cells["soil"]) == 1 and len(cells["crop"]) == 1
+        else:  # soil and crop span 3 x 3 cells of 32 px: one polygon per cell they touch
+            assert all(cells["soil"]) and all(cells["crop"])
+            assert len(cells["soil"]) == 9 and len(cells["crop"]) == 6
+        # Cut or whole, the polygons cover exactly the classes' areas.
+        by_class = frame.groupby("class")["area_m2"].sum()
+        for name in CLASS_NAMES:
+            expected = summary["health"]["classes"][name]["area_m2"]
+            assert by_class[name] == pytest.approx(expected, rel=1e-6)
+
+
+def test_flatgeobuf_holds_the_same_polygons_with_a_spatial_index(tmp_path: Path) -> None:
+    write_inputs(tmp_path, field(), *GRIDS["utm"])
+    options = HealthOptions(polygons="all", formats=("gpkg", "fgb"), block_size=32, preview=False)
+    summary = run(tmp_path, options)
+    paths = health_paths(tmp_path, "f")
+    assert set(summary["outputs"]) == {"gpkg", "fgb", "qml"}
+    fgb = pyogrio.read_dataframe(paths["fgb"])
+    gpkg = pyogrio.read_dataframe(paths["gpkg"], layer="health")
+    assert fgb.crs == gpkg.crs == CRS(UTM) and len(fgb) == summary["health"]["polygons"]
+    # FlatGeobuf stores features in the order of its packed R-tree: compare sorted.
+    fgb, gpkg = (f.iloc[np.argsort(shapely.to_wkb(f.geometry.values))] for f in (fgb, gpkg))
+    assert np.array_equal(fgb.drop(columns="geometry").values, gpkg.drop(columns="geometry").values)
+    assert shapely.equals_exact(fgb.geometry.values, gpkg.geometry.values, 0).all()
+    assert pyogrio.read_info(paths["fgb"])["capabilities"]["fast_spatial_filter"]
+    assert not [p for p in tmp_path.iterdir() if TMP_MARK in p.name]
+
+
+def test_large_surveys_get_no_geojson_and_one_pixel_simplification() -> None:
+    def job(size: int, **options):
+        grid = Grid(size, size, UTM_TRANSFORM, CRS(UTM))
+        return plan_health(ClassRaster(grid, {}), HealthOptions(**options))
+
+    small, large = 4096, int(LARGE_SURVEY_PX**0.5) + 1
+    assert job(small).formats == ("geojson", "gpkg") and job(small).simplify_m == 0
+    assert job(large).formats == ("gpkg",)
+    assert job(large).simplify_m == pytest.approx(abs(UTM_TRANSFORM.a))
+    assert job(large, simplify_m=0).simplify_m == 0
+    assert job(large, formats=("auto", "fgb")).formats == ("gpkg", "fgb")
+    assert job(small, formats=("fgb", "geojson")).formats == ("geojson", "fgb")
+
+
+def test_flatgeobuf_writer_groups_appends_and_keeps_every_feature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geopandas as gpd
+
+    from agriseg import vector_outputs
+
+    monkeypatch.setattr(vector_outputs, "FLATGEOBUF_GROUP", 3)
+    boxes = [shapely.box(500000 + k, 5300000, 500001 + k, 5300001) for k in range(8)]
+    frame = gpd.GeoDataFrame({"k": np.arange(8)}, geometry=boxes, crs=UTM)
+    path = tmp_path / "x.fgb"
+    with vector_outputs.LayerWriter(path, "health", frame.iloc[:0], "FlatGeobuf") as writer:
+        for start in range(0, 8, 2):  # 4 batches of 2: appended as 4 + 4 (at >= 3)
+            writer.write(frame.iloc[start : start + 2])
+    back = pyogrio.read_dataframe(path)
+    assert sorted(back["k"]) == list(range(8)) and back.crs == CRS(UTM)
+    empty = tmp_path / "empty.fgb"
+    with vector_outputs.LayerWriter(empty, "health", frame.iloc[:0], "FlatGeobuf"):
+        pass
+    assert len(pyogrio.read_dataframe(empty)) == 0

@@ -121,3 +121,60 @@ def test_cli_stream_health_flag_gives_the_same_products(tmp_path: Path) -> None:
     assert summaries[0]["parameters"]["stream_health"] is True
     assert summaries[1]["parameters"]["stream_health"] is False
     assert summaries[0]["health"] == summaries[1]["health"]
+
+
+def test_blocks_on_processes_or_dask_workers_give_byte_identical_products(
+    tmp_path: Path,
+) -> None:
+    """Where the blocks run (this process, worker processes, a Dask cluster) changes nothing."""
+    import logging
+
+    import pyogrio
+    import shapely
+    from conftest import UTM, UTM_TRANSFORM
+    from distributed import Client, LocalCluster
+
+    image = write_raster(tmp_path / "f.tif", field_image(150, 170, seed=5))
+    rng = np.random.default_rng(5)
+    classes = (field_image(150, 170, seed=5)[1] > 120).astype("uint8")  # crop where green
+    classes[rng.random(classes.shape) < 0.03] = 2  # specks of weed: some sieved away
+    classes[60:90, 20:70] = 3
+    classes[:, :6] = NODATA
+    write_raster(tmp_path / "f.classes.tif", classes[None], UTM, UTM_TRANSFORM, nodata=NODATA)
+    conf = rng.integers(0, 101, classes.shape, dtype="uint8")
+    write_raster(tmp_path / "f.confidence.tif", conf[None], UTM, UTM_TRANSFORM, nodata=NODATA)
+    options = {
+        "block_size": 32,  # 5 x 6 blocks, many seams
+        "min_area_m2": 0.004,
+        "polygons": "all",
+        "formats": ("geojson", "gpkg", "fgb"),
+    }
+    args = (tmp_path / "f.classes.tif", tmp_path / "f.confidence.tif", image)
+    outs = {}
+    for workers in (1, 2):
+        outs[workers] = tmp_path / f"w{workers}"
+        outs[workers].mkdir()
+        write_health_products(*args, outs[workers], "f", HealthOptions(workers=workers, **options))
+    outs["dask"] = tmp_path / "dask"
+    outs["dask"].mkdir()
+    job = plan_health(ClassRaster.of_file(args[0]), HealthOptions(**options))
+    with (
+        LocalCluster(
+            n_workers=2, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+        job.block_runner(client) as run_blocks,
+    ):
+        job.run(job.file_strips(args[0], args[1]), image, outs["dask"], "f", run_blocks)
+    for name in ("f.health.geojson", "f.health.fgb", "f.health.qml", "f.preview.png"):
+        expected = (outs[1] / name).read_bytes()
+        assert (outs[2] / name).read_bytes() == expected, name
+        assert (outs["dask"] / name).read_bytes() == expected, name
+    # A GeoPackage records when it was written: its layers must match.
+    frames = [
+        pyogrio.read_dataframe(outs[k] / "f.health.gpkg", layer="health") for k in (1, 2, "dask")
+    ]
+    assert len(frames[0]) > 30
+    for frame in frames[1:]:
+        assert frame.drop(columns="geometry").equals(frames[0].drop(columns="geometry"))
+        assert shapely.equals_exact(frame.geometry.values, frames[0].geometry.values, 0).all()

@@ -73,7 +73,14 @@ def test_polygon_field_zone_and_survey_means_match_numpy(tmp_path: Path) -> None
         tmp_path / "f.tif",
         tmp_path,
         "f",
-        HealthOptions(min_area_m2=0, fields=tmp_path / "fields.gpkg", grid_m=0.32, block_size=16),
+        HealthOptions(
+            min_area_m2=0,
+            fields=tmp_path / "fields.gpkg",
+            grid_m=0.32,
+            block_size=16,
+            polygons="all",
+            whole_regions=True,
+        ),
     )
     # Survey: every valid pixel.
     means = summary["health"]["vegetation_indices"]

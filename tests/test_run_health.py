@@ -33,9 +33,9 @@ def health_run(tmp_path_factory):
     fields.to_file(tmp / "fields.gpkg")
     out = tmp / "out"
     fields_path = str(tmp / "fields.gpkg")
-    code = main(
-        ["run", str(path), "--out", str(out), "--fields", fields_path, "--grid", "1", *FAST]
-    )
+    # Every class's polygons: the tests burn them back into the sieved raster.
+    args = ["--fields", fields_path, "--grid", "1", "--polygons", "all"]
+    code = main(["run", str(path), "--out", str(out), *args, *FAST])
     assert code == 0
     summary = json.loads((out / "plot.summary.json").read_text())
     return out, summary
@@ -95,3 +95,24 @@ def test_grid_cells_match_a_direct_count(health_run):
         assert got is None or np.isnan(got)
     else:
         assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_cli_polygon_options_fail_before_segmenting_and_shape_the_outputs(
+    tmp_path, run_cli, capsys
+):
+    path = write_raster(tmp_path / "plot.tif", field_image(64, 64, seed=2))
+    out = tmp_path / "bad"
+    assert run_cli("run", path, "--out", out, *FAST, "--polygons", "thistle") != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--polygons thistle" in err[0] and "soil, crop" in err[0]
+    assert not out.exists()
+    out = tmp_path / "ok"
+    args = ("--polygons", "crop", "--format", "fgb", "--format", "auto", "--health-workers", "2")
+    assert run_cli("run", path, "--out", out, *FAST, *args) == 0
+    summary = json.loads((out / "plot.summary.json").read_text())
+    assert summary["health"]["polygon_classes"] == ["crop"]
+    assert summary["parameters"]["health"]["workers"] == 2
+    assert {"plot.health.fgb", "plot.health.geojson", "plot.health.gpkg"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert set(pyogrio.read_dataframe(out / "plot.health.fgb")["class"]) == {"crop"}

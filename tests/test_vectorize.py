@@ -267,3 +267,35 @@ def test_union_parts_is_the_union_of_a_regions_block_parts(mask: np.ndarray, blo
     assert united.geom_type == "Polygon" and united.is_valid
     assert united.equals(shapely.union_all(parts_array))
     assert united.area == region.sum()
+
+
+@pytest.mark.parametrize("strip_rows", [8, 16, 32])
+def test_cut_classes_stay_in_their_cells_whatever_the_strip_height(strip_rows: int) -> None:
+    from agriseg.vectorize import StripPolygons
+
+    data = blocky(96, 80, 10, seed=6)
+    whole = np.ones(256, dtype=bool)
+    whole[[0, 1]] = False  # soil and crop are cut on the 32-px cells; 2 and 3 stay whole
+    polygons = StripPolygons(96, 80, 32, whole=whole)
+    found = PolygonBatch.concat(
+        polygons.add(data[row : row + strip_rows], None, row) for row in range(0, 96, strip_rows)
+    )
+    # Pixel coordinates: bounds are pixel edges.
+    bounds = shapely.bounds(found.geometry)
+    in_one_cell = (bounds[:, 0] // 32 == (bounds[:, 2] - 1) // 32) & (
+        bounds[:, 1] // 32 == (bounds[:, 3] - 1) // 32
+    )
+    cut = np.isin(found.class_id, [0, 1])
+    assert in_one_cell[cut].all() and not in_one_cell[~cut].all()
+    assert shapely.is_valid(found.geometry).all() and found.pixels.sum() == (data != NODATA).sum()
+    # Within a cell, a cut region is one polygon: the same as with cell-high strips.
+    reference = StripPolygons(96, 80, 32, whole=whole)
+    expected = PolygonBatch.concat(reference.add(data[r : r + 32], None, r) for r in (0, 32, 64))
+
+    def canonical(batch: PolygonBatch) -> np.ndarray:
+        centroid = shapely.centroid(batch.geometry)
+        x, y = shapely.get_x(centroid), shapely.get_y(centroid)
+        return batch.geometry[np.lexsort((y, x, batch.pixels, batch.class_id))]
+
+    assert len(found) == len(expected)
+    assert shapely.equals(canonical(found), canonical(expected)).all()
