@@ -15,24 +15,37 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
-
-import segmentation_models_pytorch as smp
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any, Literal
 
 from agriseg.atomic import atomic_output, write_text_atomic
 from agriseg.classes import DEFAULT_CLASSES, ClassList
 from agriseg.errors import ModelError
+from agriseg.optional import require_torch
 
-#: Architectures from segmentation-models-pytorch that agriseg can build.
-ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
-    "unet": smp.Unet,
-    "pspnet": smp.PSPNet,
-    "deeplabv3plus": smp.DeepLabV3Plus,
-    "fpn": smp.FPN,
-}
+if TYPE_CHECKING:
+    import torch
+
+
+def _architectures() -> dict[str, Callable[..., torch.nn.Module]]:
+    """Architectures from segmentation-models-pytorch that agriseg can build (imported
+    on first use: running ONNX models needs no PyTorch)."""
+    require_torch("building a network")
+    import segmentation_models_pytorch as smp
+
+    return {
+        "unet": smp.Unet,
+        "pspnet": smp.PSPNet,
+        "deeplabv3plus": smp.DeepLabV3Plus,
+        "fpn": smp.FPN,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # ARCHITECTURES stays importable from here without importing torch up front.
+    if name == "ARCHITECTURES":
+        return _architectures()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Shipped model names; ``default`` is an alias.
 DEFAULT_MODEL = "agriseg-unet"
@@ -122,11 +135,10 @@ class ModelMeta:
 
 def check_architecture(name: str) -> Callable[..., torch.nn.Module]:
     try:
-        return ARCHITECTURES[name]
+        return _architectures()[name]
     except KeyError:
-        raise ModelError(
-            f"unknown architecture {name!r}; expected one of {', '.join(sorted(ARCHITECTURES))}"
-        ) from None
+        names = ", ".join(sorted(_architectures()))
+        raise ModelError(f"unknown architecture {name!r}; expected one of {names}") from None
 
 
 def build_model(meta: ModelMeta) -> torch.nn.Module:
@@ -171,6 +183,8 @@ def save_checkpoint(
     ``half`` stores floating-point weights as float16 (shipped models, half the size);
     they are loaded back as float32.
     """
+    from safetensors.torch import save_file
+
     weights, meta_path = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -262,6 +276,10 @@ def load_model(ref: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
             f"{resolved}: an ONNX model runs only in ONNX Runtime (--engine onnx or auto, "
             "on CPU); torch needs the checkpoint (NAME.safetensors + NAME.json)"
         )
+    require_torch(f"loading {resolved} into torch")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     weights, meta_path = checkpoint_paths(resolved)
     meta = read_meta(meta_path)
     model = build_model(meta)

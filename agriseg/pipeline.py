@@ -30,7 +30,7 @@ from agriseg.errors import InputError
 from agriseg.execution import dask_client, release_free_memory
 from agriseg.gdal_settings import on_workers, run_settings
 from agriseg.health_stream import HealthStream
-from agriseg.inference import Engine, resolve_device, resolve_engine
+from agriseg.inference import Engine, resolve_device_name, resolve_engine
 from agriseg.models import ModelMeta, find_model, is_onnx, pixel_kind
 from agriseg.outputs import (
     ClassRasterWriter,
@@ -153,7 +153,7 @@ class RunPlan:
         config: The run's options.
         weights: The model's weights file.
         meta: The model's metadata.
-        device: The torch device the model runs on.
+        device: The device the model runs on (``cpu``, ``cuda``, ``cuda:N``).
         engine: What runs the model (``torch`` or ``onnx``).
         info: The validated input.
         tiles: The scale decision and the tile grid.
@@ -179,9 +179,8 @@ class RunPlan:
 def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     """Check the model, the input and the options, and set the run up; writes nothing."""
     weights, meta = find_model(config.model)
-    torch_device = resolve_device(config.device)
-    engine = resolve_engine(config.engine, torch_device, weights)
-    device = str(torch_device)
+    device = resolve_device_name(config.device)
+    engine = resolve_engine(config.engine, device, weights)
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
     health = None
     if info.crs is not None:

@@ -14,14 +14,8 @@ from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.inference import resolve_engine
 from agriseg.models import ARCHITECTURES, ModelMeta, build_model, find_model, load_model
-from agriseg.onnx_export import (
-    AGRISEG_META_KEY,
-    CACHE_ENV,
-    OPSET,
-    cached_export,
-    export_bytes,
-    export_model,
-)
+from agriseg.onnx_export import AGRISEG_META_KEY, CACHE_ENV, OPSET, cached_export, export_model
+from agriseg.onnx_graph import export_bytes
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -163,7 +157,7 @@ def test_checkpoints_are_exported_once_into_the_cache(tmp_path, monkeypatch):
 
 
 def test_auto_engine_is_onnx_runtime_on_cpu_and_torch_on_cuda():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cpu, cuda = "cpu", "cuda"
     assert resolve_engine("auto", cpu) == "onnx"
     assert resolve_engine("auto", cuda) == "torch"
     assert resolve_engine("torch", cpu) == "torch"
