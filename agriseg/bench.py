@@ -31,6 +31,7 @@ from agriseg.inference import (
     DEFAULT_FORWARD_THREADS,
     default_threads,
     get_predictor,
+    model_file,
     resolve_device_name,
     resolve_engine,
 )
@@ -129,6 +130,7 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
     grid = plan.grid
     device = resolve_device_name(config.device)
     engine = resolve_engine(config.engine, device, weights)
+    weights = model_file(weights, engine, plan.model_tile, config.precision)
     predictor = get_predictor(str(weights), device, threads, engine)
     # Resampled, the model sees model-size tiles, resized here, before the clock
     # starts: resizing and weighting at the input's size belong to the run.
@@ -212,6 +214,7 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
         "peak_rss_mb": summary["peak_rss_mb"],
         "device": summary["parameters"]["device"],
         "engine": summary["parameters"]["engine"],
+        "precision": summary["parameters"]["precision"],
         "stages_s": summary["timings_s"],
         "model": summary["model"]["name"],
         "tile_size": summary["parameters"]["tile_size"],

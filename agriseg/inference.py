@@ -160,6 +160,43 @@ def resolve_engine(engine: str, device: str, model_path: str | Path = "") -> Eng
     return "onnx"
 
 
+def model_file(weights: Path, engine: Engine, model_tile: int, precision: str = "auto") -> Path:
+    """The file a run loads for ``weights`` (see :func:`~agriseg.models.find_model`).
+
+    In ONNX Runtime a shipped model runs its shipped int8 variant with ``precision``
+    ``int8``, and with ``auto`` where it ships one for ``model_tile`` px tiles; else
+    ``weights`` as given (fp32; an exported ``.onnx`` file runs as it is).
+    """
+    from agriseg.onnx_export import INT8_SUFFIX, shipped_onnx
+
+    if engine == "torch" or is_onnx(weights):
+        if precision == "int8" and not str(weights).endswith(INT8_SUFFIX):
+            how = "use --engine onnx (or auto, on CPU)" if engine == "torch" else "export one"
+            raise InputError(
+                f"--precision int8 runs the shipped models' int8 variants in ONNX Runtime "
+                f"({weights} is not one): {how}, or --precision fp32"
+            )
+        return weights
+    if precision != "fp32":
+        int8 = shipped_onnx(weights, model_tile, "int8")
+        if int8 is not None:
+            return int8
+        if precision == "int8":
+            raise InputError(
+                f"--precision int8: {weights.name} has no int8 variant for {model_tile} px "
+                "tiles (the shipped models ship one at their own tile size): leave "
+                "--tile-size out, or use --precision fp32"
+            )
+    return weights
+
+
+def model_precision(path: str | Path) -> Literal["fp32", "int8"]:
+    """The numbers a model file holds, as far as agriseg made it."""
+    from agriseg.onnx_export import INT8_SUFFIX
+
+    return "int8" if str(path).endswith(INT8_SUFFIX) else "fp32"
+
+
 #: Model input and output arrays: numpy for ONNX Runtime, torch tensors for torch.
 Array = TypeVar("Array")
 

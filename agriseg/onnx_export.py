@@ -202,13 +202,19 @@ def cache_dir() -> Path:
     return Path(base) / "agriseg"
 
 
-def shipped_onnx(weights: Path, tile_size: int) -> Path | None:
-    """The ONNX file shipped beside a shipped model's weights, when it has ``tile_size``
-    tiles (``scripts/train_default.py`` writes both; a test keeps them in sync)."""
+#: Suffix of a shipped model's int8 variant, beside its fp32 ``NAME.onnx``.
+INT8_SUFFIX = ".int8.onnx"
+
+
+def shipped_onnx(weights: Path, tile_size: int, precision: str = "fp32") -> Path | None:
+    """The ONNX file shipped beside a shipped model's weights in ``precision`` (``fp32``:
+    ``NAME.onnx``, ``int8``: ``NAME.int8.onnx``), when it has ``tile_size`` tiles
+    (``scripts/train_default.py`` writes them; a test keeps them in sync)."""
     from agriseg.models import shipped_dir
 
     weights = Path(weights)
-    path = weights.with_name(weights.name.removesuffix(".safetensors") + ".onnx")
+    suffix = INT8_SUFFIX if precision == "int8" else ".onnx"
+    path = weights.with_name(weights.name.removesuffix(".safetensors") + suffix)
     if weights.parent.resolve() != shipped_dir().resolve() or not path.is_file():
         return None
     return path if read_onnx_meta(path).tile_size == tile_size else None

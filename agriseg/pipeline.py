@@ -30,7 +30,13 @@ from agriseg.errors import InputError
 from agriseg.execution import dask_client, release_free_memory
 from agriseg.gdal_settings import on_workers, run_settings
 from agriseg.health_stream import HealthStream
-from agriseg.inference import Engine, resolve_device_name, resolve_engine
+from agriseg.inference import (
+    Engine,
+    model_file,
+    model_precision,
+    resolve_device_name,
+    resolve_engine,
+)
 from agriseg.models import ModelMeta, find_model, is_onnx, pixel_kind
 from agriseg.outputs import (
     ClassRasterWriter,
@@ -190,6 +196,7 @@ def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     if stream is None:
         stream = device.startswith("cuda")
     tiles = plan_tiles(info, meta, config)
+    weights = model_file(weights, engine, tiles.model_tile, config.precision)
     if is_onnx(weights) and tiles.model_tile != meta.tile_size:
         raise InputError(
             f"{weights}: this ONNX model takes {meta.tile_size} px tiles, not "
@@ -314,6 +321,7 @@ def _summarise(
             "tile_size": plan.tiles.model_tile,
             "device": plan.device,
             "engine": plan.engine,
+            "precision": model_precision(plan.weights),
         },
         "scale": plan.tiles.summary(),
         "tiles": plan.tiles.grid.n_tiles,

@@ -48,6 +48,7 @@ SAME_NAMED = (
     "stream_health",
     "resample",
     "engine",
+    "precision",
     "tta",
 )
 
