@@ -33,10 +33,16 @@ test: lint
 	$(VENV)/bin/pytest
 	$(MAKE) test-light
 
-$(LIGHT_STAMP): pyproject.toml constraints.txt $(PACKAGE_FILES)
+# Dependencies when they change; then agriseg alone whenever its files do.
+$(LIGHT)/.dependencies-installed: pyproject.toml constraints.txt
 	test -x $(LIGHT)/bin/python || python3 -m venv $(LIGHT)
 	$(LIGHT)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt .
-	touch $(LIGHT_STAMP)
+	touch $@
+
+$(LIGHT_STAMP): $(LIGHT)/.dependencies-installed $(PACKAGE_FILES)
+	$(LIGHT)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		--force-reinstall .
+	touch $@
 
 # run, batch and evaluate on the sample survey without torch (nor onnx, the exporter).
 test-light: $(LIGHT_STAMP)

@@ -54,6 +54,7 @@ def main() -> int:
     parser.add_argument("--model", default="agriseg-unet")
     parser.add_argument("--int8", type=Path, default=None, help="an int8 ONNX file to compare")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="setups whose names hold any of these")
     args = parser.parse_args()
     weights, meta = find_model(args.model)
     fp32 = shipped_onnx(weights, meta.tile_size) if weights.suffix != ".onnx" else weights
@@ -82,6 +83,9 @@ def main() -> int:
     if args.int8 is not None:
         setups["int8 (adopted options)"] = (args.int8, base, 1, 4)
         setups["int8, batch 2"] = (args.int8, base, 1, 2)
+        setups["int8, batch 1"] = (args.int8, base, 1, 1)
+    if args.only:
+        setups = {k: v for k, v in setups.items() if any(w in k for w in args.only)}
     forwards = {
         name: OnnxForward(meta, threads, path, settings)
         for name, (path, settings, threads, _) in setups.items()
