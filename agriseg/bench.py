@@ -87,15 +87,17 @@ def _survey(edge: int, seed: int) -> np.ndarray:
     return generate_survey(draw_params(seed, edge, edge), seed).image[:3]
 
 
-def write_bench_raster(path: Path, size: int, seed: int = 0) -> Path:
-    """Write a ``size`` x ``size`` RGB GeoTIFF for benchmarking, a strip at a time.
+def write_bench_raster(path: Path, size: int, seed: int = 0, *, height: int | None = None) -> Path:
+    """Write a ``size`` x ``size`` RGB GeoTIFF for benchmarking, a strip at a time
+    (``size`` wide and ``height`` high when ``height`` is given).
 
     A survey of at most :data:`SURVEY_EDGE` pixels is drawn once and mirrored
     across the raster, so memory stays small whatever ``size`` is.
     """
-    if size < 32:
+    height = size if height is None else height
+    if min(size, height) < 32:
         raise InputError(f"--size {size} is too small; use at least 32 pixels")
-    survey = _survey(min(size, SURVEY_EDGE), seed)
+    survey = _survey(min(max(size, height), SURVEY_EDGE), seed)
     edge = survey.shape[1]
     # Mirrored repeats (0..e-1, e-1..0, ...) avoid seams between copies.
     mirror = np.concatenate([np.arange(edge), np.arange(edge)[::-1]])
@@ -103,7 +105,7 @@ def write_bench_raster(path: Path, size: int, seed: int = 0) -> Path:
     profile = {
         "driver": "GTiff",
         "width": size,
-        "height": size,
+        "height": height,
         "count": 3,
         "dtype": "uint8",
         "crs": CRS.from_epsg(32633),
@@ -116,10 +118,10 @@ def write_bench_raster(path: Path, size: int, seed: int = 0) -> Path:
         "BIGTIFF": "IF_SAFER",
     }
     with rasterio.open(path, "w", **profile) as dst:
-        for row in range(0, size, WRITE_ROWS):
-            height = min(WRITE_ROWS, size - row)
-            rows = mirror[np.arange(row, row + height) % (2 * edge)]
-            dst.write(survey[:, rows][:, :, cols], window=Window(0, row, size, height))
+        for row in range(0, height, WRITE_ROWS):
+            n = min(WRITE_ROWS, height - row)
+            rows = mirror[np.arange(row, row + n) % (2 * edge)]
+            dst.write(survey[:, rows][:, :, cols], window=Window(0, row, size, n))
     return path
 
 
@@ -154,7 +156,9 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
                 began = time.perf_counter()
                 list(
                     pool.map(
-                        lambda tiles: predictor.probabilities(tiles, weight, None, config.tta),
+                        lambda tiles: predictor.probabilities(
+                            tiles, weight, None, config.tta, config.refine
+                        ),
                         group,
                     )
                 )
@@ -186,15 +190,31 @@ def model_only_seconds(
     return seconds
 
 
+def peak_gpu_mb(device: str) -> dict[str, float | None]:
+    """Peak GPU memory of this process so far, in MiB: what torch's tensors took
+    (``allocated``) and what its caching allocator held (``reserved``, about what
+    ``nvidia-smi`` shows, less the CUDA context); None off CUDA."""
+    if not resolve_device_name(device).startswith("cuda"):
+        return {"allocated": None, "reserved": None}
+    import torch
+
+    torch_device = torch.device(resolve_device_name(device))
+    return {
+        "allocated": round(torch.cuda.max_memory_allocated(torch_device) / 2**20, 1),
+        "reserved": round(torch.cuda.max_memory_reserved(torch_device) / 2**20, 1),
+    }
+
+
 def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any]:
     """Run the pipeline, then the model alone, in this process; return the figures.
 
-    Peak memory is read before the model-only pass, so it is the run's own.
+    Peak memory (RAM and GPU) is read before the model-only pass, so it is the run's own.
     """
     start = time.perf_counter()
     result = segment_raster(input_path, out_dir, config)
     end_to_end = time.perf_counter() - start
     summary = result.summary
+    gpu_mb = peak_gpu_mb(config.device)
     # A run's forwards happen on Dask worker threads, and OpenMP teams started from
     # the main thread behave differently (with the default active wait policy we
     # measured main-thread forwards up to 2x slower on a busy machine): time the
@@ -212,6 +232,8 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
         "ratio": round(end_to_end / model_s, 3) if model_s else None,
         "mpx_per_s": round(pixels / 1e6 / end_to_end, 3),
         "peak_rss_mb": summary["peak_rss_mb"],
+        "peak_gpu_mb": gpu_mb["allocated"],
+        "peak_gpu_reserved_mb": gpu_mb["reserved"],
         "device": summary["parameters"]["device"],
         "engine": summary["parameters"]["engine"],
         "precision": summary["parameters"]["precision"],

@@ -13,14 +13,28 @@ from typing import Literal
 from agriseg.errors import InputError
 
 #: Architectures ``agriseg train --arch`` offers (the keys of
-#: :data:`agriseg.models.ARCHITECTURES`, named here so that parsing the command line
-#: does not import torch).
-ARCHITECTURE_NAMES: tuple[str, ...] = ("deeplabv3plus", "fpn", "pspnet", "unet")
+#: :data:`agriseg.architectures.ARCHITECTURES`, named here so that parsing the command
+#: line does not import torch).
+ARCHITECTURE_NAMES: tuple[str, ...] = (
+    "deeplabv3",
+    "deeplabv3plus",
+    "fcn",
+    "fpn",
+    "pspnet",
+    "segnet",
+    "unet",
+)
 
 VectorFormat = Literal["geojson", "gpkg"]
 
 #: What runs the model: ``auto`` is ONNX Runtime on CPU when it is installed, else torch.
 EngineChoice = Literal["auto", "torch", "onnx"]
+
+#: Post-processing of each tile's probabilities: none, or a dense CRF (:mod:`agriseg.refine`).
+RefineChoice = Literal["none", "crf"]
+
+#: Valid ``--refine`` values.
+REFINEMENTS: tuple[RefineChoice, ...] = ("none", "crf")
 
 #: Valid ``--engine`` values.
 ENGINES: tuple[EngineChoice, ...] = ("auto", "torch", "onnx")
@@ -119,6 +133,9 @@ class RunConfig:
         tta: test-time augmentation: average each tile's class probabilities over its
             eight D4 views (rotations by 90°, mirrored), inside the tiling, so blending
             and memory are unchanged; eight forward passes per tile.
+        refine: ``crf``: refine each tile's probabilities with a dense CRF on its
+            pixels (after ``tta``), inside the tiling (see :mod:`agriseg.refine`);
+            needs the ``crf`` extra.
     """
 
     model: str = "default"
@@ -138,6 +155,7 @@ class RunConfig:
     engine: EngineChoice = "auto"
     precision: Precision = "auto"
     tta: bool = False
+    refine: RefineChoice = "none"
 
     def __post_init__(self) -> None:
         # Checked here so a bad option fails before the run creates its output folder.
@@ -170,3 +188,9 @@ class RunConfig:
             raise InputError(
                 f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}"
             )
+        if self.refine not in REFINEMENTS:
+            raise InputError(f"--refine {self.refine!r}: expected one of {', '.join(REFINEMENTS)}")
+        if self.refine == "crf":
+            from agriseg.refine import require_crf
+
+            require_crf()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
-from agriseg.config import ENGINES
+from agriseg.config import ENGINES, RefineChoice
 from agriseg.errors import InputError, MissingDependencyError, ModelError
 from agriseg.models import ModelMeta, Normalization, find_model, is_onnx, shipped_dir
 from agriseg.optional import (
@@ -226,12 +226,26 @@ def d4_mean(forward: Callable[[Array], Array], x: Array) -> Array:
     return total / 8  # type: ignore[no-any-return]
 
 
+def crf_marginals(probs: np.ndarray, tiles: np.ndarray, norm: Normalization) -> np.ndarray:
+    """A dense CRF's marginals on the tiles' pixels (see :mod:`agriseg.refine`), the
+    normalised tiles brought back to 0-255."""
+    from agriseg.refine import refine_tiles
+
+    std = np.asarray(norm.std, dtype="float32")[:, None, None]
+    mean = np.asarray(norm.mean, dtype="float32")[:, None, None]
+    images = (tiles * std + mean) * np.float32(255)
+    return refine_tiles(probs, images)
+
+
 class TorchForward:
     """Probabilities from a torch model: autocast on CUDA, channels-last everywhere."""
 
-    def __init__(self, model: torch.nn.Module, device: str) -> None:
+    def __init__(
+        self, model: torch.nn.Module, device: str, normalization: Normalization | None = None
+    ) -> None:
         import torch
 
+        self.normalization = normalization or Normalization()
         self.device = torch.device(device)
         self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         self._amp_dtype: torch.dtype | None = None
@@ -257,6 +271,7 @@ class TorchForward:
         model_tile: int | None,
         tta: bool,
         threads: int,
+        refine: RefineChoice = "none",
     ) -> tuple[np.ndarray, float]:
         """See :meth:`Predictor.probabilities`; resizing runs on the device too."""
         import torch
@@ -276,6 +291,9 @@ class TorchForward:
             probs = d4_mean(self, x) if tta else self(x)
             if resize:
                 probs = _resize_on_device(probs, edge)
+            if refine == "crf":
+                refined = crf_marginals(probs.cpu().numpy(), tiles, self.normalization)
+                probs = torch.from_numpy(refined).to(self.device)
             if weight is not None:
                 probs *= torch.from_numpy(weight).to(self.device, non_blocking=cuda)
             out = probs.cpu().numpy()
@@ -396,6 +414,7 @@ class OnnxForward:
         model_tile: int | None,
         tta: bool,
         threads: int,
+        refine: RefineChoice = "none",
     ) -> tuple[np.ndarray, float]:
         """See :meth:`Predictor.probabilities` (``threads`` is the sessions')."""
         start = time.perf_counter()
@@ -405,6 +424,8 @@ class OnnxForward:
         probs = d4_mean(self, x) if tta else self(x)
         if resize:
             probs = resize_tiles(probs, edge)
+        if refine == "crf":
+            probs = crf_marginals(probs, tiles, self.meta.normalization)
         if weight is not None:
             probs *= weight
         return probs, time.perf_counter() - start
@@ -439,18 +460,21 @@ class Predictor:
         weight: np.ndarray | None = None,
         model_tile: int | None = None,
         tta: bool = False,
+        refine: RefineChoice = "none",
     ) -> tuple[np.ndarray, float]:
         """Softmax probabilities ``(N, C, H, W)`` for normalised tiles ``(N, B, H, W)``.
 
         With ``model_tile``, tiles are resized to that edge for the model and the
         probabilities resized back, on the device (see :mod:`agriseg.scale`). With
         ``tta``, the probabilities are the mean over the tiles' eight D4 views (see
-        :func:`d4_mean`). When ``weight`` (``H x W``) is given the probabilities come
-        back multiplied by it, computed on the device. Also returns the seconds spent on
-        the device, resizing included (excluding waiting for it).
+        :func:`d4_mean`). With ``refine="crf"`` they are a dense CRF's marginals, on
+        the tiles' pixels (see :mod:`agriseg.refine`). When ``weight`` (``H x W``) is
+        given the probabilities come back multiplied by it, computed on the device. Also
+        returns the seconds spent on the device, resizing and CRF included (excluding
+        waiting for it).
         """
         return self._executor.submit(
-            self.forward.run, tiles, weight, model_tile, tta, self.threads
+            self.forward.run, tiles, weight, model_tile, tta, self.threads, refine
         ).result()
 
 
@@ -482,7 +506,7 @@ def get_predictor(
                 from agriseg.models import load_model
 
                 model, meta = load_model(model_ref)
-                forward = TorchForward(model, device_name)
+                forward = TorchForward(model, device_name, meta.normalization)
             predictor = Predictor(forward, meta, device_name, key[2], engine)
             _PREDICTORS[key] = predictor
             _LOADS += 1

@@ -1,17 +1,17 @@
-"""Model registry, checkpoint format and loading.
+"""Model metadata, the shipped models, checkpoint format and loading.
 
 A checkpoint is two files side by side: ``NAME.safetensors`` (the weights) and
 ``NAME.json`` (:class:`ModelMeta`: architecture, encoder, classes, input bands and
 normalisation, tile size, ground sampling distance, agriseg version). Shipped models
 live in :mod:`agriseg.weights` and are addressed by name; anything else by path.
-Encoders are always built with ``encoder_weights=None``: nothing is ever downloaded.
+The networks themselves are built by :mod:`agriseg.architectures`; torch is imported
+only by the functions that save or load weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,25 +25,16 @@ from agriseg.optional import require_torch
 if TYPE_CHECKING:
     import torch
 
-
-def _architectures() -> dict[str, Callable[..., torch.nn.Module]]:
-    """Architectures from segmentation-models-pytorch that agriseg can build (imported
-    on first use: running ONNX models needs no PyTorch)."""
-    require_torch("building a network")
-    import segmentation_models_pytorch as smp
-
-    return {
-        "unet": smp.Unet,
-        "pspnet": smp.PSPNet,
-        "deeplabv3plus": smp.DeepLabV3Plus,
-        "fpn": smp.FPN,
-    }
+#: Names :mod:`agriseg.architectures` defines, still importable from here (loaded on
+#: first use, so that importing this module does not import torch).
+_ARCHITECTURE_NAMES = ("ARCHITECTURES", "build_model", "check_architecture", "with_classes")
 
 
 def __getattr__(name: str) -> Any:
-    # ARCHITECTURES stays importable from here without importing torch up front.
-    if name == "ARCHITECTURES":
-        return _architectures()
+    if name in _ARCHITECTURE_NAMES:
+        from agriseg import architectures
+
+        return getattr(architectures, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -131,41 +122,6 @@ class ModelMeta:
             ),
             **kwargs,
         )
-
-
-def check_architecture(name: str) -> Callable[..., torch.nn.Module]:
-    try:
-        return _architectures()[name]
-    except KeyError:
-        names = ", ".join(sorted(_architectures()))
-        raise ModelError(f"unknown architecture {name!r}; expected one of {names}") from None
-
-
-def build_model(meta: ModelMeta) -> torch.nn.Module:
-    """Instantiate the network described by ``meta`` with random weights."""
-    factory = check_architecture(meta.architecture)
-    return factory(
-        encoder_name=meta.encoder,
-        encoder_weights=None,
-        in_channels=len(meta.bands),
-        classes=len(meta.classes),
-        **meta.arch_params,
-    )
-
-
-def with_classes(
-    model: torch.nn.Module, meta: ModelMeta, classes: ClassList
-) -> tuple[torch.nn.Module, ModelMeta]:
-    """``model`` predicting ``classes``: same names keep the segmentation head (colours
-    and roles may change); other names get a new, randomly initialised head, while the
-    encoder and decoder keep their weights (fine-tuning to new classes)."""
-    new_meta = dataclasses.replace(meta, classes=classes)
-    if [n.lower() for n in classes.names] == [n.lower() for n in meta.classes.names]:
-        return model, new_meta
-    new = build_model(new_meta)
-    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("segmentation_head.")}
-    new.load_state_dict(kept, strict=False)
-    return new.train(model.training), new_meta
 
 
 def checkpoint_paths(path: Path) -> tuple[Path, Path]:
@@ -279,6 +235,8 @@ def load_model(ref: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
     require_torch(f"loading {resolved} into torch")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from agriseg.architectures import build_model
 
     weights, meta_path = checkpoint_paths(resolved)
     meta = read_meta(meta_path)

@@ -275,6 +275,8 @@ def _segment(
             plan.tiles.resize_to,
             plan.engine,
             config.tta,
+            n_classes,
+            config.refine,
         )
         for block in blocks:
             t = time.perf_counter()

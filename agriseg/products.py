@@ -68,6 +68,13 @@ from agriseg.zones import (
 #: Most rows per strip of the health pass (blocks are ``block_size`` px wide).
 STRIP_ROWS = 2048
 
+#: Most pixels per strip: wide rasters get shorter strips, so the pass's memory does
+#: not grow with the raster's width (a 4096 px wide raster keeps 2048-row strips).
+STRIP_PIXELS = 2048 * 4096
+
+#: Fewest rows per strip, however wide the raster.
+MIN_STRIP_ROWS = 64
+
 #: Layer names inside ``<stem>.health.gpkg``.
 POLYGON_LAYER = "health"
 ZONE_LAYER = "zones"
@@ -186,8 +193,10 @@ class HealthJob:
 
     @property
     def strip_height(self) -> int:
-        """Rows per strip: short strips let a run's health pass follow close behind it."""
-        return min(self.options.block_size, STRIP_ROWS)
+        """Rows per strip: short strips let a run's health pass follow close behind it,
+        and bound its memory on wide rasters (see :data:`STRIP_PIXELS`)."""
+        by_width = max(MIN_STRIP_ROWS, STRIP_PIXELS // max(1, self.grid.width))
+        return min(self.options.block_size, STRIP_ROWS, by_width)
 
     @property
     def halo(self) -> int:

@@ -4,8 +4,10 @@ The work is a Dask graph. Reads come from :func:`agriseg.raster.lazy_array`; eac
 chunk task (one row of tiles, one batch) returns its tiles' class probabilities
 multiplied by the blending window; each stitch task sums the contributions of the
 chunks around one core window, normalises, and yields class ids and confidence.
-Chunks are submitted a few rows ahead of the stitching, so memory stays bounded
-whatever the raster size, and finished blocks are streamed to disk by the caller.
+Chunks are submitted ahead of the stitching only as far as a byte budget allows,
+and a stitched row's chunks are cut down to the rows the next row still needs, so
+memory stays bounded whatever the raster's size and shape; finished blocks are
+streamed to disk by the caller.
 """
 
 from __future__ import annotations
@@ -16,28 +18,41 @@ from dataclasses import dataclass
 
 import dask
 import numpy as np
-from distributed import Client, as_completed
+from distributed import Client, Future, as_completed
 from rasterio.windows import Window
 
 from agriseg.areas import pixel_area_rows_m2
 from agriseg.classes import NODATA
+from agriseg.config import RefineChoice
 from agriseg.inference import DEFAULT_FORWARD_THREADS, Engine, get_predictor, normalize
 from agriseg.models import Normalization
 from agriseg.raster import RasterInfo, lazy_array
 from agriseg.tiling import TileGrid
 
-#: Chunk rows submitted beyond the row being stitched.
+#: Most chunk rows submitted beyond the row being stitched.
 LOOKAHEAD_ROWS = 2
+
+#: Bytes of chunks (their input and their probabilities) submitted beyond the chunk row
+#: that stitching needs next: two rows of a 4096 px wide raster with the default model,
+#: a fraction of a row of a 32,768 px one.
+LOOKAHEAD_BYTES = 96 * 2**20
 
 
 @dataclass(frozen=True)
 class ChunkResult:
     """Blended probabilities of one chunk's tiles, and its core's validity."""
 
-    acc: np.ndarray  # (C, tile, extent width) float16, probabilities x weight
+    acc: np.ndarray  # (C, rows, extent width) float16, probabilities x weight
     valid: np.ndarray  # (core h, core w) bool
     model_s: float  # seconds the model itself ran
     prepare_s: float  # seconds spent normalising, cutting and accumulating tiles
+    row_start: int = 0  # extent rows above ``acc`` (cut away by :func:`bottom_rows`)
+
+
+def bottom_rows(part: ChunkResult, row_start: int) -> ChunkResult:
+    """``part`` without its extent rows above ``row_start`` (which no later stitch needs)."""
+    keep = part.acc[:, row_start - part.row_start :].copy()
+    return ChunkResult(keep, part.valid[:0], part.model_s, part.prepare_s, row_start)
 
 
 @dataclass(frozen=True)
@@ -109,17 +124,21 @@ def infer_chunk(
     model_tile: int | None = None,
     engine: Engine = "torch",
     tta: bool = False,
+    refine: RefineChoice = "none",
 ) -> ChunkResult:
     """Run chunk ``(i, j)``'s tiles as one batch; ``data`` is its extent clipped to the raster.
 
     With ``model_tile``, the model sees the tiles resized to that edge (see :mod:`agriseg.scale`);
-    with ``tta``, each tile's probabilities are the mean of its eight D4 views.
+    with ``tta``, each tile's probabilities are the mean of its eight D4 views; with
+    ``refine``, a dense CRF refines them (see :mod:`agriseg.refine`).
     """
     start = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads, engine)
     batch = chunk_batch(data, grid, i, j, dtype, predictor.meta.normalization)
     called = time.perf_counter()
-    probs, model_s = predictor.probabilities(batch.tiles, grid.weight_window(), model_tile, tta)
+    probs, model_s = predictor.probabilities(
+        batch.tiles, grid.weight_window(), model_tile, tta, refine
+    )
     returned = time.perf_counter()
     acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
@@ -157,14 +176,15 @@ def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: Chunk
     total = np.zeros((own.acc.shape[0], core.height, core.width), dtype="float32")
     for (a, b), part in zip(grid.neighbours(i, j), parts, strict=True):
         ext = grid.extent(a, b)
-        r0 = max(core.row_off, ext.row_off)
+        r0 = max(core.row_off, ext.row_off + part.row_start)
         r1 = min(core.row_off + core.height, ext.row_off + ext.height)
         c0 = max(core.col_off, ext.col_off)
         c1 = min(core.col_off + core.width, ext.col_off + ext.width)
         if r0 >= r1 or c0 >= c1:
             continue
+        top = ext.row_off + part.row_start
         total[:, r0 - core.row_off : r1 - core.row_off, c0 - core.col_off : c1 - core.col_off] += (
-            part.acc[:, r0 - ext.row_off : r1 - ext.row_off, c0 - ext.col_off : c1 - ext.col_off]
+            part.acc[:, r0 - top : r1 - top, c0 - ext.col_off : c1 - ext.col_off]
         )
     wy = grid.weight_sum(core.row_off, core.row_off + core.height, grid.tile_rows)
     wx = grid.weight_sum(core.col_off, core.col_off + core.width, grid.tile_cols)
@@ -189,6 +209,12 @@ def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: Chunk
     )
 
 
+def chunk_bytes(grid: TileGrid, j: int, bands: int, classes: int) -> int:
+    """Bytes chunk column ``j`` holds while in flight: its float32 input and its float16
+    probabilities, both the width of its extent and a tile high."""
+    return grid.tile * grid.extent(0, j).width * (4 * bands + 2 * classes)
+
+
 def segment_blocks(
     client: Client,
     info: RasterInfo,
@@ -199,43 +225,61 @@ def segment_blocks(
     model_tile: int | None = None,
     engine: Engine = "torch",
     tta: bool = False,
+    classes: int = 4,
+    refine: RefineChoice = "none",
 ) -> Iterator[Block]:
     """Yield every core block of the raster, computed on ``client``'s cluster.
 
-    Chunk rows are submitted ``LOOKAHEAD_ROWS`` ahead of the row being stitched and
-    released as soon as no stitch needs them, which bounds memory. ``threads`` (default:
-    :data:`~agriseg.inference.DEFAULT_FORWARD_THREADS`) is the intra-op thread count
-    of every forward pass on every worker, so outputs do not depend on where chunks ran.
-    ``model_tile``, when it differs from ``grid.tile``, is the edge tiles are resized to
-    for the model. ``engine`` runs the model (see :func:`~agriseg.inference.resolve_engine`).
+    Chunks are submitted in row order: the row after the one being stitched, then as
+    many more (up to :data:`LOOKAHEAD_ROWS` rows) as fit in :data:`LOOKAHEAD_BYTES`
+    (``classes``: the model's class count, for the estimate; see :func:`chunk_bytes`).
+    Once a row is stitched its chunks are cut down to the rows the next row's cores
+    need, and a row is released once the next row is stitched too; so memory is
+    bounded by about two rows of chunks however wide the raster, plus the byte
+    budget. ``threads`` (default: :data:`~agriseg.inference.DEFAULT_FORWARD_THREADS`)
+    is the intra-op thread count of every forward pass on every worker, so outputs do
+    not depend on where chunks ran. ``model_tile``, when it differs from ``grid.tile``,
+    is the edge tiles are resized to for the model. ``engine`` runs the model (see
+    :func:`~agriseg.inference.resolve_engine`).
     """
     threads = threads or DEFAULT_FORWARD_THREADS
     source = lazy_array(info)
-    pending: dict[tuple[int, int], object] = {}
+    pending: dict[tuple[int, int], Future] = {}
+    order = [(i, j) for i in range(grid.chunk_rows) for j in range(grid.chunk_cols)]
+    cost = [chunk_bytes(grid, j, info.count, classes) for j in range(grid.chunk_cols)]
 
-    def submit_row(i: int) -> None:
-        for j in range(grid.chunk_cols):
-            rows, cols = in_raster(grid.extent(i, j), grid)
-            task = dask.delayed(infer_chunk, pure=True)(
-                source[:, rows, cols],
-                grid,
-                i,
-                j,
-                model_ref,
-                device,
-                info.dtype,
-                threads,
-                model_tile,
-                engine,
-                tta,
-            )
-            pending[(i, j)] = client.compute(task, priority=-i)
+    def submit(i: int, j: int) -> None:
+        rows, cols = in_raster(grid.extent(i, j), grid)
+        task = dask.delayed(infer_chunk, pure=True)(
+            source[:, rows, cols],
+            grid,
+            i,
+            j,
+            model_ref,
+            device,
+            info.dtype,
+            threads,
+            model_tile,
+            engine,
+            tta,
+            refine,
+        )
+        pending[(i, j)] = client.compute(task, priority=-i)
 
-    submitted = -1
+    submitted = 0  # chunks submitted so far, in ``order``
     for i in range(grid.chunk_rows):
-        while submitted < min(grid.chunk_rows - 1, i + LOOKAHEAD_ROWS):
+        # Stitching row i needs row i + 1; beyond it, submit what the budget allows.
+        needed = min(len(order), (i + 2) * grid.chunk_cols)
+        limit = min(len(order), (i + 2 + LOOKAHEAD_ROWS) * grid.chunk_cols)
+        budget = LOOKAHEAD_BYTES
+        while submitted < limit:
+            extra = submitted >= needed
+            if extra and budget < cost[order[submitted][1]]:
+                break
+            if extra:
+                budget -= cost[order[submitted][1]]
+            submit(*order[submitted])
             submitted += 1
-            submit_row(submitted)
         stitches = [
             client.submit(
                 stitch_chunk,
@@ -254,4 +298,10 @@ def segment_blocks(
             future.release()
         for j in range(grid.chunk_cols):
             pending.pop((i - 1, j), None)
+            if i + 1 < grid.chunk_rows:
+                # Row i + 1's cores need only row i's extent rows from their first row.
+                keep_from = grid.core(i + 1, j).row_off - grid.extent(i, j).row_off
+                full = pending[(i, j)]
+                pending[(i, j)] = client.submit(bottom_rows, full, keep_from, priority=10 - i)
+                full.release()
     pending.clear()

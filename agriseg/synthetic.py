@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,46 @@ def draw_params(seed: int, height: int = 512, width: int = 512, **overrides: Any
 
 
 @dataclass(frozen=True)
+class PlantTruth:
+    """Every crop plant slot of a survey's lattice, drawn or not (flat arrays, one per slot).
+
+    Attributes:
+        x: Centre easting, in the survey's CRS.
+        y: Centre northing.
+        radius_m: Canopy radius; 0 where the slot holds no plant (gaps, tramlines).
+        area_m2: Area of the plant's visible pixels (plants overlap along the row).
+        diseased: The plant lies in a disease focus (its pixels are labelled diseased).
+        inside: The centre lies inside the image.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    radius_m: np.ndarray
+    area_m2: np.ndarray
+    diseased: np.ndarray
+    inside: np.ndarray
+
+    def points(self, crs: CRS) -> gpd.GeoDataFrame:
+        """The plants whose centres lie inside the image, as points.
+
+        Returns:
+            Columns ``plant_id`` (lattice slot), ``area_m2``, ``radius_m``, ``diseased``
+            and point ``geometry``, in ``crs``.
+        """
+        keep = np.flatnonzero((self.radius_m > 0) & self.inside)
+        return gpd.GeoDataFrame(
+            {
+                "plant_id": keep.astype(np.int64),
+                "area_m2": self.area_m2[keep],
+                "radius_m": self.radius_m[keep],
+                "diseased": self.diseased[keep].astype(bool),
+            },
+            geometry=gpd.points_from_xy(self.x[keep], self.y[keep]),
+            crs=crs,
+        )
+
+
+@dataclass(frozen=True)
 class Survey:
     """A generated survey: image, labels and georeferencing.
 
@@ -175,6 +216,7 @@ class Survey:
         transform: Pixel to ``crs`` affine transform.
         crs: Coordinate reference system.
         params: The parameters it was drawn with.
+        plants: Where every crop plant was drawn (the truth for plant counts).
     """
 
     image: np.ndarray
@@ -182,6 +224,7 @@ class Survey:
     transform: Affine
     crs: CRS
     params: SurveyParams
+    plants: PlantTruth
 
     @property
     def classes(self) -> ClassList:
@@ -196,6 +239,7 @@ class SurveyPaths:
     image: Path
     labels: Path
     polygons: Path
+    plants: Path
 
 
 @dataclass(frozen=True)
@@ -291,16 +335,30 @@ def _fbm(
     return out / total
 
 
+def _wave_field(
+    rng: np.random.Generator, wavelengths: tuple[float, float]
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A smooth field in [-1, 1] to evaluate at any points: a mean of four random plane waves."""
+    waves = []
+    for _ in range(4):
+        angle = rng.uniform(0, 2 * math.pi)
+        k = 2 * math.pi / rng.uniform(*wavelengths)
+        waves.append((angle, k, rng.uniform(0, 6.3)))
+
+    def field(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = np.zeros(np.broadcast(x, y).shape, np.float32)
+        for angle, k, phase in waves:
+            out += np.sin(k * (math.cos(angle) * x + math.sin(angle) * y) + phase)
+        return out / 4
+
+    return field
+
+
 def _waves(
     rng: np.random.Generator, x: np.ndarray, y: np.ndarray, wavelengths: tuple[float, float]
 ) -> np.ndarray:
     """Smooth field in [-1, 1] at arbitrary points: a mean of four random plane waves."""
-    out = np.zeros(np.broadcast(x, y).shape, np.float32)
-    for _ in range(4):
-        angle = rng.uniform(0, 2 * math.pi)
-        k = 2 * math.pi / rng.uniform(*wavelengths)
-        out += np.sin(k * (math.cos(angle) * x + math.sin(angle) * y) + rng.uniform(0, 6.3))
-    return out / 4
+    return _wave_field(rng, wavelengths)(x, y)
 
 
 def _lattice_extent(
@@ -545,7 +603,8 @@ def generate_survey(params: SurveyParams, seed: int) -> Survey:
     u = np.broadcast_to(to_rows[0, 0] * x + to_rows[0, 1] * y, shape).ravel()
     v = np.broadcast_to(to_rows[1, 0] * x + to_rows[1, 1] * y, shape).ravel()
     # Rows are sown slightly wavy.
-    v = v - 0.02 * _waves(crop_rng, u, np.zeros(1, np.float32), (4.0, 12.0))
+    wavy = _wave_field(crop_rng, (4.0, 12.0))
+    v = v - 0.02 * wavy(u, np.zeros(1, np.float32))
 
     crop, crop_u, crop_v = _crop_plants(crop_rng, params, u, v)
     weeds, weed_colour, weed_kind = _weeds(weed_rng, params, u, v, crop.line0)
@@ -593,7 +652,20 @@ def generate_survey(params: SurveyParams, seed: int) -> Survey:
 
     image = _camera(camera_rng, params, refl.reshape(5, h, w))
     transform = Affine(gsd, 0.0, params.origin[0], 0.0, -gsd, params.origin[1])
-    return Survey(image, labels.reshape(shape), transform, crs, params)
+    # The plants' true centres: undo the rows' waviness, then the rotation into rows.
+    centre_v = crop_v + 0.02 * wavy(crop_u.astype(np.float32), np.zeros(1, np.float32))
+    centre_x = to_rows[0, 0] * crop_u + to_rows[1, 0] * centre_v
+    centre_y = to_rows[0, 1] * crop_u + to_rows[1, 1] * centre_v
+    visible = np.bincount(crop_id[on_crop], minlength=crop.radius.size)
+    plants = PlantTruth(
+        x=params.origin[0] + centre_x,
+        y=params.origin[1] - centre_y,
+        radius_m=crop.radius.astype(np.float64),
+        area_m2=visible * gsd * gsd,
+        diseased=sick,
+        inside=(centre_x >= 0) & (centre_x < w * gsd) & (centre_y >= 0) & (centre_y < h * gsd),
+    )
+    return Survey(image, labels.reshape(shape), transform, crs, params, plants)
 
 
 def _soil(
@@ -681,7 +753,9 @@ def write_survey(survey: Survey, out_dir: Path, stem: str) -> SurveyPaths:
 
     Writes ``<stem>.tif`` (tiled, deflate, band colour interpretation set),
     ``<stem>.labels.tif`` (uint8 class ids, nodata 255, class colour table and
-    ``class_N`` tags) and ``<stem>.labels.gpkg`` (layer ``labels``, column ``class``).
+    ``class_N`` tags), ``<stem>.labels.gpkg`` (layer ``labels``, column ``class``) and
+    ``<stem>.plants.gpkg`` (layer ``plants``: the centre of every crop plant inside the
+    image, see :meth:`PlantTruth.points`).
 
     Args:
         survey: The survey.
@@ -694,7 +768,10 @@ def write_survey(survey: Survey, out_dir: Path, stem: str) -> SurveyPaths:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = SurveyPaths(
-        out_dir / f"{stem}.tif", out_dir / f"{stem}.labels.tif", out_dir / f"{stem}.labels.gpkg"
+        out_dir / f"{stem}.tif",
+        out_dir / f"{stem}.labels.tif",
+        out_dir / f"{stem}.labels.gpkg",
+        out_dir / f"{stem}.plants.gpkg",
     )
     bands, h, w = survey.image.shape
     common = {
@@ -741,4 +818,7 @@ def write_survey(survey: Survey, out_dir: Path, stem: str) -> SurveyPaths:
         # The temporary's name lacks the .gpkg extension only until it is renamed.
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
         label_polygons(survey).to_file(tmp, driver="GPKG", layer="labels")
+    with atomic_output(paths.plants) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
+        survey.plants.points(survey.crs).to_file(tmp, driver="GPKG", layer="plants")
     return paths

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from agriseg import __version__
+from agriseg.architectures import build_model, check_architecture, default_encoder, with_classes
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, Colour
 from agriseg.errors import InputError, ModelError
 from agriseg.inference import normalize, resolve_device
@@ -40,13 +41,10 @@ from agriseg.models import (
     SIZE_DIVISOR,
     ModelMeta,
     Normalization,
-    build_model,
-    check_architecture,
     checkpoint_paths,
     load_model,
     pixel_kind,
     save_checkpoint,
-    with_classes,
 )
 from agriseg.raster import open_raster, pixel_grid_ok, read_window
 from agriseg.scale import raster_gsd_m
@@ -66,7 +64,8 @@ class TrainConfig:
     Attributes:
         architecture: Registry key (``unet``, ``pspnet``...); ``None``: ``unet``, or
             the architecture of ``init``.
-        encoder: segmentation-models-pytorch encoder; ``None``: ``mobilenet_v2`` or ``init``'s.
+        encoder: segmentation-models-pytorch encoder; ``None``: ``init``'s, else the
+            architecture's default (``mobilenet_v2``; SegNet has its own).
         arch_params: Extra keyword arguments of the architecture (new models only).
         init: Shipped model name or checkpoint to start from (fine-tuning).
         classes: The classes to predict; ``None``: ``init``'s, else
@@ -487,7 +486,7 @@ def _model_and_meta(
     meta = ModelMeta(
         name=name,
         architecture=architecture,
-        encoder=config.encoder or "mobilenet_v2",
+        encoder=config.encoder or default_encoder(architecture),
         bands=band_names,
         normalization=_fit_normalization(scenes),
         tile_size=config.tile_size,

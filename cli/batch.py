@@ -11,9 +11,12 @@ from pathlib import Path
 
 from agriseg_cli.common import (
     add_health_options,
+    add_plant_options,
     add_prescription_options,
     add_segmentation_options,
+    plant_options_from_args,
     prescription_options_from_args,
+    print_plant_counts,
     print_prescriptions,
     print_table,
 )
@@ -47,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_segmentation_options(parser)
     add_health_options(parser)
     add_prescription_options(parser, after_run=True)
+    add_plant_options(parser)
     parser.add_argument(
         "--quiet", action="store_true", help="only warnings and errors on stderr; no table"
     )
@@ -80,10 +84,12 @@ def batch_logging(results_dir: Path, quiet: bool) -> Iterator[logging.FileHandle
 
 def execute(args: argparse.Namespace) -> int:
     from agriseg.batch import BatchOptions, run_batch
+    from agriseg.plants import count_run
     from agriseg.prescriptions import prescribe
 
     options = BatchOptions(pattern=args.pattern, force=args.force, checksum=args.checksum)
     prescription = prescription_options_from_args(args)  # a bad table fails first
+    plants = plant_options_from_args(args)
     with batch_logging(args.out, args.quiet) as log_file:
         try:
             result = run_batch(args.survey_dir, args.out, config_from_args(args), options)
@@ -106,4 +112,9 @@ def execute(args: argparse.Namespace) -> int:
         prescribed = [r for s in done for r in prescribe(args.out / s.name, prescription)]
         if not args.quiet:
             print_prescriptions(prescribed)
+    if plants is not None:
+        done = [s for s in result.surveys if s.outcome != "failed"]
+        counted = [r for s in done for r in count_run(args.out / s.name, plants)]
+        if not args.quiet:
+            print_plant_counts(counted)
     return 0 if result.ok else EXIT_SURVEYS_FAILED

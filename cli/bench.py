@@ -44,10 +44,12 @@ def execute(args: argparse.Namespace) -> int:
     figures = bench(config, args.work_dir)
     for stage, seconds in figures["stages_s"].items():
         print(f"{stage:>10}  {seconds:8.2f} s")
+    gpu = figures["peak_gpu_mb"]
     print(
         f"{figures['pixels'] / 1e6:.1f} Mpx, {figures['tiles']} tiles on {figures['device']}: "
         f"{figures['end_to_end_s']:.2f} s end to end, {figures['model_only_s']:.2f} s model "
         f"only (ratio {figures['ratio']}), peak {figures['peak_rss_mb']:.0f} MiB"
+        + ("" if gpu is None else f" RAM, {gpu:.0f} MiB GPU")
     )
     print(json.dumps(figures))
     return 0

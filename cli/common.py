@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from agriseg.config import VECTOR_FORMATS, HealthOptions
+from agriseg.config import REFINEMENTS, VECTOR_FORMATS, HealthOptions
 from agriseg.errors import InputError
 
 if TYPE_CHECKING:
+    from agriseg.plants import PlantOptions, PlantResult
     from agriseg.prescriptions import PrescriptionOptions, PrescriptionResult
 
 
@@ -60,6 +61,13 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="test-time augmentation: average each tile over its 8 rotations and mirror "
         "images (8x the model's work)",
+    )
+    parser.add_argument(
+        "--refine",
+        choices=REFINEMENTS,
+        default="none",
+        help="crf: refine each tile's class probabilities with a dense CRF on its pixels "
+        "(needs pip install 'agriseg[crf]'; default none)",
     )
     parser.add_argument(
         "--engine",
@@ -367,3 +375,41 @@ def print_prescriptions(results: Sequence[PrescriptionResult]) -> None:
     for r in results:
         for path in r.outputs.values():
             print(path)
+
+
+def add_plant_options(parser: argparse.ArgumentParser) -> None:
+    """``--plants`` on run and batch: count the plants after the run (see ``agriseg plants``)."""
+    parser.add_argument(
+        "--plants",
+        action="store_true",
+        help="also count the crop plants: <stem>.plants.gpkg and <stem>.plants.json "
+        "(per --fields field and --grid zone)",
+    )
+
+
+def plant_options_from_args(args: argparse.Namespace) -> PlantOptions | None:
+    if not getattr(args, "plants", False):
+        return None
+    from agriseg.plants import PlantOptions
+
+    return PlantOptions(fields=args.fields, grid_m=args.grid)
+
+
+def print_plant_counts(results: Sequence[PlantResult]) -> None:
+    rows = []
+    for r in results:
+        count, lattice = r.count, r.count.rows
+        density = len(count.plants) / count.area_m2 if count.area_m2 else None
+        rows.append(
+            (
+                r.stem,
+                len(count.plants),
+                None if density is None else round(density, 2),
+                len(count.missing),
+                None if lattice is None else round(lattice.row_spacing * lattice.gsd_m, 3),
+                None if lattice is None else round(lattice.plant_spacing * lattice.gsd_m, 3),
+            )
+        )
+    print_table(("survey", "plants", "plants/m²", "missing", "row m", "plant m"), rows)
+    for r in results:
+        print(f"plants in {r.gpkg} and {r.json}")

@@ -11,7 +11,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "generate",
         help="draw a synthetic georeferenced survey with labels (for trying agriseg out)",
         description="Draw a procedural row-crop orthomosaic with its label raster and label "
-        "polygons: <stem>.tif, <stem>.labels.tif, <stem>.labels.gpkg. Seeded and reproducible.",
+        "polygons: <stem>.tif, <stem>.labels.tif, <stem>.labels.gpkg, and the centre of every "
+        "crop plant: <stem>.plants.gpkg. Seeded and reproducible.",
     )
     parser.add_argument("out_dir", type=Path, help="folder to write the survey into")
     parser.add_argument("--stem", default="survey", help="file name stem (default survey)")
@@ -47,4 +48,5 @@ def execute(args: argparse.Namespace) -> int:
         print(f"survey   {paths.image}  ({params.gsd_m * 100:.1f} cm/px)")
         print(f"labels   {paths.labels}")
         print(f"polygons {paths.polygons}")
+        print(f"plants   {paths.plants}")
     return 0

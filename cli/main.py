@@ -21,6 +21,7 @@ COMMANDS = (
     "run",
     "batch",
     "prescribe",
+    "plants",
     "train",
     "evaluate",
     "models",

@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     common.add_segmentation_options(parser)
     common.add_health_options(parser)
     common.add_prescription_options(parser, after_run=True)
+    common.add_plant_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
     return parser
 
@@ -50,6 +51,7 @@ SAME_NAMED = (
     "engine",
     "precision",
     "tta",
+    "refine",
 )
 
 
@@ -63,10 +65,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def execute(args: argparse.Namespace) -> int:
     from agriseg.pipeline import default_out_dir, segment_raster
+    from agriseg.plants import count_run
     from agriseg.prescriptions import prescribe
 
     out = args.out or default_out_dir(args.input)
     prescription = common.prescription_options_from_args(args)  # a bad table fails first
+    plants = common.plant_options_from_args(args)
     with common.progress_bar(f"segmenting {args.input.name}", args.quiet) as progress:
         result = segment_raster(args.input, out, config_from_args(args), progress)
     for warning in result.warnings:
@@ -93,6 +97,10 @@ def execute(args: argparse.Namespace) -> int:
         results = prescribe(out, prescription, stems=[args.input.stem])
         if not args.quiet:
             common.print_prescriptions(results)
+    if plants is not None:
+        counted = count_run(out, plants, stems=[args.input.stem])
+        if not args.quiet:
+            common.print_plant_counts(counted)
     if not args.quiet:
         print(f"outputs in {out}")
     return 0

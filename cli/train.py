@@ -49,7 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--gsd", type=float, default=None, help="pixel size of the images in metres (plain images)"
     )
     parser.add_argument("--arch", choices=ARCHITECTURE_NAMES, default=None, help="default unet")
-    parser.add_argument("--encoder", default=None, help="encoder name (default mobilenet_v2)")
+    parser.add_argument(
+        "--encoder", default=None, help="encoder name (default mobilenet_v2; segnet: its own)"
+    )
     parser.add_argument(
         "--from",
         dest="init",

@@ -105,8 +105,11 @@ def write_heldout(folder: Path) -> list[Path]:
     return images
 
 
-def evaluate(model: str | Path, images: list[Path], folder: Path) -> dict:
-    """Run ``agriseg evaluate`` on every held-out survey; pool the confusion matrices."""
+def evaluate(
+    model: str | Path, images: list[Path], folder: Path, options: tuple[str, ...] = ()
+) -> dict:
+    """Run ``agriseg evaluate`` (with ``options``) on every held-out survey; pool the
+    confusion matrices."""
     per_survey = {}
     total = None
     for image in images:
@@ -134,6 +137,7 @@ def evaluate(model: str | Path, images: list[Path], folder: Path) -> dict:
                 "--format",
                 "gpkg",
                 "--quiet",
+                *options,
             ],
             check=True,
         )

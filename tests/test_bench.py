@@ -37,6 +37,7 @@ def test_bench_prints_the_figures_as_one_json_line_last(tmp_path, run_cli, capsy
     assert figures["ratio"] == pytest.approx(end / model, abs=rounding)
     assert figures["model_only_s"] > 0
     assert figures["peak_rss_mb"] > 100
+    assert figures["peak_gpu_mb"] is None and figures["peak_gpu_reserved_mb"] is None
     assert {"read", "infer", "stitch", "write", "total"} <= set(figures["stages_s"])
 
 
@@ -48,6 +49,8 @@ def test_bench_on_cuda_matches_the_cpu_classes_closely(tmp_path):
         run = RunConfig(device=device, tile_size=256, overlap=32, batch_size=4)
         figures = bench(BenchConfig(size=512, run=run), tmp_path / device)
         assert figures["device"].startswith(device)
+        if device == "cuda":  # the run's own peak: the model's weights and a batch, at least
+            assert 0 < figures["peak_gpu_mb"] <= figures["peak_gpu_reserved_mb"]
         with rasterio.open(tmp_path / device / "outputs" / "bench-512.classes.tif") as src:
             runs[device] = src.read(1)
     # bf16/fp16 autocast on the GPU: nearly, not bit-, identical to fp32 on the CPU.

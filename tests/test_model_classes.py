@@ -12,11 +12,12 @@ import pytest
 import rasterio
 from test_qgis import check_class_style
 
+from agriseg.architectures import build_model
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, guess_role
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.health import health_indices, health_summary
-from agriseg.models import ModelMeta, build_model, save_checkpoint, shipped_dir
+from agriseg.models import ModelMeta, save_checkpoint, shipped_dir
 from agriseg.pipeline import segment_raster
 from agriseg.products import HealthOptions
 from agriseg.synthetic import SPECIES_CLASSES, draw_params, generate_survey, write_survey

@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import field_image, read_classes, write_raster
 
+from agriseg.architectures import ARCHITECTURES, build_model, default_encoder
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.inference import resolve_engine
-from agriseg.models import ARCHITECTURES, ModelMeta, build_model, find_model, load_model
+from agriseg.models import ModelMeta, find_model, load_model
 from agriseg.onnx_export import AGRISEG_META_KEY, CACHE_ENV, OPSET, cached_export, export_model
 from agriseg.onnx_graph import export_bytes
 
@@ -171,7 +172,8 @@ def test_auto_engine_is_onnx_runtime_on_cpu_and_torch_on_cuda():
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_every_architecture_exports_exactly(architecture):
     # PSPNet pools to 3 x 3 and 6 x 6 bins, which the exporter refuses as such.
-    meta = ModelMeta(name="tiny", architecture=architecture, encoder="mobilenet_v2", tile_size=96)
+    encoder = default_encoder(architecture)
+    meta = ModelMeta(name="tiny", architecture=architecture, encoder=encoder, tile_size=96)
     torch.manual_seed(0)
     model = build_model(meta).eval()
     session = ort.InferenceSession(

@@ -15,11 +15,12 @@ from conftest import UTM, write_raster
 from PIL import Image
 from shapely.geometry import box
 
+from agriseg.architectures import with_classes
 from agriseg.classes import DEFAULT_CLASSES, ClassList
 from agriseg.errors import InputError
 from agriseg.evaluation import compare_rasters
 from agriseg.labels import label_classes
-from agriseg.models import load_model, with_classes
+from agriseg.models import load_model
 from agriseg.synthetic import draw_params, generate_survey
 from agriseg.training import Scene, TrainConfig, load_scene, train
 
