@@ -5,8 +5,14 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.agriseg-installed
+# The torch-free install (pip install agriseg: ONNX Runtime alone), which make test
+# checks too: a plain (not editable) install of this tree, redone when it changes.
+LIGHT ?= .venv-light
+LIGHT_STAMP := $(LIGHT)/.agriseg-installed
+LIGHT_OUT := $(LIGHT)/smoke
+PACKAGE_FILES := $(shell find agriseg cli -type f \( -name '*.py' -o -name '*.json' -o -name '*.onnx' \))
 
-.PHONY: demo test lint install clean models
+.PHONY: demo test test-light lint install clean models
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +31,33 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest
+	$(MAKE) test-light
+
+# Dependencies when they change; then agriseg alone whenever its files do.
+$(LIGHT)/.dependencies-installed: pyproject.toml constraints.txt
+	test -x $(LIGHT)/bin/python || python3 -m venv $(LIGHT)
+	$(LIGHT)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt .
+	touch $@
+
+$(LIGHT_STAMP): $(LIGHT)/.dependencies-installed $(PACKAGE_FILES)
+	$(LIGHT)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		--force-reinstall .
+	touch $@
+
+# run, batch and evaluate on the sample survey without torch (nor onnx, the exporter).
+test-light: $(LIGHT_STAMP)
+	@if $(LIGHT)/bin/python -c "import torch" 2>/dev/null; then \
+		echo "$(LIGHT) has torch: the plain install must not pull it in"; exit 1; fi
+	rm -rf $(LIGHT_OUT) && mkdir -p $(LIGHT_OUT)/surveys
+	$(LIGHT)/bin/agriseg run sample_data/field.tif --out $(LIGHT_OUT)/run --quiet
+	test -s $(LIGHT_OUT)/run/field.classes.tif && test -s $(LIGHT_OUT)/run/field.summary.json
+	cp sample_data/field.tif $(LIGHT_OUT)/surveys/
+	$(LIGHT)/bin/agriseg batch $(LIGHT_OUT)/surveys --out $(LIGHT_OUT)/batch --quiet
+	test -s $(LIGHT_OUT)/batch/field/field.classes.tif
+	$(LIGHT)/bin/agriseg evaluate sample_data/field.tif --labels sample_data/field.labels.tif \
+		--json $(LIGHT_OUT)/scores.json --quiet
+	test -s $(LIGHT_OUT)/scores.json
+	@echo "torch-free install: run, batch and evaluate OK"
 
 models: $(STAMP)
 	$(PY) scripts/train_default.py unet pspnet --epochs 10
@@ -33,4 +66,4 @@ models: $(STAMP)
 	$(PY) scripts/train_default.py unet pspnet --install-only
 
 clean:
-	rm -rf $(VENV) sample_data/field_agriseg
+	rm -rf $(VENV) $(LIGHT) sample_data/field_agriseg

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import rasterio
-import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.windows import Window
@@ -32,7 +31,8 @@ from agriseg.inference import (
     DEFAULT_FORWARD_THREADS,
     default_threads,
     get_predictor,
-    resolve_device,
+    model_file,
+    resolve_device_name,
     resolve_engine,
 )
 from agriseg.models import find_model
@@ -130,9 +130,10 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
     plan = plan_tiles(info, meta, config)
     grid = plan.grid
-    torch_device = resolve_device(config.device)
-    engine = resolve_engine(config.engine, torch_device, weights)
-    predictor = get_predictor(str(weights), str(torch_device), threads, engine)
+    device = resolve_device_name(config.device)
+    engine = resolve_engine(config.engine, device, weights)
+    weights = model_file(weights, engine, plan.model_tile, config.precision)
+    predictor = get_predictor(str(weights), device, threads, engine)
     # Resampled, the model sees model-size tiles, resized here, before the clock
     # starts: resizing and weighting at the input's size belong to the run.
     weight = grid.weight_window() if plan.resize_to is None else None
@@ -149,7 +150,7 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
                 data = read_window(info.path, info.bands, window, info.crs is None)
                 tiles = chunk_batch(data, grid, i, j, info.dtype, meta.normalization).tiles
                 if plan.resize_to is not None:
-                    tiles = resize_tiles(torch.from_numpy(tiles), plan.resize_to).numpy()
+                    tiles = resize_tiles(tiles, plan.resize_to)
                 group.append(tiles)
             for k in range(len(totals)):
                 began = time.perf_counter()
@@ -184,7 +185,7 @@ def model_only_seconds(
     """
     threads = config.threads or DEFAULT_FORWARD_THREADS
     seconds = {"run": _model_only_pass(input_path, config, threads, repeats)}
-    if resolve_device(config.device).type == "cpu" and default_threads() != threads:
+    if resolve_device_name(config.device) == "cpu" and default_threads() != threads:
         seconds["all_cores"] = _model_only_pass(input_path, config, default_threads(), repeats)
     return seconds
 
@@ -193,9 +194,11 @@ def peak_gpu_mb(device: str) -> dict[str, float | None]:
     """Peak GPU memory of this process so far, in MiB: what torch's tensors took
     (``allocated``) and what its caching allocator held (``reserved``, about what
     ``nvidia-smi`` shows, less the CUDA context); None off CUDA."""
-    torch_device = resolve_device(device)
-    if torch_device.type != "cuda":
+    if not resolve_device_name(device).startswith("cuda"):
         return {"allocated": None, "reserved": None}
+    import torch
+
+    torch_device = torch.device(resolve_device_name(device))
     return {
         "allocated": round(torch.cuda.max_memory_allocated(torch_device) / 2**20, 1),
         "reserved": round(torch.cuda.max_memory_reserved(torch_device) / 2**20, 1),
@@ -233,6 +236,7 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
         "peak_gpu_reserved_mb": gpu_mb["reserved"],
         "device": summary["parameters"]["device"],
         "engine": summary["parameters"]["engine"],
+        "precision": summary["parameters"]["precision"],
         "stages_s": summary["timings_s"],
         "model": summary["model"]["name"],
         "tile_size": summary["parameters"]["tile_size"],

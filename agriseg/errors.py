@@ -29,3 +29,7 @@ class OutputError(AgrisegError, OSError):
 
 class LockedError(AgrisegError, RuntimeError):
     """Another agriseg process holds the lock on a results folder."""
+
+
+class MissingDependencyError(AgrisegError, ImportError):
+    """An optional dependency a command needs is not installed (e.g. PyTorch)."""

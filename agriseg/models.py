@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from agriseg.atomic import atomic_output, write_text_atomic
 from agriseg.classes import DEFAULT_CLASSES, ClassList
 from agriseg.errors import ModelError
+from agriseg.optional import require_torch
 
 if TYPE_CHECKING:
     import torch
@@ -231,6 +232,7 @@ def load_model(ref: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
             f"{resolved}: an ONNX model runs only in ONNX Runtime (--engine onnx or auto, "
             "on CPU); torch needs the checkpoint (NAME.safetensors + NAME.json)"
         )
+    require_torch(f"loading {resolved} into torch")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -1,34 +1,34 @@
 """Exporting a model to ONNX, for ONNX Runtime and the QGIS Deepness plugin.
 
-The graph takes NCHW float32 tiles of one fixed edge (``tile_size``) with a dynamic
-batch axis, and returns softmax probabilities ``(N, C, H, W)``: Deepness's
-``Segmentor`` thresholds and argmaxes them as they come. The ``metadata_props`` hold
-what Deepness reads, each value JSON-encoded (Deepness ``json.loads`` every one),
-plus agriseg's own :class:`~agriseg.models.ModelMeta` under :data:`AGRISEG_META_KEY`,
-so ``agriseg run --model FILE.onnx`` needs no side file.
+The graph (:mod:`agriseg.onnx_graph`) takes NCHW float32 tiles of one fixed edge
+(``tile_size``) with a dynamic batch axis, and returns softmax probabilities
+``(N, C, H, W)``: Deepness's ``Segmentor`` thresholds and argmaxes them as they come.
+The ``metadata_props`` hold what Deepness reads, each value JSON-encoded (Deepness
+``json.loads`` every one), plus agriseg's own :class:`~agriseg.models.ModelMeta`
+under :data:`AGRISEG_META_KEY`, so ``agriseg run --model FILE.onnx`` needs no side
+file.
 
-``onnx`` is imported only here and only when needed: the rest of agriseg runs
-without it.
+Exporting needs PyTorch and onnx (``pip install "agriseg[torch]"``), imported only
+when it runs; reading an exported file's metadata and finding the shipped or cached
+files need ONNX Runtime alone.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from segmentation_models_pytorch.decoders.pspnet.decoder import PSPBlock
+from typing import TYPE_CHECKING, Any
 
 from agriseg.atomic import atomic_output
 from agriseg.errors import ModelError
 from agriseg.models import RGB_BANDS, SIZE_DIVISOR, ModelMeta
+from agriseg.optional import require_exporter
+
+if TYPE_CHECKING:
+    import torch
 
 #: ONNX opset of exported graphs (Deepness's ONNX Runtime reads 17 and later).
 OPSET = 17
@@ -50,122 +50,12 @@ MAX_OVERLAP_PCT = 25
 DEFAULT_MIN_AREA_M2 = 0.01
 
 
-class _WithSoftmax(torch.nn.Module):
-    """The network followed by a softmax over classes: the exported graph."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
-
-
-def _bins(length: int, out: int) -> list[tuple[int, int]]:
-    """PyTorch's adaptive pooling bins: ``floor(i * L / out)`` to ``ceil((i + 1) * L / out)``."""
-    return [((i * length) // out, -(-((i + 1) * length) // out)) for i in range(out)]
-
-
-class _AdaptiveAvgPool2d(torch.nn.Module):
-    """``AdaptiveAvgPool2d`` for one input size, as fixed slices and means: the same
-    bins, so the same values, but exportable for any output size (ONNX has no
-    adaptive pooling, and the exporter takes only output sizes dividing the input:
-    PSPNet's 3 and 6 do not)."""
-
-    def __init__(self, output_size: Any, input_size: tuple[int, int]) -> None:
-        super().__init__()
-        size = output_size if isinstance(output_size, tuple) else (output_size, output_size)
-        height, width = input_size
-        self.rows = _bins(height, size[0] or height)
-        self.cols = _bins(width, size[1] or width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(
-            [
-                torch.cat(
-                    [x[..., r0:r1, c0:c1].mean(dim=(-2, -1), keepdim=True) for c0, c1 in self.cols],
-                    dim=-1,
-                )
-                for r0, r1 in self.rows
-            ],
-            dim=-2,
-        )
-
-
-class _PSPBlock(torch.nn.Module):
-    """smp's ``PSPBlock`` for one input size, as it runs in eager mode (pool, convolve,
-    upsample): under ONNX export smp swaps its pooling for an ``area`` interpolation,
-    which the exporter refuses for PSPNet's 3 and 6 bins."""
-
-    def __init__(self, block: PSPBlock, input_size: tuple[int, int]) -> None:
-        super().__init__()
-        self.pool = torch.nn.Sequential(
-            _AdaptiveAvgPool2d(block.pool[0].output_size, input_size), *block.pool[1:]
-        )
-        self.size = input_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.pool(x), size=self.size, mode="bilinear", align_corners=True)
-
-
-def _exportable(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
-    """A copy of ``model`` whose adaptive average pools export to ONNX for tiles the
-    size of ``example``: one forward records the size each pool sees."""
-    model = copy.deepcopy(model).eval()
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [
-        module.register_forward_pre_hook(
-            lambda _, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:]))
-        )
-        for name, module in model.named_modules()
-        if isinstance(module, (torch.nn.AdaptiveAvgPool2d, PSPBlock))
-    ]
-    with torch.no_grad():
-        model(example)
-    for hook in hooks:
-        hook.remove()
-    for name, size in sizes.items():
-        if any(name.startswith(outer + ".") for outer in sizes):
-            continue  # the pool of a PSPBlock, replaced with it
-        module = model.get_submodule(name)
-        if isinstance(module, PSPBlock):
-            replacement: torch.nn.Module = _PSPBlock(module, size)
-        else:
-            replacement = _AdaptiveAvgPool2d(module.output_size, size)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, replacement)
-    return model
-
-
 def check_export_tile(tile_size: int) -> None:
     if tile_size < SIZE_DIVISOR or tile_size % SIZE_DIVISOR:
         raise ModelError(
             f"--tile-size {tile_size}: an exported model needs a multiple of {SIZE_DIVISOR} "
             f"pixels, at least {SIZE_DIVISOR}"
         )
-
-
-def export_bytes(model: torch.nn.Module, meta: ModelMeta, tile_size: int) -> bytes:
-    """The serialised ONNX graph of ``model`` (without metadata) for ``tile_size`` tiles."""
-    check_export_tile(tile_size)
-    example = torch.zeros((1, len(meta.bands), tile_size, tile_size), dtype=torch.float32)
-    wrapper = _WithSoftmax(_exportable(model, example)).eval()
-    buffer = io.BytesIO()
-    # The TorchScript exporter: the torch.export one needs onnxscript and gives the
-    # same graph for these convolutional networks.
-    with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            buffer,  # type: ignore[arg-type]  # a file-like object works (documented)
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    return buffer.getvalue()
 
 
 def deepness_metadata(
@@ -218,41 +108,58 @@ def export_onnx(
     model: torch.nn.Module, meta: ModelMeta, out: Path, tile_size: int | None = None
 ) -> Path:
     """Write ``model`` as an ONNX file with Deepness's and agriseg's metadata; returns ``out``."""
+    require_exporter("exporting a model to ONNX")
     import onnx
+
+    from agriseg.onnx_graph import export_bytes
 
     tile = tile_size or meta.tile_size
     graph = onnx.load_from_string(export_bytes(model, meta, tile))
-    props = {key: json.dumps(value) for key, value in deepness_metadata(meta, tile).items()}
-    props[AGRISEG_META_KEY] = onnx_meta(meta, tile).to_json()
+    label_onnx(graph, meta, tile)
+    save_onnx(graph, out)
+    return out
+
+
+def label_onnx(graph: Any, meta: ModelMeta, tile_size: int) -> None:
+    """Write Deepness's and agriseg's metadata into ``graph`` (an ``onnx.ModelProto``)."""
+    props = {key: json.dumps(value) for key, value in deepness_metadata(meta, tile_size).items()}
+    props[AGRISEG_META_KEY] = onnx_meta(meta, tile_size).to_json()
     del graph.metadata_props[:]
     for key, value in props.items():
         graph.metadata_props.add(key=key, value=value)
     graph.producer_name = "agriseg"
     graph.doc_string = meta.description
+
+
+def save_onnx(graph: Any, out: Path) -> None:
+    """Write ``graph`` (an ``onnx.ModelProto``) to ``out`` atomically, readable by all."""
+    import onnx
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
         onnx.save(graph, str(tmp))
         tmp.chmod(0o644)
-    return out
 
 
 def read_onnx_meta(path: Path) -> ModelMeta:
-    """agriseg's metadata of an exported ONNX file (see :data:`AGRISEG_META_KEY`)."""
-    try:
-        import onnx
-    except ImportError:
-        raise ModelError(
-            f"{path}: reading an ONNX model needs the onnx package (pip install onnx)"
-        ) from None
-    from google.protobuf.message import DecodeError
+    """agriseg's metadata of an exported ONNX file (see :data:`AGRISEG_META_KEY`).
 
+    Read by ONNX Runtime (an unoptimised session), so the onnx package is not needed.
+    """
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: no such ONNX model")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    unreadable = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, OSError)
     try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no such ONNX model") from None
-    except (DecodeError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a readable ONNX model ({exc})") from None
-    props = {p.key: p.value for p in graph.metadata_props}
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except unreadable as exc:
+        first = " ".join(str(exc).split())
+        raise ModelError(f"{path}: not a readable ONNX model ({first})") from None
+    props = session.get_modelmeta().custom_metadata_map
     if AGRISEG_META_KEY not in props:
         raise ModelError(
             f"{path}: an ONNX model without agriseg metadata ({AGRISEG_META_KEY!r}); "
@@ -272,6 +179,7 @@ def export_model(
     ``out`` defaults to ``NAME.onnx`` in the current folder and ``tile_size`` to the
     model's training tile size. Returns the written file and the exported metadata.
     """
+    require_exporter("agriseg export")
     from agriseg.models import load_model
 
     model, meta = load_model(model_ref)
@@ -294,13 +202,19 @@ def cache_dir() -> Path:
     return Path(base) / "agriseg"
 
 
-def shipped_onnx(weights: Path, tile_size: int) -> Path | None:
-    """The ONNX file shipped beside a shipped model's weights, when it has ``tile_size``
-    tiles (``scripts/train_default.py`` writes both; a test keeps them in sync)."""
+#: Suffix of a shipped model's int8 variant, beside its fp32 ``NAME.onnx``.
+INT8_SUFFIX = ".int8.onnx"
+
+
+def shipped_onnx(weights: Path, tile_size: int, precision: str = "fp32") -> Path | None:
+    """The ONNX file shipped beside a shipped model's weights in ``precision`` (``fp32``:
+    ``NAME.onnx``, ``int8``: ``NAME.int8.onnx``), when it has ``tile_size`` tiles
+    (``scripts/train_default.py`` writes them; a test keeps them in sync)."""
     from agriseg.models import shipped_dir
 
     weights = Path(weights)
-    path = weights.with_name(weights.name.removesuffix(".safetensors") + ".onnx")
+    suffix = INT8_SUFFIX if precision == "int8" else ".onnx"
+    path = weights.with_name(weights.name.removesuffix(".safetensors") + suffix)
     if weights.parent.resolve() != shipped_dir().resolve() or not path.is_file():
         return None
     return path if read_onnx_meta(path).tile_size == tile_size else None
@@ -314,11 +228,14 @@ def cached_export(weights: Path, meta: ModelMeta, tile_size: int) -> str | bytes
     The cache key covers the weights, the metadata, the tile size, the opset and the
     torch version, so a changed checkpoint is exported afresh.
     """
-    from agriseg.models import load_model
-
     shipped = shipped_onnx(weights, tile_size)
     if shipped is not None:
         return str(shipped)
+    require_exporter(f"exporting {weights} to ONNX for ONNX Runtime at {tile_size} px tiles")
+    import torch
+
+    from agriseg.models import load_model
+    from agriseg.onnx_graph import export_bytes
 
     digest = hashlib.sha256(Path(weights).read_bytes())
     for part in (meta.to_json(), str(tile_size), str(OPSET), torch.__version__):

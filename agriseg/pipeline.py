@@ -30,7 +30,13 @@ from agriseg.errors import InputError
 from agriseg.execution import dask_client, release_free_memory, scheduler_address
 from agriseg.gdal_settings import on_workers, run_settings
 from agriseg.health_stream import HealthStream
-from agriseg.inference import Engine, resolve_device, resolve_engine
+from agriseg.inference import (
+    Engine,
+    model_file,
+    model_precision,
+    resolve_device_name,
+    resolve_engine,
+)
 from agriseg.models import ModelMeta, find_model, is_onnx, pixel_kind
 from agriseg.outputs import (
     ClassRasterWriter,
@@ -153,7 +159,7 @@ class RunPlan:
         config: The run's options.
         weights: The model's weights file.
         meta: The model's metadata.
-        device: The torch device the model runs on.
+        device: The device the model runs on (``cpu``, ``cuda``, ``cuda:N``).
         engine: What runs the model (``torch`` or ``onnx``).
         info: The validated input.
         tiles: The scale decision and the tile grid.
@@ -179,9 +185,8 @@ class RunPlan:
 def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     """Check the model, the input and the options, and set the run up; writes nothing."""
     weights, meta = find_model(config.model)
-    torch_device = resolve_device(config.device)
-    engine = resolve_engine(config.engine, torch_device, weights)
-    device = str(torch_device)
+    device = resolve_device_name(config.device)
+    engine = resolve_engine(config.engine, device, weights)
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
     health = None
     if info.crs is not None:
@@ -191,6 +196,7 @@ def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     if stream is None:
         stream = device.startswith("cuda")
     tiles = plan_tiles(info, meta, config)
+    weights = model_file(weights, engine, tiles.model_tile, config.precision)
     if is_onnx(weights) and tiles.model_tile != meta.tile_size:
         raise InputError(
             f"{weights}: this ONNX model takes {meta.tile_size} px tiles, not "
@@ -317,6 +323,7 @@ def _summarise(
             "tile_size": plan.tiles.model_tile,
             "device": plan.device,
             "engine": plan.engine,
+            "precision": model_precision(plan.weights),
         },
         "scale": plan.tiles.summary(),
         "tiles": plan.tiles.grid.n_tiles,

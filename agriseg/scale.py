@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
+import numpy as np
+from PIL import Image
 
 from agriseg.areas import pixel_size_m
 from agriseg.config import RunConfig
@@ -205,11 +206,16 @@ def plan_tiles(info: RasterInfo, meta: ModelMeta, config: RunConfig) -> TilePlan
     return TilePlan(scale, grid, model_tile)
 
 
-def resize_tiles(tiles: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a batch ``(N, C, H, W)`` to ``size`` x ``size`` (antialiased when shrinking)."""
-    if tiles.shape[-1] == size:
+def resize_tiles(tiles: np.ndarray, size: int) -> np.ndarray:
+    """Resize a float32 batch ``(N, C, H, W)`` to ``size`` x ``size``: bilinear,
+    antialiased when shrinking (Pillow's filter, which torch's ``interpolate(...,
+    antialias=True)`` copies: the torch engine resizes with it on the device)."""
+    if tiles.shape[-1] == size and tiles.shape[-2] == size:
         return tiles
-    shrinking = size < tiles.shape[-1]
-    return torch.nn.functional.interpolate(
-        tiles, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking
-    )
+    n, channels = tiles.shape[:2]
+    out = np.empty((n, channels, size, size), dtype="float32")
+    for i in range(n):
+        for c in range(channels):
+            image = Image.fromarray(np.ascontiguousarray(tiles[i, c], dtype="float32"))
+            out[i, c] = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    return out

@@ -49,6 +49,7 @@ SAME_NAMED = (
     "stream_health",
     "resample",
     "engine",
+    "precision",
     "tta",
     "refine",
 )

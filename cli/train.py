@@ -153,6 +153,9 @@ def _epoch_table(result: EpochResult) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from agriseg.optional import require_torch
+
+    require_torch("agriseg train")
     import torch
 
     from agriseg.datasets import pair_files

@@ -7,6 +7,13 @@ Training data: synthetic surveys drawn in memory from seeds 1..N_TRAIN
 (:func:`agriseg.synthetic.draw_params`); evaluation: surveys from seeds 10001+
 with fixed ground sampling distances and row angles, written to build/heldout and
 scored by ``agriseg evaluate``. No evaluation seed is ever used for training.
+
+Installing a model (and ``--export-onnx`` alone) also writes its ONNX files: fp32
+``NAME.onnx`` exported from the shipped weights, and ``NAME.int8.onnx`` quantised
+from it (ONNX Runtime static QDQ quantisation, per channel, calibrated on tiles of
+generated surveys from seeds 20001+, never the held-out ones), which ships only when
+its held-out mIoU is within :data:`INT8_MAX_MIOU_DROP` of fp32's and its forward is
+faster; the comparison goes to build/onnx/int8.json.
 """
 
 from __future__ import annotations
@@ -14,18 +21,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from agriseg.classes import CLASS_NAMES, DEFAULT_CLASSES
+from agriseg.inference import OnnxForward, normalize
 from agriseg.metrics import scores
-from agriseg.models import load_model, save_checkpoint, shipped_dir, shipped_models
-from agriseg.onnx_export import export_onnx
+from agriseg.models import find_model, load_model, save_checkpoint, shipped_dir, shipped_models
+from agriseg.onnx_export import (
+    INT8_SUFFIX,
+    export_onnx,
+    label_onnx,
+    read_onnx_meta,
+    save_onnx,
+)
 from agriseg.synthetic import draw_params, generate_survey, write_survey
 from agriseg.training import EpochResult, Scene, TrainConfig, train
 
@@ -41,6 +57,12 @@ HELDOUT = (
     (10005, 0.036, 140.0),
     (10006, 0.020, 160.0),
 )
+#: Calibration surveys for int8 quantisation: seeds far from training (1..N_TRAIN)
+#: and held-out (10001+) ones, drawn like the training surveys.
+CALIBRATION_SEEDS = range(20001, 20009)
+CALIBRATION_SIZE = 1024
+#: An int8 model may replace the fp32 one only within this much held-out mIoU.
+INT8_MAX_MIOU_DROP = 0.01
 MODELS = {
     "unet": {
         "architecture": "unet",
@@ -83,7 +105,9 @@ def write_heldout(folder: Path) -> list[Path]:
     return images
 
 
-def evaluate(model: str, images: list[Path], folder: Path, options: tuple[str, ...] = ()) -> dict:
+def evaluate(
+    model: str | Path, images: list[Path], folder: Path, options: tuple[str, ...] = ()
+) -> dict:
     """Run ``agriseg evaluate`` (with ``options``) on every held-out survey; pool the
     confusion matrices."""
     per_survey = {}
@@ -98,7 +122,11 @@ def evaluate(model: str, images: list[Path], folder: Path, options: tuple[str, .
                 "--labels",
                 str(image.with_suffix(".labels.gpkg")),
                 "--model",
-                model,
+                str(model),
+                # A shipped model's name means its fp32 weights here (the model card's
+                # figures); ONNX files run as they are.
+                "--precision",
+                "fp32",
                 "--device",
                 "cpu",
                 "--out",
@@ -224,6 +252,114 @@ def export_shipped_onnx(name: str) -> Path:
     return out
 
 
+def calibration_tiles(name: str) -> Iterator[np.ndarray]:
+    """Normalised model-size tiles of the calibration surveys, one batch of 4 at a time."""
+    _, meta = find_model(name)
+    edge = meta.tile_size
+    for seed in CALIBRATION_SEEDS:
+        params = draw_params(seed, CALIBRATION_SIZE, CALIBRATION_SIZE)
+        image = generate_survey(params, seed).image[:3].astype("float32")
+        x = normalize(image, "uint8", meta.normalization)
+        corners = [(r, c) for r in range(0, CALIBRATION_SIZE, edge) for c in (0, edge)]
+        yield np.stack([x[:, r : r + edge, c : c + edge] for r, c in corners[:4]])
+
+
+def quantize_int8(name: str, fp32: Path, out: Path) -> Path:
+    """Quantise the ONNX file ``fp32`` to int8 (QDQ, per channel, static, calibrated on
+    :func:`calibration_tiles`), keeping agriseg's and Deepness's metadata."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = calibration_tiles(name)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prepared = out.with_name(out.stem + ".prep.onnx")
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    prepared.unlink()
+    graph = onnx.load(str(out))
+    _, meta = find_model(name)
+    description = f"{meta.description} int8 (static QDQ quantisation, per channel)"
+    meta = dataclasses.replace(meta, description=description)
+    label_onnx(graph, meta, meta.tile_size)
+    save_onnx(graph, out)
+    print(f"[{name}] int8 {out} ({out.stat().st_size / 2**20:.1f} MB)", flush=True)
+    return out
+
+
+def model_seconds(path: Path, repeats: int = 5) -> float:
+    """Best time of one forward of 4 tiles on one thread (a run's forward)."""
+    meta = read_onnx_meta(path)
+    forward = OnnxForward(meta, 1, path)
+    tiles = next(calibration_tiles(meta.name))
+    forward(tiles)
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        forward(tiles)
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def install_int8(key: str, heldout: list[Path], build: Path) -> dict:
+    """Quantise shipped model ``key``'s fp32 ONNX file to int8, compare held-out mIoU
+    and forward time, and ship the int8 file only when it keeps mIoU within
+    :data:`INT8_MAX_MIOU_DROP` and is faster."""
+    name = f"agriseg-{key}"
+    fp32 = shipped_dir() / f"{name}.onnx"
+    int8 = quantize_int8(name, fp32, build / "onnx" / f"{name}{INT8_SUFFIX}")
+    found: dict = {}
+    for label, path in (("fp32", fp32), ("int8", int8)):
+        metrics = evaluate(path, heldout, build / "eval-onnx" / label)
+        found[label] = {
+            "miou": metrics["heldout_pooled"]["miou"],
+            "per_survey": {k: v["miou"] for k, v in metrics["heldout_per_survey"].items()},
+            "forward_4_tiles_s": round(model_seconds(path), 3),
+            "mb": round(path.stat().st_size / 2**20, 1),
+        }
+    found["miou_drop"] = round(found["fp32"]["miou"] - found["int8"]["miou"], 4)
+    faster = found["int8"]["forward_4_tiles_s"] < found["fp32"]["forward_4_tiles_s"]
+    found["shipped"] = found["miou_drop"] <= INT8_MAX_MIOU_DROP and faster
+    target = shipped_dir() / int8.name
+    if found["shipped"]:
+        shutil.copyfile(int8, target)
+    else:
+        target.unlink(missing_ok=True)
+    print(f"[{key}] {json.dumps(found)}", flush=True)
+    return found
+
+
+def export_all_onnx(keys: list[str], heldout: list[Path], build: Path) -> None:
+    """Write every ONNX file the shipped models ``keys`` ship (see the module doc)."""
+    results = {}
+    for key in keys:
+        export_shipped_onnx(f"agriseg-{key}")
+        results[key] = install_int8(key, heldout, build)
+    (build / "onnx" / "int8.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all)")
@@ -246,7 +382,8 @@ def main() -> int:
     parser.add_argument(
         "--export-onnx",
         action="store_true",
-        help="only re-export the shipped models' ONNX files from their shipped weights",
+        help="only re-export the shipped models' ONNX files from their shipped weights "
+        "(fp32, and int8 where it keeps held-out mIoU)",
     )
     args = parser.parse_args()
     unknown = sorted(set(args.models) - set(MODELS))
@@ -256,8 +393,8 @@ def main() -> int:
         (shipped_dir() / "MODEL_CARD.md").write_text(model_card(), encoding="utf-8")
         return 0
     if args.export_onnx:
-        for key in args.models or list(MODELS):
-            export_shipped_onnx(f"agriseg-{key}")
+        heldout = write_heldout(args.build / "heldout")
+        export_all_onnx(args.models or list(MODELS), heldout, args.build)
         return 0
     torch.set_num_threads(args.threads)
     heldout = write_heldout(args.build / "heldout")
@@ -306,7 +443,7 @@ def main() -> int:
             metrics = {**meta.metrics, **evaluate(f"agriseg-{key}", heldout, args.build / "eval")}
             meta = dataclasses.replace(meta, metrics=metrics)
             save_checkpoint(model, meta, target, half=True)
-            export_shipped_onnx(f"agriseg-{key}")
+            export_all_onnx([key], heldout, args.build)
             pooled = metrics["heldout_pooled"]
             print(f"[{key}] installed; held-out: {json.dumps(pooled['classes'])}")
             print(f"[{key}] held-out mIoU {metrics['heldout_pooled']['miou']}", flush=True)

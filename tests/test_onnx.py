@@ -15,14 +15,8 @@ from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.inference import resolve_engine
 from agriseg.models import ModelMeta, find_model, load_model
-from agriseg.onnx_export import (
-    AGRISEG_META_KEY,
-    CACHE_ENV,
-    OPSET,
-    cached_export,
-    export_bytes,
-    export_model,
-)
+from agriseg.onnx_export import AGRISEG_META_KEY, CACHE_ENV, OPSET, cached_export, export_model
+from agriseg.onnx_graph import export_bytes
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -164,7 +158,7 @@ def test_checkpoints_are_exported_once_into_the_cache(tmp_path, monkeypatch):
 
 
 def test_auto_engine_is_onnx_runtime_on_cpu_and_torch_on_cuda():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cpu, cuda = "cpu", "cuda"
     assert resolve_engine("auto", cpu) == "onnx"
     assert resolve_engine("auto", cuda) == "torch"
     assert resolve_engine("torch", cpu) == "torch"
@@ -230,3 +224,67 @@ def test_shipped_onnx_models_stay_in_sync_with_their_weights(name: str) -> None:
     assert np.abs(found - expected).max() < 1e-4
     # A run with the shipped model uses the shipped file: nothing is exported.
     assert cached_export(weights, meta, meta.tile_size) == str(path)
+
+
+def shipped_int8(name: str) -> Path:
+    from agriseg.models import shipped_dir
+    from agriseg.onnx_export import INT8_SUFFIX
+
+    path = shipped_dir() / f"{name}{INT8_SUFFIX}"
+    if not path.is_file():
+        pytest.skip(f"{name} ships no int8 variant (it did not keep held-out mIoU)")
+    return path
+
+
+@pytest.mark.parametrize("name", ["agriseg-unet", "agriseg-pspnet"])
+def test_shipped_int8_models_stay_in_sync_with_their_fp32_files(name: str) -> None:
+    """The int8 files are quantisations of the shipped fp32 ONNX files: rerun
+    ``scripts/train_default.py --export-onnx`` whenever the weights change."""
+    import dataclasses
+
+    from agriseg.onnx_export import read_onnx_meta, shipped_onnx
+    from agriseg.synthetic import draw_params, generate_survey
+
+    int8 = shipped_int8(name)
+    weights, meta = find_model(name)
+    fp32 = shipped_onnx(weights, meta.tile_size)
+    assert fp32 is not None and shipped_onnx(weights, meta.tile_size, "int8") == int8
+    found, expected = read_onnx_meta(int8), read_onnx_meta(fp32)
+    assert "int8" in found.description
+    assert dataclasses.replace(found, description="") == dataclasses.replace(
+        expected, description=""
+    )
+    graph = onnx.load(str(int8))
+    assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)
+    # Same classes on a generated survey (seed outside training, held-out and calibration).
+    from agriseg.inference import normalize
+
+    image = generate_survey(draw_params(30001, 512, 512), 30001).image[:3].astype("float32")
+    x = normalize(image, "uint8", meta.normalization)[None]
+    runs = {}
+    for label, path in (("fp32", fp32), ("int8", int8)):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runs[label] = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert agreement(runs["fp32"].argmax(1), runs["int8"].argmax(1)) >= 0.98
+    assert np.abs(runs["fp32"] - runs["int8"]).mean() < 0.02
+
+
+def test_precision_picks_the_shipped_int8_or_fp32_file(field, tmp_path, run_cli, capsys):
+    int8 = shipped_int8("agriseg-unet")
+    for precision in ("auto", "int8", "fp32"):
+        out = tmp_path / precision
+        args = ("run", field, "--out", out, "--precision", precision, "--engine", "onnx")
+        assert run_cli(*args, *FAST) == 0
+        summary = json.loads((out / "field.summary.json").read_text())
+        wanted = "fp32" if precision == "fp32" else "int8"
+        assert summary["parameters"]["precision"] == wanted
+        assert summary["model"]["path"].endswith(int8.name if wanted == "int8" else ".safetensors")
+    int8_classes, _ = read_classes(tmp_path / "int8", field.stem)
+    fp32_classes, _ = read_classes(tmp_path / "fp32", field.stem)
+    assert agreement(int8_classes, fp32_classes) >= 0.98
+    for extra in (("--engine", "torch"), ("--tile-size", "128")):
+        args = ("run", field, "--out", tmp_path / "bad", "--precision", "int8", *FAST, *extra)
+        assert run_cli(*args) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "--precision int8" in err and "--precision fp32" in err
+        assert not (tmp_path / "bad").exists()
