@@ -55,7 +55,6 @@ Progress = Callable[[int, int], None]
 
 #: Task-name prefixes of each pipeline stage, for the timing breakdown.
 STAGE_PREFIXES = {
-    "read": ("agriseg-read", "getitem", "concatenate", "finalize"),
     "stitch": ("stitch_chunk",),
 }
 
@@ -229,6 +228,7 @@ class _Tally:
     write_s: float = 0.0
     model_s: float = 0.0
     prepare_s: float = 0.0
+    read_s: float = 0.0
 
     def add(self, block: Block, write_s: float) -> None:
         self.pixels += block.pixels
@@ -237,6 +237,7 @@ class _Tally:
         self.write_s += write_s
         self.model_s += block.model_s
         self.prepare_s += block.prepare_s
+        self.read_s += block.read_s
 
 
 def _segment(
@@ -421,6 +422,7 @@ def segment_raster(
             transaction.adopt(product, final)
             health["outputs"][product.name] = str(final)
         stages["vectorise"] = round(health_s, 3)
+        stages["read"] = round(tally.read_s, 3)
         stages["prepare"] = round(tally.prepare_s, 3)
         stages["infer"] = round(tally.model_s, 3)
         stages["write"] = round(tally.write_s, 3)

@@ -1,25 +1,22 @@
 """Opening, validating and lazily reading input rasters.
 
-Rasters are never read whole: :func:`lazy_array` builds a Dask array whose chunks
-are whole multiples of the file's internal blocks, and every chunk is read by its
-own task with its own dataset handle (rasterio handles are not thread-safe).
+Rasters are never read whole: :func:`read_window` reads one window with its own
+dataset handle (rasterio handles are not thread-safe), inside the Dask task that
+needs it (see :mod:`agriseg.segment`).
 Invalid pixels (nodata, alpha, internal masks) are returned as NaN.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import rasterio
 from affine import Affine
-from dask.base import tokenize
 from pyproj import CRS as PyprojCRS
 from rasterio.crs import CRS
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError, RasterioIOError
@@ -37,9 +34,6 @@ SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "f
 #: thread (Dask provides the parallelism). The block cache is the run's
 #: (:mod:`agriseg.gdal_settings`).
 READ_ENV = {"GDAL_NUM_THREADS": 1}
-
-#: Target chunk edge (pixels) for the lazy array; rounded to whole file blocks.
-CHUNK_TARGET = 512
 
 
 @dataclass(frozen=True)
@@ -247,37 +241,3 @@ def read_window(
         f"{path}: read failed at row {window.row_off}, column {window.col_off} ({reason}); "
         "the file is corrupt or truncated, re-export or re-copy it"
     )
-
-
-def _chunk_edges(size: int, block: int) -> tuple[int, ...]:
-    # Whole blocks per chunk; a block spanning the whole dimension (striped files)
-    # is cut into 4x larger chunks instead, so one chunk never holds a full scan row.
-    if block < size:
-        step = block * max(1, math.ceil(CHUNK_TARGET / block))
-    else:
-        step = min(size, CHUNK_TARGET * 4)
-    edges = [step] * (size // step)
-    if size % step:
-        edges.append(size % step)
-    return tuple(edges)
-
-
-def lazy_array(info: RasterInfo) -> da.Array:
-    """A lazy float32 ``(bands, H, W)`` Dask array of ``info``'s selected bands."""
-    bh, bw = info.block_shape
-    rows = _chunk_edges(info.height, bh)
-    cols = _chunk_edges(info.width, bw)
-    mtime = info.path.stat().st_mtime_ns
-    name = "agriseg-read-" + tokenize(str(info.path), mtime, info.bands)
-    graph = {}
-    row_off = 0
-    for i, h in enumerate(rows):
-        col_off = 0
-        for j, w in enumerate(cols):
-            window = Window(col_off, row_off, w, h)
-            plain = info.crs is None
-            graph[(name, 0, i, j)] = (read_window, info.path, info.bands, window, plain)
-            col_off += w
-        row_off += h
-    chunks = ((len(info.bands),), rows, cols)
-    return da.Array(graph, name, chunks, dtype="float32")

@@ -1,7 +1,7 @@
 """Segmenting a raster: overlapping tiles through the model, stitched without seams.
 
-The work is a Dask graph. Reads come from :func:`agriseg.raster.lazy_array`; each
-chunk task (one row of tiles, one batch) returns its tiles' class probabilities
+The work is a Dask graph. Each chunk task (one row of tiles, one batch) reads its
+extent (:func:`agriseg.raster.read_window`) and returns its tiles' class probabilities
 multiplied by the blending window; each stitch task sums the contributions of the
 chunks around one core window, normalises, and yields class ids and confidence.
 Chunks are submitted ahead of the stitching only as far as a byte budget allows,
@@ -26,16 +26,16 @@ from agriseg.classes import NODATA
 from agriseg.config import RefineChoice
 from agriseg.inference import DEFAULT_FORWARD_THREADS, Engine, get_predictor, normalize
 from agriseg.models import Normalization
-from agriseg.raster import RasterInfo, lazy_array
+from agriseg.raster import RasterInfo, read_window
 from agriseg.tiling import TileGrid
 
 #: Most chunk rows submitted beyond the row being stitched.
 LOOKAHEAD_ROWS = 2
 
 #: Bytes of chunks (their input and their probabilities) submitted beyond the chunk row
-#: that stitching needs next: two rows of a 4096 px wide raster with the default model,
-#: a fraction of a row of a 32,768 px one.
-LOOKAHEAD_BYTES = 96 * 2**20
+#: that stitching needs next: the two rows of a 4096 px wide raster with the default
+#: model, a few chunks of a 32,768 px one.
+LOOKAHEAD_BYTES = 48 * 2**20
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,13 @@ class ChunkResult:
     model_s: float  # seconds the model itself ran
     prepare_s: float  # seconds spent normalising, cutting and accumulating tiles
     row_start: int = 0  # extent rows above ``acc`` (cut away by :func:`bottom_rows`)
+    read_s: float = 0.0  # seconds spent reading the chunk's extent
 
 
 def bottom_rows(part: ChunkResult, row_start: int) -> ChunkResult:
     """``part`` without its extent rows above ``row_start`` (which no later stitch needs)."""
     keep = part.acc[:, row_start - part.row_start :].copy()
-    return ChunkResult(keep, part.valid[:0], part.model_s, part.prepare_s, row_start)
+    return ChunkResult(keep, part.valid[:0], part.model_s, part.prepare_s, row_start, part.read_s)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Block:
     tiles: int
     model_s: float
     prepare_s: float
+    read_s: float = 0.0
 
 
 def _pad_to_extent(data: np.ndarray, grid: TileGrid, i: int, j: int) -> np.ndarray:
@@ -113,7 +115,7 @@ def chunk_batch(
 
 
 def infer_chunk(
-    data: np.ndarray,
+    info: RasterInfo,
     grid: TileGrid,
     i: int,
     j: int,
@@ -126,12 +128,19 @@ def infer_chunk(
     tta: bool = False,
     refine: RefineChoice = "none",
 ) -> ChunkResult:
-    """Run chunk ``(i, j)``'s tiles as one batch; ``data`` is its extent clipped to the raster.
+    """Read chunk ``(i, j)``'s extent (clipped to the raster) and run its tiles as one batch.
+
+    The read happens in the task itself, so a chunk's input exists only while its
+    task runs (read tasks of their own would run far ahead of the model).
 
     With ``model_tile``, the model sees the tiles resized to that edge (see :mod:`agriseg.scale`);
     with ``tta``, each tile's probabilities are the mean of its eight D4 views; with
     ``refine``, a dense CRF refines them (see :mod:`agriseg.refine`).
     """
+    reading = time.perf_counter()
+    rows, cols = in_raster(grid.extent(i, j), grid)
+    window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+    data = read_window(info.path, info.bands, window, plain=info.crs is None)
     start = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads, engine)
     batch = chunk_batch(data, grid, i, j, dtype, predictor.meta.normalization)
@@ -142,7 +151,7 @@ def infer_chunk(
     returned = time.perf_counter()
     acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
-    return ChunkResult(acc, batch.valid, model_s, prepare_s)
+    return ChunkResult(acc, batch.valid, model_s, prepare_s, read_s=start - reading)
 
 
 def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
@@ -206,6 +215,7 @@ def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: Chunk
         tiles=grid.chunk_tiles(j),
         model_s=own.model_s,
         prepare_s=own.prepare_s,
+        read_s=own.read_s,
     )
 
 
@@ -233,25 +243,23 @@ def segment_blocks(
     Chunks are submitted in row order: the row after the one being stitched, then as
     many more (up to :data:`LOOKAHEAD_ROWS` rows) as fit in :data:`LOOKAHEAD_BYTES`
     (``classes``: the model's class count, for the estimate; see :func:`chunk_bytes`).
-    Once a row is stitched its chunks are cut down to the rows the next row's cores
-    need, and a row is released once the next row is stitched too; so memory is
-    bounded by about two rows of chunks however wide the raster, plus the byte
-    budget. ``threads`` (default: :data:`~agriseg.inference.DEFAULT_FORWARD_THREADS`)
-    is the intra-op thread count of every forward pass on every worker, so outputs do
-    not depend on where chunks ran. ``model_tile``, when it differs from ``grid.tile``,
+    A chunk is cut down to the rows the next row's cores need as soon as the cores
+    beside it are stitched, and released once the next row is stitched too; so about
+    one row of full chunks is held however wide the raster, plus the byte budget.
+    ``threads`` (default: :data:`~agriseg.inference.DEFAULT_FORWARD_THREADS`) is the
+    intra-op thread count of every forward pass on every worker, so outputs do not
+    depend on where chunks ran. ``model_tile``, when it differs from ``grid.tile``,
     is the edge tiles are resized to for the model. ``engine`` runs the model (see
     :func:`~agriseg.inference.resolve_engine`).
     """
     threads = threads or DEFAULT_FORWARD_THREADS
-    source = lazy_array(info)
     pending: dict[tuple[int, int], Future] = {}
     order = [(i, j) for i in range(grid.chunk_rows) for j in range(grid.chunk_cols)]
     cost = [chunk_bytes(grid, j, info.count, classes) for j in range(grid.chunk_cols)]
 
     def submit(i: int, j: int) -> None:
-        rows, cols = in_raster(grid.extent(i, j), grid)
-        task = dask.delayed(infer_chunk, pure=True)(
-            source[:, rows, cols],
+        task = dask.delayed(infer_chunk, pure=False)(
+            info,
             grid,
             i,
             j,
@@ -267,6 +275,7 @@ def segment_blocks(
         pending[(i, j)] = client.compute(task, priority=-i)
 
     submitted = 0  # chunks submitted so far, in ``order``
+    full_chunks = set(order)  # not yet cut down
     for i in range(grid.chunk_rows):
         # Stitching row i needs row i + 1; beyond it, submit what the budget allows.
         needed = min(len(order), (i + 2) * grid.chunk_cols)
@@ -293,15 +302,25 @@ def segment_blocks(
             )
             for j in range(grid.chunk_cols)
         ]
+        column = {future.key: j for j, future in enumerate(stitches)}
+        stitched = [False] * grid.chunk_cols
         for future in as_completed(stitches, loop=client.loop):
+            j = column[future.key]
             yield future.result()
             future.release()
+            stitched[j] = True
+            if i + 1 == grid.chunk_rows:
+                continue
+            # Once the cores next to it are stitched, chunk (i, b) is cut down to the
+            # rows row i + 1's cores need (from their first row), as the row goes.
+            for b in range(max(0, j - 1), min(grid.chunk_cols, j + 2)):
+                users = range(max(0, b - 1), min(grid.chunk_cols, b + 2))
+                if (i, b) in full_chunks and all(stitched[c] for c in users):
+                    full_chunks.discard((i, b))
+                    keep_from = grid.core(i + 1, b).row_off - grid.extent(i, b).row_off
+                    full = pending[(i, b)]
+                    pending[(i, b)] = client.submit(bottom_rows, full, keep_from, priority=10 - i)
+                    full.release()
         for j in range(grid.chunk_cols):
             pending.pop((i - 1, j), None)
-            if i + 1 < grid.chunk_rows:
-                # Row i + 1's cores need only row i's extent rows from their first row.
-                keep_from = grid.core(i + 1, j).row_off - grid.extent(i, j).row_off
-                full = pending[(i, j)]
-                pending[(i, j)] = client.submit(bottom_rows, full, keep_from, priority=10 - i)
-                full.release()
     pending.clear()

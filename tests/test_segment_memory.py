@@ -73,4 +73,4 @@ def test_a_wide_raster_keeps_about_two_chunk_rows_and_the_same_classes(
     np.testing.assert_array_equal(bounded, unbounded)
     # Full chunks: at most the row being stitched and the next one (cut-down rows and
     # released ones do not count), never the whole raster.
-    assert most_full <= 2 * grid.chunk_cols < most_default, (most_full, most_default)
+    assert most_full <= 2 * grid.chunk_cols, (most_full, most_default)
