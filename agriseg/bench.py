@@ -37,9 +37,9 @@ from agriseg.inference import (
 )
 from agriseg.models import find_model
 from agriseg.pipeline import segment_raster
-from agriseg.raster import open_raster, read_window
+from agriseg.raster import open_raster
 from agriseg.scale import plan_tiles, resize_tiles
-from agriseg.segment import chunk_batch, in_raster
+from agriseg.segment import chunk_batch, read_extent
 
 T = TypeVar("T")
 
@@ -143,11 +143,7 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
         for start in range(0, len(chunks), MODEL_GROUP):
             group = []
             for i, j in chunks[start : start + MODEL_GROUP]:
-                rows, cols = in_raster(grid.extent(i, j), grid)
-                window = Window(
-                    cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
-                )
-                data = read_window(info.path, info.bands, window, info.crs is None)
+                data = read_extent(info, grid, i, j)
                 tiles = chunk_batch(data, grid, i, j, info.dtype, meta.normalization).tiles
                 if plan.resize_to is not None:
                     tiles = resize_tiles(tiles, plan.resize_to)

@@ -92,6 +92,13 @@ def in_raster(window: Window, grid: TileGrid) -> tuple[slice, slice]:
     return slice(r0, r1), slice(c0, c1)
 
 
+def read_extent(info: RasterInfo, grid: TileGrid, i: int, j: int) -> np.ndarray:
+    """Chunk ``(i, j)``'s extent clipped to the raster, read from ``info``'s file (float32,
+    invalid pixels NaN; see :func:`~agriseg.raster.read_window`)."""
+    window = Window.from_slices(*in_raster(grid.extent(i, j), grid))
+    return read_window(info.path, info.bands, window, plain=info.crs is None)
+
+
 @dataclass(frozen=True)
 class ChunkBatch:
     """One chunk's tiles, ready for the model."""
@@ -121,7 +128,6 @@ def infer_chunk(
     j: int,
     model_ref: str,
     device: str,
-    dtype: str,
     threads: int,
     model_tile: int | None = None,
     engine: Engine = "torch",
@@ -138,12 +144,10 @@ def infer_chunk(
     ``refine``, a dense CRF refines them (see :mod:`agriseg.refine`).
     """
     reading = time.perf_counter()
-    rows, cols = in_raster(grid.extent(i, j), grid)
-    window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-    data = read_window(info.path, info.bands, window, plain=info.crs is None)
+    data = read_extent(info, grid, i, j)
     start = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads, engine)
-    batch = chunk_batch(data, grid, i, j, dtype, predictor.meta.normalization)
+    batch = chunk_batch(data, grid, i, j, info.dtype, predictor.meta.normalization)
     called = time.perf_counter()
     probs, model_s = predictor.probabilities(
         batch.tiles, grid.weight_window(), model_tile, tta, refine
@@ -255,7 +259,7 @@ def segment_blocks(
     threads = threads or DEFAULT_FORWARD_THREADS
     pending: dict[tuple[int, int], Future] = {}
     order = [(i, j) for i in range(grid.chunk_rows) for j in range(grid.chunk_cols)]
-    cost = [chunk_bytes(grid, j, info.count, classes) for j in range(grid.chunk_cols)]
+    cost = [chunk_bytes(grid, j, len(info.bands), classes) for j in range(grid.chunk_cols)]
 
     def submit(i: int, j: int) -> None:
         task = dask.delayed(infer_chunk, pure=False)(
@@ -265,7 +269,6 @@ def segment_blocks(
             j,
             model_ref,
             device,
-            info.dtype,
             threads,
             model_tile,
             engine,
@@ -275,7 +278,6 @@ def segment_blocks(
         pending[(i, j)] = client.compute(task, priority=-i)
 
     submitted = 0  # chunks submitted so far, in ``order``
-    full_chunks = set(order)  # not yet cut down
     for i in range(grid.chunk_rows):
         # Stitching row i needs row i + 1; beyond it, submit what the budget allows.
         needed = min(len(order), (i + 2) * grid.chunk_cols)
@@ -311,12 +313,12 @@ def segment_blocks(
             stitched[j] = True
             if i + 1 == grid.chunk_rows:
                 continue
-            # Once the cores next to it are stitched, chunk (i, b) is cut down to the
-            # rows row i + 1's cores need (from their first row), as the row goes.
+            # When core j completes the cores beside chunk (i, b) (j is one of them,
+            # so this happens once per chunk), the chunk is cut down to the rows row
+            # i + 1's cores need (from their first row), as the row goes.
             for b in range(max(0, j - 1), min(grid.chunk_cols, j + 2)):
                 users = range(max(0, b - 1), min(grid.chunk_cols, b + 2))
-                if (i, b) in full_chunks and all(stitched[c] for c in users):
-                    full_chunks.discard((i, b))
+                if all(stitched[c] for c in users):
                     keep_from = grid.core(i + 1, b).row_off - grid.extent(i, b).row_off
                     full = pending[(i, b)]
                     pending[(i, b)] = client.submit(bottom_rows, full, keep_from, priority=10 - i)

@@ -231,8 +231,8 @@ def shipped_int8(name: str) -> Path:
     from agriseg.onnx_export import INT8_SUFFIX
 
     path = shipped_dir() / f"{name}{INT8_SUFFIX}"
-    if not path.is_file():
-        pytest.skip(f"{name} ships no int8 variant (it did not keep held-out mIoU)")
+    # Both shipped models keep held-out mIoU in int8 (README, "Engines"), so both ship it.
+    assert path.is_file(), f"{path} is missing: rerun scripts/train_default.py --export-onnx"
     return path
 
 
