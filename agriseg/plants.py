@@ -27,6 +27,7 @@ each plant's ``class`` is the class of most of its pixels.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
@@ -49,6 +50,7 @@ from agriseg.classes import NODATA, ClassList
 from agriseg.errors import InputError
 from agriseg.health import ZoneLabeller, raster_crs
 from agriseg.vector_outputs import geopackage_output
+from agriseg.vectorize import blocks
 from agriseg.zones import field_labeller, grid_labeller, make_grid, read_fields
 
 #: Share of a slot's core that plant pixels must cover for the slot to hold a plant.
@@ -262,9 +264,8 @@ def estimate_rows(mask: np.ndarray, gsd_m: float, window: Window | None = None) 
 
 
 def _windows(height: int, width: int, size: int) -> Iterator[Window]:
-    for row in range(0, height, size):
-        for col in range(0, width, size):
-            yield Window(col, row, min(size, width - col), min(size, height - row))
+    """The raster's ``size`` px windows, row by row (:func:`~agriseg.vectorize.blocks`)."""
+    return itertools.chain.from_iterable(blocks(height, width, size))
 
 
 def _grown(window: Window, halo: int, height: int, width: int) -> Window:
