@@ -86,6 +86,11 @@ CARRY_ANYWAY = frozenset({"typing-extensions"})
 #: dev extras the device needs no copy of: linters, not imported by the tests.
 NOT_FOR_TESTS = frozenset({"ruff", "mypy"})
 
+#: agriseg extras the ``dev`` extra names (``agriseg[torch,crf]``) that stay behind:
+#: pydensecrf2 has no cp312 wheel (it is built from source here) and ``pytest -m gpu``
+#: does not use it.
+EXTRAS_NOT_CARRIED = frozenset({"crf"})
+
 #: The device's interpreter, for environment markers (python_version < "3.12"...).
 TARGET_ENV = {
     **default_environment(),
@@ -113,8 +118,14 @@ def canonical(name: str) -> str:
 def top_level_requirements(pyproject: Path = REPO / "pyproject.toml") -> list[Requirement]:
     """agriseg's run dependencies and the dev extras its tests import."""
     project = tomllib.loads(pyproject.read_text())["project"]
-    dev = project.get("optional-dependencies", {}).get("dev", [])
-    wanted = [Requirement(r) for r in project["dependencies"] + dev]
+    optional = project.get("optional-dependencies", {})
+    wanted = []
+    for requirement in map(Requirement, project["dependencies"] + optional.get("dev", [])):
+        if canonical(requirement.name) == canonical(project["name"]):  # agriseg[torch,crf]
+            for extra in sorted(requirement.extras - EXTRAS_NOT_CARRIED):
+                wanted += map(Requirement, optional[extra])
+        else:
+            wanted.append(requirement)
     return [r for r in wanted if canonical(r.name) not in NOT_FOR_TESTS]
 
 
