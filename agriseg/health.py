@@ -20,7 +20,7 @@ and ``other`` classes such as water or residue included).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,20 @@ def zone_class_areas(
                     else:
                         total += np.bincount(index, weights=area[keep], minlength=total.size)
     return [t.reshape(z.count, n_classes) for z, t in zip(zonings, totals, strict=True)]
+
+
+def planar_class_areas(
+    counts: Iterable[np.ndarray], n_classes: int, pixel_area_m2: float
+) -> np.ndarray:
+    """Ground area (m²) of each class from the pixel counts of the raster's
+    ``block_size`` windows (values 0-255, nodata counted but left out), in the order
+    :func:`zone_class_areas` reads them (block rows, then columns), on a CRS where every
+    pixel has ``pixel_area_m2``: the same floating-point sums as its whole-raster zoning,
+    so the same bits, without reading the raster."""
+    total = np.zeros(n_classes)
+    for window_counts in counts:
+        total += window_counts[:n_classes] * pixel_area_m2
+    return total
 
 
 def class_areas_m2(

@@ -49,7 +49,7 @@ def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return (np.clip(scaled, 0, 1) * 255).astype("uint8")
 
 
-def _read_image(image_path: Path, shape: tuple[int, int]) -> np.ndarray:
+def read_preview_image(image_path: Path, shape: tuple[int, int]) -> np.ndarray:
     """RGB uint8 of the image at ``shape``: its red, green and blue bands by name (so BGR
     and multispectral files show true colour), else the first three bands, or one as grey."""
     # The reader's bounded block cache: without overviews GDAL decodes every block, and
@@ -111,24 +111,24 @@ def _centres(n: int, size: int) -> np.ndarray:
 
 
 def blend_preview(
-    classes: np.ndarray, class_list: ClassList, image_path: Path | None = None
+    classes: np.ndarray, class_list: ClassList, image: np.ndarray | None = None
 ) -> Image.Image:
-    """The preview of preview-sized ``classes``: blended over the image, with a legend."""
+    """The preview of preview-sized ``classes``: blended over ``image`` (RGB uint8 of the
+    same size, see :func:`read_preview_image`; white if None), with a legend."""
     shape = classes.shape
-    base = Image.fromarray(
-        _read_image(image_path, shape) if image_path else np.full((*shape, 3), 255, "uint8"),
-        mode="RGB",
-    )
+    if image is None:
+        image = np.full((*shape, 3), 255, "uint8")
+    base = Image.fromarray(image, mode="RGB")
     palette = np.zeros((256, 3), dtype="uint8")
     for c in class_list:
         palette[c.id] = c.colour
     colours = Image.fromarray(palette[classes], mode="RGB")
     known = (classes != NODATA) & (classes < len(class_list))
-    image = Image.composite(
+    blended = Image.composite(
         Image.blend(base, colours, ALPHA), base, Image.fromarray(known.astype("uint8") * 255, "L")
     )
-    _legend(image, class_list)
-    return image
+    _legend(blended, class_list)
+    return blended
 
 
 def render_preview(
@@ -145,7 +145,8 @@ def render_preview(
         shape = preview_shape(src.height, src.width, max_size)
         classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
         class_list = ClassList.of_class_raster(src)
-    return blend_preview(classes, class_list, image_path)
+    image = read_preview_image(image_path, shape) if image_path else None
+    return blend_preview(classes, class_list, image)
 
 
 def save_png(image: Image.Image, path: Path) -> None:

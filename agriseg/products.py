@@ -30,17 +30,31 @@ import shapely
 from pyproj import CRS
 from rasterio.windows import Window
 
-from agriseg.areas import geometry_area_perimeter_m, lonlat_points, pixel_size_m
+from agriseg.areas import (
+    geometry_area_perimeter_m,
+    is_planar_metric,
+    lonlat_points,
+    pixel_area_rows_m2,
+    pixel_size_m,
+)
 from agriseg.atomic import atomic_output, temporary_name, write_text_atomic
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.config import POLYGON_KEYWORDS, HealthOptions, VectorFormat
 from agriseg.errors import InputError
 from agriseg.gdal_settings import run_settings
 from agriseg.grid import Grid
-from agriseg.health import WHOLE, Zoning, health_summary, raster_crs, zone_class_areas
+from agriseg.health import (
+    WHOLE,
+    Zoning,
+    health_summary,
+    planar_class_areas,
+    raster_crs,
+    zone_class_areas,
+)
+from agriseg.heap import keep_heap
 from agriseg.indices import IndexReader, zone_index_means
 from agriseg.outputs import output_paths
-from agriseg.preview import PreviewCanvas, blend_preview, save_png
+from agriseg.preview import PreviewCanvas, blend_preview, read_preview_image, save_png
 from agriseg.qgis import class_style, write_layer_styles, zone_style
 from agriseg.strips import Strip, file_strips
 from agriseg.vector_outputs import (
@@ -104,6 +118,10 @@ PATCH_ROLES = ("weed", "disease")
 #: Roles whose regions span the field: cut on the grid of blocks unless
 #: ``--whole-regions``.
 FIELD_ROLES = ("background", "crop")
+
+#: Bytes one block task allocates at its peak, per pixel of its block and halo
+#: (``tracemalloc``: 176.5 MB for a 2048 px block, 12 px halo, 3 vegetation indices).
+BLOCK_TASK_BYTES = 42
 
 #: Strips whose blocks may be in flight at once, beyond the one being joined.
 STRIPS_AHEAD = 2
@@ -328,7 +346,8 @@ class HealthJob:
         """Where this pass's blocks run: ``client``'s Dask workers, else ``options.workers``
         local processes, started (and their modules imported) right away."""
         pixels = self.grid.width * self.grid.height
-        return block_runner(client, self.options.workers, pixels)
+        side = self.options.block_size + 2 * self.halo
+        return block_runner(client, self.options.workers, pixels, side * side * BLOCK_TASK_BYTES)
 
 
 def plan_health(raster: ClassRaster, options: HealthOptions | None = None) -> HealthJob:
@@ -390,14 +409,16 @@ BlockRunner = Callable[[BlockTask, PolygonSettings], PendingBlock]
 
 @contextlib.contextmanager
 def block_runner(
-    client: Client | None, workers: int | None, pixels: int = 0
+    client: Client | None, workers: int | None, pixels: int = 0, task_bytes: int = 0
 ) -> Iterator[BlockRunner]:
     """Where the blocks of a health pass are sieved and polygonised (:func:`run_block`).
 
     On ``client``'s Dask workers when the run has a cluster; else on ``workers``
     local processes (default: one per core for rasters of ``pixels`` >=
     :data:`PARALLEL_MIN_PX`, else one), or in this thread for one. GDAL's ``shapes``
-    and the polygon building hold the GIL, so threads would not help.
+    and the polygon building hold the GIL, so threads would not help. Local worker
+    processes keep one heap of ``task_bytes`` (what one block task allocates) faulted
+    in, instead of faulting each task's arrays in afresh (see :func:`keep_heap`).
     """
     if client is not None:
         yield lambda task, settings: client.submit(run_block, task, settings, pure=False)
@@ -416,7 +437,10 @@ def block_runner(
     # Spawned, not forked: the parent runs threads (Dask's, the preview's). Ctrl-C is
     # the parent's to handle: it shuts the pool down.
     pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(task_bytes,),
     )
     try:
         for _ in range(workers):  # each submit to a pool without an idle process starts one
@@ -429,9 +453,16 @@ def block_runner(
     pool.shutdown(wait=False)
 
 
+def _start_worker(task_bytes: int) -> None:
+    """Set up a block worker process: Ctrl-C is its parent's, its heap is kept."""
+    ignore_interrupts()
+    keep_heap(task_bytes)
+
+
 class _BackgroundPreview:
     """Collects the sieved strips for the preview and draws it on a thread once complete,
-    while the last strip is still being vectorised."""
+    while the last strip is still being vectorised. The image is read at preview size
+    on that thread from the start, so only the drawing is left after the last strip."""
 
     def __init__(
         self, raster: ClassRaster, image_path: Path | None, out: Path, pool: ThreadPoolExecutor
@@ -440,7 +471,9 @@ class _BackgroundPreview:
         self._canvas = PreviewCanvas(grid.height, grid.width)
         self._classes = raster.classes
         self._height = grid.height
-        self._image_path = image_path
+        self._image: Future[np.ndarray] | None = None
+        if image_path is not None:
+            self._image = pool.submit(read_preview_image, image_path, self._canvas.shape)
         self._out = out
         self._pool = pool
         self._future: Future[None] | None = None
@@ -451,7 +484,8 @@ class _BackgroundPreview:
             self._future = self._pool.submit(self._draw)
 
     def _draw(self) -> None:
-        save_png(blend_preview(self._canvas.classes, self._classes, self._image_path), self._out)
+        image = self._image.result() if self._image is not None else None
+        save_png(blend_preview(self._canvas.classes, self._classes, image), self._out)
 
     def result(self) -> None:
         """Wait for the preview to be written; raise what drawing it raised."""
@@ -462,21 +496,23 @@ class _BackgroundPreview:
 def _write_polygons(
     job: HealthJob,
     strips: Iterable[Strip],
-    sieved: Path,
+    sieved: Path | None,
     files: dict[str, Path],
     run: BlockRunner,
     preview: _BackgroundPreview | None = None,
     indices: IndexReader | None = None,
-) -> tuple[int, int, dict[str, float | None]]:
-    """Sieve ``strips`` into ``sieved`` and vectorise them into ``files``, in one pass.
+) -> tuple[int, int, dict[str, float | None], list[np.ndarray]]:
+    """Sieve ``strips`` (into ``sieved`` unless None) and vectorise them into ``files``,
+    in one pass.
 
     Each strip's blocks go to ``run`` as soon as the strip arrives, up to
     :data:`STRIPS_AHEAD` strips ahead of the one being joined; joining, numbering and
     writing take the strips in order, so the products do not depend on where or in
     which order the blocks ran. Sieved strips also go to ``preview``; ``indices`` are
     averaged per polygon. Returns the number of polygons, how many of them the GeoJSON
-    left out because they cannot be projected to WGS84, and each index's mean over
-    every valid pixel.
+    left out because they cannot be projected to WGS84, each index's mean over every
+    valid pixel, and the pixel count of each value (0-255) in every ``block_size``
+    window of the raster, row by row (see :func:`~agriseg.health.planar_class_areas`).
     """
     grid, options = job.grid, job.options
     profile = {
@@ -495,19 +531,26 @@ def _write_polygons(
     polygons = StripPolygons(grid.height, grid.width, options.block_size, whole=job.whole_classes())
     value_sum = np.zeros(len(names))
     value_count = np.zeros(len(names))
+    # Strips are at most block_size rows and divide it: each window of the block grid
+    # sums the counts of the strips' blocks in it (integers, so in any order).
+    class_counts: dict[tuple[int, int], np.ndarray] = {}
 
-    def join(found: list[BlockPolygons], dst: rasterio.io.DatasetWriter) -> PolygonBatch:
+    def join(found: list[BlockPolygons], dst: rasterio.io.DatasetWriter | None) -> PolygonBatch:
         for block in found:
             value_sum[:] += block.value_sum
             value_count[:] += block.value_count
+            size = options.block_size
+            key = (int(block.window.row_off) // size, int(block.window.col_off) // size)
+            class_counts[key] = class_counts.get(key, 0) + block.class_counts
         core = np.concatenate([block.sieved for block in found], axis=1)
         row_off = int(found[0].window.row_off)
-        dst.write(core, 1, window=Window(0, row_off, grid.width, core.shape[0]))
+        if dst is not None:
+            dst.write(core, 1, window=Window(0, row_off, grid.width, core.shape[0]))
         if preview is not None:
             preview.add(core, row_off)
         return polygons.add_blocks(found)
 
-    def pixel_batches(dst: rasterio.io.DatasetWriter) -> Iterator[PolygonBatch]:
+    def pixel_batches(dst: rasterio.io.DatasetWriter | None) -> Iterator[PolygonBatch]:
         in_flight: deque[list[PendingBlock]] = deque()
         for strip in strips:
             tasks = block_tasks(strip, job.sieve_px, options.block_size)
@@ -518,7 +561,7 @@ def _write_polygons(
             yield join([f.result() for f in in_flight.popleft()], dst)
 
     with contextlib.ExitStack() as stack:
-        dst = stack.enter_context(rasterio.open(sieved, "w", **profile))
+        dst = stack.enter_context(rasterio.open(sieved, "w", **profile)) if sieved else None
         writers = _polygon_writers(stack, job, files, names)
         count = 0
         simplify_px = job.simplify_m / job.pixel_m
@@ -534,7 +577,7 @@ def _write_polygons(
         name: round(float(value_sum[k] / value_count[k]), 4) if value_count[k] else None
         for k, name in enumerate(names)
     }
-    return count, unprojectable, means
+    return count, unprojectable, means, [class_counts[key] for key in sorted(class_counts)]
 
 
 @dataclass(frozen=True)
@@ -547,10 +590,23 @@ class _Statistics:
     zones: gpd.GeoDataFrame | None
 
 
-def _statistics(job: HealthJob, sieved: Path, indices: IndexReader | None) -> _Statistics:
+def _reads_sieved(job: HealthJob) -> bool:
+    """Whether the statistics read the sieved raster back: for fields and grid cells, and
+    for class areas on CRSs whose pixel area varies; else the blocks' counts suffice."""
+    options = job.options
+    return job.fields is not None or options.grid_m is not None or not is_planar_metric(job.crs)
+
+
+def _statistics(
+    job: HealthJob, sieved: Path | None, indices: IndexReader | None, counts: list[np.ndarray]
+) -> _Statistics:
     """Class areas of the whole raster, its fields and its grid cells, in one read of the
-    sieved raster (and one of the image for the vegetation indices)."""
+    sieved raster (and one of the image for the vegetation indices); without ``sieved``
+    (see :func:`_reads_sieved`), the class areas from the blocks' pixel ``counts``."""
     grid, options, classes = job.grid, job.options, job.raster.classes
+    if sieved is None:
+        area = float(pixel_area_rows_m2(job.crs, grid.transform, np.zeros(1), 0.0)[0])
+        return _Statistics(planar_class_areas(counts, len(classes), area), None, None)
     zonings = [WHOLE]
     if job.fields is not None:
         zonings.append(Zoning(field_labeller(job.fields, grid.transform), len(job.fields.ids)))
@@ -638,7 +694,9 @@ def _run_health(
     classes = job.raster.classes
     indices = IndexReader.of_file(image_path)
     paths = health_paths(out_dir, stem)
-    sieved = temporary_name(output_paths(out_dir, stem, ("sieved",))["sieved"])
+    sieved = None
+    if _reads_sieved(job):
+        sieved = temporary_name(output_paths(out_dir, stem, ("sieved",))["sieved"])
     written: dict[str, str] = {}
     result: dict[str, Any] = {}
     try:
@@ -658,10 +716,10 @@ def _run_health(
                     for f in job.formats
                 }
                 run = runner or stack.enter_context(job.block_runner())
-                count, unprojectable, index_means = _write_polygons(
+                count, unprojectable, index_means, counts = _write_polygons(
                     job, strips, sieved, tmp, run, preview, indices
                 )
-                stats = _statistics(job, sieved, indices)
+                stats = _statistics(job, sieved, indices, counts)
                 if "gpkg" in tmp:
                     styles = {POLYGON_LAYER: class_style(classes)}
                     if stats.zones is not None:
@@ -701,7 +759,7 @@ def _run_health(
                 preview.result()
                 written["preview"] = str(paths["preview"])
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            sieved.unlink()
+        if sieved is not None:
+            sieved.unlink(missing_ok=True)
     result["outputs"] = written
     return result

@@ -291,6 +291,7 @@ class BlockPolygons:
         value_sum: Sum of each per-pixel value over all the block's valid pixels
             (vectorised or not) that have one.
         value_count: Number of those pixels, per value.
+        class_counts: Pixels of each value 0-255 in the sieved block (255: nodata).
     """
 
     window: Window
@@ -302,6 +303,7 @@ class BlockPolygons:
     right: np.ndarray
     value_sum: np.ndarray
     value_count: np.ndarray
+    class_counts: np.ndarray
 
 
 def ignore_interrupts() -> None:
@@ -332,7 +334,8 @@ def run_block(task: BlockTask, settings: PolygonSettings) -> BlockPolygons:
         sieved, task.confidence, task.window, values, k, settings.classes
     )
     edges = labels[0], labels[-1], labels[:, 0], labels[:, -1]
-    return BlockPolygons(task.window, sieved, batch, *edges, value_sum, value_count)
+    counts = np.bincount(sieved.ravel(), minlength=256)
+    return BlockPolygons(task.window, sieved, batch, *edges, value_sum, value_count, counts)
 
 
 def _block_polygons(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyogrio
 import pytest
+import rasterio.errors
 import shapely
 from affine import Affine
 from conftest import UTM, UTM_TRANSFORM, field_image, write_raster
@@ -348,3 +349,65 @@ def test_flatgeobuf_writer_groups_appends_and_keeps_every_feature(
     with vector_outputs.LayerWriter(empty, "health", frame.iloc[:0], "FlatGeobuf"):
         pass
     assert len(pyogrio.read_dataframe(empty)) == 0
+
+
+def test_the_preview_drawn_by_the_pass_is_the_one_render_preview_draws(tmp_path: Path) -> None:
+    # The pass reads the image at preview size while its blocks run and blends the sieved
+    # strips over it at the end; without sieving that is the class raster's preview.
+    from PIL import Image
+
+    from agriseg.preview import render_preview
+
+    write_inputs(tmp_path, field(), *GRIDS["utm"])
+    run(tmp_path, HealthOptions(min_area_m2=0, block_size=32, formats=("gpkg",)))
+    drawn = np.asarray(Image.open(health_paths(tmp_path, "f")["preview"]))
+    expected = np.asarray(render_preview(tmp_path / "f.classes.tif", tmp_path / "f.tif"))
+    assert drawn.shape == expected.shape and (drawn == expected).all()
+    assert (drawn != 255).any()  # the image is under the classes, not white
+
+
+def test_a_preview_image_that_cannot_be_read_fails_the_pass_and_leaves_no_png(
+    tmp_path: Path,
+) -> None:
+    write_inputs(tmp_path, field(), *GRIDS["utm"])
+    (tmp_path / "f.tif").write_bytes(b"not a tiff")
+    with pytest.raises(rasterio.errors.RasterioIOError, match="f.tif"):
+        run(tmp_path, HealthOptions(formats=("gpkg",)))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["f.classes.tif", "f.confidence.tif", "f.tif"]
+
+
+def test_class_areas_from_block_counts_are_the_bits_a_read_of_the_raster_gives(
+    tmp_path: Path,
+) -> None:
+    from agriseg.health import WHOLE, planar_class_areas, zone_class_areas
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 4, (70, 90), dtype="uint8")
+    data[:5] = NODATA
+    path = write_inputs(tmp_path, data, *GRIDS["utm"])
+    counts = [
+        np.bincount(data[r : r + 16, c : c + 16].ravel(), minlength=256)
+        for r in range(0, 70, 16)
+        for c in range(0, 90, 16)
+    ]
+    area = abs(UTM_TRANSFORM.a * UTM_TRANSFORM.e)
+    expected = zone_class_areas(path, 4, [WHOLE], block_size=16)[0][0]
+    assert planar_class_areas(counts, 4, area).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("strip_rows", [8, 32])
+def test_the_pass_s_class_areas_match_a_read_of_the_class_raster_for_any_strip_height(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strip_rows: int
+) -> None:
+    # Without sieving the sieved raster is the class raster: the areas the pass sums from
+    # its blocks' counts (no working copy written) equal those read from the file.
+    import agriseg.products
+
+    monkeypatch.setattr(agriseg.products, "STRIP_ROWS", strip_rows)  # strips of a block
+    path = write_inputs(tmp_path, field(), *GRIDS["utm"])
+    options = HealthOptions(min_area_m2=0, block_size=32, preview=False, formats=("gpkg",))
+    summary = run(tmp_path, options)
+    areas = class_areas_m2(path, 4, block_size=32)[0]
+    assert summary["health"]["classes"] == health_summary(areas, DEFAULT_CLASSES)["classes"]
+    assert not list(tmp_path.glob("*sieved*"))
