@@ -27,10 +27,9 @@ from agriseg.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.classes import ClassList
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
-from agriseg.execution import dask_client, scheduler_address
+from agriseg.execution import dask_client, release_free_memory, scheduler_address
 from agriseg.gdal_settings import on_workers, run_settings
 from agriseg.health_stream import HealthStream
-from agriseg.heap import release_free_memory
 from agriseg.inference import (
     Engine,
     model_file,

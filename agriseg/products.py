@@ -51,7 +51,6 @@ from agriseg.health import (
     raster_crs,
     zone_class_areas,
 )
-from agriseg.heap import keep_heap
 from agriseg.indices import IndexReader, zone_index_means
 from agriseg.outputs import output_paths
 from agriseg.preview import PreviewCanvas, blend_preview, read_preview_image, save_png
@@ -118,10 +117,6 @@ PATCH_ROLES = ("weed", "disease")
 #: Roles whose regions span the field: cut on the grid of blocks unless
 #: ``--whole-regions``.
 FIELD_ROLES = ("background", "crop")
-
-#: Bytes one block task allocates at its peak, per pixel of its block and halo
-#: (``tracemalloc``: 176.5 MB for a 2048 px block, 12 px halo, 3 vegetation indices).
-BLOCK_TASK_BYTES = 42
 
 #: Strips whose blocks may be in flight at once, beyond the one being joined.
 STRIPS_AHEAD = 2
@@ -346,8 +341,7 @@ class HealthJob:
         """Where this pass's blocks run: ``client``'s Dask workers, else ``options.workers``
         local processes, started (and their modules imported) right away."""
         pixels = self.grid.width * self.grid.height
-        side = self.options.block_size + 2 * self.halo
-        return block_runner(client, self.options.workers, pixels, side * side * BLOCK_TASK_BYTES)
+        return block_runner(client, self.options.workers, pixels)
 
 
 def plan_health(raster: ClassRaster, options: HealthOptions | None = None) -> HealthJob:
@@ -409,16 +403,14 @@ BlockRunner = Callable[[BlockTask, PolygonSettings], PendingBlock]
 
 @contextlib.contextmanager
 def block_runner(
-    client: Client | None, workers: int | None, pixels: int = 0, task_bytes: int = 0
+    client: Client | None, workers: int | None, pixels: int = 0
 ) -> Iterator[BlockRunner]:
     """Where the blocks of a health pass are sieved and polygonised (:func:`run_block`).
 
     On ``client``'s Dask workers when the run has a cluster; else on ``workers``
     local processes (default: one per core for rasters of ``pixels`` >=
     :data:`PARALLEL_MIN_PX`, else one), or in this thread for one. GDAL's ``shapes``
-    and the polygon building hold the GIL, so threads would not help. Local worker
-    processes keep one heap of ``task_bytes`` (what one block task allocates) faulted
-    in, instead of faulting each task's arrays in afresh (see :func:`keep_heap`).
+    and the polygon building hold the GIL, so threads would not help.
     """
     if client is not None:
         yield lambda task, settings: client.submit(run_block, task, settings, pure=False)
@@ -437,10 +429,7 @@ def block_runner(
     # Spawned, not forked: the parent runs threads (Dask's, the preview's). Ctrl-C is
     # the parent's to handle: it shuts the pool down.
     pool = ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(task_bytes,),
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
     )
     try:
         for _ in range(workers):  # each submit to a pool without an idle process starts one
@@ -451,12 +440,6 @@ def block_runner(
         raise
     # Every result is in: let the processes exit on their own instead of waiting.
     pool.shutdown(wait=False)
-
-
-def _start_worker(task_bytes: int) -> None:
-    """Set up a block worker process: Ctrl-C is its parent's, its heap is kept."""
-    ignore_interrupts()
-    keep_heap(task_bytes)
 
 
 class _BackgroundPreview:
