@@ -367,6 +367,14 @@ def spot_prescription(run: RunOutputs, options: PrescriptionOptions) -> Prescrip
     health = _read_layer(run, "health")
     if health is None:
         raise InputError(f"{run.gpkg}: no 'health' layer; rerun agriseg run for {run.stem}")
+    made = run.summary.get("health", {}).get("polygon_classes")  # absent before --polygons
+    left_out = [name for name in run.weed_classes if made is not None and name not in made]
+    if left_out:
+        raise InputError(
+            f"{run.summary_path}: the run made no polygons of {', '.join(left_out)} (its "
+            f"--polygons gave {', '.join(made) or 'none'}), so a spray map would miss those "
+            "weeds; rerun agriseg run with --polygons roles (the default) or all"
+        )
     crs = CRS.from_user_input(health.crs)
     weeds = health[health["class"].isin(run.weed_classes)]
     metric = _metric_crs(crs, health) if len(health) else crs

@@ -372,6 +372,11 @@ def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOpti
             "--rates/--rate give each management zone a rate, and there are none without "
             "--grid or --fields: add --grid SIZE_M (e.g. --grid 10) or --fields FILE"
         )
+    if after_run and args.polygons.strip().lower() == "none":
+        raise InputError(
+            "prescriptions are drawn from the weed polygons, which --polygons none leaves "
+            "out: drop --polygons none (the default makes weed and disease polygons)"
+        )
     if after_run and args.formats and not {"gpkg", "auto"} & set(args.formats):
         raise InputError(
             "prescriptions are drawn from the weed polygons of <stem>.health.gpkg, which "

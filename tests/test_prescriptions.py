@@ -359,6 +359,7 @@ def test_batch_writes_prescriptions_for_each_survey(tmp_path: Path, run_cli) -> 
     [
         (("--format", "geojson", "--prescribe"), "add --format gpkg"),
         (("--rate", "otherwise: 1 l/ha"), "add --grid SIZE_M"),
+        (("--polygons", "none", "--prescribe"), "drop --polygons none"),
     ],
 )
 def test_run_refuses_prescriptions_it_cannot_make_before_segmenting(
@@ -377,3 +378,23 @@ def test_a_pixel_mode_run_cannot_be_prescribed(tmp_path: Path, run_cli, capsys) 
     summary_path.write_text(json.dumps({**summary, "input": {"crs": None}}))
     assert run_cli("prescribe", tmp_path / "run") == 2
     assert "pixel mode" in capsys.readouterr().err
+
+
+def test_a_run_without_polygons_of_every_weed_class_cannot_be_prescribed(
+    tmp_path: Path, run_cli, capsys
+) -> None:
+    # A run with --polygons crop,weed made no thistle polygons: a spray map would miss
+    # every thistle, so prescribe refuses instead of writing it.
+    make_run(tmp_path / "run")
+    summary_path = tmp_path / "run" / "field.summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["health"] = {"polygon_classes": ["crop", "weed"]}
+    summary_path.write_text(json.dumps(summary))
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert run_cli("prescribe", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "no polygons of thistle" in err and "--polygons roles" in err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    summary["health"] = {"polygon_classes": ["weed", "thistle"]}
+    summary_path.write_text(json.dumps(summary))
+    assert run_cli("prescribe", tmp_path / "run") == 0
