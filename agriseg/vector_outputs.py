@@ -54,11 +54,33 @@ OGR_DRIVERS = {"gpkg": "GPKG", "fgb": "FlatGeobuf"}
 _ROUNDING_SHIFT = math.sqrt(2) * 0.5 * 10.0**-GEOJSON_DECIMALS
 
 
-def _feature_json(properties: dict[str, Any], geometry_json: str) -> str:
-    props = json.dumps(
-        {k: _json_value(v) for k, v in properties.items()}, allow_nan=False, separators=(",", ":")
+def _column_json(values: pd.Series) -> list[str]:
+    """Each value of a column as the JSON text ``json.dumps`` gives it (NaN, inf: null).
+
+    Column by column rather than a ``json.dumps`` per feature: a fifth of the time, and
+    the same text (Python's float and int reprs are JSON's)."""
+    items = values.tolist()
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return ["true" if v else "false" for v in items]
+    if pd.api.types.is_integer_dtype(values.dtype) and values.dtype.kind in "iu":
+        return [str(v) for v in items]
+    if values.dtype.kind == "f":
+        return [repr(v) if math.isfinite(v) else "null" for v in items]
+    return [json.dumps(_json_value(v), allow_nan=False) for v in items]
+
+
+def features_json(properties: pd.DataFrame, geometry_json: np.ndarray) -> list[str]:
+    """GeoJSON Feature text of each row: its ``properties`` as a compact JSON object (in
+    column order, as ``json.dumps(..., separators=(",", ":"))`` writes it) and its
+    geometry's GeoJSON text."""
+    keys = [json.dumps(str(name)).replace("{", "{{").replace("}", "}}") for name in properties]
+    template = (
+        '{{"type":"Feature","properties":{{'
+        + ",".join(f"{key}:{{}}" for key in keys)
+        + '}},"geometry":{}}}'
     )
-    return f'{{"type":"Feature","properties":{props},"geometry":{geometry_json}}}'
+    columns = [_column_json(properties[name]) for name in properties]
+    return [template.format(*row) for row in zip(*columns, geometry_json, strict=True)]
 
 
 def rounding_keeps_lattice_polygons_valid(
@@ -185,11 +207,8 @@ class GeoJSONWriter:
         keep = ~(missing | shapely.is_empty(geometry))
         if not keep.any():
             return
-        records = frame.drop(columns=frame.geometry.name)[keep].to_dict("records")
-        features = [
-            _feature_json(props, geom)
-            for props, geom in zip(records, shapely.to_geojson(geometry[keep]), strict=True)
-        ]
+        properties = frame.drop(columns=frame.geometry.name)[keep]
+        features = features_json(properties, shapely.to_geojson(geometry[keep]))
         self._fh.write((",\n" if self._count else "\n") + ",\n".join(features))
         self._count += len(features)
 

@@ -411,3 +411,40 @@ def test_the_pass_s_class_areas_match_a_read_of_the_class_raster_for_any_strip_h
     areas = class_areas_m2(path, 4, block_size=32)[0]
     assert summary["health"]["classes"] == health_summary(areas, DEFAULT_CLASSES)["classes"]
     assert not list(tmp_path.glob("*sieved*"))
+
+
+def test_feature_text_is_what_json_dumps_writes_for_every_column_type() -> None:
+    import pandas as pd
+
+    from agriseg.vector_outputs import features_json
+
+    frame = pd.DataFrame(
+        {
+            "class": ["weed", 'say "hi"', "café", "a{b}"],
+            "class_id": np.array([2, 3, -1, 0], dtype="int64"),
+            "small": np.array([1, 2, 3, 4], dtype="uint8"),
+            "area_m2": [0.1, 1e-7, 12345678.901, float("nan")],
+            "mean_exg": np.array([np.inf, -0.5, 1 / 3, 2.0], dtype="float32"),
+            "sprayed": [True, False, True, False],
+            "field_id": [None, 1, "x", 2.5],
+        }
+    )
+    geometry = np.array(['{"type":"Point","coordinates":[1,2]}'] * 4)
+    got = features_json(frame, geometry)
+
+    def plain(value):
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        return value
+
+    for text, record, geom in zip(got, frame.to_dict("records"), geometry, strict=True):
+        props = json.dumps(
+            {k: plain(v) for k, v in record.items()}, allow_nan=False, separators=(",", ":")
+        )
+        assert text == f'{{"type":"Feature","properties":{props},"geometry":{geom}}}'
+        assert json.loads(text)["properties"]["class"] == record["class"]
+    assert features_json(frame.iloc[:, :0], geometry[:1])[0].startswith(
+        '{"type":"Feature","properties":{},"geometry":'
+    )
