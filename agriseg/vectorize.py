@@ -384,26 +384,29 @@ def _block_polygons(
     polygon_of_region = np.zeros(n_regions + 1, dtype="int32")
     polygon_of_region[region_ids] = np.arange(1, len(geometry) + 1)
     labels2d = polygon_of_region[regions]
-    labels = labels2d.ravel()
+    # The pixels of a polygon, in raster order (the sums below add them in that order
+    # whatever is left out): most of a block is soil and crop.
+    inside = np.flatnonzero(labels2d)
+    owner = labels2d.ravel()[inside]
     n = len(geometry) + 1
-    pixels = np.bincount(labels, minlength=n)[1:].astype("int64")
+    pixels = np.bincount(owner, minlength=n)[1:].astype("int64")
     value_sum = np.zeros((n - 1, n_values))
     value_count = np.zeros((n - 1, n_values), dtype="int64")
     if values is not None:
-        found_values = values
         for k in range(n_values):
-            has_value = np.isfinite(found_values[k]) & (labels > 0)
-            value_sum[:, k] = np.bincount(
-                labels[has_value], weights=found_values[k][has_value], minlength=n
-            )[1:]
-            value_count[:, k] = np.bincount(labels[has_value], minlength=n)[1:]
+            found = values[k][inside]
+            has_value = np.isfinite(found)
+            value_sum[:, k] = np.bincount(owner[has_value], weights=found[has_value], minlength=n)[
+                1:
+            ]
+            value_count[:, k] = np.bincount(owner[has_value], minlength=n)[1:]
     conf_sum: np.ndarray = np.zeros(n - 1)
     conf_count: np.ndarray = np.zeros(n - 1, dtype="int64")
     if conf is not None:
-        conf = conf.ravel()
-        has = conf != NODATA
-        conf_sum = np.bincount(labels[has], weights=conf[has], minlength=n)[1:]
-        conf_count = np.bincount(labels[has], minlength=n)[1:].astype("int64")
+        conf_inside = conf.ravel()[inside]
+        has = conf_inside != NODATA
+        conf_sum = np.bincount(owner[has], weights=conf_inside[has], minlength=n)[1:]
+        conf_count = np.bincount(owner[has], minlength=n)[1:].astype("int64")
     batch = PolygonBatch(geometry, class_id, pixels, conf_sum, conf_count, value_sum, value_count)
     return batch, labels2d
 
