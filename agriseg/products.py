@@ -518,11 +518,12 @@ def _write_polygons(
     # sums the counts of the strips' blocks in it (integers, so in any order).
     class_counts: dict[tuple[int, int], np.ndarray] = {}
 
+    size = options.block_size
+
     def join(found: list[BlockPolygons], dst: rasterio.io.DatasetWriter | None) -> PolygonBatch:
         for block in found:
             value_sum[:] += block.value_sum
             value_count[:] += block.value_count
-            size = options.block_size
             key = (int(block.window.row_off) // size, int(block.window.col_off) // size)
             class_counts[key] = class_counts.get(key, 0) + block.class_counts
         core = np.concatenate([block.sieved for block in found], axis=1)
@@ -576,8 +577,7 @@ class _Statistics:
 def _reads_sieved(job: HealthJob) -> bool:
     """Whether the statistics read the sieved raster back: for fields and grid cells, and
     for class areas on CRSs whose pixel area varies; else the blocks' counts suffice."""
-    options = job.options
-    return job.fields is not None or options.grid_m is not None or not is_planar_metric(job.crs)
+    return job.fields is not None or job.options.grid_m is not None or not is_planar_metric(job.crs)
 
 
 def _statistics(

@@ -60,11 +60,14 @@ def _column_json(values: pd.Series) -> list[str]:
     Column by column rather than a ``json.dumps`` per feature: a fifth of the time, and
     the same text (Python's float and int reprs are JSON's)."""
     items = values.tolist()
-    if pd.api.types.is_bool_dtype(values.dtype):
+    # NumPy dtypes only: pandas' nullable ones (Int64, boolean...) may hold pd.NA,
+    # which json.dumps refuses, as it did row by row.
+    kind = values.dtype.kind if isinstance(values.dtype, np.dtype) else "O"
+    if kind == "b":
         return ["true" if v else "false" for v in items]
-    if pd.api.types.is_integer_dtype(values.dtype) and values.dtype.kind in "iu":
+    if kind in "iu":
         return [str(v) for v in items]
-    if values.dtype.kind == "f":
+    if kind == "f":
         return [repr(v) if math.isfinite(v) else "null" for v in items]
     return [json.dumps(_json_value(v), allow_nan=False) for v in items]
 
