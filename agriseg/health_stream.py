@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from agriseg.products import BlockRunner, HealthJob
+from agriseg.products import HealthJob, TaskRunner
 from agriseg.strips import Strip, StripAssembler
 
 #: Strips waiting for the health thread; bounds the memory they hold.
@@ -57,7 +57,7 @@ class HealthStream:
         image_path: Path | None,
         out_dir: Path,
         stem: str,
-        runner: BlockRunner | None = None,
+        runner: TaskRunner | None = None,
     ) -> None:
         grid = job.grid
         self._assembler = StripAssembler(grid.height, grid.width, job.strip_height, job.halo)

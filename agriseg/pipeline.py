@@ -44,7 +44,7 @@ from agriseg.outputs import (
     class_raster_profile,
     output_paths,
 )
-from agriseg.products import BlockRunner, ClassRaster, HealthJob, plan_health
+from agriseg.products import ClassRaster, HealthJob, TaskRunner, plan_health
 from agriseg.raster import RasterInfo, open_dataset, open_raster, pixel_grid_ok
 from agriseg.scale import TilePlan, plan_tiles
 from agriseg.segment import Block, segment_blocks
@@ -350,13 +350,13 @@ def _health_after(
     job: HealthJob,
     writer: ClassRasterWriter,
     staging: Path,
-    run_blocks: BlockRunner | None,
+    run_tasks: TaskRunner | None,
 ) -> tuple[dict[str, Any], float]:
     """The health pass over the finished rasters; its summary and seconds."""
     started = time.perf_counter()
     release_free_memory()
     strips = job.file_strips(writer.staged["classes"], writer.staged["confidence"])
-    health = job.run(strips, plan.input_path, staging, plan.input_path.stem, run_blocks)
+    health = job.run(strips, plan.input_path, staging, plan.input_path.stem, run_tasks)
     return health, time.perf_counter() - started
 
 
@@ -386,13 +386,13 @@ def segment_raster(
             client = cluster.enter_context(dask_client(config.scheduler, config.workers))
             health_client = client if _has_worker_processes(config) else None
             # Entered before segmenting, so local health processes start while tiles run.
-            run_blocks = (
-                health_stack.enter_context(job.block_runner(health_client))
+            run_tasks = (
+                health_stack.enter_context(job.task_runner(health_client))
                 if job is not None
                 else None
             )
             health_stream = (
-                HealthStream(job, input_path, staging, stem, run_blocks)
+                HealthStream(job, input_path, staging, stem, run_tasks)
                 if plan.stream_health and job is not None
                 else None
             )
@@ -405,7 +405,7 @@ def segment_raster(
             if health_client is None:
                 cluster.close()
             if job is not None and health_stream is None:
-                health, health_s = _health_after(plan, job, writer, staging, run_blocks)
+                health, health_s = _health_after(plan, job, writer, staging, run_tasks)
         if job is None:
             health = {"notes": [PIXEL_MODE_NOTE]}
             health_s = 0.0

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import geopandas as gpd
 import numpy as np
@@ -42,6 +42,7 @@ from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.config import POLYGON_KEYWORDS, HealthOptions, VectorFormat
 from agriseg.errors import InputError
 from agriseg.gdal_settings import run_settings
+from agriseg.geojson import FeatureText, rounding_keeps_lattice_polygons_valid
 from agriseg.grid import Grid
 from agriseg.health import (
     WHOLE,
@@ -53,7 +54,13 @@ from agriseg.health import (
 )
 from agriseg.indices import IndexReader, zone_index_means
 from agriseg.outputs import output_paths
-from agriseg.preview import PreviewCanvas, blend_preview, read_preview_image, save_png
+from agriseg.preview import (
+    PngWriter,
+    PreviewCanvas,
+    StreamedPreview,
+    preview_shape,
+    read_preview_image,
+)
 from agriseg.qgis import class_style, write_layer_styles, zone_style
 from agriseg.strips import Strip, file_strips
 from agriseg.vector_outputs import (
@@ -61,11 +68,9 @@ from agriseg.vector_outputs import (
     GeoJSONWriter,
     LayerWriter,
     geopackage_output,
-    rounding_keeps_lattice_polygons_valid,
 )
 from agriseg.vectorize import (
     BlockPolygons,
-    BlockTask,
     PolygonBatch,
     PolygonSettings,
     StripPolygons,
@@ -324,24 +329,25 @@ class HealthJob:
         image_path: Path | None,
         out_dir: Path,
         stem: str,
-        runner: BlockRunner | None = None,
+        runner: TaskRunner | None = None,
     ) -> dict[str, Any]:
         """Write the products of the raster whose strips (top to bottom) are ``strips``.
 
-        Blocks are sieved and polygonised by ``runner`` (from :meth:`block_runner`,
-        entered early so its processes start while the raster is still being made),
-        else by one made here. See :func:`write_health_products` for the files and the
-        returned summary.
+        Blocks are sieved and polygonised, and polygons made into GeoJSON text, by
+        ``runner`` (from :meth:`task_runner`, entered early so its processes start while
+        the raster is still being made), else by one made here. See
+        :func:`write_health_products` for the files and the returned summary.
         """
         return _run_health(self, strips, image_path, Path(out_dir), stem, runner)
 
-    def block_runner(
+    def task_runner(
         self, client: Client | None = None
-    ) -> contextlib.AbstractContextManager[BlockRunner]:
-        """Where this pass's blocks run: ``client``'s Dask workers, else ``options.workers``
-        local processes, started (and their modules imported) right away."""
+    ) -> contextlib.AbstractContextManager[TaskRunner]:
+        """Where this pass's tasks run: ``client``'s Dask workers, else
+        ``options.workers`` local processes, started (and their modules imported) right
+        away."""
         pixels = self.grid.width * self.grid.height
-        return block_runner(client, self.options.workers, pixels)
+        return task_runner(client, self.options.workers, pixels)
 
 
 def plan_health(raster: ClassRaster, options: HealthOptions | None = None) -> HealthJob:
@@ -391,21 +397,38 @@ def _polygon_writers(
     return writers
 
 
-class PendingBlock(Protocol):
-    """A block being sieved and polygonised somewhere (a concurrent or Dask future)."""
-
-    def result(self) -> BlockPolygons: ...
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
-#: Starts one block's work (:func:`run_block`) and returns its pending result.
-BlockRunner = Callable[[BlockTask, PolygonSettings], PendingBlock]
+class Pending(Protocol[T_co]):
+    """A task running somewhere (a concurrent or Dask future)."""
+
+    def result(self) -> T_co: ...
+
+    def done(self) -> bool: ...
+
+
+class TaskRunner(Protocol):
+    """Where the parallel tasks of a health pass run (the blocks, :func:`run_block`, and
+    the GeoJSON text, :func:`~agriseg.geojson.feature_text`): ``runner(fn, *args)``
+    starts ``fn(*args)`` and returns its pending result."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Pending[T]: ...
+
+
+def _run_inline(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
+    done: Future[T] = Future()
+    done.set_result(fn(*args))
+    return done
 
 
 @contextlib.contextmanager
-def block_runner(
+def task_runner(
     client: Client | None, workers: int | None, pixels: int = 0
-) -> Iterator[BlockRunner]:
-    """Where the blocks of a health pass are sieved and polygonised (:func:`run_block`).
+) -> Iterator[TaskRunner]:
+    """Where the tasks of a health pass run: blocks sieved and polygonised
+    (:func:`run_block`) and polygons made into GeoJSON text.
 
     On ``client``'s Dask workers when the run has a cluster; else on ``workers``
     local processes (default: one per core for rasters of ``pixels`` >=
@@ -413,18 +436,16 @@ def block_runner(
     and the polygon building hold the GIL, so threads would not help.
     """
     if client is not None:
-        yield lambda task, settings: client.submit(run_block, task, settings, pure=False)
+
+        def on_cluster(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
+            return client.submit(fn, *args, pure=False)  # type: ignore[no-any-return]
+
+        yield on_cluster
         return
     if workers is None:
         workers = default_workers() if pixels >= PARALLEL_MIN_PX else 1
     if workers == 1:
-
-        def inline(task: BlockTask, settings: PolygonSettings) -> PendingBlock:
-            done: Future[BlockPolygons] = Future()
-            done.set_result(run_block(task, settings))
-            return done
-
-        yield inline
+        yield _run_inline
         return
     # Spawned, not forked: the parent runs threads (Dask's, the preview's). Ctrl-C is
     # the parent's to handle: it shuts the pool down.
@@ -433,8 +454,8 @@ def block_runner(
     )
     try:
         for _ in range(workers):  # each submit to a pool without an idle process starts one
-            pool.submit(warm_up)
-        yield lambda task, settings: pool.submit(run_block, task, settings)
+            pool.submit(warm_up, "agriseg.geojson")
+        yield pool.submit
     except BaseException:
         pool.shutdown(cancel_futures=True)
         raise
@@ -443,37 +464,36 @@ def block_runner(
 
 
 class _BackgroundPreview:
-    """Collects the sieved strips for the preview and draws it on a thread once complete,
-    while the last strip is still being vectorised. The image is read at preview size
-    on that thread from the start, so only the drawing is left after the last strip."""
+    """Draws the preview on a thread as the sieved strips arrive (see
+    :class:`~agriseg.preview.StreamedPreview`): the image is read at preview size first,
+    then each strip's rows are blended and written while the next strips are sieved, so
+    the PNG is finished soon after the last strip is."""
 
     def __init__(
-        self, raster: ClassRaster, image_path: Path | None, out: Path, pool: ThreadPoolExecutor
+        self, raster: ClassRaster, image_path: Path | None, png: PngWriter, pool: ThreadPoolExecutor
     ) -> None:
         grid = raster.grid
         self._canvas = PreviewCanvas(grid.height, grid.width)
-        self._classes = raster.classes
-        self._height = grid.height
-        self._image: Future[np.ndarray] | None = None
-        if image_path is not None:
-            self._image = pool.submit(read_preview_image, image_path, self._canvas.shape)
-        self._out = out
         self._pool = pool
-        self._future: Future[None] | None = None
+        self._png = png
+        self._stream = pool.submit(self._start, raster.classes, image_path)
+        self._last: Future[None] | None = None
+
+    def _start(self, classes: ClassList, image_path: Path | None) -> StreamedPreview:
+        image = read_preview_image(image_path, self._canvas.shape) if image_path else None
+        return StreamedPreview(self._canvas.shape, classes, image, self._png)
 
     def add(self, rows: np.ndarray, row_off: int) -> None:
-        self._canvas.add(rows, row_off)
-        if row_off + len(rows) >= self._height:
-            self._future = self._pool.submit(self._draw)
-
-    def _draw(self) -> None:
-        image = self._image.result() if self._image is not None else None
-        save_png(blend_preview(self._canvas.classes, self._classes, image), self._out)
+        # Decimated here, so the thread holds preview rows, not strips; the pool's one
+        # thread takes the strips in order.
+        start, picked = self._canvas.pick(rows, row_off)
+        self._last = self._pool.submit(lambda: self._stream.result().add(start, picked))
 
     def result(self) -> None:
-        """Wait for the preview to be written; raise what drawing it raised."""
-        assert self._future is not None, "the preview saw no last strip"
-        self._future.result()
+        """Wait for the preview's rows to be written; raise what drawing them raised."""
+        self._stream.result()
+        if self._last is not None:
+            self._last.result()
 
 
 def _write_polygons(
@@ -481,7 +501,7 @@ def _write_polygons(
     strips: Iterable[Strip],
     sieved: Path | None,
     files: dict[str, Path],
-    run: BlockRunner,
+    run: TaskRunner,
     preview: _BackgroundPreview | None = None,
     indices: IndexReader | None = None,
 ) -> tuple[int, int, dict[str, float | None], list[np.ndarray]]:
@@ -535,10 +555,10 @@ def _write_polygons(
         return polygons.add_blocks(found)
 
     def pixel_batches(dst: rasterio.io.DatasetWriter | None) -> Iterator[PolygonBatch]:
-        in_flight: deque[list[PendingBlock]] = deque()
+        in_flight: deque[list[Pending[BlockPolygons]]] = deque()
         for strip in strips:
             tasks = block_tasks(strip, job.sieve_px, options.block_size)
-            in_flight.append([run(task, settings) for task in tasks])
+            in_flight.append([run(run_block, task, settings) for task in tasks])
             if len(in_flight) > STRIPS_AHEAD:
                 yield join([f.result() for f in in_flight.popleft()], dst)
         while in_flight:
@@ -551,12 +571,23 @@ def _write_polygons(
         simplify_px = job.simplify_m / job.pixel_m
         coverage = len(job.polygon_ids) == len(job.raster.classes)
         batches = finish_polygons(pixel_batches(dst), grid.transform, simplify_px, coverage)
+        geojson = next((w for w in writers if isinstance(w, GeoJSONWriter)), None)
+        # The GeoJSON text is made by the runner too (after the last strip its workers
+        # are idle) and written here in order, as it comes.
+        texts: deque[Pending[FeatureText]] = deque()
         for batch in batches:
             frame = polygon_attributes(batch, job.crs, job.raster.classes, job.fields, names)
+            if geojson is not None:
+                texts.extend(run(encode) for encode in geojson.encoders(frame))
             for writer in writers:
-                writer.write(frame)
+                if writer is not geojson:
+                    writer.write(frame)
             count += len(frame)
-        unprojectable = sum(w.unprojectable for w in writers if isinstance(w, GeoJSONWriter))
+            while geojson is not None and texts and texts[0].done():
+                geojson.write_text(texts.popleft().result())
+        while geojson is not None and texts:
+            geojson.write_text(texts.popleft().result())
+        unprojectable = geojson.unprojectable if geojson is not None else 0
     means = {
         name: round(float(value_sum[k] / value_count[k]), 4) if value_count[k] else None
         for k, name in enumerate(names)
@@ -671,7 +702,7 @@ def _run_health(
     image_path: Path | None,
     out_dir: Path,
     stem: str,
-    runner: BlockRunner | None = None,
+    runner: TaskRunner | None = None,
 ) -> dict[str, Any]:
     options = job.options
     classes = job.raster.classes
@@ -687,10 +718,13 @@ def _run_health(
             preview = None
             if options.preview:
                 # Entered before the pool: on the way out the drawing thread finishes
-                # first, then the PNG appears (or, after an error, is removed).
+                # first, then the PNG is completed and appears (or, after an error, is
+                # closed and removed).
                 preview_tmp = outer.enter_context(atomic_output(paths["preview"]))
+                shape = preview_shape(job.grid.height, job.grid.width)
+                png = outer.enter_context(PngWriter(preview_tmp, *shape))
                 pool = outer.enter_context(ThreadPoolExecutor(1, "agriseg-preview"))
-                preview = _BackgroundPreview(job.raster, image_path, preview_tmp, pool)
+                preview = _BackgroundPreview(job.raster, image_path, png, pool)
             with contextlib.ExitStack() as stack:
                 tmp: dict[str, Path] = {
                     f: stack.enter_context(
@@ -698,7 +732,7 @@ def _run_health(
                     )
                     for f in job.formats
                 }
-                run = runner or stack.enter_context(job.block_runner())
+                run = runner or stack.enter_context(job.task_runner())
                 count, unprojectable, index_means, counts = _write_polygons(
                     job, strips, sieved, tmp, run, preview, indices
                 )

@@ -15,6 +15,7 @@ are separate polygons), so no two same-class polygons ever share an edge.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import math
 import signal
@@ -311,8 +312,11 @@ def ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def warm_up() -> None:
-    """Nothing: a worker process that runs it has imported this module, ready for blocks."""
+def warm_up(*modules: str) -> None:
+    """Import ``modules``: a worker process that runs it has imported them and this
+    module (to unpickle the call), ready for the tasks that need them."""
+    for name in modules:
+        importlib.import_module(name)
 
 
 def run_block(task: BlockTask, settings: PolygonSettings) -> BlockPolygons:

@@ -84,14 +84,14 @@ def timed_pass(run_dir: Path, image: Path, out: Path, workers: int, polygons: st
     job = plan_health(ClassRaster.of_file(classes), options)
     me = psutil.Process()
     before = {p.pid for p in me.children()}  # earlier pools, exiting
-    with run_settings(), job.block_runner() as run_blocks:
+    with run_settings(), job.task_runner() as run_tasks:
         # As in a run, the worker processes start before the pass (while it segments):
         # give them the time to import their modules.
         time.sleep(5 if workers > 1 else 0)
         pool = [p for p in me.children() if p.pid not in before]
         cpu_start = [cpu_seconds(p) for p in (me, *pool)]
         start = time.perf_counter()
-        summary = job.run(job.file_strips(classes, confidence), image, out, stem, run_blocks)
+        summary = job.run(job.file_strips(classes, confidence), image, out, stem, run_tasks)
         seconds = time.perf_counter() - start
         cpu = [cpu_seconds(p) - c for p, c in zip((me, *pool), cpu_start, strict=True)]
     return {

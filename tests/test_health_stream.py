@@ -124,15 +124,21 @@ def test_cli_stream_health_flag_gives_the_same_products(tmp_path: Path) -> None:
 
 
 def test_blocks_on_processes_or_dask_workers_give_byte_identical_products(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where the blocks run (this process, worker processes, a Dask cluster) changes nothing."""
+    """Where the blocks and the GeoJSON text are made (this process, worker processes, a
+    Dask cluster) changes nothing."""
     import logging
 
     import pyogrio
     import shapely
     from conftest import UTM, UTM_TRANSFORM
     from distributed import Client, LocalCluster
+
+    from agriseg import vector_outputs
+
+    # Many slices of GeoJSON text per strip, made in any order, written in order.
+    monkeypatch.setattr(vector_outputs, "WRITE_SLICE", 7)
 
     image = write_raster(tmp_path / "f.tif", field_image(150, 170, seed=5))
     rng = np.random.default_rng(5)
@@ -163,9 +169,9 @@ def test_blocks_on_processes_or_dask_workers_give_byte_identical_products(
             n_workers=2, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
-        job.block_runner(client) as run_blocks,
+        job.task_runner(client) as run_tasks,
     ):
-        job.run(job.file_strips(args[0], args[1]), image, outs["dask"], "f", run_blocks)
+        job.run(job.file_strips(args[0], args[1]), image, outs["dask"], "f", run_tasks)
     for name in ("f.health.geojson", "f.health.fgb", "f.health.qml", "f.preview.png"):
         expected = (outs[1] / name).read_bytes()
         assert (outs[2] / name).read_bytes() == expected, name

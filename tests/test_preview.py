@@ -12,7 +12,17 @@ from PIL import Image
 from rasterio.enums import Resampling
 
 from agriseg.classes import CLASSES, NODATA
-from agriseg.preview import ALPHA, PreviewCanvas, preview_shape, render_preview, write_preview
+from agriseg.preview import (
+    ALPHA,
+    PngWriter,
+    PreviewCanvas,
+    StreamedPreview,
+    blend_preview,
+    legend_rows,
+    preview_shape,
+    render_preview,
+    write_preview,
+)
 
 
 def test_preview_shape_fits_and_never_upscales() -> None:
@@ -65,3 +75,48 @@ def test_canvas_fed_by_bands_matches_gdal_nearest_decimation(
     with rasterio.open(path) as src:
         expected = src.read(1, out_shape=canvas.shape, resampling=Resampling.nearest)
     assert np.array_equal(canvas.classes, expected)
+
+
+def test_a_png_written_strip_by_strip_holds_the_rows_given(tmp_path: Path) -> None:
+    rows = np.random.default_rng(1).integers(0, 256, (301, 257, 3), dtype="uint8")
+    path = tmp_path / "p.png"
+    with PngWriter(path, 301, 257) as png:
+        for start in (0, 1, 100, 300):  # uneven strips, one of a single row
+            png.write(rows[start : {0: 1, 1: 100, 100: 300, 300: 301}[start]])
+    with Image.open(path) as back:
+        assert back.format == "PNG" and back.mode == "RGB"
+        assert np.array_equal(np.asarray(back), rows)
+
+
+def test_a_png_refuses_rows_that_do_not_fit_and_an_unfinished_file(tmp_path: Path) -> None:
+    png = PngWriter(tmp_path / "p.png", 4, 5)
+    with pytest.raises(ValueError, match="do not fit"):
+        png.write(np.zeros((2, 6, 3), "uint8"))
+    png.write(np.zeros((3, 5, 3), "uint8"))
+    with pytest.raises(ValueError, match="do not fit"):
+        png.write(np.zeros((2, 5, 3), "uint8"))
+    with pytest.raises(ValueError, match="3 of 4 PNG rows"):
+        png.close()
+
+
+@pytest.mark.parametrize(("height", "width", "strip"), [(3000, 2500, 64), (200, 120, 7)])
+def test_a_preview_streamed_strip_by_strip_is_the_one_drawn_whole(
+    tmp_path: Path, height: int, width: int, strip: int
+) -> None:
+    # Strips narrower than the legend (which waits for the rows under it), strips that
+    # fall between preview rows (3000 -> 2048 rows), and the image under the classes.
+    rng = np.random.default_rng(height)
+    classes = rng.integers(0, 5, (height, width), dtype="uint8")
+    classes[:, :9] = NODATA
+    canvas = PreviewCanvas(height, width)
+    image = rng.integers(0, 256, (*canvas.shape, 3), dtype="uint8")
+    assert legend_rows(canvas.shape, CLASSES) > strip / height * canvas.shape[0]
+    path = tmp_path / "p.png"
+    with PngWriter(path, *canvas.shape) as png:
+        stream = StreamedPreview(canvas.shape, CLASSES, image, png)
+        for row in range(0, height, strip):
+            stream.add(*canvas.pick(classes[row : row + strip], row))
+            canvas.add(classes[row : row + strip], row)
+    expected = np.asarray(blend_preview(canvas.classes, CLASSES, image))
+    with Image.open(path) as back:
+        assert np.array_equal(np.asarray(back), expected)

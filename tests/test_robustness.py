@@ -17,7 +17,8 @@ from pyproj import CRS
 from rasterio.transform import from_bounds
 
 import agriseg.products
-from agriseg.vector_outputs import GeoJSONWriter, to_rfc7946
+from agriseg.geojson import to_rfc7946
+from agriseg.vector_outputs import GeoJSONWriter
 
 FAST = ("--device", "cpu", "--quiet", "--tile-size", "128", "--overlap", "32")
 

@@ -18,7 +18,7 @@ from rasterio.features import rasterize, shapes
 from scipy import ndimage
 
 from agriseg.classes import NODATA
-from agriseg.vector_outputs import rounding_keeps_lattice_polygons_valid, to_rfc7946
+from agriseg.geojson import rounding_keeps_lattice_polygons_valid, to_rfc7946
 from agriseg.vectorize import (
     PolygonBatch,
     polygons_from_geojson,
