@@ -20,6 +20,7 @@ from agriseg.atomic import atomic_output
 from agriseg.classes import NODATA, ClassList
 from agriseg.raster import READ_ENV
 from agriseg.spectral import find_bands
+from agriseg.vectorize import picked_pixels
 
 #: Bands the preview shows, by name.
 RGB = ("red", "green", "blue")
@@ -112,23 +113,20 @@ class PreviewCanvas:
 
     def __init__(self, height: int, width: int, max_size: int = MAX_SIZE) -> None:
         self.shape = preview_shape(height, width, max_size)
-        # The source pixel under each preview pixel's centre, as GDAL's nearest picks.
-        self._rows = _centres(self.shape[0], height)
-        self._cols = _centres(self.shape[1], width)
+        #: The raster row and column under each preview pixel's centre, as GDAL's
+        #: nearest resampling picks them.
+        self.picks = (_centres(self.shape[0], height), _centres(self.shape[1], width))
         self.classes = np.full(self.shape, NODATA, dtype="uint8")
 
     def add(self, rows: np.ndarray, row_off: int) -> None:
         """Take class rows ``[row_off, row_off + len(rows))`` of the raster."""
-        start, picked = self.pick(rows, row_off)
+        picked = picked_pixels(rows, row_off, 0, *self.picks)
+        start = self.first_row(row_off)
         self.classes[start : start + len(picked)] = picked
 
-    def pick(self, rows: np.ndarray, row_off: int) -> tuple[int, np.ndarray]:
-        """The preview rows that class rows ``[row_off, row_off + len(rows))`` of the
-        raster make: the first one's index and the rows (none when they fall between
-        preview rows)."""
-        found = np.flatnonzero((self._rows >= row_off) & (self._rows < row_off + len(rows)))
-        start = int(found[0]) if found.size else 0
-        return start, rows[np.ix_(self._rows[found] - row_off, self._cols)]
+    def first_row(self, row_off: int) -> int:
+        """The first preview row at or below raster row ``row_off``."""
+        return int(np.searchsorted(self.picks[0], row_off))
 
 
 def _centres(n: int, size: int) -> np.ndarray:

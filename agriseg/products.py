@@ -12,6 +12,7 @@ complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 from collections import deque
@@ -483,10 +484,15 @@ class _BackgroundPreview:
         image = read_preview_image(image_path, self._canvas.shape) if image_path else None
         return StreamedPreview(self._canvas.shape, classes, image, self._png)
 
-    def add(self, rows: np.ndarray, row_off: int) -> None:
-        # Decimated here, so the thread holds preview rows, not strips; the pool's one
-        # thread takes the strips in order.
-        start, picked = self._canvas.pick(rows, row_off)
+    @property
+    def picks(self) -> tuple[np.ndarray, np.ndarray]:
+        """The raster rows and columns the preview takes (see :class:`PreviewCanvas`)."""
+        return self._canvas.picks
+
+    def add(self, picked: np.ndarray, row_off: int) -> None:
+        """Take the sieved pixels at :attr:`picks` of the strip from raster row
+        ``row_off``, in order (the pool's one thread takes them in order)."""
+        start = self._canvas.first_row(row_off)
         self._last = self._pool.submit(lambda: self._stream.result().add(start, picked))
 
     def result(self) -> None:
@@ -530,7 +536,12 @@ def _write_polygons(
         "zlevel": 1,
     }
     names = indices.names if indices is not None else ()
-    settings = job.polygon_settings(indices)
+    # Blocks send back only what this process uses of their sieved pixels.
+    settings = dataclasses.replace(
+        job.polygon_settings(indices),
+        keep_sieved=sieved is not None,
+        picks=preview.picks if preview is not None else None,
+    )
     polygons = StripPolygons(grid.height, grid.width, options.block_size, whole=job.whole_classes())
     value_sum = np.zeros(len(names))
     value_count = np.zeros(len(names))
@@ -546,12 +557,12 @@ def _write_polygons(
             value_count[:] += block.value_count
             key = (int(block.window.row_off) // size, int(block.window.col_off) // size)
             class_counts[key] = class_counts.get(key, 0) + block.class_counts
-        core = np.concatenate([block.sieved for block in found], axis=1)
         row_off = int(found[0].window.row_off)
         if dst is not None:
+            core = np.concatenate([block.sieved for block in found], axis=1)
             dst.write(core, 1, window=Window(0, row_off, grid.width, core.shape[0]))
         if preview is not None:
-            preview.add(core, row_off)
+            preview.add(np.concatenate([block.picked for block in found], axis=1), row_off)
         return polygons.add_blocks(found)
 
     def pixel_batches(dst: rasterio.io.DatasetWriter | None) -> Iterator[PolygonBatch]:

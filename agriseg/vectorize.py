@@ -272,11 +272,18 @@ class PolygonSettings:
         values: Reads per-pixel values (vegetation indices) of a window, summed per
             polygon; None for none. Must pickle when blocks run in worker processes.
         n_values: Number of values ``values`` gives per pixel.
+        keep_sieved: Whether a block returns its sieved class ids
+            (:attr:`BlockPolygons.sieved`; they are 1 byte a pixel to send back).
+        picks: The raster rows and columns (ascending) a decimated copy of the sieved
+            raster takes (the preview's, see :func:`picked_pixels`); a block returns
+            those in it (:attr:`BlockPolygons.picked`). None: none.
     """
 
     classes: np.ndarray | None = None
     values: ValueReader | None = None
     n_values: int = 0
+    keep_sieved: bool = True
+    picks: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -293,10 +300,11 @@ class BlockPolygons:
             (vectorised or not) that have one.
         value_count: Number of those pixels, per value.
         class_counts: Pixels of each value 0-255 in the sieved block (255: nodata).
+        picked: The sieved pixels at :attr:`PolygonSettings.picks` in the block.
     """
 
     window: Window
-    sieved: np.ndarray
+    sieved: np.ndarray | None
     polygons: PolygonBatch
     top: np.ndarray
     bottom: np.ndarray
@@ -305,6 +313,17 @@ class BlockPolygons:
     value_sum: np.ndarray
     value_count: np.ndarray
     class_counts: np.ndarray
+    picked: np.ndarray | None = None
+
+
+def picked_pixels(
+    data: np.ndarray, row_off: int, col_off: int, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """The pixels of ``data`` (whose first pixel is at ``row_off``, ``col_off`` in the
+    raster) at the raster rows and columns ``rows`` and ``cols`` that fall in it."""
+    r = rows[(rows >= row_off) & (rows < row_off + data.shape[0])] - row_off
+    c = cols[(cols >= col_off) & (cols < col_off + data.shape[1])] - col_off
+    return data[np.ix_(r, c)]
 
 
 def ignore_interrupts() -> None:
@@ -339,7 +358,12 @@ def run_block(task: BlockTask, settings: PolygonSettings) -> BlockPolygons:
     )
     edges = labels[0], labels[-1], labels[:, 0], labels[:, -1]
     counts = np.bincount(sieved.ravel(), minlength=256)
-    return BlockPolygons(task.window, sieved, batch, *edges, value_sum, value_count, counts)
+    picked = None
+    if settings.picks is not None:
+        row_off, col_off = int(task.window.row_off), int(task.window.col_off)
+        picked = picked_pixels(sieved, row_off, col_off, *settings.picks)
+    kept = sieved if settings.keep_sieved else None
+    return BlockPolygons(task.window, kept, batch, *edges, value_sum, value_count, counts, picked)
 
 
 def _block_polygons(

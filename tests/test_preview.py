@@ -23,6 +23,7 @@ from agriseg.preview import (
     render_preview,
     write_preview,
 )
+from agriseg.vectorize import picked_pixels
 
 
 def test_preview_shape_fits_and_never_upscales() -> None:
@@ -115,7 +116,8 @@ def test_a_preview_streamed_strip_by_strip_is_the_one_drawn_whole(
     with PngWriter(path, *canvas.shape) as png:
         stream = StreamedPreview(canvas.shape, CLASSES, image, png)
         for row in range(0, height, strip):
-            stream.add(*canvas.pick(classes[row : row + strip], row))
+            picked = picked_pixels(classes[row : row + strip], row, 0, *canvas.picks)
+            stream.add(canvas.first_row(row), picked)
             canvas.add(classes[row : row + strip], row)
     expected = np.asarray(blend_preview(canvas.classes, CLASSES, image))
     with Image.open(path) as back:
