@@ -16,7 +16,7 @@ import dataclasses
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +63,7 @@ from agriseg.preview import (
     read_preview_image,
 )
 from agriseg.qgis import class_style, write_layer_styles, zone_style
-from agriseg.strips import Strip, file_strips
+from agriseg.strips import FileStrip, Strip, raster_file_strips
 from agriseg.vector_outputs import (
     OGR_DRIVERS,
     GeoJSONWriter,
@@ -72,10 +72,13 @@ from agriseg.vector_outputs import (
 )
 from agriseg.vectorize import (
     BlockPolygons,
+    BlockTask,
+    FileBlockTask,
     PolygonBatch,
     PolygonSettings,
     StripPolygons,
     block_tasks,
+    file_block_tasks,
     finish_polygons,
     ignore_interrupts,
     run_block,
@@ -320,13 +323,14 @@ class HealthJob:
             whole[[c.id for c in self.raster.classes if c.role in FIELD_ROLES]] = False
         return whole
 
-    def file_strips(self, classes_path: Path, confidence_path: Path | None) -> Iterator[Strip]:
-        """The strips this pass takes, read from finished class and confidence rasters."""
-        return file_strips(classes_path, confidence_path, self.strip_height, self.halo)
+    def file_strips(self, classes_path: Path, confidence_path: Path | None) -> Iterator[FileStrip]:
+        """The strips this pass takes of finished class and confidence rasters (read by
+        the processes that sieve their blocks, or here for a cluster's)."""
+        return raster_file_strips(classes_path, confidence_path, self.strip_height, self.halo)
 
     def run(
         self,
-        strips: Iterable[Strip],
+        strips: Iterable[Strip | FileStrip],
         image_path: Path | None,
         out_dir: Path,
         stem: str,
@@ -410,12 +414,25 @@ class Pending(Protocol[T_co]):
     def done(self) -> bool: ...
 
 
-class TaskRunner(Protocol):
+@dataclass(frozen=True)
+class TaskRunner:
     """Where the parallel tasks of a health pass run (the blocks, :func:`run_block`, and
     the GeoJSON text, :func:`~agriseg.geojson.feature_text`): ``runner(fn, *args)``
-    starts ``fn(*args)`` and returns its pending result."""
+    starts ``fn(*args)`` and returns its pending result.
 
-    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Pending[T]: ...
+    Attributes:
+        submit: Starts ``fn(*args)`` (an executor's or a Dask client's ``submit``).
+        parallel: How many tasks run at once (the work of a strip is cut in at least
+            that many tasks).
+        local: Whether the tasks run on this machine (so they can read its files).
+    """
+
+    submit: Callable[..., Pending[Any]]
+    parallel: int = 1
+    local: bool = True
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Pending[T]:
+        return self.submit(fn, *args)
 
 
 def _run_inline(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
@@ -441,12 +458,12 @@ def task_runner(
         def on_cluster(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
             return client.submit(fn, *args, pure=False)  # type: ignore[no-any-return]
 
-        yield on_cluster
+        yield TaskRunner(on_cluster, max(1, sum(client.nthreads().values())), local=False)
         return
     if workers is None:
         workers = default_workers() if pixels >= PARALLEL_MIN_PX else 1
     if workers == 1:
-        yield _run_inline
+        yield TaskRunner(_run_inline)
         return
     # Spawned, not forked: the parent runs threads (Dask's, the preview's). Ctrl-C is
     # the parent's to handle: it shuts the pool down.
@@ -456,12 +473,72 @@ def task_runner(
     try:
         for _ in range(workers):  # each submit to a pool without an idle process starts one
             pool.submit(warm_up, "agriseg.geojson")
-        yield pool.submit
+        yield TaskRunner(pool.submit, workers)
     except BaseException:
         pool.shutdown(cancel_futures=True)
         raise
     # Every result is in: let the processes exit on their own instead of waiting.
     pool.shutdown(wait=False)
+
+
+@dataclass
+class _Text:
+    """One slice of a batch's GeoJSON text: how to make it, and where it is being made."""
+
+    encode: Callable[[], FeatureText]
+    pending: Pending[FeatureText] | None = None
+
+
+class _GeoJSONTexts:
+    """The GeoJSON text of the polygon batches, made where a core is free and written in
+    order.
+
+    This process makes slices while it would only wait for blocks (:meth:`make_while`);
+    slices it has not made go to the runner once more than ``2 x runner.parallel`` wait,
+    and all of them once the runner has no blocks left (:attr:`runner_idle`).
+    """
+
+    def __init__(self, writer: GeoJSONWriter, run: TaskRunner) -> None:
+        self._writer = writer
+        self._run = run
+        self._texts: deque[_Text] = deque()
+        #: Whether the runner has no more blocks to run.
+        self.runner_idle = False
+
+    def add(self, frame: gpd.GeoDataFrame) -> None:
+        """Queue the text of ``frame``'s rows, after the rows queued before."""
+        self._texts.extend(_Text(e) for e in self._writer.encoders(frame, self._run.parallel))
+        waiting = [text for text in self._texts if text.pending is None]
+        keep = 0 if self.runner_idle else 2 * self._run.parallel
+        for text in waiting[: max(0, len(waiting) - keep)]:
+            text.pending = self._run(text.encode)
+        self._write_done()
+
+    def make_while(self, running: Pending[Any]) -> None:
+        """Make queued slices here until ``running`` is done."""
+        for text in self._texts:
+            if running.done():
+                break
+            if text.pending is None:
+                made: Future[FeatureText] = Future()
+                made.set_result(text.encode())
+                text.pending = made
+        self._write_done()
+
+    def finish(self) -> None:
+        """Make what is left (on the runner) and write it all."""
+        for text in self._texts:
+            if text.pending is None:
+                text.pending = self._run(text.encode)
+        while self._texts:
+            pending = self._texts.popleft().pending
+            assert pending is not None
+            self._writer.write_text(pending.result())
+
+    def _write_done(self) -> None:
+        while self._texts and (pending := self._texts[0].pending) and pending.done():
+            self._writer.write_text(pending.result())
+            self._texts.popleft()
 
 
 class _BackgroundPreview:
@@ -504,7 +581,7 @@ class _BackgroundPreview:
 
 def _write_polygons(
     job: HealthJob,
-    strips: Iterable[Strip],
+    strips: Iterable[Strip | FileStrip],
     sieved: Path | None,
     files: dict[str, Path],
     run: TaskRunner,
@@ -568,12 +645,26 @@ def _write_polygons(
     def pixel_batches(dst: rasterio.io.DatasetWriter | None) -> Iterator[PolygonBatch]:
         in_flight: deque[list[Pending[BlockPolygons]]] = deque()
         for strip in strips:
-            tasks = block_tasks(strip, job.sieve_px, options.block_size)
+            tasks: Sequence[BlockTask | FileBlockTask]
+            if isinstance(strip, FileStrip) and run.local:
+                tasks = file_block_tasks(strip, job.sieve_px, options.block_size)
+            else:  # a cluster's workers may not see this machine's files
+                read = strip.read() if isinstance(strip, FileStrip) else strip
+                tasks = block_tasks(read, job.sieve_px, options.block_size)
             in_flight.append([run(run_block, task, settings) for task in tasks])
             if len(in_flight) > STRIPS_AHEAD:
-                yield join([f.result() for f in in_flight.popleft()], dst)
+                yield join(results(in_flight.popleft()), dst)
         while in_flight:
-            yield join([f.result() for f in in_flight.popleft()], dst)
+            found = results(in_flight.popleft())
+            if not in_flight and texts is not None:
+                texts.runner_idle = True  # the blocks are done: the last text can go there
+            yield join(found, dst)
+
+    def results(found: list[Pending[BlockPolygons]]) -> list[BlockPolygons]:
+        if texts is not None:
+            for block in found:
+                texts.make_while(block)
+        return [block.result() for block in found]
 
     with contextlib.ExitStack() as stack:
         dst = stack.enter_context(rasterio.open(sieved, "w", **profile)) if sieved else None
@@ -583,21 +674,17 @@ def _write_polygons(
         coverage = len(job.polygon_ids) == len(job.raster.classes)
         batches = finish_polygons(pixel_batches(dst), grid.transform, simplify_px, coverage)
         geojson = next((w for w in writers if isinstance(w, GeoJSONWriter)), None)
-        # The GeoJSON text is made by the runner too (after the last strip its workers
-        # are idle) and written here in order, as it comes.
-        texts: deque[Pending[FeatureText]] = deque()
+        texts = _GeoJSONTexts(geojson, run) if geojson is not None else None
         for batch in batches:
             frame = polygon_attributes(batch, job.crs, job.raster.classes, job.fields, names)
-            if geojson is not None:
-                texts.extend(run(encode) for encode in geojson.encoders(frame))
+            if texts is not None:
+                texts.add(frame)
             for writer in writers:
                 if writer is not geojson:
                     writer.write(frame)
             count += len(frame)
-            while geojson is not None and texts and texts[0].done():
-                geojson.write_text(texts.popleft().result())
-        while geojson is not None and texts:
-            geojson.write_text(texts.popleft().result())
+        if texts is not None:
+            texts.finish()
         unprojectable = geojson.unprojectable if geojson is not None else 0
     means = {
         name: round(float(value_sum[k] / value_count[k]), 4) if value_count[k] else None
@@ -709,7 +796,7 @@ def write_health_products(
 
 def _run_health(
     job: HealthJob,
-    strips: Iterable[Strip],
+    strips: Iterable[Strip | FileStrip],
     image_path: Path | None,
     out_dir: Path,
     stem: str,

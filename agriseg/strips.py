@@ -46,35 +46,72 @@ class Strip:
         return self.classes[self.above : self.above + self.height]
 
 
+@dataclass(frozen=True)
+class FileStrip:
+    """Rows ``[row_off, row_off + height)`` of finished class and confidence raster files,
+    not read yet: whoever can open the files (this process, a worker process on this
+    machine) reads what it needs of them.
+
+    Attributes:
+        classes_path: The class raster.
+        confidence_path: Its confidence raster, or None.
+        row_off: First row of the strip.
+        height: Rows in the strip.
+        width: Columns of the raster.
+        halo: Context rows wanted above and below (clipped to the raster).
+    """
+
+    classes_path: Path
+    confidence_path: Path | None
+    row_off: int
+    height: int
+    width: int
+    halo: int
+
+    def read(self) -> Strip:
+        """The strip's pixels, with its context rows (under the caller's GDAL settings)."""
+        with contextlib.ExitStack() as stack:
+            classes = stack.enter_context(rasterio.open(self.classes_path))
+            top = max(0, self.row_off - self.halo)
+            bottom = min(classes.height, self.row_off + self.height + self.halo)
+            data = classes.read(1, window=Window(0, top, self.width, bottom - top))
+            conf = None
+            if self.confidence_path is not None:
+                confidence = stack.enter_context(rasterio.open(self.confidence_path))
+                conf = confidence.read(1, window=Window(0, self.row_off, self.width, self.height))
+        return Strip(self.row_off, self.height, data, self.row_off - top, conf)
+
+
+def raster_file_strips(
+    classes_path: Path,
+    confidence_path: Path | None,
+    strip_height: int,
+    halo: int = 0,
+) -> Iterator[FileStrip]:
+    """The strips of a class raster file, ``strip_height`` rows each, with ``halo``
+    context rows, unread (see :class:`FileStrip`)."""
+    with rasterio.open(classes_path) as src:
+        height, width = src.height, src.width
+    for row in range(0, height, strip_height):
+        rows = min(strip_height, height - row)
+        yield FileStrip(Path(classes_path), confidence_path, row, rows, width, halo)
+
+
 def file_strips(
     classes_path: Path,
     confidence_path: Path | None,
     strip_height: int,
     halo: int = 0,
 ) -> Iterator[Strip]:
-    """The strips of a class raster file, ``strip_height`` rows each, with ``halo`` context rows.
+    """The strips of a class raster file, ``strip_height`` rows each, with ``halo`` context
+    rows, read.
 
     No ``rasterio.Env`` is held across a ``yield``: a generator abandoned by an error
     is closed later, maybe after the caller's own Env has exited, and leaving an Env
     then raises ``EnvError``. The block cache is the run's (:mod:`agriseg.gdal_settings`).
     """
-    with contextlib.ExitStack() as stack:
-        classes = stack.enter_context(rasterio.open(classes_path))
-        confidence = (
-            stack.enter_context(rasterio.open(confidence_path)) if confidence_path else None
-        )
-        height, width = classes.height, classes.width
-        for row in range(0, height, strip_height):
-            rows = min(strip_height, height - row)
-            top = max(0, row - halo)
-            bottom = min(height, row + rows + halo)
-            data = classes.read(1, window=Window(0, top, width, bottom - top))
-            conf = (
-                confidence.read(1, window=Window(0, row, width, rows))
-                if confidence is not None
-                else None
-            )
-            yield Strip(row, rows, data, row - top, conf)
+    for strip in raster_file_strips(classes_path, confidence_path, strip_height, halo):
+        yield strip.read()
 
 
 class StripAssembler:

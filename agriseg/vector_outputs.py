@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,14 +89,20 @@ class GeoJSONWriter:
         for encode in self.encoders(frame):
             self.write_text(encode())
 
-    def encoders(self, frame: gpd.GeoDataFrame) -> list[Callable[[], FeatureText]]:
-        """Functions (picklable) that make the text of ``frame``'s rows, a slice of
-        :data:`WRITE_SLICE` rows each; pass their results to :meth:`write_text` in order."""
+    def encoders(
+        self, frame: gpd.GeoDataFrame, parallel: int = 1
+    ) -> list[Callable[[], FeatureText]]:
+        """Functions (picklable) that make the text of ``frame``'s rows, a slice of at
+        most :data:`WRITE_SLICE` rows each, in a multiple of ``parallel`` slices of
+        about equal size (as many as rows allow); pass their results to
+        :meth:`write_text` in order."""
         geometry = frame.geometry.to_numpy()
         names = [name for name in frame.columns if name != frame.geometry.name]
+        slices = math.ceil(math.ceil(len(frame) / WRITE_SLICE) / parallel) * parallel
+        size = max(1, math.ceil(len(frame) / slices)) if slices else 1
         found: list[Callable[[], FeatureText]] = []
-        for start in range(0, len(frame), WRITE_SLICE):
-            part = slice(start, start + WRITE_SLICE)
+        for start in range(0, len(frame), size):
+            part = slice(start, start + size)
             properties = {str(name): frame[name].to_numpy()[part] for name in names}
             found.append(
                 functools.partial(

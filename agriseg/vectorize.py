@@ -34,7 +34,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from agriseg.classes import NODATA
-from agriseg.strips import Strip, file_strips
+from agriseg.strips import FileStrip, Strip, file_strips
 
 #: Polygons built from GDAL's shapes at a time (bounds their Python coordinate lists).
 SHAPES_SLICE = 2048
@@ -237,6 +237,59 @@ class BlockTask:
         return data[self.top : self.top + h, self.left : self.left + w]
 
 
+@dataclass(frozen=True)
+class FileBlockTask:
+    """A block of finished class and confidence raster files that the process running it
+    reads itself (:meth:`read`): it travels as paths and numbers, not pixels.
+
+    Attributes:
+        classes_path: The class raster.
+        confidence_path: Its confidence raster, or None.
+        window: The block in the raster.
+        halo: Sieving context around the block (clipped to the raster).
+        sieve_px: Regions smaller than this are merged away (``<= 1``: none).
+    """
+
+    classes_path: Path
+    confidence_path: Path | None
+    window: Window
+    halo: int
+    sieve_px: int
+
+    def read(self) -> BlockTask:
+        """The :class:`BlockTask` of this block: what :func:`block_tasks` cuts from the
+        block's strip read whole, pixel for pixel."""
+        r0, c0 = int(self.window.row_off), int(self.window.col_off)
+        r1, c1 = r0 + int(self.window.height), c0 + int(self.window.width)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(rasterio.Env(GDAL_NUM_THREADS=1))
+            src = stack.enter_context(rasterio.open(self.classes_path))
+            top, left = max(0, r0 - self.halo), max(0, c0 - self.halo)
+            bottom, right = min(src.height, r1 + self.halo), min(src.width, c1 + self.halo)
+            classes = src.read(1, window=Window(left, top, right - left, bottom - top))
+            confidence = None
+            if self.confidence_path is not None:
+                confidence = stack.enter_context(rasterio.open(self.confidence_path)).read(
+                    1, window=self.window
+                )
+        return BlockTask(classes, r0 - top, c0 - left, self.window, confidence, self.sieve_px)
+
+
+def file_block_tasks(strip: FileStrip, sieve_px: int, block_size: int) -> list[FileBlockTask]:
+    """:func:`block_tasks` of a strip not read yet: blocks their processes read."""
+    halo = sieve_halo(sieve_px, block_size) if sieve_px > 1 else 0
+    return [
+        FileBlockTask(
+            strip.classes_path,
+            strip.confidence_path,
+            Window(col, strip.row_off, min(block_size, strip.width - col), strip.height),
+            halo,
+            sieve_px,
+        )
+        for col in range(0, strip.width, block_size)
+    ]
+
+
 def block_tasks(strip: Strip, sieve_px: int, block_size: int) -> list[BlockTask]:
     """The strip cut into blocks of ``block_size`` columns, each with its sieving halo."""
     halo = sieve_halo(sieve_px, block_size) if sieve_px > 1 else 0
@@ -338,12 +391,14 @@ def warm_up(*modules: str) -> None:
         importlib.import_module(name)
 
 
-def run_block(task: BlockTask, settings: PolygonSettings) -> BlockPolygons:
+def run_block(task: BlockTask | FileBlockTask, settings: PolygonSettings) -> BlockPolygons:
     """Sieve and polygonise one block (the parallel part of the health pass).
 
     A pure function of its arguments: wherever it runs (this thread, a worker process,
     a Dask worker) it gives the same result, which keeps the products byte-identical.
     """
+    if isinstance(task, FileBlockTask):
+        task = task.read()
     sieved = task.sieved()
     k = settings.n_values
     values, value_sum, value_count = None, np.zeros(k), np.zeros(k, dtype="int64")

@@ -448,3 +448,36 @@ def test_feature_text_is_what_json_dumps_writes_for_every_column_type() -> None:
     assert features_json({}, geometry[:1])[0].startswith(
         '{"type":"Feature","properties":{},"geometry":'
     )
+
+
+def test_geojson_text_made_here_while_blocks_run_or_on_the_runner_is_written_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import geopandas as gpd
+
+    from agriseg import vector_outputs
+    from agriseg.products import TaskRunner, _GeoJSONTexts
+    from agriseg.vector_outputs import GeoJSONWriter
+
+    monkeypatch.setattr(vector_outputs, "WRITE_SLICE", 4)
+    boxes = [shapely.box(500000 + k, 5000000, 500000.5 + k, 5000000.5) for k in range(30)]
+    frame = gpd.GeoDataFrame({"k": np.arange(30)}, geometry=boxes, crs=UTM)
+    with GeoJSONWriter(tmp_path / "whole.geojson", CRS(UTM)) as writer:
+        writer.write(frame)
+    gate = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        block = pool.submit(gate.wait)  # a block still running on the runner's one worker
+        with GeoJSONWriter(tmp_path / "parts.geojson", CRS(UTM)) as writer:
+            texts = _GeoJSONTexts(writer, TaskRunner(pool.submit, parallel=1))
+            texts.add(frame.iloc[:17])  # 5 slices: 2 wait here, 3 go to the runner
+            texts.make_while(block)  # the runner is busy: this makes the 2
+            texts.runner_idle = True
+            texts.add(frame.iloc[17:])  # all 4 go to the runner, queued behind the block
+            gate.set()
+            texts.finish()
+    whole = (tmp_path / "whole.geojson").read_bytes()
+    assert (tmp_path / "parts.geojson").read_bytes() == whole
+    assert len(json.loads(whole)["features"]) == 30

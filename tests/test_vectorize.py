@@ -299,3 +299,26 @@ def test_cut_classes_stay_in_their_cells_whatever_the_strip_height(strip_rows: i
 
     assert len(found) == len(expected)
     assert shapely.equals(canonical(found), canonical(expected)).all()
+
+
+@pytest.mark.parametrize(("sieve_px", "block_size"), [(9, 16), (1, 16), (40, 37)])
+def test_a_block_read_from_the_files_is_the_block_cut_from_its_strip(
+    tmp_path: Path, sieve_px: int, block_size: int
+) -> None:
+    # Halos clipped at the raster's edges, a last narrow block, no halo without sieving.
+    from agriseg.strips import raster_file_strips
+    from agriseg.vectorize import block_tasks, file_block_tasks, sieve_halo
+
+    data = blocky(70, 90, 6, seed=3)
+    classes = write_classes(tmp_path / "c.tif", data)
+    conf = write_raster(tmp_path / "p.tif", (data % 100)[None].astype("uint8"), block=16)
+    halo = sieve_halo(sieve_px, block_size) if sieve_px > 1 else 0
+    for strip in raster_file_strips(classes, conf, block_size, halo):
+        from_files = [t.read() for t in file_block_tasks(strip, sieve_px, block_size)]
+        cut = block_tasks(strip.read(), sieve_px, block_size)
+        assert len(from_files) == len(cut) > 0
+        for a, b in zip(from_files, cut, strict=True):
+            assert (a.window, a.top, a.left, a.sieve_px) == (b.window, b.top, b.left, b.sieve_px)
+            assert np.array_equal(a.classes, b.classes)
+            assert np.array_equal(a.confidence, b.confidence)
+            assert np.array_equal(a.sieved(), b.sieved())
