@@ -19,6 +19,8 @@ import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
 
+from agriseg.vectorize import PicklePolygons
+
 #: Decimal places of GeoJSON coordinates: 1e-7° is about 1 cm on the ground.
 GEOJSON_DECIMALS = 7
 
@@ -168,3 +170,21 @@ def feature_text(
     kept = {name: np.asarray(values)[keep] for name, values in properties.items()}
     features = features_json(kept, shapely.to_geojson(lonlat[keep]))
     return FeatureText(",\n".join(features), len(features), unprojectable)
+
+
+@dataclass(frozen=True)
+class FeatureSlice:
+    """The features of one slice of a batch, to be made into text by calling it (where
+    it is called: here, a worker process, a Dask worker); see :func:`feature_text`."""
+
+    geometry: np.ndarray
+    properties: Mapping[str, np.ndarray]
+    crs: CRS
+    snap_safely: bool = True
+
+    def __call__(self) -> FeatureText:
+        return feature_text(self.geometry, self.properties, self.crs, snap_safely=self.snap_safely)
+
+    def __reduce__(self) -> tuple[type[FeatureSlice], tuple[Any, ...]]:
+        geometry = PicklePolygons(self.geometry)
+        return FeatureSlice, (geometry, self.properties, self.crs, self.snap_safely)

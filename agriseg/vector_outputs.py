@@ -9,7 +9,6 @@ to a temporary from :func:`agriseg.atomic.atomic_output` (or :func:`geopackage_o
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ import pyogrio
 from pyproj import CRS
 
 from agriseg.atomic import atomic_output
-from agriseg.geojson import FeatureText, feature_text
+from agriseg.geojson import FeatureSlice, FeatureText
 
 #: Features converted to text at a time.
 WRITE_SLICE = 2000
@@ -104,15 +103,7 @@ class GeoJSONWriter:
         for start in range(0, len(frame), size):
             part = slice(start, start + size)
             properties = {str(name): frame[name].to_numpy()[part] for name in names}
-            found.append(
-                functools.partial(
-                    feature_text,
-                    geometry[part],
-                    properties,
-                    self._crs,
-                    snap_safely=self._snap_safely,
-                )
-            )
+            found.append(FeatureSlice(geometry[part], properties, self._crs, self._snap_safely))
         return found
 
     def write_text(self, features: FeatureText) -> None:

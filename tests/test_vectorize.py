@@ -322,3 +322,33 @@ def test_a_block_read_from_the_files_is_the_block_cut_from_its_strip(
             assert np.array_equal(a.classes, b.classes)
             assert np.array_equal(a.confidence, b.confidence)
             assert np.array_equal(a.sieved(), b.sieved())
+
+
+def test_polygons_pickle_as_coordinate_arrays_and_come_back_bit_for_bit() -> None:
+    import pickle
+
+    from agriseg.vectorize import PicklePolygons
+
+    holed = shapely.Polygon(
+        [(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (2, 3.5), (3.25, 3.5), (3.25, 2)]]
+    )
+    polygons = np.array([holed, shapely.box(1e6 + 0.1, 2e6, 1e6 + 0.3, 2e6 + 7e-7)])
+    back = pickle.loads(pickle.dumps(PicklePolygons(polygons)))
+    assert isinstance(back, np.ndarray) and len(back) == 2
+    assert shapely.equals_exact(back, polygons, 0).all()
+    assert [list(shapely.get_coordinates(g).ravel()) for g in back] == [
+        list(shapely.get_coordinates(g).ravel()) for g in polygons
+    ]
+    # Anything else (missing, empty, other types, no polygons) pickles as it is.
+    for other in (
+        np.array([holed, None]),
+        np.array([holed, shapely.Polygon()]),
+        np.array([shapely.Point(1, 2)]),
+        np.empty(0, dtype=object),
+    ):
+        again = pickle.loads(pickle.dumps(PicklePolygons(other)))
+        assert len(again) == len(other)
+        assert all(
+            (a is None and b is None) or shapely.equals_exact(a, b, 0)
+            for a, b in zip(again, other, strict=True)
+        )
