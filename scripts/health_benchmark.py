@@ -1,6 +1,6 @@
 """Time the field-health pass of a finished run on one core, and with 1 and N worker processes.
 
-    .venv/bin/python scripts/health_benchmark.py RUN_DIR IMAGE [--workers 2] [--repeats 3]
+    .venv/bin/python scripts/health_benchmark.py RUN_DIR IMAGE [--workers 2] [--repeats 8]
 
 RUN_DIR is an ``agriseg run`` output folder (``<stem>.classes.tif`` and
 ``<stem>.confidence.tif``), IMAGE the surveyed raster. Each repeat runs the pass
@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("image", type=Path)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--polygons", default=HealthOptions.polygons)
     parser.add_argument("--child-pass", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
