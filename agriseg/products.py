@@ -12,7 +12,6 @@ complete.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import multiprocessing
 import os
 from collections import deque
@@ -306,15 +305,23 @@ class HealthJob:
     @property
     def halo(self) -> int:
         """Context rows each strip needs around it (for sieving)."""
-        return sieve_halo(self.sieve_px, self.options.block_size) if self.sieve_px > 1 else 0
+        return sieve_halo(self.sieve_px, self.options.block_size)
 
-    def polygon_settings(self, indices: IndexReader | None) -> PolygonSettings:
-        """What each block's polygons are made of (classes, vegetation indices)."""
+    def polygon_settings(
+        self,
+        indices: IndexReader | None,
+        keep_sieved: bool = True,
+        picks: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> PolygonSettings:
+        """What each block's polygons are made of (classes, vegetation indices) and what
+        it sends back of its sieved pixels (see :class:`PolygonSettings`)."""
         vectorized = np.zeros(256, dtype=bool)
         vectorized[list(self.polygon_ids)] = True
         if indices is None:
-            return PolygonSettings(vectorized)
-        return PolygonSettings(vectorized, indices.read, len(indices.names))
+            return PolygonSettings(vectorized, keep_sieved=keep_sieved, picks=picks)
+        return PolygonSettings(
+            vectorized, indices.read, len(indices.names), keep_sieved=keep_sieved, picks=picks
+        )
 
     def whole_classes(self) -> np.ndarray:
         """Which class ids' regions are joined across block seams (a boolean per value)."""
@@ -520,9 +527,7 @@ class _GeoJSONTexts:
             if running.done():
                 break
             if text.pending is None:
-                made: Future[FeatureText] = Future()
-                made.set_result(text.encode())
-                text.pending = made
+                text.pending = _run_inline(text.encode)
         self._write_done()
 
     def finish(self) -> None:
@@ -614,8 +619,8 @@ def _write_polygons(
     }
     names = indices.names if indices is not None else ()
     # Blocks send back only what this process uses of their sieved pixels.
-    settings = dataclasses.replace(
-        job.polygon_settings(indices),
+    settings = job.polygon_settings(
+        indices,
         keep_sieved=sieved is not None,
         picks=preview.picks if preview is not None else None,
     )

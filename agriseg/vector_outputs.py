@@ -96,13 +96,17 @@ class GeoJSONWriter:
         about equal size (as many as rows allow); pass their results to
         :meth:`write_text` in order."""
         geometry = frame.geometry.to_numpy()
-        names = [name for name in frame.columns if name != frame.geometry.name]
+        columns = {
+            str(name): frame[name].to_numpy()
+            for name in frame.columns
+            if name != frame.geometry.name
+        }
         slices = math.ceil(math.ceil(len(frame) / WRITE_SLICE) / parallel) * parallel
         size = max(1, math.ceil(len(frame) / slices)) if slices else 1
         found: list[Callable[[], FeatureText]] = []
         for start in range(0, len(frame), size):
             part = slice(start, start + size)
-            properties = {str(name): frame[name].to_numpy()[part] for name in names}
+            properties = {name: values[part] for name, values in columns.items()}
             found.append(FeatureSlice(geometry[part], properties, self._crs, self._snap_safely))
         return found
 

@@ -35,6 +35,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from agriseg.classes import NODATA
+from agriseg.raster import READ_ENV
 from agriseg.strips import FileStrip, Strip, file_strips
 
 #: Polygons built from GDAL's shapes at a time (bounds their Python coordinate lists).
@@ -172,8 +173,9 @@ def sieve_size(min_area_m2: float, pixel_area_m2: float) -> int:
 
 
 def sieve_halo(size: int, block_size: int) -> int:
-    """Context in pixels each sieved block is given (see :func:`sieve_strip`)."""
-    return max(0, min(size, block_size // 2))
+    """Context in pixels each sieved block is given (see :func:`sieve_strip`): none
+    without sieving (``size <= 1``)."""
+    return max(0, min(size, block_size // 2)) if size > 1 else 0
 
 
 def sieve_strip(strip: Strip, size: int, block_size: int) -> np.ndarray:
@@ -288,7 +290,7 @@ class FileBlockTask:
         r0, c0 = int(self.window.row_off), int(self.window.col_off)
         r1, c1 = r0 + int(self.window.height), c0 + int(self.window.width)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(rasterio.Env(GDAL_NUM_THREADS=1))
+            stack.enter_context(rasterio.Env(**READ_ENV))
             src = stack.enter_context(rasterio.open(self.classes_path))
             top, left = max(0, r0 - self.halo), max(0, c0 - self.halo)
             bottom, right = min(src.height, r1 + self.halo), min(src.width, c1 + self.halo)
@@ -303,7 +305,7 @@ class FileBlockTask:
 
 def file_block_tasks(strip: FileStrip, sieve_px: int, block_size: int) -> list[FileBlockTask]:
     """:func:`block_tasks` of a strip not read yet: blocks their processes read."""
-    halo = sieve_halo(sieve_px, block_size) if sieve_px > 1 else 0
+    halo = sieve_halo(sieve_px, block_size)
     return [
         FileBlockTask(
             strip.classes_path,
@@ -318,7 +320,7 @@ def file_block_tasks(strip: FileStrip, sieve_px: int, block_size: int) -> list[F
 
 def block_tasks(strip: Strip, sieve_px: int, block_size: int) -> list[BlockTask]:
     """The strip cut into blocks of ``block_size`` columns, each with its sieving halo."""
-    halo = sieve_halo(sieve_px, block_size) if sieve_px > 1 else 0
+    halo = sieve_halo(sieve_px, block_size)
     rows = slice(
         max(0, strip.above - halo), min(len(strip.classes), strip.above + strip.height + halo)
     )

@@ -312,7 +312,7 @@ def test_a_block_read_from_the_files_is_the_block_cut_from_its_strip(
     data = blocky(70, 90, 6, seed=3)
     classes = write_classes(tmp_path / "c.tif", data)
     conf = write_raster(tmp_path / "p.tif", (data % 100)[None].astype("uint8"), block=16)
-    halo = sieve_halo(sieve_px, block_size) if sieve_px > 1 else 0
+    halo = sieve_halo(sieve_px, block_size)
     for strip in raster_file_strips(classes, conf, block_size, halo):
         from_files = [t.read() for t in file_block_tasks(strip, sieve_px, block_size)]
         cut = block_tasks(strip.read(), sieve_px, block_size)
