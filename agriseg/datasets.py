@@ -23,6 +23,9 @@ import numpy as np
 from agriseg.classes import NODATA, ClassList, Colour, parse_colour
 from agriseg.errors import InputError
 
+#: File suffixes read as vector labels; anything else is opened as a raster.
+VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite")
+
 #: File suffixes found in folders (images and masks alike).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -94,14 +97,22 @@ def pair_files(
 
     Lists of files pair in order and must have the same length; as soon as a folder or
     pattern is involved, files pair by :func:`pair_key` and every file needs a partner.
+    One vector file (polygons, :data:`VECTOR_SUFFIXES`) labels every image.
     """
     image_files, explicit_images = expand(images, "images")
     label_files, explicit_labels = expand(labels, "--labels")
+    if (
+        explicit_labels
+        and len(label_files) == 1
+        and label_files[0].suffix.lower() in VECTOR_SUFFIXES
+    ):
+        return [(image, label_files[0]) for image in image_files]
     if explicit_images and explicit_labels:
         if len(image_files) != len(label_files):
             raise InputError(
                 f"--labels gives {len(label_files)} file(s) for {len(image_files)} image(s); "
-                "give one label file per image, in the same order (or folders to pair by name)"
+                "give a folder or quoted glob pattern of masks (paired by name), or one "
+                "vector file for all images"
             )
         return list(zip(image_files, label_files, strict=True))
     by_image = _by_key(image_files, "images")

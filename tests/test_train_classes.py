@@ -25,7 +25,7 @@ from agriseg.synthetic import draw_params, generate_survey
 from agriseg.training import Scene, TrainConfig, load_scene, train
 
 CUSTOM = "soil:background,maize:crop,grass_weed:weed,broadleaf_weed:weed,thistle:weed"
-TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--batch-size", "2")
+TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--chips-per-step", "2")
 CPU = ("--device", "cpu", "--threads", "1", "--quiet")
 
 
@@ -58,7 +58,7 @@ def test_custom_classes_reach_the_checkpoint_and_the_scores(
         "--classes", CUSTOM, "--out", model, *TINY, *CPU,
     )  # fmt: skip
     assert code == 0
-    meta = json.loads(model.with_suffix(".json").read_text())
+    meta = json.loads((model / "model.json").read_text())
     expected = ClassList.parse(CUSTOM)
     assert meta["classes"] == expected.to_json()
     assert [c["role"] for c in meta["classes"]] == ["background", "crop", "weed", "weed", "weed"]
@@ -163,7 +163,8 @@ def test_label_ids_beyond_the_classes_are_refused(tmp_path: Path) -> None:
     image = survey.image.astype("float32")
     scene = Scene(image, survey.labels, "uint8", None, "photo.png")
     config = TrainConfig(classes=ClassList.parse("soil,crop"), epochs=1, chip_size=64,
-                         steps_per_epoch=1, batch_size=1, val_fraction=0, device="cpu")  # fmt: skip
+                         steps_per_epoch=1, chips_per_step=1, val_fraction=0,
+                         device="cpu")  # fmt: skip
     with pytest.raises(InputError, match=r"photo.png: labels hold class id\(s\) \[2, 3\]"):
         train([scene], tmp_path / "m", config)
 
