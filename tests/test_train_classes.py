@@ -200,14 +200,19 @@ def three_class_pair(images: Path, masks: Path, seed: int, colours: bool = False
 TINY_NEW = ("--epochs", "1", "--steps", "1", "--chip-size", "64", "--chips-per-step", "2")
 
 
+def train_folders(run_cli, folder: Path, out: Path, *options: str) -> int:
+    """A tiny ``agriseg train`` run on CPU over ``folder/images`` and ``folder/masks``."""
+    images, masks = folder / "images", folder / "masks"
+    return run_cli("train", images, "--labels", masks, "--out", out, *options, *TINY_NEW, *CPU)
+
+
 def test_three_labelled_classes_give_a_three_class_model(tmp_path: Path, run_cli) -> None:
     for seed in (11, 12):
         three_class_pair(tmp_path / "images", tmp_path / "masks", seed)
     model = tmp_path / "three"
-    code = run_cli(
-        "train", tmp_path / "images", "--labels", tmp_path / "masks", "--out", model,
-        "--val-fraction", "0.2", "--val-block", "32", "--gap", "4", *TINY_NEW, *CPU,
-    )  # fmt: skip
+    code = train_folders(
+        run_cli, tmp_path, model, "--val-fraction", "0.2", "--val-block", "32", "--gap", "4"
+    )
     assert code == 0
     net, meta = load_model(model)
     assert meta.classes.names == ("soil", "crop", "weed")
@@ -220,10 +225,15 @@ def test_three_labelled_classes_give_a_three_class_model(tmp_path: Path, run_cli
 def test_colour_masks_of_two_classes_leave_the_rest_unlabelled(tmp_path: Path, run_cli) -> None:
     truth = three_class_pair(tmp_path / "images", tmp_path / "masks", 13, colours=True)
     model = tmp_path / "two.safetensors"
-    code = run_cli(
-        "train", tmp_path / "images", "--labels", tmp_path / "masks", "--out", model,
-        "--label-colors", "crop=#00ff00,weed=#ff0000", "--val-fraction", "0", *TINY_NEW, *CPU,
-    )  # fmt: skip
+    code = train_folders(
+        run_cli,
+        tmp_path,
+        model,
+        "--label-colors",
+        "crop=#00ff00,weed=#ff0000",
+        "--val-fraction",
+        "0",
+    )
     assert code == 0
     meta = json.loads(model.with_suffix(".json").read_text())
     assert [c["name"] for c in meta["classes"]] == ["crop", "weed"]
@@ -233,10 +243,7 @@ def test_colour_masks_of_two_classes_leave_the_rest_unlabelled(tmp_path: Path, r
 
 def test_a_listed_class_nobody_labelled_is_refused(tmp_path: Path, run_cli, capsys) -> None:
     three_class_pair(tmp_path / "images", tmp_path / "masks", 14)
-    code = run_cli(
-        "train", tmp_path / "images", "--labels", tmp_path / "masks", "--out", tmp_path / "m",
-        "--classes", "soil,crop,weed,diseased", *TINY_NEW, *CPU,
-    )  # fmt: skip
+    code = train_folders(run_cli, tmp_path, tmp_path / "m", "--classes", "soil,crop,weed,diseased")
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "--classes lists diseased but no label marks it" in err
@@ -246,10 +253,7 @@ def test_a_listed_class_nobody_labelled_is_refused(tmp_path: Path, run_cli, caps
 def test_fine_tuning_leaves_out_the_unlabelled_classes(tmp_path: Path, run_cli, capsys) -> None:
     three_class_pair(tmp_path / "images", tmp_path / "masks", 15)
     model = tmp_path / "ft"
-    code = run_cli(
-        "train", tmp_path / "images", "--labels", tmp_path / "masks", "--out", model,
-        "--from", "default", "--val-fraction", "0", *TINY_NEW, *CPU,
-    )  # fmt: skip
+    code = train_folders(run_cli, tmp_path, model, "--from", "default", "--val-fraction", "0")
     assert code == 0
     err = capsys.readouterr().err
     assert "warning: diseased (--from default): no label marks it" in err
