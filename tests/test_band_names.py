@@ -19,7 +19,7 @@ from agriseg.spectral import band_names, canonical_band, find_bands, new_model_b
 from agriseg.synthetic import BAND_NAMES, draw_params, generate_survey, write_survey
 from agriseg.training import TrainConfig, load_scene
 
-TRAIN = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--batch-size", "2")
+TRAIN = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--chips-per-step", "2")
 TRAIN += ("--device", "cpu", "--quiet")
 RUN = ("--device", "cpu", "--quiet", "--tile-size", "128", "--overlap", "32")
 RGB = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
