@@ -72,4 +72,4 @@ models: $(STAMP)
 	$(PY) scripts/train_default.py unet pspnet --install-only
 
 clean:
-	rm -rf $(VENV) $(LIGHT) sample_data/field_agriseg
+	rm -rf $(VENV) $(LIGHT) sample_data/field_agriseg build/site
