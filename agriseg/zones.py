@@ -166,22 +166,32 @@ def field_table(
     return stats
 
 
-def assign_fields(geometry: np.ndarray, fields: Fields) -> np.ndarray:
-    """The id of the field each geometry overlaps most (None where it overlaps none)."""
-    out = np.full(len(geometry), None, dtype=object)
-    if not len(geometry):
+def best_overlap(
+    geometry: np.ndarray, targets: np.ndarray, rank: np.ndarray | None = None
+) -> np.ndarray:
+    """Index of the target each geometry overlaps most (-1 where it overlaps none by a
+    positive area); with ``rank`` (one value per target), of the overlapped target of
+    highest rank instead."""
+    out = np.full(len(geometry), -1, dtype="int64")
+    if not len(geometry) or not len(targets):
         return out
-    tree = shapely.STRtree(fields.geometry)
-    g, f = tree.query(geometry, predicate="intersects")
+    g, t = shapely.STRtree(targets).query(geometry, predicate="intersects")
     if not len(g):
         return out
-    overlap = shapely.area(shapely.intersection(geometry[g], fields.geometry[f]))
-    # Sort by overlap so the last write for each geometry is its largest overlap.
-    order = np.argsort(overlap, kind="stable")
+    overlap = shapely.area(shapely.intersection(geometry[g], targets[t]))
+    key = overlap if rank is None else np.asarray(rank, dtype="float64")[t]
+    # Sort by key so the last write for each geometry is its best target.
+    order = np.argsort(key, kind="stable")
     order = order[overlap[order] > 0]
-    ids = np.array(fields.ids, dtype=object)
-    out[g[order]] = ids[f[order]]
+    out[g[order]] = t[order]
     return out
+
+
+def assign_fields(geometry: np.ndarray, fields: Fields) -> np.ndarray:
+    """The id of the field each geometry overlaps most (None where it overlaps none)."""
+    best = best_overlap(geometry, fields.geometry)
+    ids = np.array([*fields.ids, None], dtype=object)
+    return ids[best]  # -1 picks the trailing None
 
 
 @dataclass(frozen=True)
@@ -358,3 +368,66 @@ def zone_frame(
         for k, name in enumerate(indices.names):
             columns[f"mean_{name}"] = np.round(means[used, k], 4)
     return gpd.GeoDataFrame(columns, geometry=grid.cells(used), crs=grid.crs)
+
+
+#: A grid zone imaging less than this share of a full cell is a sliver (a cell the
+#: survey's edge barely enters): it joins a neighbouring zone rather than getting a
+#: rate of its own from a few pixels.
+MIN_ZONE_SHARE = 0.25
+
+_ROOK = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def join_slivers(
+    zones: gpd.GeoDataFrame, classes: ClassList, min_share: float = MIN_ZONE_SHARE
+) -> gpd.GeoDataFrame:
+    """The zone layer (see :func:`grid_zones`) with each sliver joined to its largest
+    edge neighbour (smallest slivers first, so a corner joins the strip that joins a
+    whole cell); a joined zone's statistics are those of its pooled class areas.
+
+    The result keeps the zone id, row and col of the largest cell of each group and
+    counts its cells in ``cells``.
+    """
+    cell_m2 = float(shapely.area(zones.geometry.to_numpy()).max()) if len(zones) else 0.0
+    area = zones["area_m2"].to_numpy(dtype="float64")
+    rows, cols = zones["row"].to_numpy(dtype="int64"), zones["col"].to_numpy(dtype="int64")
+    where = {(r, c): k for k, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True))}
+    group = np.arange(len(zones))
+    for k in np.argsort(area, kind="stable"):
+        mine = np.flatnonzero(group == group[k])
+        if area[mine].sum() >= min_share * cell_m2:
+            continue
+        edge = [(rows[m] + dr, cols[m] + dc) for m in mine for dr, dc in _ROOK]
+        near = {int(group[where[rc]]) for rc in edge if rc in where} - {int(group[k])}
+        if near:
+            group[mine] = max(near, key=lambda g: area[group == g].sum())
+    if (group == np.arange(len(zones))).all():
+        return zones.assign(cells=np.ones(len(zones), dtype="int32"))
+    areas = np.zeros((len(zones), len(classes)))
+    for c in classes:
+        areas[:, c.id] = zones[f"{c.name}_share"].fillna(0.0).to_numpy(dtype="float64") * area
+    means = [str(c) for c in zones.columns if str(c).startswith("mean_")]
+    rows = []
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        head = members[np.argmax(area[members])]
+        pooled = areas[members].sum(axis=0)
+        total = pooled.sum()
+        row: dict[str, Any] = {
+            "zone_id": zones["zone_id"].iat[head],
+            "row": zones["row"].iat[head],
+            "col": zones["col"].iat[head],
+            "area_m2": total,
+            **{f"{c.name}_share": pooled[c.id] / total for c in classes},
+        }
+        indices = health_indices(pooled[None], classes)
+        row.update({k: float(v[0]) for k, v in indices.items() if k in zones.columns})
+        for name in means:
+            values = zones[name].to_numpy(dtype="float64")[members]
+            ok = np.isfinite(values)
+            weights = area[members][ok]
+            row[name] = float(np.average(values[ok], weights=weights)) if weights.sum() else np.nan
+        row["cells"] = len(members)
+        row["geometry"] = shapely.union_all(zones.geometry.to_numpy()[members])
+        rows.append(row)
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs=zones.crs)

@@ -36,6 +36,5 @@ def execute(args: argparse.Namespace) -> int:
     options = common.prescription_options_from_args(args)
     assert options is not None  # prescribe always prescribes
     results = prescribe(args.run_dir, options, args.out)
-    if not args.quiet:
-        common.print_prescriptions(results)
+    common.print_prescriptions(results, quiet=args.quiet)
     return 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sqlite3
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -12,8 +15,10 @@ import numpy as np
 import pyogrio
 import pytest
 import shapely
+from affine import Affine
 from conftest import field_image, write_raster
 from isoxml.converter.shapely_geom import ShapelyConverterV4
+from isoxml.models.ddi_entities import DDEntity
 from isoxml.util.isoxml_io import isoxml_from_path
 
 from agriseg.classes import ClassList
@@ -44,11 +49,32 @@ def square(x: float, y: float, size: float) -> shapely.Polygon:
     return shapely.box(X0 + x, Y0 + y, X0 + x + size, Y0 + y + size)
 
 
+#: Pixel size of the hand-made class rasters, metres.
+PIXEL = 0.1
+
+
+def write_classes(
+    run_dir: Path, stem: str, size_m: float = 30.0, valid: np.ndarray | None = None
+) -> Path:
+    """The run's class raster: ``size_m`` square from (X0, Y0) upwards, class 0, nodata
+    (255) where ``valid`` is False."""
+    n = round(size_m / PIXEL)
+    data = np.zeros((1, n, n), dtype="uint8")
+    if valid is not None:
+        data[0][~valid] = 255
+    transform = Affine(PIXEL, 0, X0, 0, -PIXEL, Y0 + size_m)
+    return write_raster(
+        run_dir / f"{stem}.classes.tif", data, crs=CRS, transform=transform, nodata=255
+    )
+
+
 def make_run(
     run_dir: Path, stem: str = "field", zones: bool = True, crs: str = CRS
 ) -> gpd.GeoDataFrame:
-    """A finished run's folder by hand: summary, health polygons, a 3 x 2 zone grid of 10 m."""
+    """A finished run's folder by hand: summary, class raster (30 m square), health
+    polygons, a 3 x 2 zone grid of 10 m."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_classes(run_dir, stem)
     classes = ClassList.build(["soil", "crop", "weed", "thistle"], roles={"thistle": "weed"})
     summary = {"model": {"name": "test", "classes": classes.to_json()}}
     (run_dir / f"{stem}.summary.json").write_text(json.dumps(summary), encoding="utf-8")
@@ -101,7 +127,7 @@ def test_zone_rates_follow_the_table_in_every_format(tmp_path: Path) -> None:
 
     shp = pyogrio.read_dataframe(result.outputs["zones_shp"])
     assert shp.crs.to_epsg() == 4326
-    assert list(shp.columns) == ["ZONE_ID", "RATE", "UNIT", "AREA_M2", "geometry"]
+    assert list(shp.columns) == ["ZONE_ID", "RATE", "UNIT", "ZONE_M2", "IMAGED_M2", "geometry"]
     assert shp["RATE"].dtype == np.float64
     assert shp.sort_values("ZONE_ID")["RATE"].tolist() == EXPECTED_RATE
 
@@ -110,17 +136,50 @@ def test_zone_rates_follow_the_table_in_every_format(tmp_path: Path) -> None:
     assert gpkg["weed_pressure"].tolist() == PRESSURE
 
 
-def read_taskdata(path: Path, tmp_path: Path):
+#: ISO 11783-10 v4.3 schema of TASKDATA.XML (as published by the AEF).
+TASK_XSD = Path(__file__).parent / "data" / "isoxml-xsd" / "ISO11783_TaskFile_V4-3.xsd"
+
+
+def schema_errors(xml: Path) -> str | None:
+    """What the ISO schema finds wrong with ``xml`` ("" if nothing), read by lxml or
+    xmllint; None when neither is installed."""
+    try:
+        from lxml import etree
+    except ImportError:
+        if shutil.which("xmllint") is None:
+            return None
+        args = ["xmllint", "--noout", "--schema", str(TASK_XSD), str(xml)]
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
+        return "" if done.returncode == 0 else done.stderr
+    schema = etree.XMLSchema(etree.parse(str(TASK_XSD)))
+    return "" if schema.validate(etree.parse(str(xml))) else str(schema.error_log)
+
+
+def read_taskdata(path: Path, tmp_path: Path, files: tuple[str, ...] = ()):
+    """The task data of a prescription's zip (its grid files by name if ``files``),
+    checked against the ISO schema where a validator is installed."""
     with zipfile.ZipFile(path) as archive:
-        assert archive.namelist() == ["TASKDATA/TASKDATA.XML"]
+        names = archive.namelist()
+        assert names[0] == "TASKDATA/TASKDATA.XML"
+        assert all(re.fullmatch(r"TASKDATA/GRD\d{5}\.bin", n) for n in names[1:])
         archive.extractall(tmp_path / "usb")
-    task_data, _ = isoxml_from_path(tmp_path / "usb" / "TASKDATA")
-    return task_data
+    assert schema_errors(tmp_path / "usb" / "TASKDATA" / "TASKDATA.XML") in ("", None)
+    task_data, binaries = isoxml_from_path(tmp_path / "usb" / "TASKDATA")
+    return (task_data, binaries) if files else task_data
+
+
+def litres_per_ha(pdv) -> float:
+    """A process data value in l/ha, through its data-dictionary entry (1 l/ha is
+    10^6 mm³ on 10^4 m², 100 mm³/m²)."""
+    entry = DDEntity.from_bytes(pdv.process_data_ddi)
+    assert entry.unit == "mm³/m²"
+    return round(pdv.process_data_value * entry.bit_resolution / 100, 9)
 
 
 def test_isoxml_reads_back_with_the_same_zones_and_rates(tmp_path: Path) -> None:
     make_run(tmp_path / "run")
-    options = PrescriptionOptions(spot_rate=3.0, rates=read_rate_table(write_rates(tmp_path)))
+    rates = read_rate_table(write_rates(tmp_path))
+    options = PrescriptionOptions(spot_rate=3.0, rates=rates, isoxml="zones")
     [result] = prescribe(tmp_path / "run", options)
     task_data = read_taskdata(result.outputs["taskdata"], tmp_path)
     spot, zones = task_data.tasks
@@ -132,7 +191,7 @@ def test_isoxml_reads_back_with_the_same_zones_and_rates(tmp_path: Path) -> None
         for tzn in task.treatment_zones:
             [pdv] = tzn.process_data_variables
             assert pdv.process_data_ddi == b"\x00\x01"  # setpoint volume per area, mm³/m²
-            out[pdv.process_data_value / 100] = [
+            out[litres_per_ha(pdv)] = [
                 to_shapely.to_shapely_polygon(p) for p in tzn.polygons
             ]
         return out
@@ -175,7 +234,7 @@ def test_a_geographic_run_is_buffered_in_metres(tmp_path: Path) -> None:
     weeds = health[health["class"] != "crop"].geometry
     assert shapely.covers(shapely.union_all(spray.geometry.to_numpy()), weeds.buffer(0.45)).all()
     assert spray.area.sum() < 10  # four patches with a 0.5 m margin, not degrees of margin
-    assert spray["AREA_M2"].sum() == pytest.approx(spray.area.sum(), rel=0.01)
+    assert spray["ZONE_M2"].sum() == pytest.approx(spray.area.sum(), rel=0.01)
 
 
 def test_small_holes_are_sprayed_over_and_small_sections_grown() -> None:
@@ -259,6 +318,7 @@ def test_rates_without_a_zone_layer_say_to_rerun_with_grid(tmp_path: Path, run_c
     err = capsys.readouterr().err
     assert "no 'zones' layer" in err and "--grid" in err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "field.classes.tif",
         "field.health.gpkg",
         "field.summary.json",
     ]
@@ -311,17 +371,15 @@ def test_fields_get_rates_from_the_runs_per_field_statistics(tmp_path: Path, run
     summary_path.write_text(json.dumps(summary))
     rates = write_rates(tmp_path)
     args = ("prescribe", tmp_path / "run", "--rates", rates, "--fields", tmp_path / "fields.gpkg")
+    args = (*args, "--isoxml", "zones")
     assert run_cli(*args, "--quiet") == 0
     shp = pyogrio.read_dataframe(tmp_path / "run" / "field.zones.shp.zip")
     assert shp["ZONE_ID"].tolist() == ["north", "south"]
     assert shp["RATE"].tolist() == [2.0, 0.0]  # no weed pressure known: 'otherwise'
     assert shp.geometry.iloc[1].geom_type == "MultiPolygon"
     task_data = read_taskdata(tmp_path / "run" / "field.taskdata.zip", tmp_path)
-    zones = {
-        z.process_data_variables[0].process_data_value: z
-        for z in task_data.tasks[1].treatment_zones
-    }
-    assert len(zones[200].polygons) == 1 and len(zones[0].polygons) == 2
+    zones = {litres_per_ha(z.process_data_variables[0]): z for z in task_data.tasks[1].treatment_zones}
+    assert len(zones[2.0].polygons) == 1 and len(zones[0].polygons) == 2
     assert zones[0].code == 0 == task_data.tasks[1].default_treatment_zone_code
 
 
