@@ -677,3 +677,48 @@ def test_edge_slivers_join_a_neighbouring_zone(tmp_path: Path) -> None:
     weeds = (data == 2).sum() / data.size  # every pixel is crop or weed
     assert zone.weed_pressure == pytest.approx(weeds)
     assert zone.rate == 1.5  # the pooled pressure (6.7 %), not the big cell's alone (3.8 %)
+
+
+CHECK_TASKDATA = Path(__file__).parents[1] / "scripts" / "check_taskdata.js"
+
+
+def isoxml_js(taskdata: Path) -> tuple[int, dict]:
+    """What isoxml-js (npm ``isoxml``, found through NODE_PATH) reads in ``taskdata``."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    probe = subprocess.run([node, "-e", "require.resolve('isoxml')"], capture_output=True)
+    if probe.returncode:
+        pytest.skip("isoxml-js is not installed (npm install isoxml; NODE_PATH=.../node_modules)")
+    done = subprocess.run(
+        [node, str(CHECK_TASKDATA), str(taskdata)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("layout", ["zones", "grid"])
+def test_isoxml_js_reads_the_task_data_without_warnings(tmp_path: Path, layout: str) -> None:
+    make_run(tmp_path / "run")
+    rates = read_rate_table(write_rates(tmp_path))
+    [result] = prescribe(tmp_path / "run", PrescriptionOptions(rates=rates, isoxml=layout))
+    status, read = isoxml_js(result.outputs["taskdata"])
+    assert (status, read["warnings"], read["version"]) == (0, [], 4)
+    assert [t["designator"] for t in read["tasks"]] == ["field spot spray", "field zone rates"]
+    for task in read["tasks"]:
+        assert (task["customer"], task["farm"], task["partfield"]) == ("Customer", "Farm", "field")
+        if layout == "grid":
+            grid = task["grid"]
+            assert grid["type"] == "2" and grid["bytes"] == grid["rows"] * grid["columns"] * 4
+    if layout == "grid":
+        # the same reader warns about a grid file of the wrong size
+        broken = tmp_path / "broken.zip"
+        with (
+            zipfile.ZipFile(result.outputs["taskdata"]) as src,
+            zipfile.ZipFile(broken, "w") as dst,
+        ):
+            for name in src.namelist():
+                data = src.read(name)
+                dst.writestr(name, data[:-4] if name.endswith("GRD00002.bin") else data)
+        status, read = isoxml_js(broken)
+        assert status == 1 and "Invalid size of grid file GRD00002.bin" in read["warnings"][0]
