@@ -605,7 +605,7 @@ def zone_prescription(
         survey.clip(geometry),
         zones["area_m2"].to_numpy(dtype="float64"),
         survey.crs,
-        {s: zones[s].to_numpy() for s in rates.statistics},
+        {s: zones[s].to_numpy() for s in (*rates.statistics, "cells") if s in zones},
     )
     return Prescription(
         "zone rates",

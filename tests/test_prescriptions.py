@@ -672,6 +672,7 @@ def test_edge_slivers_join_a_neighbouring_zone(tmp_path: Path) -> None:
     table = parse_rate_table(["weed_pressure >= 5%: 1.5 l/ha", "otherwise: 0 l/ha"], "t")
     [result] = prescribe(run_dir, PrescriptionOptions(rates=table))
     [zone] = pyogrio.read_dataframe(result.outputs["gpkg"], layer="prescription").itertuples()
+    assert zone.cells == 4
     assert zone.imaged_m2 == pytest.approx(10.4 * 10.4, abs=0.01)
     assert zone.zone_m2 == pytest.approx(10.4 * 10.4, rel=0.03)  # inside the pixels
     weeds = (data == 2).sum() / data.size  # every pixel is crop or weed
