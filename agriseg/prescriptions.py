@@ -71,6 +71,7 @@ PRESCRIPTION_SUFFIXES = {
     "spot_shp": ".spot.shp.zip",
     "zones_shp": ".zones.shp.zip",
     "taskdata": ".taskdata.zip",
+    "summary": ".prescription.json",
 }
 
 RULE_EXAMPLE = "write rules as 'weed_pressure >= 0.10: 1.5 l/ha' and end with 'otherwise: 0 l/ha'"
@@ -426,7 +427,11 @@ class Survey:
 
     def clip(self, geometry: np.ndarray) -> np.ndarray:
         """``geometry`` cut to the outline (polygons only; empty where nothing is left)."""
-        clipped = shapely.intersection(geometry, self.outline.iloc[0])
+        outline = self.outline.iloc[0]
+        shapely.prepare(outline)
+        clipped = np.array(geometry, dtype=object)
+        cut = ~shapely.contains(outline, clipped)  # the inner zones stay as they are
+        clipped[cut] = shapely.intersection(clipped[cut], outline)
         return np.array([_polygons(g) for g in clipped], dtype=object)
 
     def imaged_m2(self, geometry: np.ndarray) -> np.ndarray:
@@ -782,6 +787,14 @@ def write_prescriptions(
         write_taskdata_zip(
             list(layers.values()), stem, made.survey, options, paths["taskdata"], transaction
         )
+        result = _result(made, paths)
+        summary = transaction.stage(paths["summary"])
+        summary.write_text(json.dumps(_summary(result, options), indent=2), encoding="utf-8")
+    return result
+
+
+def _result(made: RunPrescriptions, paths: dict[str, Path]) -> PrescriptionResult:
+    spot, zones = made.layers[SPOT_LAYER], made.layers.get(ZONE_LAYER)
     zone_rates: dict[float, int] = {}
     if zones is not None:
         values, counts = np.unique(zones.frame["rate"], return_counts=True)
@@ -790,15 +803,37 @@ def write_prescriptions(
     surveyed = made.survey.area_m2
     share = sprayed / surveyed if surveyed > 0 else 0.0
     return PrescriptionResult(
-        stem,
+        made.stem,
         paths,
         len(spot.frame),
         round(sprayed, 3),
         round(surveyed, 3),
         round(share, 4),
         zone_rates,
-        spot_warnings(stem, share),
+        spot_warnings(made.stem, share),
     )
+
+
+def _summary(result: PrescriptionResult, options: PrescriptionOptions) -> dict[str, Any]:
+    """``<stem>.prescription.json``: what was prescribed, and any warning."""
+    unit = options.rate_unit
+    return {
+        "surveyed_m2": result.surveyed_m2,
+        "spot": {
+            "sections": result.spot_sections,
+            "area_m2": result.spot_area_m2,
+            "share_of_surveyed": result.spot_share,
+            "rate": options.spot_rate,
+            "unit": unit,
+        },
+        "zones": [
+            {"rate": rate, "unit": unit, "zones": n}
+            for rate, n in sorted(result.zone_rates.items())
+        ],
+        "isoxml": options.isoxml,
+        "files": {kind: path.name for kind, path in result.outputs.items()},
+        "warnings": result.warnings,
+    }
 
 
 def prescribe(

@@ -624,6 +624,11 @@ def test_spot_sections_covering_most_of_the_field_warn(tmp_path: Path, run_cli, 
     [wide] = prescribe(tmp_path / "run", PrescriptionOptions(buffer_m=9))
     assert wide.spot_share > SPOT_WARN_SHARE and wide.warnings
     assert f"{wide.spot_share:.0%}" in line
+    summary = json.loads(wide.outputs["summary"].read_text())
+    assert summary["warnings"] == wide.warnings
+    assert summary["spot"]["share_of_surveyed"] == wide.spot_share
+    sprayed = pyogrio.read_dataframe(wide.outputs["spot_shp"]).to_crs(CRS).area.sum()
+    assert wide.spot_share == pytest.approx(sprayed / 900, rel=0.01)  # the 30 m square
 
 
 def test_a_share_compared_with_a_number_above_one_is_refused(
@@ -723,3 +728,30 @@ def test_isoxml_js_reads_the_task_data_without_warnings(tmp_path: Path, layout: 
                 dst.writestr(name, data[:-4] if name.endswith("GRD00002.bin") else data)
         status, read = isoxml_js(broken)
         assert status == 1 and "Invalid size of grid file GRD00002.bin" in read["warnings"][0]
+
+
+def test_the_surveyed_area_is_the_same_read_in_strips(tmp_path: Path) -> None:
+    from agriseg.footprint import surveyed_area
+
+    rows, cols = np.mgrid[0:300, 0:300]
+    valid = ((cols - 150) ** 2 + (rows - 150) ** 2 < 140**2) & ~((rows > 100) & (rows < 110))
+    classes = write_classes(tmp_path, "f", valid=valid)
+    whole, strips = surveyed_area(classes), surveyed_area(classes, strip_rows=7)
+    assert whole.exact.area == pytest.approx(valid.sum() * PIXEL**2)
+    assert strips.exact.equals(whole.exact)  # strips joined without seams
+    assert len(shapely.get_parts(whole.exact)) == 2  # the nodata stripe splits the disc
+    assert whole.tolerance == pytest.approx(0.75 * PIXEL)  # 10 cm pixels: 0.75 pixel
+    assert whole.exact.covers(whole.outline)
+    edge = shapely.hausdorff_distance(whole.exact.boundary, whole.outline.boundary)
+    # shrunk by the tolerance (a pixel corner √2 times as far), simplified by as much
+    assert edge <= (1 + 2**0.5) * whole.tolerance + 1e-9
+    vertices = len(shapely.get_coordinates(whole.outline))
+    assert vertices < len(shapely.get_coordinates(whole.exact)) / 3  # the steps are gone
+
+
+def test_prescribe_needs_the_class_raster(tmp_path: Path, run_cli, capsys) -> None:
+    make_run(tmp_path / "run")
+    (tmp_path / "run" / "field.classes.tif").unlink()
+    assert run_cli("prescribe", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "field.classes.tif: missing, so the surveyed area is unknown" in err
