@@ -170,14 +170,21 @@ def lonlat_grid(bounds: tuple[float, float, float, float], cell_m: float) -> Lon
 def grid_values(prescription: Prescription, grid: LonLatGrid) -> np.ndarray:
     """Process data value of each cell of ``grid``, row by row from the south-west.
 
-    A cell takes the rate of the polygon it overlaps most, or for spot spraying the
-    highest rate it touches (so no weed is left unsprayed); cells touching none, 0.
+    A cell takes the rate of the polygon it overlaps most when the polygons cover at
+    least half of it (a cell mostly outside the survey gets none), or for spot spraying
+    the highest rate it touches (so no weed is left unsprayed); other cells, 0.
     """
     frame = prescription.frame
     cells = gpd.GeoSeries(grid.cells(), crs=WGS84).to_crs(frame.crs).to_numpy()
     rates = frame["rate"].to_numpy(dtype="float64")
+    polygons = frame.geometry.to_numpy()
     rank = rates if prescription.cover == "touch" else None
-    best = best_overlap(cells, frame.geometry.to_numpy(), rank)
+    best = best_overlap(cells, polygons, rank)
+    if prescription.cover == "most":
+        # zones tile the survey without overlap: their cover of a cell is one union
+        hit = np.flatnonzero(best >= 0)
+        covered = shapely.area(shapely.intersection(cells[hit], shapely.union_all(polygons)))
+        best[hit[covered < 0.5 * shapely.area(cells[hit])]] = -1
     codes = np.array([process_data_value(r, prescription.unit) for r in rates] + [0], "int64")
     return codes[best]  # -1 picks the trailing 0
 

@@ -547,11 +547,14 @@ def test_default_names_when_none_are_given(tmp_path: Path) -> None:
     assert task_data.customers[0].last_name and task_data.farms[0].designator
 
 
-def test_grid_file_holds_one_value_per_cell_and_reads_back_to_the_rates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cell_m", [2.0, 7.0])
+def test_grid_file_holds_one_value_per_cell_and_reads_back_to_the_rates(
+    tmp_path: Path, cell_m: float
+) -> None:
     from isoxml.converter.np_grid import to_numpy_array
 
     make_run(tmp_path / "run")
-    options = PrescriptionOptions(rates=read_rate_table(write_rates(tmp_path)), cell_m=2.0)
+    options = PrescriptionOptions(rates=read_rate_table(write_rates(tmp_path)), cell_m=cell_m)
     [result] = prescribe(tmp_path / "run", options)
     task_data, files = read_taskdata(result.outputs["taskdata"], tmp_path, files=("GRD",))
     [grid] = task_data.tasks[1].grids
@@ -568,10 +571,18 @@ def test_grid_file_holds_one_value_per_cell_and_reads_back_to_the_rates(tmp_path
     cells = gpd.read_file(tmp_path / "run" / "field.health.gpkg", layer="zones")
     checked = 0
     for cell, rate in zip(cells.geometry, EXPECTED_RATE, strict=True):
-        inside = centres.within(cell.buffer(-1.5)).to_numpy()  # wholly inside a zone
+        inside = centres.within(cell.buffer(-0.75 * cell_m)).to_numpy()  # wholly in a zone
         assert np.allclose(rates.ravel()[inside], rate)
         checked += inside.sum()
-    assert checked > 6 * 6  # every zone has whole cells of 2 m
+    assert checked > 6 * 6 or cell_m > 5  # every zone has whole cells of 2 m
+    # a cell mostly outside the surveyed 30 m square carries no rate
+    x0, y0 = lon - grid.cell_east_size / 2, lat - grid.cell_north_size / 2
+    boxes = shapely.box(x0, y0, x0 + grid.cell_east_size, y0 + grid.cell_north_size).ravel()
+    boxes = gpd.GeoSeries(boxes, crs=4326).to_crs(CRS)
+    inside = boxes.intersection(square(0, 0, 30)).area / boxes.area
+    assert (inside < 0.49).any() or cell_m < 5  # 30 m in 7 m cells: 4.3 cells
+    assert (rates.ravel()[(inside < 0.49).to_numpy()] == 0).all()
+    assert (rates.ravel()[(inside > 0.51).to_numpy()] > 0).any()
 
 
 def footprint(classes: Path) -> shapely.Geometry:
