@@ -381,9 +381,10 @@ _ROOK = ((-1, 0), (1, 0), (0, -1), (0, 1))
 def join_slivers(
     zones: gpd.GeoDataFrame, classes: ClassList, min_share: float = MIN_ZONE_SHARE
 ) -> gpd.GeoDataFrame:
-    """The zone layer (see :func:`grid_zones`) with each sliver joined to its largest
-    edge neighbour (smallest slivers first, so a corner joins the strip that joins a
-    whole cell); a joined zone's statistics are those of its pooled class areas.
+    """The zone layer (see :func:`grid_zones`) with each sliver joined to the zone of its
+    edge neighbour imaging most (smallest slivers first, so a corner joins the strip
+    that joins a whole cell); a joined zone's statistics are those of its pooled class
+    areas.
 
     The result keeps the zone id, row and col of the largest cell of each group and
     counts its cells in ``cells``.
@@ -393,41 +394,54 @@ def join_slivers(
     rows, cols = zones["row"].to_numpy(dtype="int64"), zones["col"].to_numpy(dtype="int64")
     where = {(r, c): k for k, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True))}
     group = np.arange(len(zones))
-    for k in np.argsort(area, kind="stable"):
-        mine = np.flatnonzero(group == group[k])
-        if area[mine].sum() >= min_share * cell_m2:
-            continue
-        edge = [(rows[m] + dr, cols[m] + dc) for m in mine for dr, dc in _ROOK]
-        near = {int(group[where[rc]]) for rc in edge if rc in where} - {int(group[k])}
+    members = {k: [k] for k in range(len(zones))}  # group -> its cells
+    total = dict(enumerate(area.tolist()))  # group -> its imaged area
+    slivers = np.flatnonzero(area < min_share * cell_m2)
+    for k in slivers[np.argsort(area[slivers], kind="stable")]:
+        mine = int(group[k])
+        if total[mine] >= min_share * cell_m2:
+            continue  # a smaller sliver joined it and made it whole enough
+        edge = [(rows[m] + dr, cols[m] + dc) for m in members[mine] for dr, dc in _ROOK]
+        near = [where[rc] for rc in edge if rc in where and group[where[rc]] != mine]
         if near:
-            group[mine] = max(near, key=lambda g: area[group == g].sum())
-    if (group == np.arange(len(zones))).all():
-        return zones.assign(cells=np.ones(len(zones), dtype="int32"))
-    areas = np.zeros((len(zones), len(classes)))
-    for c in classes:
-        areas[:, c.id] = zones[f"{c.name}_share"].fillna(0.0).to_numpy(dtype="float64") * area
+            # the neighbouring cell imaging most (not the largest group: a group grown
+            # from slivers would swallow a whole edge of them)
+            target = int(group[max(near, key=lambda m: area[m])])
+            group[members[mine]] = target
+            members[target] += members.pop(mine)
+            total[target] += total.pop(mine)
+    out = zones.assign(cells=np.ones(len(zones), dtype="int32")).reset_index(drop=True)
+    joined = [np.array(cells) for cells in members.values() if len(cells) > 1]
+    if not joined:
+        return out
+    shares = [f"{c.name}_share" for c in classes]
     means = [str(c) for c in zones.columns if str(c).startswith("mean_")]
-    rows = []
-    for g in np.unique(group):
-        members = np.flatnonzero(group == g)
-        head = members[np.argmax(area[members])]
-        pooled = areas[members].sum(axis=0)
-        total = pooled.sum()
-        row: dict[str, Any] = {
-            "zone_id": zones["zone_id"].iat[head],
-            "row": zones["row"].iat[head],
-            "col": zones["col"].iat[head],
-            "area_m2": total,
-            **{f"{c.name}_share": pooled[c.id] / total for c in classes},
-        }
-        indices = health_indices(pooled[None], classes)
-        row.update({k: float(v[0]) for k, v in indices.items() if k in zones.columns})
+    columns = {n: out[n].to_numpy(dtype="float64", copy=True) for n in ["area_m2", *shares, *means]}
+    geometry, cells_of = out.geometry.to_numpy().copy(), out["cells"].to_numpy(copy=True)
+    indices: dict[str, np.ndarray] = {}
+    heads = []
+    for cells in joined:
+        head = cells[np.argmax(area[cells])]
+        heads.append(head)
+        pooled = np.zeros(len(classes))
+        for c in classes:
+            pooled[c.id] = np.nansum(columns[f"{c.name}_share"][cells] * area[cells])
+        columns["area_m2"][head] = pooled.sum()
+        for c in classes:
+            columns[f"{c.name}_share"][head] = pooled[c.id] / pooled.sum()
+        for name, value in health_indices(pooled[None], classes).items():
+            if name in zones.columns:
+                column = out[name].to_numpy(dtype="float64", copy=True)
+                indices.setdefault(name, column)[head] = value[0]
         for name in means:
-            values = zones[name].to_numpy(dtype="float64")[members]
-            ok = np.isfinite(values)
-            weights = area[members][ok]
-            row[name] = float(np.average(values[ok], weights=weights)) if weights.sum() else np.nan
-        row["cells"] = len(members)
-        row["geometry"] = shapely.union_all(zones.geometry.to_numpy()[members])
-        rows.append(row)
-    return gpd.GeoDataFrame(rows, geometry="geometry", crs=zones.crs)
+            values, weights = columns[name][cells], area[cells]
+            ok = np.isfinite(values) & (weights > 0)
+            columns[name][head] = (
+                np.average(values[ok], weights=weights[ok]) if ok.any() else np.nan
+            )
+        cells_of[head] = len(cells)
+        geometry[head] = shapely.union_all(geometry[cells])
+    out = out.assign(**columns, **indices, cells=cells_of)
+    out = out.set_geometry(gpd.GeoSeries(geometry, crs=zones.crs))
+    gone = np.setdiff1d(np.concatenate(joined), heads)
+    return out.drop(index=gone).reset_index(drop=True)

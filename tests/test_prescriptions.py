@@ -766,3 +766,39 @@ def test_prescribe_needs_the_class_raster(tmp_path: Path, run_cli, capsys) -> No
     assert run_cli("prescribe", tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert "field.classes.tif: missing, so the surveyed area is unknown" in err
+
+
+def test_a_survey_edge_of_slivers_joins_the_cells_beside_it() -> None:
+    from agriseg.zones import join_slivers
+
+    # 4 x 4 cells of 10 m whose last row and column the survey barely enters
+    n = 4
+    rows, cols = np.divmod(np.arange(n * n), n)
+    area = np.where((rows == n - 1) | (cols == n - 1), 4.0, 100.0)
+    area[-1] = 0.16
+    weed = np.where(area < 50, 0.5, 0.1)
+    zones = gpd.GeoDataFrame(
+        {
+            "zone_id": np.arange(n * n),
+            "row": rows,
+            "col": cols,
+            "area_m2": area,
+            "soil_share": 0.5,
+            "crop_share": 0.5 - weed,
+            "weed_share": weed,
+            "thistle_share": 0.0,
+            "weed_pressure": weed / 0.5,
+        },
+        geometry=[square(10 * c, -10 * r, 10) for r, c in zip(rows, cols, strict=True)],
+        crs=CRS,
+    )
+    classes = ClassList.build(["soil", "crop", "weed", "thistle"], roles={"thistle": "weed"})
+    joined = join_slivers(zones, classes)
+    # each sliver joins the whole cell beside it (not one zone growing along the edge)
+    assert len(joined) == 9 and sorted(joined["cells"]) == [1, 1, 1, 1, 2, 2, 2, 2, 4]
+    assert joined["area_m2"].sum() == pytest.approx(area.sum())
+    corner = joined[joined["cells"] == 4].iloc[0]
+    pooled_weed = (100 * 0.1 + 2 * 4 * 0.5 + 0.16 * 0.5) / corner["area_m2"]
+    assert corner["weed_share"] == pytest.approx(pooled_weed)
+    assert corner["weed_pressure"] == pytest.approx(pooled_weed / 0.5)
+    assert corner.geometry.area == pytest.approx(400)
