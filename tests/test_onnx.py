@@ -14,8 +14,15 @@ from agriseg.architectures import ARCHITECTURES, build_model, default_encoder
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.inference import resolve_engine
-from agriseg.models import ModelMeta, find_model, load_model
-from agriseg.onnx_export import AGRISEG_META_KEY, CACHE_ENV, OPSET, cached_export, export_model
+from agriseg.models import SIZE_DIVISOR, ModelMeta, find_model, load_model
+from agriseg.onnx_export import (
+    AGRISEG_META_KEY,
+    CACHE_ENV,
+    OPSET,
+    cached_export,
+    deepness_overlap_px,
+    export_model,
+)
 from agriseg.onnx_graph import export_bytes
 
 onnx = pytest.importorskip("onnx")
@@ -70,6 +77,8 @@ def test_every_deepness_metadata_key_is_json_of_the_right_type(exported):
     for key in ("tile_size", "tiles_size"):
         assert values[key] == TILE and isinstance(values[key], int)
     assert isinstance(values["tiles_overlap"], int) and 0 <= values["tiles_overlap"] < 50
+    # Deepness's stride (tile minus its overlap) stays on the model's 32 px grid.
+    assert (TILE - deepness_overlap_px(TILE, values["tiles_overlap"])) % SIZE_DIVISOR == 0
     for key, expected in (
         ("standardization_mean", meta.normalization.mean),
         ("standardization_std", meta.normalization.std),
@@ -77,7 +86,8 @@ def test_every_deepness_metadata_key_is_json_of_the_right_type(exported):
         assert isinstance(values[key], list) and all(isinstance(v, float) for v in values[key])
         assert values[key] == pytest.approx(list(expected[:3]))
     assert isinstance(values["seg_thresh"], float) and 0 <= values["seg_thresh"] < 1
-    assert isinstance(values["seg_small_segment"], int) and values["seg_small_segment"] >= 0
+    # 0 leaves Deepness's median filter off, as agriseg's class raster has none.
+    assert isinstance(values["seg_small_segment"], int) and values["seg_small_segment"] == 0
     # agriseg's own metadata, read back by find_model: the exported tile size.
     assert values[AGRISEG_META_KEY]["tile_size"] == TILE
     _, onnx_meta = find_model(exported)
