@@ -45,6 +45,7 @@ from agriseg.outputs import (
     output_paths,
 )
 from agriseg.products import ClassRaster, HealthJob, TaskRunner, plan_health
+from agriseg.qgis import class_raster_style
 from agriseg.raster import RasterInfo, open_dataset, open_raster, pixel_grid_ok
 from agriseg.scale import TilePlan, plan_tiles
 from agriseg.segment import Block, segment_blocks
@@ -415,6 +416,8 @@ def segment_raster(
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()
         writer.to_cogs()
+        qml = transaction.stage(plan.paths["classes_qml"])
+        qml.write_text(class_raster_style(plan.meta.classes), encoding="utf-8")
         stages["cog"] = round(time.perf_counter() - converting, 3)
         health["outputs"] = {}
         for product in sorted(staging.iterdir()):

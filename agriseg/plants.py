@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from agriseg.atomic import write_text_atomic
 from agriseg.classes import NODATA, ClassList
 from agriseg.errors import InputError
 from agriseg.health import ZoneLabeller, raster_crs
-from agriseg.vector_outputs import geopackage_output
+from agriseg.vector_outputs import geopackage_output, write_layer
 from agriseg.vectorize import blocks
 from agriseg.zones import field_labeller, grid_labeller, make_grid, read_fields
 
@@ -594,10 +593,9 @@ class PlantResult:
 def write_plants(count: PlantCount, transform: Affine, gpkg: Path, summary: Path) -> None:
     """Write the ``plants`` and ``missing_plants`` point layers and the JSON summary,
     each file atomically."""
-    with geopackage_output(gpkg) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        count.plants.to_file(tmp, driver="GPKG", layer="plants")
-        count.missing.to_file(tmp, driver="GPKG", layer="missing_plants")
+    with geopackage_output(gpkg) as tmp:
+        write_layer(count.plants, tmp, "plants")
+        write_layer(count.missing, tmp, "missing_plants")
     write_text_atomic(summary, json.dumps(count.summary(transform), indent=2) + "\n")
 
 

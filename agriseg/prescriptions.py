@@ -39,6 +39,7 @@ from agriseg import __version__
 from agriseg.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.errors import InputError
 from agriseg.qgis import WEED_PRESSURE_RANGES, graduated_qml, write_layer_styles
+from agriseg.vector_outputs import write_layer
 from agriseg.zones import grid_crs, read_fields
 
 Unit = Literal["l/ha", "kg/ha"]
@@ -610,11 +611,10 @@ def write_prescription_gpkg(
     """``prescriptions`` (by layer) in one GeoPackage, each layer styled by rate."""
     tmp = transaction.stage(final)
     for layer, prescription in prescriptions.items():
-        pyogrio.write_dataframe(
+        write_layer(
             prescription.frame,
             tmp,
-            layer=layer,
-            driver="GPKG",
+            layer,
             **_geometry_options(prescription.frame),
             append=tmp.exists(),
         )

@@ -13,7 +13,6 @@ Everything is vectorised numpy; a seed fixes every random choice.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from rasterio.errors import CRSError
 from agriseg.atomic import atomic_output
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, FieldClass
 from agriseg.errors import InputError
+from agriseg.vector_outputs import geopackage_output, write_layer
 
 SOIL, CROP, WEED, DISEASED = (c.id for c in DEFAULT_CLASSES)
 
@@ -814,11 +814,8 @@ def write_survey(survey: Survey, out_dir: Path, stem: str) -> SurveyPaths:
         dst.write(survey.labels, 1)
         dst.write_colormap(1, survey.classes.colormap())
         dst.update_tags(**survey.classes.tags())
-    with atomic_output(paths.polygons) as tmp, warnings.catch_warnings():
-        # The temporary's name lacks the .gpkg extension only until it is renamed.
-        warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        label_polygons(survey).to_file(tmp, driver="GPKG", layer="labels")
-    with atomic_output(paths.plants) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        survey.plants.points(survey.crs).to_file(tmp, driver="GPKG", layer="plants")
+    with geopackage_output(paths.polygons) as tmp:
+        write_layer(label_polygons(survey), tmp, "labels")
+    with geopackage_output(paths.plants) as tmp:
+        write_layer(survey.plants.points(survey.crs), tmp, "plants")
     return paths

@@ -1,5 +1,8 @@
 """Streaming writers for polygon layers: RFC 7946 GeoJSON, GeoPackage and FlatGeobuf.
 
+Every GeoPackage agriseg writes goes through :func:`write_layer`, which creates it as
+GeoPackage :data:`GPKG_VERSION`.
+
 They take batches of features (GeoDataFrames in the raster's CRS) as they are
 produced, so a layer never has to be held in memory whole (FlatGeobuf: at most
 :data:`FLATGEOBUF_GROUP` features). None manages the final file name: callers write
@@ -14,7 +17,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import geopandas as gpd
 import pandas as pd
@@ -34,6 +37,25 @@ FLATGEOBUF_GROUP = 100_000
 
 #: OGR driver of each vector format agriseg writes.
 OGR_DRIVERS = {"gpkg": "GPKG", "fgb": "FlatGeobuf"}
+
+#: GeoPackage version of the files agriseg creates. GDAL 3.10 creates 1.4 by
+#: default, which GDAL 3.6 (as under Debian 12's QGIS 3.22) opens with a warning that
+#: it "may only be partially supported"; 1.2 is read without one by every GDAL from
+#: 2.2 on, and agriseg's layers use nothing added since.
+GPKG_VERSION = "1.2"
+
+
+def write_layer(
+    frame: pd.DataFrame, path: Path, layer: str, driver: str = "GPKG", **options: Any
+) -> None:
+    """Write ``frame`` (a GeoDataFrame, or a DataFrame for a table) as ``layer`` of the
+    OGR file ``path``: a new GeoPackage is created as :data:`GPKG_VERSION`, an existing
+    one keeps its other layers. ``options`` go to :func:`pyogrio.write_dataframe`
+    (``append``, ``geometry_type``, ``layer_options``...)."""
+    dataset_options = {"VERSION": GPKG_VERSION} if driver == "GPKG" else None
+    pyogrio.write_dataframe(
+        frame, path, layer=layer, driver=driver, dataset_options=dataset_options, **options
+    )
 
 
 @contextlib.contextmanager
@@ -176,11 +198,11 @@ class LayerWriter:
         self._append(frame)
 
     def _append(self, frame: gpd.GeoDataFrame) -> None:
-        pyogrio.write_dataframe(
+        write_layer(
             frame,
             self._path,
-            layer=self._layer,
-            driver=self._driver,
+            self._layer,
+            self._driver,
             geometry_type="Polygon",
             append=self._created,
         )
