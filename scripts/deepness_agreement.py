@@ -237,7 +237,7 @@ def deepness_class_map(
 def agriseg_class_map(raster: Path, model: Path, out_dir: Path) -> np.ndarray:
     """``agriseg run RASTER --model MODEL``'s class raster (defaults otherwise)."""
     from agriseg.config import HealthOptions, RunConfig
-    from agriseg.pipeline import segment_raster
+    from agriseg.run import segment_raster
 
     config = RunConfig(
         model=str(model),
@@ -331,14 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gsd", type=float, help="generated survey GSD, m (default: model's)")
     args = parser.parse_args(argv)
 
-    from agriseg.models import shipped_dir
-    from agriseg.onnx_export import read_onnx_meta
+    from agriseg.models.onnx_format import read_onnx_meta
+    from agriseg.models.registry import shipped_dir
 
     model = args.model or shipped_dir() / "agriseg-unet.onnx"
     with tempfile.TemporaryDirectory() as tmp:
         raster = args.raster
         if raster is None:
-            from agriseg.synthetic import draw_params, generate_survey, write_survey
+            from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
 
             meta = read_onnx_meta(model)
             params = draw_params(

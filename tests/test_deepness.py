@@ -17,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agriseg.models import SIZE_DIVISOR, shipped_dir
-from agriseg.onnx_export import (
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.models.meta import SIZE_DIVISOR
+from agriseg.models.onnx_export import (
     DEFAULT_OVERLAP_PX,
     MAX_OVERLAP_PCT,
     deepness_metadata,
     deepness_overlap_pct,
     deepness_overlap_px,
-    read_onnx_meta,
 )
-from agriseg.synthetic import draw_params, generate_survey, write_survey
+from agriseg.models.onnx_format import read_onnx_meta
+from agriseg.models.registry import shipped_dir
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("scipy")

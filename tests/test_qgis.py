@@ -25,9 +25,9 @@ from conftest import GEOPACKAGE_1_2, field_image, geopackage_version, write_rast
 from rio_cogeo.cogeo import cog_validate
 
 from agriseg.classes import CLASSES, NODATA, ClassList
-from agriseg.products import HealthOptions, health_paths, write_health_products
-from agriseg.qgis import class_raster_style, class_style, write_layer_styles, zone_style
-from agriseg.vector_outputs import write_layer
+from agriseg.health.products import HealthOptions, health_paths, write_health_products
+from agriseg.health.qgis import class_raster_style, class_style, write_layer_styles, zone_style
+from agriseg.io.geopackage import write_layer
 
 
 def check_class_style(qml: str, classes: ClassList = CLASSES) -> None:
