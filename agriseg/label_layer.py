@@ -2,10 +2,13 @@
 
 ``agriseg labels init SURVEY.tif`` writes a GeoPackage with one polygon layer,
 ``labels``, in the survey's CRS, with a text field naming the class. Its default
-QGIS style (stored in the GeoPackage, see :mod:`agriseg.qgis`) colours polygons by
+QGIS style (stored in the GeoPackage, see :mod:`agriseg.health.qgis`) colours polygons by
 class and makes the class field a drop-down of the model's class names, so drawing
 polygons is all labelling takes. Whatever is not drawn stays unlabelled: training
-and scoring ignore it (:mod:`agriseg.labels`).
+and scoring ignore it (:mod:`agriseg.learning.labels`).
+
+An operation of its own (``agriseg labels init``), beside ``run``: it reads a survey
+and writes a styled GeoPackage, with the styles of :mod:`agriseg.health.qgis`.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
-import pyogrio
 from rasterio.errors import RasterioIOError
 
-from agriseg.atomic import atomic_output
 from agriseg.classes import ClassList
 from agriseg.errors import InputError, RasterReadError
-from agriseg.qgis import labelling_style, write_layer_styles
-from agriseg.raster import georeferenced, open_dataset
+from agriseg.health.qgis import labelling_style, write_layer_styles
+from agriseg.io.atomic import atomic_output
+from agriseg.io.geopackage import write_layer
+from agriseg.io.raster import georeferenced, open_dataset
 
 #: Name of the polygon layer in a labelling GeoPackage.
 LABEL_LAYER = "labels"
@@ -67,8 +70,6 @@ def init_label_layer(survey: Path, out: Path | None, classes: ClassList) -> Path
         {LABEL_COLUMN: pd.Series([], dtype=object)}, geometry=gpd.GeoSeries([], crs=crs)
     )
     with atomic_output(out) as tmp:
-        pyogrio.write_dataframe(
-            frame, tmp, layer=LABEL_LAYER, driver="GPKG", geometry_type="Polygon"
-        )
+        write_layer(frame, tmp, LABEL_LAYER, geometry_type="Polygon")
         write_layer_styles(tmp, {LABEL_LAYER: labelling_style(classes, LABEL_COLUMN)})
     return out

@@ -84,8 +84,8 @@ def batch_logging(results_dir: Path, quiet: bool) -> Iterator[logging.FileHandle
 
 def execute(args: argparse.Namespace) -> int:
     from agriseg.batch import BatchOptions, run_batch
-    from agriseg.plants import count_run
-    from agriseg.prescriptions import prescribe
+    from agriseg.field.plants import count_run
+    from agriseg.field.prescriptions import prescribe
 
     options = BatchOptions(pattern=args.pattern, force=args.force, checksum=args.checksum)
     prescription = prescription_options_from_args(args)  # a bad table fails first
@@ -110,8 +110,7 @@ def execute(args: argparse.Namespace) -> int:
     if prescription is not None:
         done = [s for s in result.surveys if s.outcome != "failed"]
         prescribed = [r for s in done for r in prescribe(args.out / s.name, prescription)]
-        if not args.quiet:
-            print_prescriptions(prescribed)
+        print_prescriptions(prescribed, quiet=args.quiet)
     if plants is not None:
         done = [s for s in result.surveys if s.outcome != "failed"]
         counted = [r for s in done for r in count_run(args.out / s.name, plants)]

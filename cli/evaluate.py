@@ -13,8 +13,8 @@ from agriseg_cli import common
 from agriseg.config import RunConfig
 
 if TYPE_CHECKING:
-    from agriseg.evaluation import Evaluation
-    from agriseg.metrics import Scores
+    from agriseg.learning.evaluation import Evaluation
+    from agriseg.learning.metrics import Scores
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -99,9 +99,9 @@ def _show(result: Evaluation) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.atomic import write_text_atomic
-    from agriseg.datasets import pair_files, parse_label_colors
-    from agriseg.evaluation import evaluate_files
+    from agriseg.io.atomic import write_text_atomic
+    from agriseg.learning.datasets import pair_files, parse_label_colors
+    from agriseg.learning.evaluation import evaluate_files
 
     config = config_from_args(args)
     colors = parse_label_colors(args.label_colors) if args.label_colors else None

@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def execute(args: argparse.Namespace) -> int:
     from agriseg.classes import ClassList
     from agriseg.label_layer import LABEL_COLUMN, init_label_layer
-    from agriseg.models import find_model
+    from agriseg.models.registry import find_model
 
     if args.classes is not None:
         classes = ClassList.parse(args.classes)

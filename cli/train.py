@@ -14,7 +14,7 @@ from agriseg_cli import common
 from agriseg.config import ARCHITECTURE_NAMES
 
 if TYPE_CHECKING:
-    from agriseg.training import EpochResult, TrainConfig, TrainingSet
+    from agriseg.learning.training import EpochResult, TrainConfig, TrainingSet
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -139,8 +139,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from agriseg.classes import ClassList
-    from agriseg.datasets import parse_label_colors
-    from agriseg.training import TrainConfig
+    from agriseg.learning.datasets import parse_label_colors
+    from agriseg.learning.training import TrainConfig
 
     lr = args.lr if args.lr is not None else (3e-4 if args.init else 1e-3)
     return TrainConfig(
@@ -202,7 +202,7 @@ def _epoch_table(result: EpochResult) -> None:
 
 
 def _show_set(data: TrainingSet) -> None:
-    from agriseg.training import label_counts
+    from agriseg.learning.training import label_counts
 
     counts = label_counts(data.scenes, len(data.classes))
     print(f"{len(data.scenes)} image(s); the model learns {len(data.classes)} classes:")
@@ -218,9 +218,9 @@ def execute(args: argparse.Namespace) -> int:
     require_torch("agriseg train")
     import torch
 
-    from agriseg.datasets import pair_files
-    from agriseg.models import output_checkpoint
-    from agriseg.training import load_training_set, train
+    from agriseg.learning.datasets import pair_files
+    from agriseg.learning.training import load_training_set, train
+    from agriseg.models.registry import output_checkpoint
 
     config = config_from_args(args)
     config.check()

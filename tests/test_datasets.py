@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from agriseg.classes import DEFAULT_CLASSES, ClassList
-from agriseg.datasets import (
+from agriseg.errors import InputError
+from agriseg.learning.datasets import (
     color_ids,
     decode_colors,
     pair_files,
     pair_key,
     parse_label_colors,
 )
-from agriseg.errors import InputError
 
 
 def touch(path: Path) -> Path:
@@ -79,6 +79,9 @@ def test_one_vector_file_labels_every_image(tmp_path: Path) -> None:
     images = [touch(tmp_path / "a" / "north.tif"), touch(tmp_path / "a" / "south.tif")]
     polygons = touch(tmp_path / "field.labels.gpkg")
     assert pair_files([tmp_path / "a"], [polygons]) == [(i, polygons) for i in images]
+    # A folder of vector files, one per image, pairs by name.
+    own = [touch(tmp_path / "v" / f"{n}.labels.gpkg") for n in ("north", "south")]
+    assert pair_files([tmp_path / "a"], [tmp_path / "v"]) == list(zip(images, own, strict=True))
 
 
 def test_unpaired_files_are_listed(tmp_path: Path) -> None:
@@ -96,7 +99,7 @@ def test_unpaired_files_are_listed(tmp_path: Path) -> None:
 
 def test_empty_folder_and_pattern_are_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="holds no image"):
+    with pytest.raises(InputError, match="as images holds no file ending in .png, .jpg"):
         pair_files([tmp_path / "empty"], [tmp_path / "empty"])
     with pytest.raises(InputError, match=r"\*\.jpg: pattern given as images matches no file"):
         pair_files([str(tmp_path / "*.jpg")], [tmp_path])

@@ -18,9 +18,9 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from agriseg.classes import DEFAULT_CLASSES, ClassList
-from agriseg.grid import Grid
+from agriseg.io.grid import Grid
 from agriseg.label_layer import LABEL_LAYER, init_label_layer
-from agriseg.labels import Labels
+from agriseg.learning.labels import Labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

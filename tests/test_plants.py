@@ -11,13 +11,13 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
-from conftest import write_raster
+from conftest import GEOPACKAGE_1_2, geopackage_version, write_raster
 from scipy.spatial import cKDTree
 
 from agriseg.classes import DEFAULT_CLASSES
 from agriseg.errors import InputError
-from agriseg.plants import PlantOptions, count_plants
-from agriseg.synthetic import SurveyPaths, draw_params, generate_survey, write_survey
+from agriseg.field.plants import PlantOptions, count_plants
+from agriseg.learning.synthetic import SurveyPaths, draw_params, generate_survey, write_survey
 
 #: Held-out draws (seed, GSD, row angle): different scales and row directions.
 SURVEYS = [(9101, 0.012, 20.0), (9102, 0.025, 75.0), (9103, 0.038, 140.0)]
@@ -136,6 +136,7 @@ def test_run_with_plants_counts_them(finished_run) -> None:
     assert "missing_plants" in [
         name for name, _ in pyogrio.list_layers(out / f"{stem}.plants.gpkg")
     ]
+    assert geopackage_version(out / f"{stem}.plants.gpkg") == GEOPACKAGE_1_2
 
 
 def test_plants_command_per_field_and_zone(finished_run, run_cli, capsys, tmp_path: Path) -> None:
