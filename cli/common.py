@@ -467,7 +467,8 @@ def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = 
             f"--{name}",
             default=None,
             metavar="NAME",
-            help=f"name of the {what} (wins over the rate table's '{name}:' line)",
+            help=f"name of the {what} (wins over the rate table's '{name}:' line)"
+            + ("" if "default" in what else " (default: the table's, else none)"),
         )
 
 
