@@ -4,7 +4,9 @@ drawn in it (sparse polygons) train a model of exactly the drawn classes."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import rasterio
 from conftest import UTM, UTM_TRANSFORM, field_image, write_raster
 from rasterio.windows import Window
 from shapely.geometry import box
+from test_qgis import qgis_python
 
 from agriseg.classes import DEFAULT_CLASSES, ClassList
 from agriseg.io.grid import Grid
@@ -86,23 +89,46 @@ def test_labels_init_refuses_plain_photos(tmp_path: Path, run_cli, capsys) -> No
     assert not (tmp_path / "photo.labels.gpkg").exists()
 
 
-def test_qgis_reads_the_drop_down_and_colours(tmp_path: Path) -> None:
-    qgis_core = pytest.importorskip("qgis.core")
+LABEL_CHECK = """
+import json, sys
+from qgis.core import QgsApplication, QgsVectorLayer
+app = QgsApplication([], False)
+app.initQgis()
+layer = QgsVectorLayer(sys.argv[1] + "|layername=labels", "labels", "ogr")
+setup = layer.editorWidgetSetup(layer.fields().indexFromName("class"))
+renderer = layer.renderer()
+print(json.dumps({
+    "valid": layer.isValid(),
+    "crs": layer.crs().authid(),
+    "widget": setup.type(),
+    "choices": [[k, v] for entry in setup.config()["map"] for k, v in entry.items()],
+    "renderer": renderer.type(),
+    "colours": {c.value(): list(c.symbol().color().getRgb()[:3]) for c in renderer.categories()},
+    "not_null": bool(layer.fields().field("class").constraints().constraints() & 1),
+}))
+"""
+
+
+def test_qgis_opens_it_with_the_drop_down_and_colours(tmp_path: Path) -> None:
+    python = qgis_python()
+    classes = ClassList.parse("soil,crop,grass:weed:#e628a0")
     survey = write_raster(tmp_path / "field.tif", field_image(32, 32))
-    gpkg = init_label_layer(survey, None, ClassList.parse("soil,crop,weed"))
-    app = qgis_core.QgsApplication([], False)
-    app.initQgis()
-    layer = qgis_core.QgsVectorLayer(f"{gpkg}|layername={LABEL_LAYER}", "labels", "ogr")
-    assert layer.isValid()
-    index = layer.fields().indexFromName("class")
-    setup = layer.editorWidgetSetup(index)
-    assert setup.type() == "ValueMap"
-    mapped = [next(iter(entry.values())) for entry in setup.config()["map"]]
-    assert mapped == ["soil", "crop", "weed"]
-    renderer = layer.renderer()
-    assert renderer.type() == "categorizedSymbol"
-    found = {c.value(): c.symbol().color().getRgb()[:3] for c in renderer.categories()}
-    assert found == {c.name: c.colour for c in ClassList.parse("soil,crop,weed")}
+    gpkg = init_label_layer(survey, None, classes)
+    result = subprocess.run(
+        [python, "-c", LABEL_CHECK, str(gpkg)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["valid"] and found["crs"] == UTM
+    assert found["widget"] == "ValueMap"
+    assert found["choices"] == [[c.name, c.name] for c in classes]
+    assert found["renderer"] == "categorizedSymbol"
+    assert found["colours"] == {c.name: list(c.colour) for c in classes}
+    assert found["not_null"]
 
 
 def test_sparse_polygons_train_a_model_of_the_drawn_classes(tmp_path: Path, run_cli) -> None:
