@@ -84,7 +84,9 @@ def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
     }
 
 
-#: The name of every file a run writes for input ``<stem>``: ``<stem>`` + suffix, by kind.
+#: The name of every file agriseg writes for input ``<stem>`` into a run's folder:
+#: ``<stem>`` + suffix, by kind. The kinds are the keys of the summary's ``outputs``
+#: (see :mod:`agriseg.ownership`); plants and prescriptions are added after the run.
 OUTPUT_SUFFIXES = {
     "classes": ".classes.tif",
     "confidence": ".confidence.tif",
@@ -94,8 +96,19 @@ OUTPUT_SUFFIXES = {
     "fgb": ".health.fgb",
     "qml": ".health.qml",
     "preview": ".preview.png",
+    "plants_gpkg": ".plants.gpkg",
+    "plants_json": ".plants.json",
+    "prescription_gpkg": ".prescription.gpkg",
+    "spot_shp": ".spot.shp.zip",
+    "zones_shp": ".zones.shp.zip",
+    "taskdata": ".taskdata.zip",
     "sieved": ".sieved.tif",  # the health pass's working copy, never kept
 }
+
+#: Kinds written by ``agriseg plants`` and ``agriseg prescribe`` (also after
+#: ``run``/``batch`` with ``--plants``/``--prescribe``).
+PLANT_KINDS = ("plants_gpkg", "plants_json")
+PRESCRIPTION_KINDS = ("prescription_gpkg", "spot_shp", "zones_shp", "taskdata")
 
 #: What the segmentation writes (the health pass writes the rest).
 RUN_KINDS = ("classes", "confidence", "summary")
@@ -104,6 +117,14 @@ RUN_KINDS = ("classes", "confidence", "summary")
 def output_paths(out_dir: Path, stem: str, kinds: tuple[str, ...] = RUN_KINDS) -> dict[str, Path]:
     """Where ``agriseg run`` writes each product of ``kinds`` for input ``stem``."""
     return {kind: out_dir / f"{stem}{OUTPUT_SUFFIXES[kind]}" for kind in kinds}
+
+
+def output_kind(stem: str, name: str) -> str | None:
+    """The kind of the file ``name`` among the products of input ``stem`` (None: not one)."""
+    for kind, suffix in OUTPUT_SUFFIXES.items():
+        if name == f"{stem}{suffix}" and kind != "sieved":
+            return kind
+    return None
 
 
 def block_size_for(stride: int) -> int:

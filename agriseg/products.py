@@ -286,6 +286,12 @@ class HealthJob:
         return self.raster.grid
 
     @property
+    def output_kinds(self) -> tuple[str, ...]:
+        """The products the pass writes (kinds of :func:`health_paths`)."""
+        qml = ("qml",) if self.formats else ()
+        return (*self.formats, *qml, *(("preview",) if self.options.preview else ()))
+
+    @property
     def crs(self) -> CRS:
         """The class raster's CRS (a health pass always has one)."""
         assert self.raster.grid.crs is not None

@@ -31,11 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.prescriptions import prescribe
+    from agriseg.additions import prescribe_runs
 
     options = common.prescription_options_from_args(args)
     assert options is not None  # prescribe always prescribes
-    results = prescribe(args.run_dir, options, args.out)
+    results = prescribe_runs(args.run_dir, options, args.out)
     if not args.quiet:
         common.print_prescriptions(results)
     return 0
