@@ -73,8 +73,10 @@ def test_a_rerun_replaces_the_earlier_products_as_a_whole(
     assert run_cli("run", survey, "--out", out, *first, *FAST) == 0
     assert {"fgb", "plants_gpkg", "plants_json"} <= set(summary_of(out)["outputs"])
     assert run_cli("run", survey, "--out", out, "--no-preview", *FAST) == 0
-    listed = summary_of(out)["outputs"]
+    summary = summary_of(out)
+    listed = summary["outputs"]
     assert set(listed) == {"classes", "confidence", "summary", "geojson", "gpkg", "qml"}
+    assert "summed over every worker" in summary["timings_note"]
     # nothing stale: the folder holds this run's products and the user's file only
     assert sorted(p.name for p in out.iterdir()) == sorted([*listed.values(), "notes.txt"])
 
