@@ -7,7 +7,7 @@ that list. The list is what the run owns:
 
 * a rerun into the folder removes the listed files that it does not write again, in
   its output transaction, so a failed rerun leaves the earlier run whole and a
-  successful one leaves nothing stale (see :func:`replaced_outputs`);
+  successful one leaves nothing stale (see :func:`record_outputs`);
 * any other file at the name of a product (the input itself, a generator's truth, a
   user's file) stops the command before it writes anything (:func:`check_free`).
   agriseg never replaces or removes a file it did not write.
@@ -34,14 +34,12 @@ def summary_path(out_dir: Path, stem: str) -> Path:
 
 
 def _read_summary(path: Path) -> dict[str, Any] | None:
-    """The run summary at ``path``, or None when there is none or it is not agriseg's."""
+    """The run summary at ``path``, or None when there is none or it is no JSON object."""
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # agriseg writes summaries atomically: never half
         return None
-    if not isinstance(summary, dict) or "agriseg_version" not in summary:
-        return None
-    return summary
+    return summary if isinstance(summary, dict) else None
 
 
 def owned_outputs(out_dir: Path, stem: str) -> dict[str, Path]:
@@ -57,7 +55,7 @@ def owned_outputs(out_dir: Path, stem: str) -> dict[str, Path]:
         kind = output_kind(stem, name)
         if kind is not None:
             owned[kind] = out_dir / name
-    if "summary" not in owned:
+    if "summary" not in owned and "agriseg_version" in summary:
         # Written before summaries listed every output: the rasters and the summary
         # were always written together.
         owned.update(output_paths(out_dir, stem, RUN_KINDS))
@@ -101,13 +99,6 @@ def check_free(
     return paths
 
 
-def replaced_outputs(out_dir: Path, stem: str, kinds: Iterable[str]) -> dict[str, Path]:
-    """The earlier run's products of ``kinds`` there (the ones a rerun removes unless
-    it writes them again)."""
-    wanted = set(kinds)
-    return {k: p for k, p in owned_outputs(out_dir, stem).items() if k in wanted}
-
-
 def listing(stem: str, paths: Iterable[Path]) -> dict[str, str]:
     """The summary's ``outputs`` for the products ``paths`` of ``stem``: kind → file
     name, in the order of :data:`~agriseg.outputs.OUTPUT_SUFFIXES`."""
@@ -137,7 +128,7 @@ def record_outputs(
     path = summary_path(out_dir, stem)
     summary = _read_summary(path)
     if summary is None:
-        raise OutputError(f"{path}: missing or not an agriseg run summary; rerun agriseg run")
+        raise OutputError(f"{path}: missing or not a run summary; rerun agriseg run")
     owned = owned_outputs(out_dir, stem)
     new = {output_kind(stem, p.name): p for p in written}
     for kind in set(replaces) - set(new):
