@@ -95,9 +95,9 @@ def batch_logging(results_dir: Path, quiet: bool) -> Iterator[logging.FileHandle
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.additions import prescribe_runs
     from agriseg.batch import BatchOptions, execute_batch, plan_batch
-    from agriseg.plants import count_run
+    from agriseg.field.plants import count_run
+    from agriseg.field.prescriptions import prescribe
 
     options = BatchOptions(pattern=args.pattern, force=args.force, checksum=args.checksum)
     prescription = prescription_options_from_args(args)  # a bad table fails first
@@ -125,9 +125,8 @@ def execute(args: argparse.Namespace) -> int:
         print(f"manifest: {result.manifest}; log: {log_file.baseFilename}")
     if prescription is not None:
         done = [s for s in result.surveys if s.outcome != "failed"]
-        prescribed = [r for s in done for r in prescribe_runs(args.out / s.name, prescription)]
-        if not args.quiet:
-            print_prescriptions(prescribed)
+        prescribed = [r for s in done for r in prescribe(args.out / s.name, prescription)]
+        print_prescriptions(prescribed, quiet=args.quiet)
     if plants is not None:
         done = [s for s in result.surveys if s.outcome != "failed"]
         counted = [r for s in done for r in count_run(args.out / s.name, plants)]

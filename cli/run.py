@@ -67,10 +67,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.additions import prescribe_runs
-    from agriseg.outputs import PLANT_KINDS, PRESCRIPTION_KINDS
-    from agriseg.pipeline import default_out_dir, segment_raster
-    from agriseg.plants import count_run
+    from agriseg.field.plants import count_run
+    from agriseg.field.prescriptions import prescribe
+    from agriseg.io.ownership import PLANT_KINDS, PRESCRIPTION_KINDS
+    from agriseg.run import default_out_dir, segment_raster
 
     out = args.out or default_out_dir(args.input)
     prescription = common.prescription_options_from_args(args)  # a bad table fails first
@@ -100,9 +100,8 @@ def execute(args: argparse.Namespace) -> int:
                 ],
             )
     if prescription is not None:
-        results = prescribe_runs(out, prescription, stems=[args.input.stem])
-        if not args.quiet:
-            common.print_prescriptions(results)
+        results = prescribe(out, prescription, stems=[args.input.stem])
+        common.print_prescriptions(results, quiet=args.quiet)
     if plants is not None:
         counted = count_run(out, plants, stems=[args.input.stem])
         if not args.quiet:

@@ -21,9 +21,9 @@ import numpy as np
 import rasterio
 import torch
 
-from agriseg.inference import normalize
-from agriseg.models import find_model, load_model
-from agriseg.raster import open_raster, read_window
+from agriseg.io.raster import open_raster, read_window
+from agriseg.models.inference import normalize
+from agriseg.models.registry import find_model, load_model
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from agriseg_cli.main import build_parser
 
-from agriseg.scale import Scale, format_gsd
+from agriseg.segmentation.scale import Scale, format_gsd
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

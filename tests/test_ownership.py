@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import field_image, write_raster
 
-from agriseg.atomic import output_transaction
-from agriseg.outputs import OUTPUT_SUFFIXES
-from agriseg.ownership import check_free, owned_outputs
+from agriseg.field.prescriptions import PRESCRIPTION_SUFFIXES
+from agriseg.io.atomic import output_transaction
+from agriseg.io.ownership import OUTPUT_SUFFIXES, PRESCRIPTION_KINDS, check_free, owned_outputs
 
 FAST = ("--device", "cpu", "--quiet", "--tile-size", "128", "--overlap", "32")
 
@@ -95,6 +95,7 @@ def test_summary_lists_every_output_relative_to_the_output_folder(
     kinds = [
         "classes", "confidence", "summary", "geojson", "gpkg", "qml", "preview",
         "plants_gpkg", "plants_json", "prescription_gpkg", "spot_shp", "zones_shp", "taskdata",
+        "prescription_json",
     ]  # fmt: skip
     assert listed == {kind: f"plot{OUTPUT_SUFFIXES[kind]}" for kind in kinds}
     assert sorted(p.name for p in out.iterdir()) == sorted(listed.values())
@@ -151,3 +152,9 @@ def test_invalid_assume_crs_is_refused_when_the_file_has_a_crs(
     assert run_cli("run", image, "--out", out, "--assume-crs", "EPSG:32631", *FAST) == 0
     warnings = summary_of(out, "f")["warnings"]
     assert any("has its own CRS (EPSG:32633), which was used: --assume-crs" in w for w in warnings)
+
+
+def test_every_prescription_file_is_a_registered_product() -> None:
+    # prescribe names its files itself; each must be a kind a summary can list
+    registered = {OUTPUT_SUFFIXES[kind] for kind in PRESCRIPTION_KINDS}
+    assert set(PRESCRIPTION_SUFFIXES.values()) == registered

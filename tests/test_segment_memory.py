@@ -16,12 +16,12 @@ import pytest
 from conftest import write_raster
 from distributed import Client
 
-from agriseg import segment
-from agriseg.execution import dask_client
-from agriseg.models import resolve
-from agriseg.raster import open_raster
-from agriseg.segment import chunk_bytes, segment_blocks
-from agriseg.tiling import TileGrid
+from agriseg.io.raster import open_raster
+from agriseg.models.registry import resolve
+from agriseg.segmentation import segment
+from agriseg.segmentation.execution import dask_client
+from agriseg.segmentation.segment import chunk_bytes, segment_blocks
+from agriseg.segmentation.tiling import TileGrid
 
 
 @pytest.fixture(scope="module")
