@@ -144,7 +144,10 @@ def test_plants_and_assume_crs_on_a_photo_say_to_georeference_it(
     err = capsys.readouterr().err
     assert "the run was on a plain image's pixel grid (no CRS)" in err
     assert "georeference the image first" in err and "--assume-crs" not in err
-    assert not list(out.glob("*.plants.*"))
+    assert run_cli("prescribe", out, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "no map to spray by; georeference the image first" in err and "--assume" not in err
+    assert not list(out.glob("*.plants.*")) and not list(out.glob("*.prescription.*"))
     # --assume-crs cannot place a photo: the message says so, and what to do
     assert run_cli("run", tmp_path / "shot.png", "--out", tmp_path / "o2", "--assume-crs",
                    "EPSG:32633", *CPU) == 2  # fmt: skip

@@ -53,6 +53,7 @@ from agriseg.health.zones import field_labeller, grid_labeller, make_grid, read_
 from agriseg.io.areas import pixel_size_m
 from agriseg.io.atomic import OutputTransaction, output_transaction
 from agriseg.io.ownership import PLANT_KINDS, check_free, output_paths, record_outputs
+from agriseg.io.raster import GEOREFERENCE_FIX
 
 #: Share of a slot's core that plant pixels must cover for the slot to hold a plant.
 OCCUPIED = 0.75
@@ -634,9 +635,7 @@ def count_run(
         if run.summary.get("input", {"crs": ""}).get("crs") is None:
             raise InputError(
                 f"{run.summary_path}: the run was on a plain image's pixel grid (no CRS), so "
-                "plants cannot be spaced in metres or placed on a map; georeference the "
-                "image first (e.g. gdal_translate -a_srs EPSG:32633 -a_ullr ULX ULY LRX LRY) "
-                "and rerun agriseg run on it"
+                f"plants cannot be spaced in metres or placed on a map; {GEOREFERENCE_FIX}"
             )
         inputs = [options.fields] if options.fields else []
         check_free(run.run_dir, run.stem, PLANT_KINDS, inputs)

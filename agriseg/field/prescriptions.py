@@ -46,6 +46,7 @@ from agriseg.health.qgis import WEED_PRESSURE_RANGES, graduated_qml, write_layer
 from agriseg.health.zones import grid_crs, join_slivers, read_fields
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.io.ownership import PRESCRIPTION_KINDS, check_free, record_outputs, summary_path
+from agriseg.io.raster import GEOREFERENCE_FIX
 
 #: Rate units of the rate tables (see :data:`agriseg.field.taskdata.RATE_UNITS`).
 Unit = Literal["l/ha", "kg/ha"]
@@ -393,7 +394,7 @@ def _read_layer(run: RunOutputs, layer: str) -> gpd.GeoDataFrame | None:
     if run.summary.get("input", {"crs": ""}).get("crs") is None:
         raise InputError(
             f"{run.summary_path}: the run was in pixel mode (its input has no CRS), so it "
-            "has no map to spray by; rerun agriseg run with --assume-crs EPSG:..."
+            f"has no map to spray by; {GEOREFERENCE_FIX}"
         )
     if not run.gpkg.is_file():
         raise InputError(

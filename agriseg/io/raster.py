@@ -148,6 +148,14 @@ def _is_tiff(path: Path) -> bool:
         return False
 
 
+#: What to do with a plain image (no geotransform) for products that need a map: the
+#: CRS alone (--assume-crs) cannot place it.
+GEOREFERENCE_FIX = (
+    "georeference the image first (e.g. gdal_translate -a_srs EPSG:32633 -a_ullr ULX ULY "
+    "LRX LRY photo.jpg photo.tif) and run agriseg run on that"
+)
+
+
 def parse_crs(text: str) -> CRS:
     try:
         return CRS.from_user_input(text)
@@ -224,9 +232,8 @@ def open_raster(
         if not plain and not georeferenced(src):
             raise InputError(
                 f"{path}: a plain image without a geotransform, which --assume-crs cannot "
-                "place on the ground; drop --assume-crs to segment it on its pixel grid, or "
-                "georeference it first (e.g. gdal_translate -a_srs EPSG:32633 -a_ullr ULX "
-                "ULY LRX LRY)"
+                f"place on the ground; drop --assume-crs to segment it on its pixel grid, or "
+                f"{GEOREFERENCE_FIX}"
             )
         if not plain and src.transform == Affine.identity() and not src.gcps[0]:
             raise InputError(
