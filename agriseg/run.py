@@ -29,6 +29,7 @@ from agriseg.errors import InputError
 from agriseg.health.health_stream import HealthStream
 from agriseg.health.preview import render_preview, save_png
 from agriseg.health.products import ClassRaster, HealthJob, TaskRunner, plan_health
+from agriseg.health.qgis import class_raster_style
 from agriseg.io.areas import as_pyproj
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.io.gdal_settings import on_workers, run_settings
@@ -464,6 +465,8 @@ def segment_raster(
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()
         writer.to_cogs()
+        qml = transaction.stage(plan.paths["classes_qml"])
+        qml.write_text(class_raster_style(plan.meta.classes), encoding="utf-8")
         stages["cog"] = round(time.perf_counter() - converting, 3)
         written = [plan.paths[kind] for kind in RUN_KINDS]
         if job is None and "preview" in plan.paths:

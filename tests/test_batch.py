@@ -256,7 +256,10 @@ def test_manifest_outputs_use_the_summary_kinds(tmp_path):
     summary = json.loads((out / entry["outputs"]["summary"]).read_text())
     # one key style: the kinds of the summary's outputs, paths below the results folder
     assert entry["outputs"] == {k: f"field0/{name}" for k, name in summary["outputs"].items()}
-    assert set(entry["outputs"]) == {"classes", "confidence", "summary", "fgb", "qml", "preview"}
+    assert set(entry["outputs"]) == {
+        *("classes", "classes_aux", "classes_qml", "confidence", "summary"),
+        *("fgb", "qml", "preview"),
+    }
     assert sorted(p.name for p in (out / "field0").iterdir()) == sorted(summary["outputs"].values())
 
 

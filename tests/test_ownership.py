@@ -75,7 +75,10 @@ def test_a_rerun_replaces_the_earlier_products_as_a_whole(
     assert run_cli("run", survey, "--out", out, "--no-preview", *FAST) == 0
     summary = summary_of(out)
     listed = summary["outputs"]
-    assert set(listed) == {"classes", "confidence", "summary", "geojson", "gpkg", "qml"}
+    assert set(listed) == {
+        *("classes", "classes_aux", "classes_qml", "confidence", "summary"),
+        *("geojson", "gpkg", "qml"),
+    }
     assert "summed over every worker" in summary["timings_note"]
     # nothing stale: the folder holds this run's products and the user's file only
     assert sorted(p.name for p in out.iterdir()) == sorted([*listed.values(), "notes.txt"])
@@ -93,7 +96,8 @@ def test_summary_lists_every_output_relative_to_the_output_folder(
     out = tmp_path / "out"
     listed = summary_of(out)["outputs"]
     kinds = [
-        "classes", "confidence", "summary", "geojson", "gpkg", "qml", "preview",
+        "classes", "classes_aux", "classes_qml", "confidence", "summary",
+        "geojson", "gpkg", "qml", "preview",
         "plants_gpkg", "plants_json", "prescription_gpkg", "spot_shp", "zones_shp", "taskdata",
         "prescription_json",
     ]  # fmt: skip
@@ -132,6 +136,8 @@ def test_a_summary_cannot_claim_files_that_are_not_its_products(tmp_path: Path) 
     assert owned_outputs(tmp_path, "plot") == {
         "gpkg": tmp_path / "plot.health.gpkg",
         "classes": tmp_path / "plot.classes.tif",
+        "classes_aux": tmp_path / "plot.classes.tif.aux.xml",
+        "classes_qml": tmp_path / "plot.classes.qml",
         "confidence": tmp_path / "plot.confidence.tif",
         "summary": tmp_path / "plot.summary.json",
     }

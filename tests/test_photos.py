@@ -112,7 +112,9 @@ def test_run_on_a_plain_photo_writes_pixel_grid_outputs_without_polygons(
     assert code == 0
     assert "not georeferenced" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [
+        "shot.classes.qml",
         "shot.classes.tif",
+        "shot.classes.tif.aux.xml",
         "shot.confidence.tif",
         "shot.preview.png",  # a preview needs no CRS
         "shot.summary.json",

@@ -31,7 +31,6 @@ import contextlib
 import itertools
 import json
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from agriseg.health.vectorize import blocks
 from agriseg.health.zones import field_labeller, grid_labeller, make_grid, read_fields
 from agriseg.io.areas import pixel_size_m
 from agriseg.io.atomic import OutputTransaction, output_transaction
+from agriseg.io.geopackage import write_layer
 from agriseg.io.ownership import PLANT_KINDS, check_free, output_paths, record_outputs
 from agriseg.io.raster import GEOREFERENCE_FIX
 
@@ -609,10 +609,8 @@ def write_plants(
         # GDAL wants the GeoPackage's extension on the file it writes.
         work = staged.with_name(staged.name + gpkg.suffix)
         transaction.adopt(work, gpkg)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-            count.plants.to_file(work, driver="GPKG", layer="plants")
-            count.missing.to_file(work, driver="GPKG", layer="missing_plants")
+        write_layer(count.plants, work, "plants")
+        write_layer(count.missing, work, "missing_plants")
         text = json.dumps(count.summary(transform), indent=2) + "\n"
         transaction.stage(summary).write_text(text, encoding="utf-8")
 

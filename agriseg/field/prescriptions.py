@@ -45,6 +45,7 @@ from agriseg.field.taskdata import RATE_UNITS, WGS84, TaskNames, build_taskdata
 from agriseg.health.qgis import WEED_PRESSURE_RANGES, graduated_qml, write_layer_styles
 from agriseg.health.zones import grid_crs, join_slivers, read_fields
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
+from agriseg.io.geopackage import write_layer
 from agriseg.io.ownership import PRESCRIPTION_KINDS, check_free, record_outputs, summary_path
 from agriseg.io.raster import GEOREFERENCE_FIX
 
@@ -707,11 +708,10 @@ def write_prescription_gpkg(
     """``prescriptions`` (by layer) in one GeoPackage, each layer styled by rate."""
     tmp = transaction.stage(final)
     for layer, prescription in prescriptions.items():
-        pyogrio.write_dataframe(
+        write_layer(
             prescription.frame,
             tmp,
-            layer=layer,
-            driver="GPKG",
+            layer,
             **_geometry_options(prescription.frame),
             append=tmp.exists(),
         )

@@ -33,6 +33,8 @@ from agriseg.io.atomic import OutputTransaction
 #: plants and prescriptions are added after the run.
 OUTPUT_SUFFIXES = {
     "classes": ".classes.tif",
+    "classes_aux": ".classes.tif.aux.xml",  # its category names (see category_names_pam)
+    "classes_qml": ".classes.qml",  # its QGIS style (agriseg.health.qgis.class_raster_style)
     "confidence": ".confidence.tif",
     "summary": ".summary.json",
     "geojson": ".health.geojson",
@@ -63,7 +65,7 @@ PRESCRIPTION_KINDS = (
 )
 
 #: What the segmentation writes (the health pass writes the rest).
-RUN_KINDS = ("classes", "confidence", "summary")
+RUN_KINDS = ("classes", "classes_aux", "classes_qml", "confidence", "summary")
 
 
 def output_paths(out_dir: Path, stem: str, kinds: tuple[str, ...] = RUN_KINDS) -> dict[str, Path]:
