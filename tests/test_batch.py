@@ -59,9 +59,7 @@ def test_failures_are_isolated_and_a_rerun_skips_finished_surveys(tmp_path, caps
     out = tmp_path / "results"
     args = ["batch", str(survey_dir), "--out", str(out), *FAST]
 
-    started = time.perf_counter()
     assert main(args) == 1
-    first_s = time.perf_counter() - started
     first = capsys.readouterr()
     entries = manifest(out)
     assert {n: e["status"] for n, e in entries.items()} == {
@@ -91,13 +89,10 @@ def test_failures_are_isolated_and_a_rerun_skips_finished_surveys(tmp_path, caps
     log = next((out / "logs").glob("agriseg-*.log")).read_text()
     assert "broken.tif: failed" in log
 
-    started = time.perf_counter()
     assert main(args) == 1
-    second_s = time.perf_counter() - started
     second = capsys.readouterr()
     assert second.err.count("already done, skipped") == 3
     assert "broken.tif: segmenting" in second.err
-    assert second_s < first_s / 2
     assert manifest(out)["field0"] == entries["field0"]
 
     write_raster(broken, field_image(96, 96))
