@@ -57,6 +57,19 @@ def deprecated_alias(old: str, new: str) -> type[argparse.Action]:
     return Alias
 
 
+#: Exit statuses of every command (``batch`` adds 1: some surveys failed).
+EXIT_ERROR = 2  # an AgrisegError: bad input, options or output folder (or bad arguments)
+EXIT_INTERNAL = 3  # an exception agriseg did not expect: a bug
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+#: The exit statuses, for a command's ``--help``.
+EXIT_STATUS = (
+    f"Exit status: 0 done; {EXIT_ERROR} bad input, options or output folder (one line on "
+    f"stderr saying what to fix); {EXIT_INTERNAL} internal error (a bug: rerun with --debug "
+    f"and report it); {EXIT_INTERRUPTED} interrupted (Ctrl-C)."
+)
+
+
 def band_list(text: str) -> tuple[int, ...]:
     """``"3,2,1"`` → ``(3, 2, 1)`` for ``--bands``."""
     try:
@@ -168,8 +181,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--assume-crs",
         default=None,
-        help="CRS for rasters that lack one, e.g. EPSG:32633 (default: none; such rasters "
-        "are refused)",
+        help="CRS for rasters that lack one, e.g. EPSG:32633 (a file's own CRS wins, with "
+        "a warning; a plain photo without a geotransform cannot take one; default: none)",
     )
     parser.add_argument(
         "--gsd",
