@@ -38,24 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 #: RunConfig fields set by the command-line option of the same name.
-SAME_NAMED = (
-    "model",
-    "tile_size",
-    "overlap",
-    "batch_size",
-    "device",
-    "bands",
-    "assume_crs",
-    "scheduler",
-    "workers",
-    "threads",
-    "stream_health",
-    "resample",
-    "engine",
-    "precision",
-    "tta",
-    "refine",
-)
+SAME_NAMED = (*common.MODEL_OPTIONS, "stream_health")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

@@ -206,11 +206,13 @@ def test_every_architecture_exports_exactly(architecture):
     ],
 )
 def test_every_segmentation_command_takes_engine(argv):
-    from agriseg_cli.main import build_parser
-    from agriseg_cli.run import config_from_args
+    import importlib
 
+    from agriseg_cli.main import build_parser
+
+    command = importlib.import_module(f"agriseg_cli.{argv[0]}")
     args = build_parser().parse_args([*argv, "--engine", "onnx"])
-    assert config_from_args(args).engine == "onnx"
+    assert command.config_from_args(args).engine == "onnx"
 
 
 @pytest.mark.parametrize("name", ["agriseg-unet", "agriseg-pspnet"])

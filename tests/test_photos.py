@@ -19,7 +19,7 @@ from agriseg.learning.synthetic import draw_params, generate_survey
 COLORS = {"soil": (0, 0, 0), "crop": (0, 255, 0), "weed": (255, 0, 0), "diseased": (255, 255, 0)}
 SPEC = ",".join(f"{name}=#{r:02x}{g:02x}{b:02x}" for name, (r, g, b) in COLORS.items())
 GREY = (128, 128, 128)
-TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--batch-size", "2")
+TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--chips-per-step", "2")
 CPU = ("--device", "cpu", "--threads", "1", "--quiet")
 
 
@@ -61,7 +61,7 @@ def test_png_folder_with_colour_masks_trains_and_evaluates(tmp_path: Path, run_c
         "--label-colors", SPEC, "--gsd", "0.01", "--out", model, *TINY, *CPU,
     )  # fmt: skip
     assert code == 0
-    meta = json.loads(model.with_suffix(".json").read_text())
+    meta = json.loads((model / "model.json").read_text())
     assert [c["name"] for c in meta["classes"]] == list(COLORS)
     assert meta["gsd_m"] == 0.01 and meta["training"]["n_images"] == 2
     report = tmp_path / "scores.json"
@@ -91,7 +91,7 @@ def test_index_masks_paired_by_glob_without_gsd(tmp_path: Path, run_cli) -> None
         "--out", model, *TINY, *CPU,
     )  # fmt: skip
     assert code == 0
-    meta = json.loads(model.with_suffix(".json").read_text())
+    meta = json.loads((model / "model.json").read_text())
     assert meta["gsd_m"] is None  # plain images, no --gsd: unknown, never invented
     assert [c["name"] for c in meta["classes"]] == ["soil", "crop", "weed", "diseased"]
     assert meta["training"]["images"] == [str(tmp_path / "plot3.png"), str(tmp_path / "plot4.png")]
@@ -188,7 +188,7 @@ def test_bad_photo_inputs_give_one_line(
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and expected in err and "Traceback" not in err
-    assert not model.with_suffix(".json").exists()
+    assert not model.exists()
 
 
 def test_evaluate_refuses_labels_the_model_cannot_score_before_segmenting(
