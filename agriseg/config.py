@@ -161,7 +161,8 @@ class RunConfig:
             The products are identical either way.
         resample: ``auto`` resamples tiles to a ground sampling distance the model
             knows when the input's is far from the model's (see :mod:`agriseg.scale`);
-            ``off`` feeds the input's pixels as they are.
+            ``off`` feeds the input's pixels as they are; a number is the GSD in
+            metres to resample to.
         engine: what runs the model: ``torch``, ``onnx`` (ONNX Runtime, CPU only) or
             ``auto`` (ONNX Runtime on CPU when installed, torch otherwise). Class
             rasters of the two agree on all but a few pixels near class boundaries.
@@ -190,7 +191,7 @@ class RunConfig:
     threads: int | None = None
     health: HealthOptions = field(default_factory=HealthOptions)
     stream_health: bool | None = None
-    resample: Literal["auto", "off"] = "auto"
+    resample: Literal["auto", "off"] | float = "auto"
     engine: EngineChoice = "auto"
     precision: Precision = "auto"
     tta: bool = False

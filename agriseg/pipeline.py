@@ -24,6 +24,7 @@ from distributed import Client, get_task_stream
 
 from agriseg import __version__
 from agriseg.atomic import OutputTransaction, output_folder, output_transaction
+from agriseg.calibration import Calibration, read_calibration
 from agriseg.classes import ClassList
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
@@ -46,6 +47,8 @@ from agriseg.outputs import (
 )
 from agriseg.products import ClassRaster, HealthJob, TaskRunner, plan_health
 from agriseg.raster import RasterInfo, open_dataset, open_raster, pixel_grid_ok
+from agriseg.reliability import Reliability, RunEvidence
+from agriseg.reliability_stamps import stamp_products
 from agriseg.scale import TilePlan, plan_tiles
 from agriseg.segment import Block, segment_blocks
 from agriseg.spectral import band_names
@@ -165,6 +168,7 @@ class RunPlan:
         paths: Where the class and confidence rasters and the summary go.
         health: The field-health pass, or None for a plain image (no CRS).
         stream_health: Whether the health pass runs beside the segmentation.
+        calibration: What was measured about where the model holds up.
     """
 
     input_path: Path
@@ -179,11 +183,13 @@ class RunPlan:
     paths: dict[str, Path]
     health: HealthJob | None
     stream_health: bool
+    calibration: Calibration = field(default_factory=Calibration)
 
 
 def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     """Check the model, the input and the options, and set the run up; writes nothing."""
     weights, meta = find_model(config.model)
+    calibration = read_calibration(weights)
     device = resolve_device_name(config.device)
     engine = resolve_engine(config.engine, device, weights)
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
@@ -194,7 +200,7 @@ def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     stream = config.stream_health
     if stream is None:
         stream = device.startswith("cuda")
-    tiles = plan_tiles(info, meta, config)
+    tiles = plan_tiles(info, meta, config, calibration.policy)
     weights = model_file(weights, engine, tiles.model_tile, config.precision)
     if is_onnx(weights) and tiles.model_tile != meta.tile_size:
         raise InputError(
@@ -215,6 +221,7 @@ def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
         output_paths(out_dir, input_path.stem),
         health,
         stream and health is not None,
+        calibration,
     )
 
 
@@ -245,11 +252,12 @@ def _segment(
     client: Client,
     transaction: OutputTransaction,
     health_stream: HealthStream | None,
+    evidence: RunEvidence,
     progress: Progress | None,
 ) -> tuple[_Tally, dict[str, float], ClassRasterWriter]:
     """Run the tiles through the model on the Dask cluster and write the class and
-    confidence rasters; returns the totals, the Dask stage seconds and the (closed)
-    writer, whose rasters are staged."""
+    confidence rasters, gathering ``evidence`` for the verdict; returns the totals,
+    the Dask stage seconds and the (closed) writer, whose rasters are staged."""
     n_classes = len(plan.meta.classes)
     tally = _Tally(np.zeros(n_classes, dtype="int64"), np.zeros(n_classes, dtype="float64"))
     grid, info, config = plan.tiles.grid, plan.info, plan.config
@@ -283,6 +291,7 @@ def _segment(
             t = time.perf_counter()
             writer.write(block.window, block.classes, block.confidence)
             tally.add(block, time.perf_counter() - t)
+            evidence.add(block.window, block.classes, block.confidence)
             if health_stream is not None:
                 health_stream.add(block.window, block.classes, block.confidence)
             if progress is not None:
@@ -295,12 +304,14 @@ def _summarise(
     tally: _Tally,
     health: dict[str, Any],
     timings_s: dict[str, float],
+    reliability: Reliability,
 ) -> dict[str, Any]:
     """The run's ``summary.json``."""
     info, meta = plan.info, plan.meta
     valid = int(tally.pixels.sum())
     return {
         "agriseg_version": __version__,
+        "reliability": reliability.to_json(),
         "input": {
             "path": str(plan.input_path.resolve()),
             "width": info.width,
@@ -397,8 +408,12 @@ def segment_raster(
                 else None
             )
             with health_stream or contextlib.nullcontext():
-                tally, stages, writer = _segment(plan, client, transaction, health_stream, progress)
+                evidence = RunEvidence(plan.info, plan.meta)
+                tally, stages, writer = _segment(
+                    plan, client, transaction, health_stream, evidence, progress
+                )
                 segmented = time.perf_counter()
+                reliability = evidence.finish(plan.tiles.scale, plan.calibration)
                 if health_stream is not None:
                     health = health_stream.finish()
                     health_s = health_stream.busy_s
@@ -416,6 +431,7 @@ def segment_raster(
         converting = time.perf_counter()
         writer.to_cogs()
         stages["cog"] = round(time.perf_counter() - converting, 3)
+        stamp_products(staging, stem, reliability)
         health["outputs"] = {}
         for product in sorted(staging.iterdir()):
             final = out_dir / product.name
@@ -427,7 +443,7 @@ def segment_raster(
         stages["infer"] = round(tally.model_s, 3)
         stages["write"] = round(tally.write_s, 3)
         stages["total"] = round(time.perf_counter() - started, 3)
-        summary = _summarise(plan, tally, health, stages)
+        summary = _summarise(plan, tally, health, stages, reliability)
         summary_tmp = transaction.stage(plan.paths["summary"])
         summary_tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return RunResult(outputs=plan.paths, summary=summary)

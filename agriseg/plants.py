@@ -31,7 +31,7 @@ import itertools
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -591,26 +591,50 @@ class PlantResult:
     json: Path
 
 
-def write_plants(count: PlantCount, transform: Affine, gpkg: Path, summary: Path) -> None:
-    """Write the ``plants`` and ``missing_plants`` point layers and the JSON summary,
-    each file atomically."""
+def write_plants(
+    count: PlantCount,
+    transform: Affine,
+    gpkg: Path,
+    summary: Path,
+    reliability: dict[str, Any] | None = None,
+    stamp: Callable[[Path], None] | None = None,
+) -> None:
+    """Write the ``plants`` and ``missing_plants`` point layers and the JSON summary
+    (with the run's ``reliability`` record, see :mod:`agriseg.trust`), each file
+    atomically; ``stamp`` adds to the GeoPackage before it appears."""
     with geopackage_output(gpkg) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
         count.plants.to_file(tmp, driver="GPKG", layer="plants")
         count.missing.to_file(tmp, driver="GPKG", layer="missing_plants")
-    write_text_atomic(summary, json.dumps(count.summary(transform), indent=2) + "\n")
+        if stamp is not None:
+            stamp(tmp)
+    data = count.summary(transform)
+    if reliability is not None:
+        data = {"reliability": reliability, **data}
+    write_text_atomic(summary, json.dumps(data, indent=2) + "\n")
 
 
 def count_run(
-    run_dir: Path, options: PlantOptions = PlantOptions(), stems: Sequence[str] | None = None
+    run_dir: Path,
+    options: PlantOptions = PlantOptions(),
+    stems: Sequence[str] | None = None,
+    force: bool = False,
 ) -> list[PlantResult]:
     """Count the plants of every run in ``run_dir`` (a run's or a batch's ``--out``; or
     those of ``stems``) and write ``<stem>.plants.gpkg`` and ``<stem>.plants.json``
-    beside each run's outputs."""
-    from agriseg.prescriptions import find_runs
+    beside each run's outputs.
 
-    results = []
-    for run in [r for r in find_runs(run_dir) if stems is None or r.stem in stems]:
+    Every run is checked before anything is written: an ``unreliable`` map, or rows or
+    plants closer than the imagery resolves, raise :class:`UnreliableMapError` unless
+    ``force`` (recorded in ``plants.json`` under ``reliability``; see :mod:`agriseg.trust`).
+    """
+    from agriseg.prescriptions import find_runs
+    from agriseg.trust import admit, check_resolved, stamp_for
+
+    runs = [r for r in find_runs(run_dir) if stems is None or r.stem in stems]
+    records = admit(runs, "count plants", force)
+    counted = []
+    for run in runs:
         classes_path = run.run_dir / f"{run.stem}.classes.tif"
         if not classes_path.is_file():
             raise InputError(
@@ -618,10 +642,18 @@ def count_run(
             )
         gsd = (run.summary.get("scale") or {}).get("input_gsd_m")
         count = count_plants(classes_path, options, gsd_m=gsd)
-        with rasterio.open(classes_path) as src:
+        if count.rows is not None:
+            records[run.stem]["spacing"] = check_resolved(
+                classes_path, count.rows.row_spacing, count.rows.plant_spacing, force
+            )
+        counted.append((run, count))
+    results = []
+    for run, count in counted:
+        with rasterio.open(run.run_dir / f"{run.stem}.classes.tif") as src:
             transform = src.transform
         gpkg = run.run_dir / f"{run.stem}.plants.gpkg"
         summary = run.run_dir / f"{run.stem}.plants.json"
-        write_plants(count, transform, gpkg, summary)
+        record = records[run.stem]
+        write_plants(count, transform, gpkg, summary, record, stamp_for(run, record))
         results.append(PlantResult(run.stem, count, gpkg, summary))
     return results

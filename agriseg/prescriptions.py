@@ -645,9 +645,13 @@ def run_prescriptions(run: RunOutputs, options: PrescriptionOptions) -> dict[str
 
 
 def write_prescriptions(
-    stem: str, layers: dict[str, Prescription], out_dir: Path
+    stem: str,
+    layers: dict[str, Prescription],
+    out_dir: Path,
+    stamp: Callable[[Path], None] | None = None,
 ) -> PrescriptionResult:
-    """Write one run's prescriptions into ``out_dir``, all files together or none."""
+    """Write one run's prescriptions into ``out_dir``, all files together or none;
+    ``stamp`` adds to the GeoPackage before it appears."""
     paths = {k: out_dir / f"{stem}{suffix}" for k, suffix in PRESCRIPTION_SUFFIXES.items()}
     zones = layers.get(ZONE_LAYER)
     if zones is None:
@@ -657,6 +661,8 @@ def write_prescriptions(
     # clears temporaries left by a killed run or prescribe.
     with output_folder(out_dir), output_transaction() as transaction:
         write_prescription_gpkg(layers, paths["gpkg"], transaction)
+        if stamp is not None:
+            stamp(transaction.staged(paths["gpkg"]))
         write_shapefile_zip(spot, paths["spot_shp"], transaction)
         if zones is not None:
             write_shapefile_zip(zones, paths["zones_shp"], transaction)
@@ -675,13 +681,24 @@ def prescribe(
     options: PrescriptionOptions,
     out_dir: Path | None = None,
     stems: Sequence[str] | None = None,
+    force: bool = False,
 ) -> list[PrescriptionResult]:
     """Prescriptions for every run in ``run_dir`` (see :func:`find_runs`; or those of
     ``stems``), written to ``out_dir`` (default: beside each run's outputs).
 
     Every run's prescriptions are made (and the rate table checked against its zones)
-    before anything is written; each run's files appear together or not at all.
+    before anything is written; each run's files appear together or not at all. An
+    ``unreliable`` run is refused unless ``force`` (see :mod:`agriseg.trust`); the
+    GeoPackage records the run's verdict and any override.
     """
+    from agriseg.trust import admit, stamp_for
+
     runs = [r for r in find_runs(run_dir) if stems is None or r.stem in stems]
+    records = admit(runs, "prescribe", force)
     made = [(run, run_prescriptions(run, options)) for run in runs]
-    return [write_prescriptions(run.stem, layers, out_dir or run.run_dir) for run, layers in made]
+    return [
+        write_prescriptions(
+            run.stem, layers, out_dir or run.run_dir, stamp_for(run, records[run.stem])
+        )
+        for run, layers in made
+    ]
