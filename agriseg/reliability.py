@@ -265,25 +265,34 @@ def check_vegetation(values: dict[str, Any] | None, limits: dict[str, float]) ->
         )
     index_cover, model_cover = values["index_cover"], values["model_cover"]
     name = "NDVI" if values["index"] == "ndvi" else "the colour index"
+    separated = values["gap"] >= limits["min_gap"]
+    unseparated = f"{name} does not separate plants from soil here (separation {values['gap']:.1f})"
     bare = limits["bare_cover"]
+    if not separated and model_cover < bare:
+        # One mode, no valley: a grey image, or a field without plants.
+        return Check("vegetation", "doubtful", f"{unseparated}: not cross-checked", values)
+    if not separated and index_cover < bare:
+        return Check(
+            "vegetation",
+            "unreliable",
+            f"{unseparated}, yet the model finds {100 * model_cover:.0f}% vegetation",
+            values,
+        )
     if index_cover < bare and model_cover < bare:
         return Check("vegetation", "ok", None, values)
-    cover_gap = abs(index_cover - model_cover)
     iou = values["iou"] or 0.0
     level = worst(
         [
             _levels(iou, limits["doubtful_iou"], limits["unreliable_iou"], False),
-            _levels(cover_gap, limits["doubtful_cover_gap"], limits["unreliable_cover_gap"], True),
+            _levels(
+                abs(index_cover - model_cover),
+                limits["doubtful_cover_gap"],
+                limits["unreliable_cover_gap"],
+                True,
+            ),
+            "ok" if separated else "doubtful",
         ]
     )
-    if values["gap"] < limits["min_gap"] and level == "ok":
-        return Check(
-            "vegetation",
-            "doubtful",
-            f"{name} does not separate plants from soil here (separation "
-            f"{values['gap']:.1f}): vegetation not cross-checked",
-            values,
-        )
     if level == "ok":
         return Check("vegetation", "ok", None, values)
     return Check(

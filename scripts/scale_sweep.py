@@ -39,8 +39,9 @@ from agriseg.scale import MAX_DOWNSAMPLE, MAX_UPSAMPLE, ScalePolicy
 from agriseg.synthetic import draw_params, generate_survey, write_survey
 
 GSDS_CM = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
-TARGETS_CM = (1.0, 1.25, 1.5, 2.0, 2.9, 4.0)
-#: Inputs from 1.5 cm are also enlarged by these factors (to input GSD / factor).
+TARGETS_CM = (0.5, 0.7, 1.0, 1.25, 1.5, 2.0, 2.9, 4.0)
+#: Inputs from 1.5 cm are also enlarged, to the finer targets and by these factors
+#: (to input GSD / factor); finer ones are only shrunk.
 FACTORS = (1.5, 2.0, 3.0)
 FACTORS_FROM_CM = 1.5
 MODELS = ("agriseg-unet", "agriseg-pspnet")
@@ -72,8 +73,10 @@ def score(image: Path, labels: Path, out: Path, model: str, resample: str | floa
 
 def targets_for(gsd: float) -> list[float]:
     """Target GSDs a rendering at ``gsd`` is segmented at (itself: as it is)."""
-    targets = {effective_target(gsd, t / 100) for t in TARGETS_CM} | {gsd}
-    if gsd >= FACTORS_FROM_CM / 100:
+    enlarge = gsd >= FACTORS_FROM_CM / 100
+    targets = {effective_target(gsd, t / 100) for t in TARGETS_CM if enlarge or t / 100 > gsd}
+    targets.add(gsd)
+    if enlarge:
         targets |= {effective_target(gsd, gsd / f) for f in FACTORS}
     return sorted(targets)
 
