@@ -1,18 +1,19 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - create .venv, install agriseg, segment the sample survey
-#   make test   - create .venv, install agriseg, lint and run the test suite
+#   make test   - create .venv, install agriseg, lint, build the docs and run the test suite
+#   make docs   - build the user guide (docs/, mkdocs.yml) into build/site/
 #   make models - retrain, evaluate and install the shipped models (~1.5 h on 2 CPU cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.agriseg-installed
-# The torch-free install (pip install agriseg: ONNX Runtime alone), which make test
+# The torch-free install (pip install . from a clone: ONNX Runtime alone), which make test
 # checks too: a plain (not editable) install of this tree, redone when it changes.
 LIGHT ?= .venv-light
 LIGHT_STAMP := $(LIGHT)/.agriseg-installed
 LIGHT_OUT := $(LIGHT)/smoke
 PACKAGE_FILES := $(shell find agriseg cli -type f \( -name '*.py' -o -name '*.json' -o -name '*.onnx' \))
 
-.PHONY: demo test test-light lint install clean models
+.PHONY: demo test test-light lint docs install clean models
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,8 +30,23 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check agriseg cli tests
 	$(VENV)/bin/mypy
 
-test: lint
-	$(VENV)/bin/pytest
+# The user guide as a static site; --strict turns broken links and pages missing
+# from the nav into errors.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+
+# isoxml-js (dev4Agriculture's ISOXML reader), an independent check of the TASKDATA
+# that agriseg prescribe writes; installed when npm is there, its tests skip otherwise.
+NODE_DIR ?= .node
+NODE_STAMP := $(NODE_DIR)/.isoxml-installed
+
+$(NODE_STAMP):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix $(NODE_DIR) isoxml@1.11.2 && touch $@; \
+	else echo "npm not found: the isoxml-js checks will be skipped"; fi
+
+test: lint docs $(NODE_STAMP)
+	NODE_PATH=$(CURDIR)/$(NODE_DIR)/node_modules $(VENV)/bin/pytest
 	$(MAKE) test-light
 
 # Dependencies when they change; then agriseg alone whenever its files do.
@@ -66,4 +82,4 @@ models: $(STAMP)
 	$(PY) scripts/train_default.py unet pspnet --install-only
 
 clean:
-	rm -rf $(VENV) $(LIGHT) sample_data/field_agriseg
+	rm -rf $(VENV) $(LIGHT) $(NODE_DIR) sample_data/field_agriseg build/site

@@ -5,11 +5,11 @@ A model trained on one kind of imagery produces confident-looking maps of anythi
 these checks tell a map the model can stand behind from one it cannot:
 
 * ``scale``: the input's ground sampling distance against the range where the model
-  was measured to hold up (:mod:`agriseg.calibration`); an unknown GSD (a plain
+  was measured to hold up (:mod:`agriseg.segmentation.calibration`); an unknown GSD (a plain
   photo) is a reason in itself;
 * ``input``: pixel type and bands against what the model was trained on;
 * ``vegetation``: plants found by a spectral index with the image's own threshold
-  (:mod:`agriseg.vegetation`), against the model's vegetation (crop, weed and
+  (:mod:`agriseg.health.vegetation`), against the model's vegetation (crop, weed and
   disease roles); a model that sees plants where the index sees soil, or the
   reverse, misreads the imagery;
 * ``confidence``: the share of pixels the model was unsure of, against what it
@@ -25,37 +25,26 @@ a model without one gets :data:`DEFAULT_THRESHOLDS` and a ``doubtful`` verdict.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
 
-from agriseg.calibration import Calibration
 from agriseg.classes import NODATA, VEGETATION_ROLES
-from agriseg.models import ModelMeta, pixel_kind
-from agriseg.raster import RasterInfo, open_dataset, read_window
-from agriseg.scale import Scale
-from agriseg.spectral import band_names, find_bands
-from agriseg.vegetation import (
+from agriseg.health.vegetation import (
     Separation,
     VegetationHistogram,
     compute_index,
     index_bands,
     index_for,
 )
-
-Verdict = Literal["ok", "doubtful", "unreliable"]
-#: Verdicts from best to worst.
-VERDICTS: tuple[Verdict, ...] = ("ok", "doubtful", "unreliable")
-
-#: What a verdict tells the reader, first on the summary line.
-HEADLINES: dict[Verdict, str] = {
-    "ok": "OK",
-    "doubtful": "DOUBTFUL (check in the field before acting",
-    "unreliable": "UNRELIABLE (model out of its depth",
-}
+from agriseg.health.verdict import Check, Reliability, Verdict, judge, worst
+from agriseg.io.raster import RasterInfo, open_dataset, read_window
+from agriseg.io.spectral import band_names, find_bands
+from agriseg.models.meta import ModelMeta, pixel_kind
+from agriseg.segmentation.calibration import Calibration
+from agriseg.segmentation.scale import Scale
 
 #: Confidence (0-100) below which a pixel counts as unsure.
 LOW_CONFIDENCE = 60
@@ -78,78 +67,6 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     # Without a measured range: ratios of the input's GSD to the model's.
     "scale": {"holds_ratio": 2.0, "usable_ratio": 4.0},
 }
-
-
-@dataclass(frozen=True)
-class Check:
-    """One check of a run: its level, why (None when ``ok``), and what it measured."""
-
-    name: str
-    level: Verdict
-    reason: str | None
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"level": self.level, "reason": self.reason, **self.values}
-
-
-@dataclass(frozen=True)
-class Reliability:
-    """A run's verdict and the checks behind it."""
-
-    verdict: Verdict
-    checks: tuple[Check, ...]
-    calibration: str | None = None
-
-    @property
-    def reasons(self) -> list[str]:
-        """Reasons of the checks that set the verdict or warn, worst first."""
-        ranked = sorted(self.checks, key=lambda c: -VERDICTS.index(c.level))
-        return [c.reason for c in ranked if c.reason and c.level != "ok"]
-
-    def headline(self) -> str:
-        """The verdict as it leads the printed summary: ``UNRELIABLE (model out of its
-        depth: reason; reason)``."""
-        if self.verdict == "ok":
-            return HEADLINES["ok"]
-        return f"{HEADLINES[self.verdict]}: {'; '.join(self.reasons)})"
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``reliability`` object of ``summary.json``."""
-        return {
-            "verdict": self.verdict,
-            "reasons": self.reasons,
-            "calibration": self.calibration,
-            "checks": {c.name: c.to_json() for c in self.checks},
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Reliability:
-        checks = tuple(
-            Check(
-                name,
-                value["level"],
-                value.get("reason"),
-                {k: v for k, v in value.items() if k not in ("level", "reason")},
-            )
-            for name, value in data.get("checks", {}).items()
-        )
-        return cls(data["verdict"], checks, data.get("calibration"))
-
-
-def worst(levels: list[Verdict]) -> Verdict:
-    return max(levels, key=VERDICTS.index, default="ok")
-
-
-#: Checks that look at the pixels (the others at the file and the model).
-EVIDENCE_CHECKS = ("vegetation", "confidence", "colour")
-
-
-def judge(checks: list[Check]) -> Verdict:
-    """The verdict: the worst check's level; ``unreliable`` also when two of the
-    pixel checks (:data:`EVIDENCE_CHECKS`) doubt the map independently."""
-    doubts = sum(c.level == "doubtful" for c in checks if c.name in EVIDENCE_CHECKS)
-    return "unreliable" if doubts >= 2 else worst([c.level for c in checks])
 
 
 def _cm(gsd_m: float) -> str:

@@ -88,8 +88,8 @@ def batch_logging(results_dir: Path, quiet: bool) -> Iterator[logging.FileHandle
 
 def execute(args: argparse.Namespace) -> int:
     from agriseg.batch import BatchOptions, run_batch
-    from agriseg.plants import count_run
-    from agriseg.prescriptions import prescribe
+    from agriseg.field.plants import count_run
+    from agriseg.field.prescriptions import prescribe
 
     options = BatchOptions(pattern=args.pattern, force=args.force, checksum=args.checksum)
     prescription = prescription_options_from_args(args)  # a bad table fails first
@@ -122,8 +122,7 @@ def execute(args: argparse.Namespace) -> int:
             except UnreliableMapError as exc:  # the other surveys still get theirs
                 print(f"agriseg batch: {exc}", file=sys.stderr)
                 refused += 1
-        if not args.quiet:
-            print_prescriptions(prescribed)
+        print_prescriptions(prescribed, quiet=args.quiet)
     if plants is not None:
         counted = []
         for s in done:

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from agriseg.config import FORMAT_CHOICES, REFINEMENTS, HealthOptions
+from agriseg.config import FORMAT_CHOICES, ISOXML_LAYOUTS, REFINEMENTS, HealthOptions
 from agriseg.errors import InputError
 
 if TYPE_CHECKING:
-    from agriseg.plants import PlantOptions, PlantResult
-    from agriseg.prescriptions import PrescriptionOptions, PrescriptionResult
+    from agriseg.field.plants import PlantOptions, PlantResult
+    from agriseg.field.prescriptions import PrescriptionOptions, PrescriptionResult
 
 
 def band_list(text: str) -> tuple[int, ...]:
@@ -289,7 +289,7 @@ def _percent(value: float | None) -> str:
 
 def verdict_line(summary: dict[str, Any]) -> str:
     """The run's reliability verdict as it leads the summary line (``UNRELIABLE (...)``)."""
-    from agriseg.reliability import Reliability
+    from agriseg.health.verdict import Reliability
 
     data = summary.get("reliability")
     return "UNCHECKED" if data is None else Reliability.from_json(data).headline()
@@ -379,11 +379,40 @@ def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = 
         default=2.0,
         help="rate on the weed patches, in the rate table's unit (default 2.0; l/ha without one)",
     )
+    group.add_argument(
+        "--isoxml",
+        choices=ISOXML_LAYOUTS,
+        default="grid",
+        help="how the ISOXML task data carries the rates: grid (a rate per grid cell, read "
+        "by every terminal with TC-GEO) or zones (polygons, optional on terminals; "
+        "default grid)",
+    )
+    group.add_argument(
+        "--cell",
+        type=float,
+        default=None,
+        metavar="M",
+        help="cell edge of the ISOXML grid, metres (default: the --grid zones' own; "
+        "1 m for spot spraying, 5 m for --fields)",
+    )
+    for name, what in (
+        ("customer", "customer"),
+        ("farm", "farm"),
+        ("field", "field (partfield) the terminal lists the tasks under; default: the survey's"),
+        ("product", "product applied"),
+    ):
+        group.add_argument(
+            f"--{name}",
+            default=None,
+            metavar="NAME",
+            help=f"name of the {what} (wins over the rate table's '{name}:' line)",
+        )
 
 
 def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOptions | None:
     """The prescription options, or ``None`` when ``run``/``batch`` were not asked for any."""
-    from agriseg.prescriptions import PrescriptionOptions, parse_rate_table, read_rate_table
+    from agriseg.field.prescriptions import PrescriptionOptions, parse_rate_table, read_rate_table
+    from agriseg.field.taskdata import TaskNames
 
     if not (getattr(args, "prescribe", True) or args.rates or args.rate):
         return None
@@ -415,19 +444,28 @@ def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOpti
         rates=rates,
         # after a run, its fields are rated when it has no grid
         fields=args.fields if not after_run or args.grid is None else None,
+        isoxml=args.isoxml,
+        cell_m=args.cell,
+        names=TaskNames(args.customer, args.farm, args.field, args.product),
     )
 
 
-def print_prescriptions(results: Sequence[PrescriptionResult]) -> None:
-    """One row per prescription file written."""
-    rows = []
+def print_prescriptions(results: Sequence[PrescriptionResult], quiet: bool = False) -> None:
+    """One row per prescription and its files (unless ``quiet``), then any warning on
+    stderr (always)."""
+    if not quiet:
+        rows = []
+        for r in results:
+            zones = ", ".join(f"{n} at {rate:g}" for rate, n in sorted(r.zone_rates.items()))
+            share = f"{r.spot_share:.0%}"
+            rows.append((r.stem, r.spot_sections, r.spot_area_m2, share, zones or "-"))
+        print_table(("input", "spray sections", "spray area m²", "of surveyed", "zones"), rows)
+        for r in results:
+            for path in r.outputs.values():
+                print(path)
     for r in results:
-        zones = ", ".join(f"{n} at {rate:g}" for rate, n in sorted(r.zone_rates.items()))
-        rows.append((r.stem, r.spot_sections, r.spot_area_m2, zones or "-"))
-    print_table(("input", "spray sections", "spray area m²", "zones"), rows)
-    for r in results:
-        for path in r.outputs.values():
-            print(path)
+        for line in r.warnings:
+            print(f"warning: {line}", file=sys.stderr)
 
 
 def add_plant_options(parser: argparse.ArgumentParser) -> None:
@@ -443,7 +481,7 @@ def add_plant_options(parser: argparse.ArgumentParser) -> None:
 def plant_options_from_args(args: argparse.Namespace) -> PlantOptions | None:
     if not getattr(args, "plants", False):
         return None
-    from agriseg.plants import PlantOptions
+    from agriseg.field.plants import PlantOptions
 
     return PlantOptions(fields=args.fields, grid_m=args.grid)
 

@@ -65,9 +65,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.pipeline import default_out_dir, segment_raster
-    from agriseg.plants import count_run
-    from agriseg.prescriptions import prescribe
+    from agriseg.field.plants import count_run
+    from agriseg.field.prescriptions import prescribe
+    from agriseg.run import default_out_dir, segment_raster
 
     out = args.out or default_out_dir(args.input)
     prescription = common.prescription_options_from_args(args)  # a bad table fails first
@@ -97,8 +97,7 @@ def execute(args: argparse.Namespace) -> int:
             )
     if prescription is not None:
         results = prescribe(out, prescription, stems=[args.input.stem], force=args.force_unreliable)
-        if not args.quiet:
-            common.print_prescriptions(results)
+        common.print_prescriptions(results, quiet=args.quiet)
     if plants is not None:
         counted = count_run(out, plants, stems=[args.input.stem], force=args.force_unreliable)
         if not args.quiet:

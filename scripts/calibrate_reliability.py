@@ -38,19 +38,14 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-from agriseg.calibration import read_calibration, update_calibration
 from agriseg.config import HealthOptions, RunConfig
-from agriseg.models import ALIASES, find_model
-from agriseg.pipeline import segment_raster
-from agriseg.reliability import (
-    DEFAULT_THRESHOLDS,
-    JUDGES,
-    Check,
-    check_scale,
-    judge,
-)
-from agriseg.scale import decide_scale
-from agriseg.synthetic import draw_params, generate_survey, write_survey
+from agriseg.health.verdict import Check, judge
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.models.registry import ALIASES, find_model
+from agriseg.reliability import DEFAULT_THRESHOLDS, JUDGES, check_scale
+from agriseg.run import segment_raster
+from agriseg.segmentation.calibration import read_calibration, update_calibration
+from agriseg.segmentation.scale import decide_scale
 
 PEANUT = Path("/work/shared/data/peanut")
 IN_DOMAIN_SEEDS = range(30001, 30021)

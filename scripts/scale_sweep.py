@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agriseg.calibration import update_calibration
 from agriseg.config import HealthOptions, RunConfig
-from agriseg.evaluation import evaluate_raster
-from agriseg.models import ALIASES, find_model
-from agriseg.scale import MAX_DOWNSAMPLE, MAX_UPSAMPLE, ScalePolicy
-from agriseg.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.evaluation import evaluate_raster
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.models.registry import ALIASES, find_model
+from agriseg.segmentation.calibration import update_calibration
+from agriseg.segmentation.scale import MAX_DOWNSAMPLE, MAX_UPSAMPLE, ScalePolicy
 
 GSDS_CM = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 TARGETS_CM = (0.5, 0.7, 1.0, 1.25, 1.5, 2.0, 2.9, 4.0)

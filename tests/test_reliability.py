@@ -14,20 +14,19 @@ import rasterio
 from affine import Affine
 from PIL import Image
 
-from agriseg.calibration import Calibration, ScaleRange, read_calibration
-from agriseg.models import find_model
+from agriseg.health.reliability_stamps import BANNER_COLOURS
+from agriseg.health.vegetation import VegetationHistogram, compute_index
+from agriseg.health.verdict import Reliability, judge
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.models.registry import find_model
 from agriseg.reliability import (
     DEFAULT_THRESHOLDS,
-    Reliability,
     check_scale,
     check_vegetation,
-    judge,
     vegetation_values,
 )
-from agriseg.reliability_stamps import BANNER_COLOURS
-from agriseg.scale import ScalePolicy, decide_scale
-from agriseg.synthetic import draw_params, generate_survey, write_survey
-from agriseg.vegetation import VegetationHistogram, compute_index
+from agriseg.segmentation.calibration import Calibration, ScaleRange, read_calibration
+from agriseg.segmentation.scale import ScalePolicy, decide_scale
 
 PEANUT = Path("/work/shared/data/peanut/images")
 FAST = ("--device", "cpu", "--quiet")
@@ -89,7 +88,7 @@ def test_scale_check_against_the_measured_range_finer_and_coarser():
 
 
 def test_two_independent_doubts_make_a_map_unreliable():
-    from agriseg.reliability import Check
+    from agriseg.health.verdict import Check
 
     one = [Check("vegetation", "doubtful", "a"), Check("scale", "ok", None)]
     assert judge(one) == "doubtful"
@@ -299,7 +298,7 @@ def test_prescribe_refuses_an_unreliable_run_and_force_records_the_override(
 
 def test_plants_refuses_rows_closer_than_the_imagery_resolves(tmp_path: Path):
     from agriseg.errors import UnreliableMapError
-    from agriseg.trust import check_resolved
+    from agriseg.field.trust import check_resolved
 
     with pytest.raises(UnreliableMapError, match=r"plant spacing 2\.0 px is below the 4 px"):
         check_resolved(tmp_path / "x.classes.tif", 25.0, 2.0, force=False)
