@@ -28,6 +28,7 @@ from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.health.health_stream import HealthStream
 from agriseg.health.products import ClassRaster, HealthJob, TaskRunner, plan_health
+from agriseg.health.qgis import class_raster_style
 from agriseg.health.reliability_stamps import stamp_products
 from agriseg.health.verdict import Reliability
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
@@ -432,6 +433,8 @@ def segment_raster(
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()
         writer.to_cogs()
+        qml = transaction.stage(plan.paths["classes_qml"])
+        qml.write_text(class_raster_style(plan.meta.classes), encoding="utf-8")
         stages["cog"] = round(time.perf_counter() - converting, 3)
         stamp_products(staging, stem, reliability)
         health["outputs"] = {}

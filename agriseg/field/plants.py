@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from agriseg.health.vectorize import blocks
 from agriseg.health.zones import field_labeller, grid_labeller, make_grid, read_fields
 from agriseg.io.areas import pixel_size_m
 from agriseg.io.atomic import write_text_atomic
+from agriseg.io.geopackage import write_layer
 
 #: Share of a slot's core that plant pixels must cover for the slot to hold a plant.
 OCCUPIED = 0.75
@@ -602,10 +602,9 @@ def write_plants(
     """Write the ``plants`` and ``missing_plants`` point layers and the JSON summary
     (with the run's ``reliability`` record, see :mod:`agriseg.field.trust`), each file
     atomically; ``stamp`` adds to the GeoPackage before it appears."""
-    with geopackage_output(gpkg) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        count.plants.to_file(tmp, driver="GPKG", layer="plants")
-        count.missing.to_file(tmp, driver="GPKG", layer="missing_plants")
+    with geopackage_output(gpkg) as tmp:
+        write_layer(count.plants, tmp, "plants")
+        write_layer(count.missing, tmp, "missing_plants")
         if stamp is not None:
             stamp(tmp)
     data = count.summary(transform)

@@ -45,6 +45,7 @@ from agriseg.field.taskdata import RATE_UNITS, WGS84, TaskNames, build_taskdata
 from agriseg.health.qgis import WEED_PRESSURE_RANGES, graduated_qml, write_layer_styles
 from agriseg.health.zones import grid_crs, join_slivers, read_fields
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
+from agriseg.io.geopackage import write_layer
 
 #: Rate units of the rate tables (see :data:`agriseg.field.taskdata.RATE_UNITS`).
 Unit = Literal["l/ha", "kg/ha"]
@@ -705,11 +706,10 @@ def write_prescription_gpkg(
     """``prescriptions`` (by layer) in one GeoPackage, each layer styled by rate."""
     tmp = transaction.stage(final)
     for layer, prescription in prescriptions.items():
-        pyogrio.write_dataframe(
+        write_layer(
             prescription.frame,
             tmp,
-            layer=layer,
-            driver="GPKG",
+            layer,
             **_geometry_options(prescription.frame),
             append=tmp.exists(),
         )
