@@ -311,3 +311,19 @@ def test_headline_round_trips_through_summary_json(aerial_run):
     again = Reliability.from_json(data)
     assert again.to_json()["reasons"] == data["reasons"]
     assert again.headline().startswith("UNRELIABLE (model out of its depth: ")
+
+
+def test_batch_refuses_plants_for_an_unreliable_survey_only(
+    surveys, tmp_path: Path, run_cli, capsys
+):
+    folder = tmp_path / "surveys"
+    folder.mkdir()
+    _copy(surveys["30cm"], folder / "aerial.tif")
+    _copy(surveys["in"], folder / "good.tif")
+    out = tmp_path / "results"
+    args = ("batch", folder, "--out", out, "--device", "cpu", "--no-preview", "--plants")
+    assert run_cli(*args) == 2
+    refused = [line for line in capsys.readouterr().err.splitlines() if "refusing" in line]
+    assert len(refused) == 1 and "aerial.summary.json" in refused[0]
+    assert not list((out / "aerial").glob("*.plants.*"))
+    assert (out / "good" / "good.plants.json").is_file()
