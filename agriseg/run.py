@@ -340,7 +340,12 @@ def _summarise(
             "engine": plan.engine,
             "precision": model_precision(plan.weights),
         },
-        "scale": plan.tiles.summary(),
+        # Flagged too where the measured range says so, finer inputs included.
+        "scale": {
+            **plan.tiles.summary(),
+            "unreliable": plan.tiles.scale.unreliable
+            or any(c.name == "scale" and c.level == "unreliable" for c in reliability.checks),
+        },
         "tiles": plan.tiles.grid.n_tiles,
         "valid_pixels": valid,
         "classes": class_table(tally.pixels, tally.area_m2, meta.classes),

@@ -209,6 +209,7 @@ def test_real_close_up_photo_is_not_trusted(gsd, tmp_path: Path, run_cli, capsys
     if gsd is not None:
         assert reliability["verdict"] == "unreliable"
         assert reliability["checks"]["scale"]["level"] == "unreliable"
+        assert json.loads((out / "0010.summary.json").read_text())["scale"]["unreliable"]
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(reliability["verdict"].upper())
 
