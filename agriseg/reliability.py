@@ -44,7 +44,7 @@ from agriseg.io.raster import RasterInfo, open_dataset, read_window
 from agriseg.io.spectral import band_names, find_bands
 from agriseg.models.meta import ModelMeta, pixel_kind
 from agriseg.segmentation.calibration import Calibration
-from agriseg.segmentation.scale import Scale
+from agriseg.segmentation.scale import Scale, format_gsd
 
 #: Confidence (0-100) below which a pixel counts as unsure.
 LOW_CONFIDENCE = 60
@@ -67,10 +67,6 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     # Without a measured range: ratios of the input's GSD to the model's.
     "scale": {"holds_ratio": 2.0, "usable_ratio": 4.0},
 }
-
-
-def _cm(gsd_m: float) -> str:
-    return f"{100 * gsd_m:.2g} cm" if gsd_m < 1 else f"{gsd_m:.3g} m"
 
 
 def check_scale(scale: Scale, calibration: Calibration, model_gsd_m: float | None) -> Check:
@@ -97,7 +93,7 @@ def check_scale(scale: Scale, calibration: Calibration, model_gsd_m: float | Non
         return Check("scale", "ok", None, values)
     values.update(holds_from_m=holds[0], holds_to_m=holds[1])
     values.update(usable_from_m=usable[0], usable_to_m=usable[1])
-    measured = f"measured to hold up from {_cm(holds[0])} to {_cm(holds[1])}"
+    measured = f"measured to hold up from {format_gsd(holds[0])} to {format_gsd(holds[1])}"
     side = "finer" if gsd < holds[0] else "coarser"
     if usable[0] <= gsd <= usable[1]:
         if holds[0] <= gsd <= holds[1]:
@@ -105,13 +101,13 @@ def check_scale(scale: Scale, calibration: Calibration, model_gsd_m: float | Non
         return Check(
             "scale",
             "doubtful",
-            f"ground sampling distance {_cm(gsd)} is {side} than the model is {measured}",
+            f"ground sampling distance {format_gsd(gsd)} is {side} than the model is {measured}",
             values,
         )
     return Check(
         "scale",
         "unreliable",
-        f"ground sampling distance {_cm(gsd)} is far {side} than the model is {measured}",
+        f"ground sampling distance {format_gsd(gsd)} is far {side} than the model is {measured}",
         values,
     )
 

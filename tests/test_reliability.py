@@ -187,7 +187,7 @@ def test_in_domain_survey_is_not_unreliable(in_domain_run):
 def test_the_same_field_at_30_cm_is_unreliable_and_says_why(aerial_run):
     reliability = _summary(aerial_run)["reliability"]
     assert reliability["verdict"] == "unreliable"
-    assert any("30 cm" in r and "coarser" in r for r in reliability["reasons"])
+    assert any("30.0 cm" in r and "coarser" in r for r in reliability["reasons"])
 
 
 def test_grey_low_light_copy_is_not_trusted(surveys, tmp_path: Path, run_cli):
@@ -212,6 +212,9 @@ def test_real_close_up_photo_is_not_trusted(gsd, tmp_path: Path, run_cli, capsys
         assert json.loads((out / "0010.summary.json").read_text())["scale"]["unreliable"]
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(reliability["verdict"].upper())
+    with Image.open(out / "0010.preview.png") as png:  # the photo's preview has its banner
+        banner = png.convert("RGB").getpixel((png.width - 2, 1))
+    assert banner == BANNER_COLOURS[reliability["verdict"]]
 
 
 # -- where users see it ------------------------------------------------------------

@@ -27,6 +27,7 @@ each plant's ``class`` is the class of most of its pixels.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -46,12 +47,13 @@ from scipy import ndimage
 from agriseg.classes import NODATA, ClassList
 from agriseg.errors import InputError
 from agriseg.health.health_stats import ZoneLabeller, raster_crs
-from agriseg.health.vector_outputs import geopackage_output
 from agriseg.health.vectorize import blocks
 from agriseg.health.zones import field_labeller, grid_labeller, make_grid, read_fields
 from agriseg.io.areas import pixel_size_m
-from agriseg.io.atomic import write_text_atomic
+from agriseg.io.atomic import OutputTransaction, output_transaction
 from agriseg.io.geopackage import write_layer
+from agriseg.io.ownership import PLANT_KINDS, check_free, output_paths, record_outputs
+from agriseg.io.raster import GEOREFERENCE_FIX
 
 #: Share of a slot's core that plant pixels must cover for the slot to hold a plant.
 OCCUPIED = 0.75
@@ -596,21 +598,29 @@ def write_plants(
     transform: Affine,
     gpkg: Path,
     summary: Path,
+    transaction: OutputTransaction | None = None,
     reliability: dict[str, Any] | None = None,
     stamp: Callable[[Path], None] | None = None,
 ) -> None:
     """Write the ``plants`` and ``missing_plants`` point layers and the JSON summary
-    (with the run's ``reliability`` record, see :mod:`agriseg.field.trust`), each file
-    atomically; ``stamp`` adds to the GeoPackage before it appears."""
-    with geopackage_output(gpkg) as tmp:
-        write_layer(count.plants, tmp, "plants")
-        write_layer(count.missing, tmp, "missing_plants")
+    (with the run's ``reliability`` record, see :mod:`agriseg.field.trust`), staged in
+    ``transaction`` (both appear together), or each file atomically; ``stamp`` adds to
+    the GeoPackage before it appears."""
+    with contextlib.ExitStack() as stack:
+        if transaction is None:
+            transaction = stack.enter_context(output_transaction())
+        staged = transaction.stage(gpkg)
+        # GDAL wants the GeoPackage's extension on the file it writes.
+        work = staged.with_name(staged.name + gpkg.suffix)
+        transaction.adopt(work, gpkg)
+        write_layer(count.plants, work, "plants")
+        write_layer(count.missing, work, "missing_plants")
         if stamp is not None:
-            stamp(tmp)
-    data = count.summary(transform)
-    if reliability is not None:
-        data = {"reliability": reliability, **data}
-    write_text_atomic(summary, json.dumps(data, indent=2) + "\n")
+            stamp(work)
+        data = count.summary(transform)
+        if reliability is not None:
+            data = {"reliability": reliability, **data}
+        transaction.stage(summary).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def count_run(
@@ -621,16 +631,27 @@ def count_run(
 ) -> list[PlantResult]:
     """Count the plants of every run in ``run_dir`` (a run's or a batch's ``--out``; or
     those of ``stems``) and write ``<stem>.plants.gpkg`` and ``<stem>.plants.json``
-    beside each run's outputs.
+    beside each run's outputs, listed in its summary.
 
-    Every run is checked before anything is written: an ``unreliable`` map, or rows or
-    plants closer than the imagery resolves, raise :class:`UnreliableMapError` unless
-    ``force`` (recorded in ``plants.json`` under ``reliability``; see :mod:`agriseg.field.trust`).
+    A file of either name that the run's summary does not list (e.g. the generator's
+    truth ``<stem>.plants.gpkg`` in the input's folder) is never replaced: the count
+    is refused before anything is written (see :mod:`agriseg.io.ownership`). So is an
+    ``unreliable`` map, or rows or plants closer than the imagery resolves, unless
+    ``force`` (recorded in ``plants.json`` under ``reliability``; see
+    :mod:`agriseg.field.trust`).
     """
     from agriseg.field.prescriptions import find_runs
     from agriseg.field.trust import admit, check_resolved, stamp_for
 
     runs = [r for r in find_runs(run_dir) if stems is None or r.stem in stems]
+    for run in runs:
+        if run.summary.get("input", {"crs": ""}).get("crs") is None:
+            raise InputError(
+                f"{run.summary_path}: the run was on a plain image's pixel grid (no CRS), so "
+                f"plants cannot be spaced in metres or placed on a map; {GEOREFERENCE_FIX}"
+            )
+        inputs = [options.fields] if options.fields else []
+        check_free(run.run_dir, run.stem, PLANT_KINDS, inputs)
     records = admit(runs, "count plants", force)
     counted = []
     for run in runs:
@@ -650,9 +671,13 @@ def count_run(
     for run, count in counted:
         with rasterio.open(run.run_dir / f"{run.stem}.classes.tif") as src:
             transform = src.transform
-        gpkg = run.run_dir / f"{run.stem}.plants.gpkg"
-        summary = run.run_dir / f"{run.stem}.plants.json"
+        paths = output_paths(run.run_dir, run.stem, PLANT_KINDS)
+        gpkg, summary = paths["plants_gpkg"], paths["plants_json"]
         record = records[run.stem]
-        write_plants(count, transform, gpkg, summary, record, stamp_for(run, record))
+        with output_transaction() as transaction:
+            write_plants(
+                count, transform, gpkg, summary, transaction, record, stamp_for(run, record)
+            )
+            record_outputs(transaction, run.run_dir, run.stem, paths.values())
         results.append(PlantResult(run.stem, count, gpkg, summary))
     return results

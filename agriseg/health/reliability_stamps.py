@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from agriseg.health.preview import PngWriter
 from agriseg.health.verdict import Reliability, Verdict
-from agriseg.segmentation.raster_outputs import OUTPUT_SUFFIXES
+from agriseg.io.ownership import OUTPUT_SUFFIXES
 
 #: Banner colours: green, amber, red.
 BANNER_COLOURS: dict[Verdict, tuple[int, int, int]] = {
