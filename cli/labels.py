@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def execute(args: argparse.Namespace) -> int:
     from agriseg.classes import ClassList
-    from agriseg.label_layer import LABEL_COLUMN, init_label_layer
+    from agriseg.learning.label_layer import LABEL_COLUMN, init_label_layer
     from agriseg.models.registry import find_model
 
     if args.classes is not None:

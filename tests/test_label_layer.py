@@ -22,7 +22,7 @@ from test_qgis import qgis_python
 
 from agriseg.classes import DEFAULT_CLASSES, ClassList
 from agriseg.io.grid import Grid
-from agriseg.label_layer import LABEL_LAYER, init_label_layer
+from agriseg.learning.label_layer import LABEL_LAYER, init_label_layer
 from agriseg.learning.labels import Labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
