@@ -48,7 +48,7 @@ class HealthStream:
         image_path: The segmented image (for the preview).
         out_dir: Folder the products are written to.
         stem: Base name of the products.
-        runner: Where the blocks are sieved and polygonised (see :meth:`HealthJob.run`).
+        runner: Where the patches are sieved and polygonised (see :meth:`HealthJob.run`).
     """
 
     def __init__(

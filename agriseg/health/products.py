@@ -59,17 +59,17 @@ from agriseg.health.vector_outputs import (
     geopackage_output,
 )
 from agriseg.health.vectorize import (
-    BlockPolygons,
-    BlockTask,
-    FileBlockTask,
+    FilePatchTask,
+    PatchPolygons,
+    PatchTask,
     PolygonBatch,
     PolygonSettings,
     StripPolygons,
-    block_tasks,
-    file_block_tasks,
+    file_patch_tasks,
     finish_polygons,
     ignore_interrupts,
-    run_block,
+    patch_tasks,
+    run_patch,
     sieve_halo,
     sieve_size,
     warm_up,
@@ -100,7 +100,7 @@ from agriseg.health.zones import (
     zone_frame,
 )
 
-#: Most rows per strip of the health pass (blocks are ``block_size`` px wide).
+#: Most rows per strip of the health pass (patches are ``patch_size`` px wide).
 STRIP_ROWS = 2048
 
 #: Most pixels per strip: wide rasters get shorter strips, so the pass's memory does
@@ -122,16 +122,16 @@ LARGE_SURVEY_PX = 25_000_000
 #: Roles whose classes ``--polygons roles`` vectorises: the patches sprayers act on.
 PATCH_ROLES = ("weed", "disease")
 
-#: Roles whose regions span the field: cut on the grid of blocks unless
+#: Roles whose regions span the field: cut on the grid of patches unless
 #: ``--whole-regions``.
 FIELD_ROLES = ("background", "crop")
 
-#: Strips whose blocks may be in flight at once, beyond the one being joined.
+#: Strips whose patches may be in flight at once, beyond the one being joined.
 STRIPS_AHEAD = 2
 
 #: Pixels below which a health pass without ``workers`` runs in this process: starting
 #: worker processes (about a second of imports each) costs more than they save on a
-#: pass of a second or two (8 Mpx: two 2048 x 2048 blocks; `agriseg bench`'s 2048² stays
+#: pass of a second or two (8 Mpx: two 2048 x 2048 patches; `agriseg bench`'s 2048² stays
 #: in one process).
 PARALLEL_MIN_PX = 8_388_608
 
@@ -295,17 +295,17 @@ class HealthJob:
     def strip_height(self) -> int:
         """Rows per strip: short strips let a run's health pass follow close behind it,
         and bound its memory on wide rasters (see :data:`STRIP_PIXELS`). Always a
-        divisor of ``block_size``, so strip seams fall on the edges of the grid of
+        divisor of ``patch_size``, so strip seams fall on the edges of the grid of
         cells that field-spanning regions are cut on (see :class:`StripPolygons`)."""
         by_width = max(MIN_STRIP_ROWS, STRIP_PIXELS // max(1, self.grid.width))
-        size = self.options.block_size
+        size = self.options.patch_size
         limit = min(size, STRIP_ROWS, by_width)
         return max(d for d in range(1, limit + 1) if size % d == 0)
 
     @property
     def halo(self) -> int:
         """Context rows each strip needs around it (for sieving)."""
-        return sieve_halo(self.sieve_px, self.options.block_size)
+        return sieve_halo(self.sieve_px, self.options.patch_size)
 
     def polygon_settings(
         self,
@@ -313,7 +313,7 @@ class HealthJob:
         keep_sieved: bool = True,
         picks: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> PolygonSettings:
-        """What each block's polygons are made of (classes, vegetation indices) and what
+        """What each patch's polygons are made of (classes, vegetation indices) and what
         it sends back of its sieved pixels (see :class:`PolygonSettings`)."""
         vectorized = np.zeros(256, dtype=bool)
         vectorized[list(self.polygon_ids)] = True
@@ -324,7 +324,7 @@ class HealthJob:
         )
 
     def whole_classes(self) -> np.ndarray:
-        """Which class ids' regions are joined across block seams (a boolean per value)."""
+        """Which class ids' regions are joined across patch seams (a boolean per value)."""
         whole = np.ones(256, dtype=bool)
         if not self.options.whole_regions:
             whole[[c.id for c in self.raster.classes if c.role in FIELD_ROLES]] = False
@@ -332,7 +332,7 @@ class HealthJob:
 
     def file_strips(self, classes_path: Path, confidence_path: Path | None) -> Iterator[FileStrip]:
         """The strips this pass takes of finished class and confidence rasters (read by
-        the processes that sieve their blocks, or here for a cluster's)."""
+        the processes that sieve their patches, or here for a cluster's)."""
         return raster_file_strips(classes_path, confidence_path, self.strip_height, self.halo)
 
     def run(
@@ -345,7 +345,7 @@ class HealthJob:
     ) -> dict[str, Any]:
         """Write the products of the raster whose strips (top to bottom) are ``strips``.
 
-        Blocks are sieved and polygonised, and polygons made into GeoJSON text, by
+        Patches are sieved and polygonised, and polygons made into GeoJSON text, by
         ``runner`` (from :meth:`task_runner`, entered early so its processes start while
         the raster is still being made), else by one made here. See
         :func:`write_health_products` for the files and the returned summary.
@@ -423,7 +423,7 @@ class Pending(Protocol[T_co]):
 
 @dataclass(frozen=True)
 class TaskRunner:
-    """Where the parallel tasks of a health pass run (the blocks, :func:`run_block`, and
+    """Where the parallel tasks of a health pass run (the patches, :func:`run_patch`, and
     the GeoJSON text, :func:`~agriseg.health.geojson.feature_text`): ``runner(fn, *args)``
     starts ``fn(*args)`` and returns its pending result.
 
@@ -452,8 +452,8 @@ def _run_inline(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
 def task_runner(
     client: Client | None, workers: int | None, pixels: int = 0
 ) -> Iterator[TaskRunner]:
-    """Where the tasks of a health pass run: blocks sieved and polygonised
-    (:func:`run_block`) and polygons made into GeoJSON text.
+    """Where the tasks of a health pass run: patches sieved and polygonised
+    (:func:`run_patch`) and polygons made into GeoJSON text.
 
     On ``client``'s Dask workers when the run has a cluster; else on ``workers``
     local processes (default: one per core for rasters of ``pixels`` >=
@@ -500,16 +500,16 @@ class _GeoJSONTexts:
     """The GeoJSON text of the polygon batches, made where a core is free and written in
     order.
 
-    This process makes slices while it would only wait for blocks (:meth:`make_while`);
+    This process makes slices while it would only wait for patches (:meth:`make_while`);
     slices it has not made go to the runner once more than ``2 x runner.parallel`` wait,
-    and all of them once the runner has no blocks left (:attr:`runner_idle`).
+    and all of them once the runner has no patches left (:attr:`runner_idle`).
     """
 
     def __init__(self, writer: GeoJSONWriter, run: TaskRunner) -> None:
         self._writer = writer
         self._run = run
         self._texts: deque[_Text] = deque()
-        #: Whether the runner has no more blocks to run.
+        #: Whether the runner has no more patches to run.
         self.runner_idle = False
 
     def add(self, frame: gpd.GeoDataFrame) -> None:
@@ -596,13 +596,13 @@ def _write_polygons(
     """Sieve ``strips`` (into ``sieved`` unless None) and vectorise them into ``files``,
     in one pass.
 
-    Each strip's blocks go to ``run`` as soon as the strip arrives, up to
+    Each strip's patches go to ``run`` as soon as the strip arrives, up to
     :data:`STRIPS_AHEAD` strips ahead of the one being joined; joining, numbering and
     writing take the strips in order, so the products do not depend on where or in
-    which order the blocks ran. Sieved strips also go to ``preview``; ``indices`` are
+    which order the patches ran. Sieved strips also go to ``preview``; ``indices`` are
     averaged per polygon. Returns the number of polygons, how many of them the GeoJSON
     left out because they cannot be projected to WGS84, each index's mean over every
-    valid pixel, and the pixel count of each value (0-255) in every ``block_size``
+    valid pixel, and the pixel count of each value (0-255) in every ``patch_size``
     window of the raster, row by row (see :func:`~agriseg.health.health_stats.planar_class_areas`).
     """
     grid, options = job.grid, job.options
@@ -618,58 +618,58 @@ def _write_polygons(
         "zlevel": 1,
     }
     names = indices.names if indices is not None else ()
-    # Blocks send back only what this process uses of their sieved pixels.
+    # Patches send back only what this process uses of their sieved pixels.
     settings = job.polygon_settings(
         indices,
         keep_sieved=sieved is not None,
         picks=preview.picks if preview is not None else None,
     )
-    polygons = StripPolygons(grid.height, grid.width, options.block_size, whole=job.whole_classes())
+    polygons = StripPolygons(grid.height, grid.width, options.patch_size, whole=job.whole_classes())
     value_sum = np.zeros(len(names))
     value_count = np.zeros(len(names))
-    # Strips are at most block_size rows and divide it: each window of the block grid
-    # sums the counts of the strips' blocks in it (integers, so in any order).
+    # Strips are at most patch_size rows and divide it: each window of the patch grid
+    # sums the counts of the strips' patches in it (integers, so in any order).
     class_counts: dict[tuple[int, int], np.ndarray] = {}
 
-    size = options.block_size
+    size = options.patch_size
 
-    def join(found: list[BlockPolygons], dst: rasterio.io.DatasetWriter | None) -> PolygonBatch:
-        for block in found:
-            value_sum[:] += block.value_sum
-            value_count[:] += block.value_count
-            key = (int(block.window.row_off) // size, int(block.window.col_off) // size)
-            class_counts[key] = class_counts.get(key, 0) + block.class_counts
+    def join(found: list[PatchPolygons], dst: rasterio.io.DatasetWriter | None) -> PolygonBatch:
+        for patch in found:
+            value_sum[:] += patch.value_sum
+            value_count[:] += patch.value_count
+            key = (int(patch.window.row_off) // size, int(patch.window.col_off) // size)
+            class_counts[key] = class_counts.get(key, 0) + patch.class_counts
         row_off = int(found[0].window.row_off)
         if dst is not None:
-            core = np.concatenate([block.sieved for block in found], axis=1)
+            core = np.concatenate([patch.sieved for patch in found], axis=1)
             dst.write(core, 1, window=Window(0, row_off, grid.width, core.shape[0]))
         if preview is not None:
-            preview.add(np.concatenate([block.picked for block in found], axis=1), row_off)
-        return polygons.add_blocks(found)
+            preview.add(np.concatenate([patch.picked for patch in found], axis=1), row_off)
+        return polygons.add_patches(found)
 
     def pixel_batches(dst: rasterio.io.DatasetWriter | None) -> Iterator[PolygonBatch]:
-        in_flight: deque[list[Pending[BlockPolygons]]] = deque()
+        in_flight: deque[list[Pending[PatchPolygons]]] = deque()
         for strip in strips:
-            tasks: Sequence[BlockTask | FileBlockTask]
+            tasks: Sequence[PatchTask | FilePatchTask]
             if isinstance(strip, FileStrip) and run.local:
-                tasks = file_block_tasks(strip, job.sieve_px, options.block_size)
+                tasks = file_patch_tasks(strip, job.sieve_px, options.patch_size)
             else:  # a cluster's workers may not see this machine's files
                 read = strip.read() if isinstance(strip, FileStrip) else strip
-                tasks = block_tasks(read, job.sieve_px, options.block_size)
-            in_flight.append([run(run_block, task, settings) for task in tasks])
+                tasks = patch_tasks(read, job.sieve_px, options.patch_size)
+            in_flight.append([run(run_patch, task, settings) for task in tasks])
             if len(in_flight) > STRIPS_AHEAD:
                 yield join(results(in_flight.popleft()), dst)
         while in_flight:
             found = results(in_flight.popleft())
             if not in_flight and texts is not None:
-                texts.runner_idle = True  # the blocks are done: the last text can go there
+                texts.runner_idle = True  # the patches are done: the last text can go there
             yield join(found, dst)
 
-    def results(found: list[Pending[BlockPolygons]]) -> list[BlockPolygons]:
+    def results(found: list[Pending[PatchPolygons]]) -> list[PatchPolygons]:
         if texts is not None:
-            for block in found:
-                texts.make_while(block)
-        return [block.result() for block in found]
+            for patch in found:
+                texts.make_while(patch)
+        return [patch.result() for patch in found]
 
     with contextlib.ExitStack() as stack:
         dst = stack.enter_context(rasterio.open(sieved, "w", **profile)) if sieved else None
@@ -710,7 +710,7 @@ class _Statistics:
 
 def _reads_sieved(job: HealthJob) -> bool:
     """Whether the statistics read the sieved raster back: for fields and grid cells, and
-    for class areas on CRSs whose pixel area varies; else the blocks' counts suffice."""
+    for class areas on CRSs whose pixel area varies; else the patches' counts suffice."""
     return job.fields is not None or job.options.grid_m is not None or not is_planar_metric(job.crs)
 
 
@@ -719,7 +719,7 @@ def _statistics(
 ) -> _Statistics:
     """Class areas of the whole raster, its fields and its grid cells, in one read of the
     sieved raster (and one of the image for the vegetation indices); without ``sieved``
-    (see :func:`_reads_sieved`), the class areas from the blocks' pixel ``counts``."""
+    (see :func:`_reads_sieved`), the class areas from the patches' pixel ``counts``."""
     grid, options, classes = job.grid, job.options, job.raster.classes
     if sieved is None:
         area = float(pixel_area_rows_m2(job.crs, grid.transform, np.zeros(1), 0.0)[0])
@@ -731,11 +731,11 @@ def _statistics(
     if options.grid_m is not None:
         cells = make_grid(job.crs, grid.transform, grid.width, grid.height, options.grid_m)
         zonings.append(Zoning(grid_labeller(cells, job.crs, grid.transform), cells.n_cells))
-    areas = zone_class_areas(sieved, len(classes), zonings, block_size=options.block_size)
+    areas = zone_class_areas(sieved, len(classes), zonings, patch_size=options.patch_size)
     means: list[np.ndarray | None] = [None] * len(zonings)
     if indices is not None and len(zonings) > 1:
         means[1:] = zone_index_means(
-            indices, grid.height, grid.width, zonings[1:], block_size=options.block_size
+            indices, grid.height, grid.width, zonings[1:], patch_size=options.patch_size
         )
     fields = zones = None
     k = 1

@@ -1,13 +1,13 @@
-"""Class raster → polygons: block-wise sieving, polygonising and seam merging.
+"""Class raster → polygons: patch-wise sieving, polygonising and seam merging.
 
-Everything here streams over strips of rows cut into blocks of ``block_size``
+Everything here streams over strips of rows cut into patches of ``patch_size``
 pixels, so memory is bounded by one strip plus the parts of regions still open
 across the seam below it, not by the raster. Parts cut by seams are matched by
 pixel adjacency and unioned once per region; a region spanning the whole raster
 (the soil between crop rows, say) is one polygon, so its size grows with the raster.
 
 Polygons are built in pixel coordinates, where every vertex is an integer and
-unions along block seams are exact, and moved to the raster's CRS only when
+unions along patch seams are exact, and moved to the raster's CRS only when
 finished. Same-class regions are 4-connected (pixels touching only at a corner
 are separate polygons), so no two same-class polygons ever share an edge.
 """
@@ -113,7 +113,7 @@ class PolygonBatch:
             return np.where(self.value_count > 0, self.value_sum / self.value_count, np.nan)
 
     def __reduce__(self) -> tuple[type[PolygonBatch], tuple[Any, ...]]:
-        # Blocks travel back from worker processes: see PicklePolygons.
+        # Patches travel back from worker processes: see PicklePolygons.
         columns = (getattr(self, name) for name in _COLUMNS[1:])
         return PolygonBatch, (PicklePolygons(self.geometry), *columns)
 
@@ -156,12 +156,12 @@ ValueReader = Callable[[Window], np.ndarray]
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
-def blocks(height: int, width: int, block_size: int) -> Iterator[list[Window]]:
-    """Windows of at most ``block_size`` px tiling the raster, one list per block row."""
-    for row in range(0, height, block_size):
-        h = min(block_size, height - row)
+def patches(height: int, width: int, patch_size: int) -> Iterator[list[Window]]:
+    """Windows of at most ``patch_size`` px tiling the raster, one list per patch row."""
+    for row in range(0, height, patch_size):
+        h = min(patch_size, height - row)
         yield [
-            Window(col, row, min(block_size, width - col), h) for col in range(0, width, block_size)
+            Window(col, row, min(patch_size, width - col), h) for col in range(0, width, patch_size)
         ]
 
 
@@ -172,19 +172,19 @@ def sieve_size(min_area_m2: float, pixel_area_m2: float) -> int:
     return math.ceil(min_area_m2 / pixel_area_m2 - 1e-9)
 
 
-def sieve_halo(size: int, block_size: int) -> int:
-    """Context in pixels each sieved block is given (see :func:`sieve_strip`): none
+def sieve_halo(size: int, patch_size: int) -> int:
+    """Context in pixels each sieved patch is given (see :func:`sieve_strip`): none
     without sieving (``size <= 1``)."""
-    return max(0, min(size, block_size // 2)) if size > 1 else 0
+    return max(0, min(size, patch_size // 2)) if size > 1 else 0
 
 
-def sieve_strip(strip: Strip, size: int, block_size: int) -> np.ndarray:
+def sieve_strip(strip: Strip, size: int, patch_size: int) -> np.ndarray:
     """The strip's own rows with regions smaller than ``size`` px merged away.
 
-    The strip is cut into blocks of ``block_size`` columns; each block is sieved
-    with a halo of ``min(size, block_size // 2)`` px of context (rows from the strip's
+    The strip is cut into patches of ``patch_size`` columns; each patch is sieved
+    with a halo of ``min(size, patch_size // 2)`` px of context (rows from the strip's
     context, columns from its neighbours) and only its core kept. Whether a region
-    is small is then decided exactly whenever ``size <= block_size // 2`` (a region
+    is small is then decided exactly whenever ``size <= patch_size // 2`` (a region
     of fewer than ``size`` px never reaches further than the halo, and a larger one
     crossing the window edge shows at least ``halo`` px of itself); the neighbour a
     small region merges into is chosen from neighbour sizes as seen in the window,
@@ -194,7 +194,7 @@ def sieve_strip(strip: Strip, size: int, block_size: int) -> np.ndarray:
     """
     if size <= 1:
         return strip.core
-    return np.concatenate([task.sieved() for task in block_tasks(strip, size, block_size)], axis=1)
+    return np.concatenate([task.sieved() for task in patch_tasks(strip, size, patch_size)], axis=1)
 
 
 def _sieve_window(data: np.ndarray, size: int) -> np.ndarray:
@@ -205,20 +205,20 @@ def _sieve_window(data: np.ndarray, size: int) -> np.ndarray:
     return data
 
 
-def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 2048) -> None:
+def sieve_raster(src_path: Path, dst_path: Path, size: int, patch_size: int = 2048) -> None:
     """Write a copy of a class raster with regions smaller than ``size`` px merged away.
 
-    Blocks of ``block_size`` px are sieved with context around them: see
+    Patches of ``patch_size`` px are sieved with context around them: see
     :func:`sieve_strip`.
 
     Args:
         src_path: Class raster (uint8, nodata 255).
         dst_path: Where to write the sieved copy (same profile).
         size: Minimum region size in pixels (4-connected); ``<= 1`` copies unchanged.
-        block_size: Edge of the processing blocks in pixels.
+        patch_size: Edge of the processing patches in pixels.
     """
     # Imported here: it loads Dask distributed, which the health pass's worker
-    # processes (they import this module for run_block) would wait a second for.
+    # processes (they import this module for run_patch) would wait a second for.
     from agriseg.io.gdal_settings import run_settings
 
     with (
@@ -229,25 +229,25 @@ def sieve_raster(src_path: Path, dst_path: Path, size: int, block_size: int = 20
         with contextlib.suppress(ValueError):
             dst.write_colormap(1, src.colormap(1))
         dst.update_tags(**src.tags())
-        for strip in file_strips(src_path, None, block_size, sieve_halo(size, block_size)):
+        for strip in file_strips(src_path, None, patch_size, sieve_halo(size, patch_size)):
             window = Window(0, strip.row_off, src.width, strip.height)
-            dst.write(sieve_strip(strip, size, block_size), 1, window=window)
+            dst.write(sieve_strip(strip, size, patch_size), 1, window=window)
 
 
 @dataclass(frozen=True)
-class BlockTask:
-    """The pixels one block of a strip needs: its classes with sieving context around them.
+class PatchTask:
+    """The pixels one patch of a strip needs: its classes with sieving context around them.
 
-    A unit of the health pass's parallel work (:func:`run_block`): everything in it is
+    A unit of the health pass's parallel work (:func:`run_patch`): everything in it is
     plain arrays and numbers, so it travels to a worker process as it is.
 
     Attributes:
-        classes: Class ids of the block's window grown by the sieving halo (clipped to
+        classes: Class ids of the patch's window grown by the sieving halo (clipped to
             the strip's context rows and the raster's columns).
-        top: Context rows above the block in ``classes``.
-        left: Context columns left of the block in ``classes``.
-        window: The block in the raster.
-        confidence: Confidence (0–100, nodata 255) of the block, or None.
+        top: Context rows above the patch in ``classes``.
+        left: Context columns left of the patch in ``classes``.
+        window: The patch in the raster.
+        confidence: Confidence (0–100, nodata 255) of the patch, or None.
         sieve_px: Regions smaller than this are merged away (``<= 1``: none).
     """
 
@@ -259,22 +259,22 @@ class BlockTask:
     sieve_px: int
 
     def sieved(self) -> np.ndarray:
-        """The block's class ids, sieved with its context (see :func:`sieve_strip`)."""
+        """The patch's class ids, sieved with its context (see :func:`sieve_strip`)."""
         data = _sieve_window(np.ascontiguousarray(self.classes), self.sieve_px)
         h, w = int(self.window.height), int(self.window.width)
         return data[self.top : self.top + h, self.left : self.left + w]
 
 
 @dataclass(frozen=True)
-class FileBlockTask:
-    """A block of finished class and confidence raster files that the process running it
+class FilePatchTask:
+    """A patch of finished class and confidence raster files that the process running it
     reads itself (:meth:`read`): it travels as paths and numbers, not pixels.
 
     Attributes:
         classes_path: The class raster.
         confidence_path: Its confidence raster, or None.
-        window: The block in the raster.
-        halo: Sieving context around the block (clipped to the raster).
+        window: The patch in the raster.
+        halo: Sieving context around the patch (clipped to the raster).
         sieve_px: Regions smaller than this are merged away (``<= 1``: none).
     """
 
@@ -284,9 +284,9 @@ class FileBlockTask:
     halo: int
     sieve_px: int
 
-    def read(self) -> BlockTask:
-        """The :class:`BlockTask` of this block: what :func:`block_tasks` cuts from the
-        block's strip read whole, pixel for pixel."""
+    def read(self) -> PatchTask:
+        """The :class:`PatchTask` of this patch: what :func:`patch_tasks` cuts from the
+        patch's strip read whole, pixel for pixel."""
         r0, c0 = int(self.window.row_off), int(self.window.col_off)
         r1, c1 = r0 + int(self.window.height), c0 + int(self.window.width)
         with contextlib.ExitStack() as stack:
@@ -300,38 +300,38 @@ class FileBlockTask:
                 confidence = stack.enter_context(rasterio.open(self.confidence_path)).read(
                     1, window=self.window
                 )
-        return BlockTask(classes, r0 - top, c0 - left, self.window, confidence, self.sieve_px)
+        return PatchTask(classes, r0 - top, c0 - left, self.window, confidence, self.sieve_px)
 
 
-def file_block_tasks(strip: FileStrip, sieve_px: int, block_size: int) -> list[FileBlockTask]:
-    """:func:`block_tasks` of a strip not read yet: blocks their processes read."""
-    halo = sieve_halo(sieve_px, block_size)
+def file_patch_tasks(strip: FileStrip, sieve_px: int, patch_size: int) -> list[FilePatchTask]:
+    """:func:`patch_tasks` of a strip not read yet: patches their processes read."""
+    halo = sieve_halo(sieve_px, patch_size)
     return [
-        FileBlockTask(
+        FilePatchTask(
             strip.classes_path,
             strip.confidence_path,
-            Window(col, strip.row_off, min(block_size, strip.width - col), strip.height),
+            Window(col, strip.row_off, min(patch_size, strip.width - col), strip.height),
             halo,
             sieve_px,
         )
-        for col in range(0, strip.width, block_size)
+        for col in range(0, strip.width, patch_size)
     ]
 
 
-def block_tasks(strip: Strip, sieve_px: int, block_size: int) -> list[BlockTask]:
-    """The strip cut into blocks of ``block_size`` columns, each with its sieving halo."""
-    halo = sieve_halo(sieve_px, block_size)
+def patch_tasks(strip: Strip, sieve_px: int, patch_size: int) -> list[PatchTask]:
+    """The strip cut into patches of ``patch_size`` columns, each with its sieving halo."""
+    halo = sieve_halo(sieve_px, patch_size)
     rows = slice(
         max(0, strip.above - halo), min(len(strip.classes), strip.above + strip.height + halo)
     )
     width = strip.classes.shape[1]
     tasks = []
-    for col in range(0, width, block_size):
-        c1 = min(width, col + block_size)
+    for col in range(0, width, patch_size):
+        c1 = min(width, col + patch_size)
         c0o, c1o = max(0, col - halo), min(width, c1 + halo)
         conf = strip.confidence[:, col:c1] if strip.confidence is not None else None
         tasks.append(
-            BlockTask(
+            PatchTask(
                 strip.classes[rows, c0o:c1o],
                 strip.above - rows.start,
                 col - c0o,
@@ -345,19 +345,19 @@ def block_tasks(strip: Strip, sieve_px: int, block_size: int) -> list[BlockTask]
 
 @dataclass(frozen=True)
 class PolygonSettings:
-    """What a block's polygons are made of.
+    """What a patch's polygons are made of.
 
     Attributes:
         classes: Which class ids become polygons: a boolean per value 0–255 (nodata,
             255, never does); None: every class.
         values: Reads per-pixel values (vegetation indices) of a window, summed per
-            polygon; None for none. Must pickle when blocks run in worker processes.
+            polygon; None for none. Must pickle when patches run in worker processes.
         n_values: Number of values ``values`` gives per pixel.
-        keep_sieved: Whether a block returns its sieved class ids
-            (:attr:`BlockPolygons.sieved`; they are 1 byte a pixel to send back).
+        keep_sieved: Whether a patch returns its sieved class ids
+            (:attr:`PatchPolygons.sieved`; they are 1 byte a pixel to send back).
         picks: The raster rows and columns (ascending) a decimated copy of the sieved
-            raster takes (the preview's, see :func:`picked_pixels`); a block returns
-            those in it (:attr:`BlockPolygons.picked`). None: none.
+            raster takes (the preview's, see :func:`picked_pixels`); a patch returns
+            those in it (:attr:`PatchPolygons.picked`). None: none.
     """
 
     classes: np.ndarray | None = None
@@ -368,20 +368,20 @@ class PolygonSettings:
 
 
 @dataclass(frozen=True)
-class BlockPolygons:
-    """One block, sieved and polygonised: what :class:`StripPolygons` joins across seams.
+class PatchPolygons:
+    """One patch, sieved and polygonised: what :class:`StripPolygons` joins across seams.
 
     Attributes:
-        window: The block in the raster.
-        sieved: The block's sieved class ids.
+        window: The patch in the raster.
+        sieved: The patch's sieved class ids.
         polygons: Its polygons, in whole-raster pixel coordinates.
-        top, bottom, left, right: The block's edge pixels labelled with their polygon's
+        top, bottom, left, right: The patch's edge pixels labelled with their polygon's
             index plus one (0: no polygon).
-        value_sum: Sum of each per-pixel value over all the block's valid pixels
+        value_sum: Sum of each per-pixel value over all the patch's valid pixels
             (vectorised or not) that have one.
         value_count: Number of those pixels, per value.
-        class_counts: Pixels of each value 0-255 in the sieved block (255: nodata).
-        picked: The sieved pixels at :attr:`PolygonSettings.picks` in the block.
+        class_counts: Pixels of each value 0-255 in the sieved patch (255: nodata).
+        picked: The sieved pixels at :attr:`PolygonSettings.picks` in the patch.
     """
 
     window: Window
@@ -419,13 +419,13 @@ def warm_up(*modules: str) -> None:
         importlib.import_module(name)
 
 
-def run_block(task: BlockTask | FileBlockTask, settings: PolygonSettings) -> BlockPolygons:
-    """Sieve and polygonise one block (the parallel part of the health pass).
+def run_patch(task: PatchTask | FilePatchTask, settings: PolygonSettings) -> PatchPolygons:
+    """Sieve and polygonise one patch (the parallel part of the health pass).
 
     A pure function of its arguments: wherever it runs (this thread, a worker process,
     a Dask worker) it gives the same result, which keeps the products byte-identical.
     """
-    if isinstance(task, FileBlockTask):
+    if isinstance(task, FilePatchTask):
         task = task.read()
     sieved = task.sieved()
     k = settings.n_values
@@ -436,7 +436,7 @@ def run_block(task: BlockTask | FileBlockTask, settings: PolygonSettings) -> Blo
         has_value = np.isfinite(values) & valid
         value_sum = np.where(has_value, values, 0.0).sum(axis=1)
         value_count = has_value.sum(axis=1)
-    batch, labels = _block_polygons(
+    batch, labels = _patch_polygons(
         sieved, task.confidence, task.window, values, k, settings.classes
     )
     edges = labels[0], labels[-1], labels[:, 0], labels[:, -1]
@@ -446,10 +446,10 @@ def run_block(task: BlockTask | FileBlockTask, settings: PolygonSettings) -> Blo
         row_off, col_off = int(task.window.row_off), int(task.window.col_off)
         picked = picked_pixels(sieved, row_off, col_off, *settings.picks)
     kept = sieved if settings.keep_sieved else None
-    return BlockPolygons(task.window, kept, batch, *edges, value_sum, value_count, counts, picked)
+    return PatchPolygons(task.window, kept, batch, *edges, value_sum, value_count, counts, picked)
 
 
-def _block_polygons(
+def _patch_polygons(
     data: np.ndarray,
     conf: np.ndarray | None,
     window: Window,
@@ -457,11 +457,11 @@ def _block_polygons(
     n_values: int = 0,
     classes: np.ndarray | None = None,
 ) -> tuple[PolygonBatch, np.ndarray]:
-    """Polygons of one block's classes (at ``window``), in whole-raster pixel coordinates.
+    """Polygons of one patch's classes (at ``window``), in whole-raster pixel coordinates.
 
-    ``values`` are ``(n_values, pixels)`` per-pixel values of the block to sum per polygon;
+    ``values`` are ``(n_values, pixels)`` per-pixel values of the patch to sum per polygon;
     ``classes`` (a boolean per value) limits the polygons to those classes.
-    Also returns the block's pixels labelled with their polygon's index plus one
+    Also returns the patch's pixels labelled with their polygon's index plus one
     (0 for nodata and for classes left out).
     """
     valid = data != NODATA
@@ -496,7 +496,7 @@ def _block_polygons(
     polygon_of_region[region_ids] = np.arange(1, len(geometry) + 1)
     labels2d = polygon_of_region[regions]
     # The pixels of a polygon, in raster order (the sums below add them in that order
-    # whatever is left out): most of a block is soil and crop.
+    # whatever is left out): most of a patch is soil and crop.
     inside = np.flatnonzero(labels2d)
     owner = labels2d.ravel()[inside]
     n = len(geometry) + 1
@@ -568,7 +568,7 @@ def _merge_groups(parts: PolygonBatch, roots: np.ndarray) -> PolygonBatch:
 
 
 def union_parts(parts: np.ndarray) -> shapely.Polygon:
-    """The polygon of one region from its parts, cut out of it by block and strip seams.
+    """The polygon of one region from its parts, cut out of it by patch and strip seams.
 
     Parts lie in disjoint windows, so a part's holes never reach a seam and stay holes
     of the region whatever its neighbours are: only the outer rings are unioned, and
@@ -603,27 +603,27 @@ _EVERY_CLASS = np.ones(256, dtype=bool)
 
 
 def _shifted(labels: np.ndarray, by: int) -> np.ndarray:
-    """A block's part labels (index + 1, 0: none) as indexes among parts numbered from ``by``."""
+    """A patch's part labels (index + 1, 0: none) as indexes among parts numbered from ``by``."""
     return np.where(labels > 0, labels + by, 0)
 
 
 class StripPolygons:
     """Polygons of a class raster fed strip by strip (top to bottom), in pixel coordinates.
 
-    Each strip is cut into blocks of ``block_size`` columns and polygonised block by
-    block (:func:`run_block`, which may run anywhere). A region cut by block or strip
+    Each strip is cut into patches of ``patch_size`` columns and polygonised patch by
+    patch (:func:`run_patch`, which may run anywhere). A region cut by patch or strip
     seams comes out in parts; parts are joined where same-class pixels face each other
     across a seam (pixel adjacency, not geometry, decides), and each region's parts
     are unioned once, when no part of it reaches the strip's last row any more.
-    :meth:`add_blocks` returns the regions a strip finished, so the cost stays linear
+    :meth:`add_patches` returns the regions a strip finished, so the cost stays linear
     in the raster whatever the strip height.
 
     Regions of the classes not in ``whole`` (a boolean per class id; None: every
-    class) are not joined across the edges of the grid of ``block_size`` square cells
+    class) are not joined across the edges of the grid of ``patch_size`` square cells
     (from the raster's top-left corner; strips may be shorter than a cell), so none
     of their polygons outgrows a cell.
 
-    ``values`` reads ``n_values`` per-pixel values (vegetation indices) of a block's
+    ``values`` reads ``n_values`` per-pixel values (vegetation indices) of a patch's
     window; their sums and counts per polygon come with the polygons.
     """
 
@@ -631,14 +631,14 @@ class StripPolygons:
         self,
         height: int,
         width: int,
-        block_size: int,
+        patch_size: int,
         values: ValueReader | None = None,
         n_values: int = 0,
         whole: np.ndarray | None = None,
     ) -> None:
         self._height = height
         self._width = width
-        self._block_size = block_size
+        self._patch_size = patch_size
         self._settings = PolygonSettings(None, values, n_values if values is not None else 0)
         self._whole = np.ones(256, dtype=bool) if whole is None else whole
         self._carry = PolygonBatch.empty(self._settings.n_values)  # parts of regions still open
@@ -649,12 +649,12 @@ class StripPolygons:
         """Polygonise strip rows ``classes`` starting at ``row_off``; return the finished ones."""
         strip = Strip(row_off, classes.shape[0], classes, 0, confidence)
         found = [
-            run_block(task, self._settings) for task in block_tasks(strip, 0, self._block_size)
+            run_patch(task, self._settings) for task in patch_tasks(strip, 0, self._patch_size)
         ]
-        return self.add_blocks(found)
+        return self.add_patches(found)
 
-    def add_blocks(self, found: list[BlockPolygons]) -> PolygonBatch:
-        """Join the polygonised blocks of the next strip (left to right) to the regions
+    def add_patches(self, found: list[PatchPolygons]) -> PolygonBatch:
+        """Join the polygonised patches of the next strip (left to right) to the regions
         still open above it; return the regions this strip finished."""
         window = found[0].window
         top, bottom = int(window.row_off), int(window.row_off + window.height)
@@ -664,27 +664,27 @@ class StripPolygons:
         last_row = np.zeros(self._width, dtype="int64")
         seams = [(self._carry_row, first_row)]  # pixels facing each other: part index + 1
         previous_column: np.ndarray | None = None
-        for block in found:
-            left, right = int(block.window.col_off), int(block.window.col_off + block.window.width)
-            parts.append(block.polygons)
-            first_row[left:right] = _shifted(block.top, count)
-            last_row[left:right] = _shifted(block.bottom, count)
+        for patch in found:
+            left, right = int(patch.window.col_off), int(patch.window.col_off + patch.window.width)
+            parts.append(patch.polygons)
+            first_row[left:right] = _shifted(patch.top, count)
+            last_row[left:right] = _shifted(patch.bottom, count)
             if previous_column is not None:
-                seams.append((previous_column, _shifted(block.left, count)))
-            previous_column = _shifted(block.right, count)
-            count += len(block.polygons)
+                seams.append((previous_column, _shifted(patch.left, count)))
+            previous_column = _shifted(patch.right, count)
+            count += len(patch.polygons)
         pool = PolygonBatch.concat(parts)
         links = [np.column_stack([np.arange(len(self._carry)), self._carry_root])]
         # Cut classes are cut at cell edges only: strips may be shorter than a cell.
-        joined = [self._whole if top % self._block_size == 0 else _EVERY_CLASS]
-        joined += [self._whole] * (len(seams) - 1)  # the rest are block (= cell) columns
+        joined = [self._whole if top % self._patch_size == 0 else _EVERY_CLASS]
+        joined += [self._whole] * (len(seams) - 1)  # the rest are patch (= cell) columns
         links += [
             _seam_pairs(a, b, pool.class_id, j) for (a, b), j in zip(seams, joined, strict=True)
         ]
         region = _components(count, np.concatenate(links))
         if bottom < self._height:
             is_open = np.isin(region, region[last_row[last_row > 0] - 1])
-            if bottom % self._block_size == 0:
+            if bottom % self._patch_size == 0:
                 is_open &= self._whole[pool.class_id]
         else:
             is_open = np.zeros(count, dtype=bool)
@@ -782,19 +782,19 @@ def vectorize(
     classes_path: Path,
     confidence_path: Path | None = None,
     *,
-    block_size: int = 2048,
+    patch_size: int = 2048,
     simplify_px: float = 0.0,
 ) -> Iterator[PolygonBatch]:
     """Polygons of a class raster, streamed in batches, in the raster's CRS.
 
     Every polygon is one maximal 4-connected region of one class (nodata is left
-    out), with holes; regions cut by block seams are merged, so no two same-class
+    out), with holes; regions cut by patch seams are merged, so no two same-class
     polygons share an edge.
 
     Args:
         classes_path: Class raster (uint8, nodata 255), sieved beforehand if wanted.
         confidence_path: Matching confidence raster (0–100, nodata 255), or None.
-        block_size: Edge of the processing blocks in pixels; memory grows with its square.
+        patch_size: Edge of the processing patches in pixels; memory grows with its square.
         simplify_px: Coverage-simplification tolerance in pixels (0: none).
 
     Yields:
@@ -802,9 +802,9 @@ def vectorize(
     """
     with rasterio.open(classes_path) as src:
         height, width, transform = src.height, src.width, src.transform
-    polygons = StripPolygons(height, width, block_size)
+    polygons = StripPolygons(height, width, patch_size)
     batches = (
         polygons.add(strip.core, strip.confidence, strip.row_off)
-        for strip in file_strips(classes_path, confidence_path, block_size)
+        for strip in file_strips(classes_path, confidence_path, patch_size)
     )
     yield from finish_polygons(batches, transform, simplify_px)
