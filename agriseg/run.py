@@ -139,7 +139,7 @@ def run_warnings(info: RasterInfo, valid_pixels: int, meta: ModelMeta) -> list[s
             f"{', '.join(unused)}), but model {meta.name} was trained on "
             f"{' and '.join(meta.pixel_kinds)} images of {', '.join(meta.bands)}: its "
             "values are not what the model learnt, so the classes may be wrong; train a "
-            "model on such surveys (agriseg train, see Band names in the README)"
+            "model on such surveys (agriseg train, see Band names in docs/models.md)"
         )
     if valid_pixels == 0:
         warnings.append(

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/compare_architectures.py            # train + evaluate all
     .venv/bin/python scripts/compare_architectures.py --time     # CPU ms per 512² tile
-    .venv/bin/python scripts/compare_architectures.py --table    # the README's table
+    .venv/bin/python scripts/compare_architectures.py --table    # the tables of docs/models.md
 
 Each architecture is trained from scratch on the shipped models' synthetic training
 surveys (``scripts/train_default.py``: seeds 1-40) with the same seed, chips, steps and

@@ -234,7 +234,7 @@ def shipped_int8(name: str) -> Path:
     from agriseg.models.registry import shipped_dir
 
     path = shipped_dir() / f"{name}{INT8_SUFFIX}"
-    # Both shipped models keep held-out mIoU in int8 (README, "Engines"), so both ship it.
+    # Both shipped models keep held-out mIoU in int8 (docs/performance.md), so both ship it.
     assert path.is_file(), f"{path} is missing: rerun scripts/train_default.py --export-onnx"
     return path
 

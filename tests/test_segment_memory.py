@@ -3,7 +3,7 @@
 ``segment_blocks`` submits the row after the one being stitched, then what fits in
 ``LOOKAHEAD_BYTES``; stitched rows are cut down to the rows the next row needs. The
 whole-run figures (peak RSS of wide and large runs against a 4096² run) are in
-``tests/test_memory.py`` (slow) and the README.
+``tests/test_memory.py`` (slow) and docs/performance.md.
 """
 
 from __future__ import annotations

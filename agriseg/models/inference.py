@@ -330,7 +330,7 @@ def _resize_on_device(tiles: torch.Tensor, size: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class OrtSettings:
     """ONNX Runtime session options of a CPU forward (``scripts/ort_settings.py``
-    measures them; the defaults are what won on the 2-core VM, see the README).
+    measures them; the defaults are what won on the 2-core VM, see docs/performance.md).
 
     Attributes:
         optimization: graph optimisation level (``all`` adds CPU layout transforms).
