@@ -19,14 +19,11 @@ from scipy import ndimage
 
 from agriseg.classes import NODATA
 from agriseg.health.geojson import rounding_keeps_lattice_polygons_valid, to_rfc7946
-from agriseg.health.vectorize import (
-    PolygonBatch,
-    polygons_from_geojson,
-    sieve_raster,
-    sieve_size,
-    union_parts,
-    vectorize,
-)
+from agriseg.health.patch_polygons import polygons_from_geojson
+from agriseg.health.patches import sieve_raster, sieve_size
+from agriseg.health.polygon_batch import PolygonBatch
+from agriseg.health.seams import union_parts
+from agriseg.health.vectorize import vectorize
 
 
 def blocky(height: int, width: int, cell: int, seed: int, noise: float = 0.05) -> np.ndarray:
@@ -271,7 +268,7 @@ def test_union_parts_is_the_union_of_a_regions_patch_parts(mask: np.ndarray, pat
 
 @pytest.mark.parametrize("strip_rows", [8, 16, 32])
 def test_cut_classes_stay_in_their_cells_whatever_the_strip_height(strip_rows: int) -> None:
-    from agriseg.health.vectorize import StripPolygons
+    from agriseg.health.seams import StripPolygons
 
     data = blocky(96, 80, 10, seed=6)
     whole = np.ones(256, dtype=bool)
@@ -306,8 +303,8 @@ def test_a_patch_read_from_the_files_is_the_patch_cut_from_its_strip(
     tmp_path: Path, sieve_px: int, patch_size: int
 ) -> None:
     # Halos clipped at the raster's edges, a last narrow patch, no halo without sieving.
+    from agriseg.health.patches import file_patch_tasks, patch_tasks, sieve_halo
     from agriseg.health.strips import raster_file_strips
-    from agriseg.health.vectorize import file_patch_tasks, patch_tasks, sieve_halo
 
     data = blocky(70, 90, 6, seed=3)
     classes = write_classes(tmp_path / "c.tif", data)
@@ -327,7 +324,7 @@ def test_a_patch_read_from_the_files_is_the_patch_cut_from_its_strip(
 def test_polygons_pickle_as_coordinate_arrays_and_come_back_bit_for_bit() -> None:
     import pickle
 
-    from agriseg.health.vectorize import PicklePolygons
+    from agriseg.health.polygon_batch import PicklePolygons
 
     holed = shapely.Polygon(
         [(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (2, 3.5), (3.25, 3.5), (3.25, 2)]]

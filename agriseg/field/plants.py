@@ -47,8 +47,8 @@ from scipy import ndimage
 from agriseg.classes import NODATA, ClassList
 from agriseg.errors import InputError
 from agriseg.health.health_stats import ZoneLabeller, raster_crs
+from agriseg.health.patches import patches
 from agriseg.health.vector_outputs import geopackage_output
-from agriseg.health.vectorize import patches
 from agriseg.health.zones import field_labeller, grid_labeller, make_grid, read_fields
 from agriseg.io.areas import pixel_size_m
 from agriseg.io.atomic import write_text_atomic

@@ -32,7 +32,7 @@ from rasterio.windows import Window
 
 from agriseg.classes import ROLES, ClassList, Role
 from agriseg.errors import InputError
-from agriseg.health.vectorize import patches
+from agriseg.health.patches import patches
 from agriseg.io.areas import as_pyproj, pixel_area_rows_m2
 
 #: Labels each pixel of a window with a zone index (``-1``: in no zone).

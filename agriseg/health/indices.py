@@ -26,7 +26,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from agriseg.health.health_stats import Zoning
-from agriseg.health.vectorize import patches
+from agriseg.health.patches import patches
 from agriseg.io.raster import read_window
 from agriseg.io.spectral import band_names
 

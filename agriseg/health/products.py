@@ -43,6 +43,22 @@ from agriseg.health.health_stats import (
     zone_class_areas,
 )
 from agriseg.health.indices import IndexReader, zone_index_means
+from agriseg.health.patch_polygons import (
+    PatchPolygons,
+    PolygonSettings,
+    ignore_interrupts,
+    run_patch,
+    warm_up,
+)
+from agriseg.health.patches import (
+    FilePatchTask,
+    PatchTask,
+    file_patch_tasks,
+    patch_tasks,
+    sieve_halo,
+    sieve_size,
+)
+from agriseg.health.polygon_batch import PolygonBatch
 from agriseg.health.preview import (
     PngWriter,
     PreviewCanvas,
@@ -51,6 +67,7 @@ from agriseg.health.preview import (
     read_preview_image,
 )
 from agriseg.health.qgis import class_style, write_layer_styles, zone_style
+from agriseg.health.seams import StripPolygons
 from agriseg.health.strips import FileStrip, Strip, raster_file_strips
 from agriseg.health.vector_outputs import (
     OGR_DRIVERS,
@@ -58,22 +75,7 @@ from agriseg.health.vector_outputs import (
     LayerWriter,
     geopackage_output,
 )
-from agriseg.health.vectorize import (
-    FilePatchTask,
-    PatchPolygons,
-    PatchTask,
-    PolygonBatch,
-    PolygonSettings,
-    StripPolygons,
-    file_patch_tasks,
-    finish_polygons,
-    ignore_interrupts,
-    patch_tasks,
-    run_patch,
-    sieve_halo,
-    sieve_size,
-    warm_up,
-)
+from agriseg.health.vectorize import finish_polygons
 from agriseg.io.areas import (
     geometry_area_perimeter_m,
     is_planar_metric,
