@@ -27,7 +27,8 @@ from agriseg.classes import ClassList
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.health.health_stream import HealthStream
-from agriseg.health.products import ClassRaster, HealthJob, TaskRunner, plan_health
+from agriseg.health.products import ClassRaster, HealthJob, plan_health
+from agriseg.health.task_runner import TaskRunner
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.io.gdal_settings import on_workers, run_settings
 from agriseg.io.raster import RasterInfo, open_dataset, open_raster, pixel_grid_ok

@@ -459,7 +459,8 @@ def test_geojson_text_made_here_while_patches_run_or_on_the_runner_is_written_in
     import geopandas as gpd
 
     from agriseg.health import vector_outputs
-    from agriseg.health.products import TaskRunner, _GeoJSONTexts
+    from agriseg.health.geojson_queue import GeoJSONTexts
+    from agriseg.health.task_runner import TaskRunner
     from agriseg.health.vector_outputs import GeoJSONWriter
 
     monkeypatch.setattr(vector_outputs, "WRITE_SLICE", 4)
@@ -471,7 +472,7 @@ def test_geojson_text_made_here_while_patches_run_or_on_the_runner_is_written_in
     with ThreadPoolExecutor(1) as pool:
         patch = pool.submit(gate.wait)  # a patch still running on the runner's one worker
         with GeoJSONWriter(tmp_path / "parts.geojson", CRS(UTM)) as writer:
-            texts = _GeoJSONTexts(writer, TaskRunner(pool.submit, parallel=1))
+            texts = GeoJSONTexts(writer, TaskRunner(pool.submit, parallel=1))
             texts.add(frame.iloc[:17])  # 5 slices: 2 wait here, 3 go to the runner
             texts.make_while(patch)  # the runner is busy: this makes the 2
             texts.runner_idle = True

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from agriseg.health.products import HealthJob, TaskRunner
+from agriseg.health.products import HealthJob
 from agriseg.health.strips import Strip, StripAssembler
+from agriseg.health.task_runner import TaskRunner
 
 #: Strips waiting for the health thread; bounds the memory they hold.
 QUEUE_STRIPS = 2

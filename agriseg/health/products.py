@@ -12,14 +12,12 @@ complete.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import numpy as np
@@ -33,7 +31,7 @@ from rasterio.windows import Window
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.config import POLYGON_KEYWORDS, HealthOptions, VectorFormat
 from agriseg.errors import InputError
-from agriseg.health.geojson import FeatureText, rounding_keeps_lattice_polygons_valid
+from agriseg.health.geojson import rounding_keeps_lattice_polygons_valid
 from agriseg.health.health_stats import (
     WHOLE,
     Zoning,
@@ -46,9 +44,7 @@ from agriseg.health.indices import IndexReader, zone_index_means
 from agriseg.health.patch_polygons import (
     PatchPolygons,
     PolygonSettings,
-    ignore_interrupts,
     run_patch,
-    warm_up,
 )
 from agriseg.health.patches import (
     FilePatchTask,
@@ -91,6 +87,8 @@ from agriseg.segmentation.raster_outputs import output_paths
 if TYPE_CHECKING:
     from distributed import Client
 
+from agriseg.health.geojson_queue import GeoJSONTexts
+from agriseg.health.task_runner import Pending, TaskRunner, task_runner
 from agriseg.health.zones import (
     Fields,
     assign_fields,
@@ -131,12 +129,6 @@ FIELD_ROLES = ("background", "crop")
 #: Strips whose patches may be in flight at once, beyond the one being joined.
 STRIPS_AHEAD = 2
 
-#: Pixels below which a health pass without ``workers`` runs in this process: starting
-#: worker processes (about a second of imports each) costs more than they save on a
-#: pass of a second or two (8 Mpx: two 2048 x 2048 patches; `agriseg bench`'s 2048² stays
-#: in one process).
-PARALLEL_MIN_PX = 8_388_608
-
 
 def health_paths(out_dir: Path, stem: str) -> dict[str, Path]:
     """Where the health products of input ``stem`` are written."""
@@ -174,14 +166,6 @@ def resolve_formats(options: HealthOptions, pixels: int) -> tuple[VectorFormat, 
             found = (choice,)
         chosen += [f for f in found if f not in chosen]
     return tuple(f for f in ("geojson", "gpkg", "fgb") if f in chosen)
-
-
-def default_workers() -> int:
-    """Processes of a health pass without a Dask cluster: one per core it may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _template(crs: CRS, with_fields: bool, indices: tuple[str, ...] = ()) -> gpd.GeoDataFrame:
@@ -411,143 +395,6 @@ def _polygon_writers(
     return writers
 
 
-T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
-
-
-class Pending(Protocol[T_co]):
-    """A task running somewhere (a concurrent or Dask future)."""
-
-    def result(self) -> T_co: ...
-
-    def done(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class TaskRunner:
-    """Where the parallel tasks of a health pass run (the patches, :func:`run_patch`, and
-    the GeoJSON text, :func:`~agriseg.health.geojson.feature_text`): ``runner(fn, *args)``
-    starts ``fn(*args)`` and returns its pending result.
-
-    Attributes:
-        submit: Starts ``fn(*args)`` (an executor's or a Dask client's ``submit``).
-        parallel: How many tasks run at once (the work of a strip is cut in at least
-            that many tasks).
-        local: Whether the tasks run on this machine (so they can read its files).
-    """
-
-    submit: Callable[..., Pending[Any]]
-    parallel: int = 1
-    local: bool = True
-
-    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Pending[T]:
-        return self.submit(fn, *args)
-
-
-def _run_inline(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
-    done: Future[T] = Future()
-    done.set_result(fn(*args))
-    return done
-
-
-@contextlib.contextmanager
-def task_runner(
-    client: Client | None, workers: int | None, pixels: int = 0
-) -> Iterator[TaskRunner]:
-    """Where the tasks of a health pass run: patches sieved and polygonised
-    (:func:`run_patch`) and polygons made into GeoJSON text.
-
-    On ``client``'s Dask workers when the run has a cluster; else on ``workers``
-    local processes (default: one per core for rasters of ``pixels`` >=
-    :data:`PARALLEL_MIN_PX`, else one), or in this thread for one. GDAL's ``shapes``
-    and the polygon building hold the GIL, so threads would not help.
-    """
-    if client is not None:
-
-        def on_cluster(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
-            return client.submit(fn, *args, pure=False)  # type: ignore[no-any-return]
-
-        yield TaskRunner(on_cluster, max(1, sum(client.nthreads().values())), local=False)
-        return
-    if workers is None:
-        workers = default_workers() if pixels >= PARALLEL_MIN_PX else 1
-    if workers == 1:
-        yield TaskRunner(_run_inline)
-        return
-    # Spawned, not forked: the parent runs threads (Dask's, the preview's). Ctrl-C is
-    # the parent's to handle: it shuts the pool down.
-    pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
-    )
-    try:
-        for _ in range(workers):  # each submit to a pool without an idle process starts one
-            pool.submit(warm_up, "agriseg.health.geojson")
-        yield TaskRunner(pool.submit, workers)
-    except BaseException:
-        pool.shutdown(cancel_futures=True)
-        raise
-    # Every result is in: let the processes exit on their own instead of waiting.
-    pool.shutdown(wait=False)
-
-
-@dataclass
-class _Text:
-    """One slice of a batch's GeoJSON text: how to make it, and where it is being made."""
-
-    encode: Callable[[], FeatureText]
-    pending: Pending[FeatureText] | None = None
-
-
-class _GeoJSONTexts:
-    """The GeoJSON text of the polygon batches, made where a core is free and written in
-    order.
-
-    This process makes slices while it would only wait for patches (:meth:`make_while`);
-    slices it has not made go to the runner once more than ``2 x runner.parallel`` wait,
-    and all of them once the runner has no patches left (:attr:`runner_idle`).
-    """
-
-    def __init__(self, writer: GeoJSONWriter, run: TaskRunner) -> None:
-        self._writer = writer
-        self._run = run
-        self._texts: deque[_Text] = deque()
-        #: Whether the runner has no more patches to run.
-        self.runner_idle = False
-
-    def add(self, frame: gpd.GeoDataFrame) -> None:
-        """Queue the text of ``frame``'s rows, after the rows queued before."""
-        self._texts.extend(_Text(e) for e in self._writer.encoders(frame, self._run.parallel))
-        waiting = [text for text in self._texts if text.pending is None]
-        keep = 0 if self.runner_idle else 2 * self._run.parallel
-        for text in waiting[: max(0, len(waiting) - keep)]:
-            text.pending = self._run(text.encode)
-        self._write_done()
-
-    def make_while(self, running: Pending[Any]) -> None:
-        """Make queued slices here until ``running`` is done."""
-        for text in self._texts:
-            if running.done():
-                break
-            if text.pending is None:
-                text.pending = _run_inline(text.encode)
-        self._write_done()
-
-    def finish(self) -> None:
-        """Make what is left (on the runner) and write it all."""
-        for text in self._texts:
-            if text.pending is None:
-                text.pending = self._run(text.encode)
-        while self._texts:
-            pending = self._texts.popleft().pending
-            assert pending is not None
-            self._writer.write_text(pending.result())
-
-    def _write_done(self) -> None:
-        while self._texts and (pending := self._texts[0].pending) and pending.done():
-            self._writer.write_text(pending.result())
-            self._texts.popleft()
-
-
 class _BackgroundPreview:
     """Draws the preview on a thread as the sieved strips arrive (see
     :class:`~agriseg.health.preview.StreamedPreview`): the image is read at preview size first,
@@ -681,7 +528,7 @@ def _write_polygons(
         coverage = len(job.polygon_ids) == len(job.raster.classes)
         batches = finish_polygons(pixel_batches(dst), grid.transform, simplify_px, coverage)
         geojson = next((w for w in writers if isinstance(w, GeoJSONWriter)), None)
-        texts = _GeoJSONTexts(geojson, run) if geojson is not None else None
+        texts = GeoJSONTexts(geojson, run) if geojson is not None else None
         for batch in batches:
             frame = polygon_attributes(batch, job.crs, job.raster.classes, job.fields, names)
             if texts is not None:
