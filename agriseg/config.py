@@ -78,13 +78,13 @@ class HealthOptions:
             role is weed or disease), ``all``, ``none`` or class names separated by
             commas. Every class still gets its areas and statistics.
         whole_regions: Join background and crop regions across the health pass's
-            cells of ``patch_size`` px too (else they are cut on that grid, so none
+            cells of ``pane_size`` px too (else they are cut on that grid, so none
             outgrows a cell).
         fields: Field-boundary polygons for per-field statistics, or None.
         grid_m: Management-zone cell size in metres, or None for no grid.
         preview: Whether to draw ``<stem>.preview.png``.
-        patch_size: Edge of the processing patches in pixels (memory grows with its square).
-        workers: Processes sieving and polygonising patches in parallel when the run has
+        pane_size: Edge of the processing panes in pixels (memory grows with its square).
+        workers: Processes sieving and polygonising panes in parallel when the run has
             no Dask cluster of worker processes; None: one per core for rasters of at
             least 8 Mpx, else 1; 1: all in the calling process.
     """
@@ -97,7 +97,7 @@ class HealthOptions:
     fields: Path | None = None
     grid_m: float | None = None
     preview: bool = True
-    patch_size: int = 2048
+    pane_size: int = 2048
     workers: int | None = None
 
     def __post_init__(self) -> None:
@@ -120,8 +120,8 @@ class HealthOptions:
             raise InputError(f"--grid {self.grid_m}: expected a cell size > 0 m")
         if self.grid_m is not None and not self.writes_gpkg:
             raise InputError("--grid writes a GeoPackage layer `zones`; add gpkg to --format")
-        if self.patch_size < 16:
-            raise InputError(f"patch size {self.patch_size}: expected at least 16 px")
+        if self.pane_size < 16:
+            raise InputError(f"pane size {self.pane_size}: expected at least 16 px")
         if self.workers is not None and self.workers < 1:
             raise InputError(
                 f"--health-workers {self.workers}: expected at least 1 process "

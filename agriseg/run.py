@@ -383,7 +383,7 @@ def segment_raster(
         job = plan.health
         with contextlib.ExitStack() as health_stack:
             # A cluster of worker processes (--workers, --scheduler) also runs the health
-            # pass's patches; the in-process one (threads) is closed first, freeing the model.
+            # pass's panes; the in-process one (threads) is closed first, freeing the model.
             cluster = health_stack.enter_context(contextlib.ExitStack())
             client = cluster.enter_context(dask_client(config.scheduler, config.workers))
             health_client = client if _has_worker_processes(config) else None

@@ -12,7 +12,7 @@ from PIL import Image
 from rasterio.enums import Resampling
 
 from agriseg.classes import CLASSES, NODATA
-from agriseg.health.patch_polygons import picked_pixels
+from agriseg.health.pane_polygons import picked_pixels
 from agriseg.health.preview import (
     ALPHA,
     PngWriter,

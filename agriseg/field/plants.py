@@ -47,7 +47,7 @@ from scipy import ndimage
 from agriseg.classes import NODATA, ClassList
 from agriseg.errors import InputError
 from agriseg.health.health_stats import ZoneLabeller, raster_crs
-from agriseg.health.patches import patches
+from agriseg.health.panes import panes
 from agriseg.health.vector_outputs import geopackage_output
 from agriseg.health.zones import field_labeller, grid_labeller, make_grid, read_fields
 from agriseg.io.areas import pixel_size_m
@@ -264,8 +264,8 @@ def estimate_rows(mask: np.ndarray, gsd_m: float, window: Window | None = None) 
 
 
 def _windows(height: int, width: int, size: int) -> Iterator[Window]:
-    """The raster's ``size`` px windows, row by row (:func:`~agriseg.health.vectorize.patches`)."""
-    return itertools.chain.from_iterable(patches(height, width, size))
+    """The raster's ``size`` px windows, row by row (:func:`~agriseg.health.vectorize.panes`)."""
+    return itertools.chain.from_iterable(panes(height, width, size))
 
 
 def _grown(window: Window, halo: int, height: int, width: int) -> Window:

@@ -2,7 +2,7 @@
 
 The text of each batch of polygons is cut into slices
 (:meth:`agriseg.health.vector_outputs.GeoJSONWriter.encoders`); a slice is made by
-this process while it would only wait for patches, or by the task runner, and the
+this process while it would only wait for panes, or by the task runner, and the
 slices are written to the file in the order of their polygons whatever made them.
 """
 
@@ -37,16 +37,16 @@ class GeoJSONTexts:
     """The GeoJSON text of the polygon batches, made where a core is free and written in
     order.
 
-    This process makes slices while it would only wait for patches (:meth:`make_while`);
+    This process makes slices while it would only wait for panes (:meth:`make_while`);
     slices it has not made go to the runner once more than ``2 x runner.parallel`` wait,
-    and all of them once the runner has no patches left (:attr:`runner_idle`).
+    and all of them once the runner has no panes left (:attr:`runner_idle`).
     """
 
     def __init__(self, writer: GeoJSONWriter, run: TaskRunner) -> None:
         self._writer = writer
         self._run = run
         self._texts: deque[_Text] = deque()
-        #: Whether the runner has no more patches to run.
+        #: Whether the runner has no more panes to run.
         self.runner_idle = False
 
     def add(self, frame: gpd.GeoDataFrame) -> None:

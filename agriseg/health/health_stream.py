@@ -49,7 +49,7 @@ class HealthStream:
         image_path: The segmented image (for the preview).
         out_dir: Folder the products are written to.
         stem: Base name of the products.
-        runner: Where the patches are sieved and polygonised (see :meth:`HealthJob.run`).
+        runner: Where the panes are sieved and polygonised (see :meth:`HealthJob.run`).
     """
 
     def __init__(

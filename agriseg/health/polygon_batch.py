@@ -83,7 +83,7 @@ class PolygonBatch:
             return np.where(self.value_count > 0, self.value_sum / self.value_count, np.nan)
 
     def __reduce__(self) -> tuple[type[PolygonBatch], tuple[Any, ...]]:
-        # Patches travel back from worker processes: see PicklePolygons.
+        # Panes travel back from worker processes: see PicklePolygons.
         columns = (getattr(self, name) for name in POLYGON_COLUMNS[1:])
         return PolygonBatch, (PicklePolygons(self.geometry), *columns)
 

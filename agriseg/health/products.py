@@ -41,16 +41,16 @@ from agriseg.health.health_stats import (
     zone_class_areas,
 )
 from agriseg.health.indices import IndexReader, zone_index_means
-from agriseg.health.patch_polygons import (
-    PatchPolygons,
+from agriseg.health.pane_polygons import (
+    PanePolygons,
     PolygonSettings,
-    run_patch,
+    run_pane,
 )
-from agriseg.health.patches import (
-    FilePatchTask,
-    PatchTask,
-    file_patch_tasks,
-    patch_tasks,
+from agriseg.health.panes import (
+    FilePaneTask,
+    PaneTask,
+    file_pane_tasks,
+    pane_tasks,
     sieve_halo,
     sieve_size,
 )
@@ -100,7 +100,7 @@ from agriseg.health.zones import (
     zone_frame,
 )
 
-#: Most rows per strip of the health pass (patches are ``patch_size`` px wide).
+#: Most rows per strip of the health pass (panes are ``pane_size`` px wide).
 STRIP_ROWS = 2048
 
 #: Most pixels per strip: wide rasters get shorter strips, so the pass's memory does
@@ -122,11 +122,11 @@ LARGE_SURVEY_PX = 25_000_000
 #: Roles whose classes ``--polygons roles`` vectorises: the patches sprayers act on.
 PATCH_ROLES = ("weed", "disease")
 
-#: Roles whose regions span the field: cut on the grid of patches unless
+#: Roles whose regions span the field: cut on the grid of panes unless
 #: ``--whole-regions``.
 FIELD_ROLES = ("background", "crop")
 
-#: Strips whose patches may be in flight at once, beyond the one being joined.
+#: Strips whose panes may be in flight at once, beyond the one being joined.
 STRIPS_AHEAD = 2
 
 
@@ -281,17 +281,17 @@ class HealthJob:
     def strip_height(self) -> int:
         """Rows per strip: short strips let a run's health pass follow close behind it,
         and bound its memory on wide rasters (see :data:`STRIP_PIXELS`). Always a
-        divisor of ``patch_size``, so strip seams fall on the edges of the grid of
+        divisor of ``pane_size``, so strip seams fall on the edges of the grid of
         cells that field-spanning regions are cut on (see :class:`StripPolygons`)."""
         by_width = max(MIN_STRIP_ROWS, STRIP_PIXELS // max(1, self.grid.width))
-        size = self.options.patch_size
+        size = self.options.pane_size
         limit = min(size, STRIP_ROWS, by_width)
         return max(d for d in range(1, limit + 1) if size % d == 0)
 
     @property
     def halo(self) -> int:
         """Context rows each strip needs around it (for sieving)."""
-        return sieve_halo(self.sieve_px, self.options.patch_size)
+        return sieve_halo(self.sieve_px, self.options.pane_size)
 
     def polygon_settings(
         self,
@@ -299,7 +299,7 @@ class HealthJob:
         keep_sieved: bool = True,
         picks: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> PolygonSettings:
-        """What each patch's polygons are made of (classes, vegetation indices) and what
+        """What each pane's polygons are made of (classes, vegetation indices) and what
         it sends back of its sieved pixels (see :class:`PolygonSettings`)."""
         vectorized = np.zeros(256, dtype=bool)
         vectorized[list(self.polygon_ids)] = True
@@ -310,7 +310,7 @@ class HealthJob:
         )
 
     def whole_classes(self) -> np.ndarray:
-        """Which class ids' regions are joined across patch seams (a boolean per value)."""
+        """Which class ids' regions are joined across pane seams (a boolean per value)."""
         whole = np.ones(256, dtype=bool)
         if not self.options.whole_regions:
             whole[[c.id for c in self.raster.classes if c.role in FIELD_ROLES]] = False
@@ -318,7 +318,7 @@ class HealthJob:
 
     def file_strips(self, classes_path: Path, confidence_path: Path | None) -> Iterator[FileStrip]:
         """The strips this pass takes of finished class and confidence rasters (read by
-        the processes that sieve their patches, or here for a cluster's)."""
+        the processes that sieve their panes, or here for a cluster's)."""
         return raster_file_strips(classes_path, confidence_path, self.strip_height, self.halo)
 
     def run(
@@ -331,7 +331,7 @@ class HealthJob:
     ) -> dict[str, Any]:
         """Write the products of the raster whose strips (top to bottom) are ``strips``.
 
-        Patches are sieved and polygonised, and polygons made into GeoJSON text, by
+        Panes are sieved and polygonised, and polygons made into GeoJSON text, by
         ``runner`` (from :meth:`task_runner`, entered early so its processes start while
         the raster is still being made), else by one made here. See
         :func:`write_health_products` for the files and the returned summary.
@@ -445,13 +445,13 @@ def _write_polygons(
     """Sieve ``strips`` (into ``sieved`` unless None) and vectorise them into ``files``,
     in one pass.
 
-    Each strip's patches go to ``run`` as soon as the strip arrives, up to
+    Each strip's panes go to ``run`` as soon as the strip arrives, up to
     :data:`STRIPS_AHEAD` strips ahead of the one being joined; joining, numbering and
     writing take the strips in order, so the products do not depend on where or in
-    which order the patches ran. Sieved strips also go to ``preview``; ``indices`` are
+    which order the panes ran. Sieved strips also go to ``preview``; ``indices`` are
     averaged per polygon. Returns the number of polygons, how many of them the GeoJSON
     left out because they cannot be projected to WGS84, each index's mean over every
-    valid pixel, and the pixel count of each value (0-255) in every ``patch_size``
+    valid pixel, and the pixel count of each value (0-255) in every ``pane_size``
     window of the raster, row by row (see :func:`~agriseg.health.health_stats.planar_class_areas`).
     """
     grid, options = job.grid, job.options
@@ -467,58 +467,58 @@ def _write_polygons(
         "zlevel": 1,
     }
     names = indices.names if indices is not None else ()
-    # Patches send back only what this process uses of their sieved pixels.
+    # Panes send back only what this process uses of their sieved pixels.
     settings = job.polygon_settings(
         indices,
         keep_sieved=sieved is not None,
         picks=preview.picks if preview is not None else None,
     )
-    polygons = StripPolygons(grid.height, grid.width, options.patch_size, whole=job.whole_classes())
+    polygons = StripPolygons(grid.height, grid.width, options.pane_size, whole=job.whole_classes())
     value_sum = np.zeros(len(names))
     value_count = np.zeros(len(names))
-    # Strips are at most patch_size rows and divide it: each window of the patch grid
-    # sums the counts of the strips' patches in it (integers, so in any order).
+    # Strips are at most pane_size rows and divide it: each window of the pane grid
+    # sums the counts of the strips' panes in it (integers, so in any order).
     class_counts: dict[tuple[int, int], np.ndarray] = {}
 
-    size = options.patch_size
+    size = options.pane_size
 
-    def join(found: list[PatchPolygons], dst: rasterio.io.DatasetWriter | None) -> PolygonBatch:
-        for patch in found:
-            value_sum[:] += patch.value_sum
-            value_count[:] += patch.value_count
-            key = (int(patch.window.row_off) // size, int(patch.window.col_off) // size)
-            class_counts[key] = class_counts.get(key, 0) + patch.class_counts
+    def join(found: list[PanePolygons], dst: rasterio.io.DatasetWriter | None) -> PolygonBatch:
+        for pane in found:
+            value_sum[:] += pane.value_sum
+            value_count[:] += pane.value_count
+            key = (int(pane.window.row_off) // size, int(pane.window.col_off) // size)
+            class_counts[key] = class_counts.get(key, 0) + pane.class_counts
         row_off = int(found[0].window.row_off)
         if dst is not None:
-            core = np.concatenate([patch.sieved for patch in found], axis=1)
+            core = np.concatenate([pane.sieved for pane in found], axis=1)
             dst.write(core, 1, window=Window(0, row_off, grid.width, core.shape[0]))
         if preview is not None:
-            preview.add(np.concatenate([patch.picked for patch in found], axis=1), row_off)
-        return polygons.add_patches(found)
+            preview.add(np.concatenate([pane.picked for pane in found], axis=1), row_off)
+        return polygons.add_panes(found)
 
     def pixel_batches(dst: rasterio.io.DatasetWriter | None) -> Iterator[PolygonBatch]:
-        in_flight: deque[list[Pending[PatchPolygons]]] = deque()
+        in_flight: deque[list[Pending[PanePolygons]]] = deque()
         for strip in strips:
-            tasks: Sequence[PatchTask | FilePatchTask]
+            tasks: Sequence[PaneTask | FilePaneTask]
             if isinstance(strip, FileStrip) and run.local:
-                tasks = file_patch_tasks(strip, job.sieve_px, options.patch_size)
+                tasks = file_pane_tasks(strip, job.sieve_px, options.pane_size)
             else:  # a cluster's workers may not see this machine's files
                 read = strip.read() if isinstance(strip, FileStrip) else strip
-                tasks = patch_tasks(read, job.sieve_px, options.patch_size)
-            in_flight.append([run(run_patch, task, settings) for task in tasks])
+                tasks = pane_tasks(read, job.sieve_px, options.pane_size)
+            in_flight.append([run(run_pane, task, settings) for task in tasks])
             if len(in_flight) > STRIPS_AHEAD:
                 yield join(results(in_flight.popleft()), dst)
         while in_flight:
             found = results(in_flight.popleft())
             if not in_flight and texts is not None:
-                texts.runner_idle = True  # the patches are done: the last text can go there
+                texts.runner_idle = True  # the panes are done: the last text can go there
             yield join(found, dst)
 
-    def results(found: list[Pending[PatchPolygons]]) -> list[PatchPolygons]:
+    def results(found: list[Pending[PanePolygons]]) -> list[PanePolygons]:
         if texts is not None:
-            for patch in found:
-                texts.make_while(patch)
-        return [patch.result() for patch in found]
+            for pane in found:
+                texts.make_while(pane)
+        return [pane.result() for pane in found]
 
     with contextlib.ExitStack() as stack:
         dst = stack.enter_context(rasterio.open(sieved, "w", **profile)) if sieved else None
@@ -559,7 +559,7 @@ class _Statistics:
 
 def _reads_sieved(job: HealthJob) -> bool:
     """Whether the statistics read the sieved raster back: for fields and grid cells, and
-    for class areas on CRSs whose pixel area varies; else the patches' counts suffice."""
+    for class areas on CRSs whose pixel area varies; else the panes' counts suffice."""
     return job.fields is not None or job.options.grid_m is not None or not is_planar_metric(job.crs)
 
 
@@ -568,7 +568,7 @@ def _statistics(
 ) -> _Statistics:
     """Class areas of the whole raster, its fields and its grid cells, in one read of the
     sieved raster (and one of the image for the vegetation indices); without ``sieved``
-    (see :func:`_reads_sieved`), the class areas from the patches' pixel ``counts``."""
+    (see :func:`_reads_sieved`), the class areas from the panes' pixel ``counts``."""
     grid, options, classes = job.grid, job.options, job.raster.classes
     if sieved is None:
         area = float(pixel_area_rows_m2(job.crs, grid.transform, np.zeros(1), 0.0)[0])
@@ -580,11 +580,11 @@ def _statistics(
     if options.grid_m is not None:
         cells = make_grid(job.crs, grid.transform, grid.width, grid.height, options.grid_m)
         zonings.append(Zoning(grid_labeller(cells, job.crs, grid.transform), cells.n_cells))
-    areas = zone_class_areas(sieved, len(classes), zonings, patch_size=options.patch_size)
+    areas = zone_class_areas(sieved, len(classes), zonings, pane_size=options.pane_size)
     means: list[np.ndarray | None] = [None] * len(zonings)
     if indices is not None and len(zonings) > 1:
         means[1:] = zone_index_means(
-            indices, grid.height, grid.width, zonings[1:], patch_size=options.patch_size
+            indices, grid.height, grid.width, zonings[1:], pane_size=options.pane_size
         )
     fields = zones = None
     k = 1

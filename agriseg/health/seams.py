@@ -1,8 +1,8 @@
-"""Joining a strip's polygonised patches, and strips, across their seams.
+"""Joining a strip's polygonised panes, and strips, across their seams.
 
-Patches are polygonised independently (:func:`agriseg.health.vectorize.run_patch`,
+Panes are polygonised independently (:func:`agriseg.health.vectorize.run_pane`,
 anywhere); :class:`StripPolygons` joins them strip by strip, in order: a region cut
-by patch or strip seams becomes one polygon, the exact union of its parts, as soon
+by pane or strip seams becomes one polygon, the exact union of its parts, as soon
 as the strips below can no longer reach it, so memory stays bounded by the open
 regions along the last seam.
 """
@@ -14,8 +14,8 @@ import shapely
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from agriseg.health.patch_polygons import PatchPolygons, PolygonSettings, ValueReader, run_patch
-from agriseg.health.patches import patch_tasks
+from agriseg.health.pane_polygons import PanePolygons, PolygonSettings, ValueReader, run_pane
+from agriseg.health.panes import pane_tasks
 from agriseg.health.polygon_batch import POLYGON_COLUMNS, PolygonBatch
 from agriseg.health.strips import Strip
 
@@ -52,7 +52,7 @@ def _merge_groups(parts: PolygonBatch, roots: np.ndarray) -> PolygonBatch:
 
 
 def union_parts(parts: np.ndarray) -> shapely.Polygon:
-    """The polygon of one region from its parts, cut out of it by patch and strip seams.
+    """The polygon of one region from its parts, cut out of it by pane and strip seams.
 
     Parts lie in disjoint windows, so a part's holes never reach a seam and stay holes
     of the region whatever its neighbours are: only the outer rings are unioned, and
@@ -87,27 +87,27 @@ _EVERY_CLASS = np.ones(256, dtype=bool)
 
 
 def _shifted(labels: np.ndarray, by: int) -> np.ndarray:
-    """A patch's part labels (index + 1, 0: none) as indexes among parts numbered from ``by``."""
+    """A pane's part labels (index + 1, 0: none) as indexes among parts numbered from ``by``."""
     return np.where(labels > 0, labels + by, 0)
 
 
 class StripPolygons:
     """Polygons of a class raster fed strip by strip (top to bottom), in pixel coordinates.
 
-    Each strip is cut into patches of ``patch_size`` columns and polygonised patch by
-    patch (:func:`run_patch`, which may run anywhere). A region cut by patch or strip
+    Each strip is cut into panes of ``pane_size`` columns and polygonised pane by
+    pane (:func:`run_pane`, which may run anywhere). A region cut by pane or strip
     seams comes out in parts; parts are joined where same-class pixels face each other
     across a seam (pixel adjacency, not geometry, decides), and each region's parts
     are unioned once, when no part of it reaches the strip's last row any more.
-    :meth:`add_patches` returns the regions a strip finished, so the cost stays linear
+    :meth:`add_panes` returns the regions a strip finished, so the cost stays linear
     in the raster whatever the strip height.
 
     Regions of the classes not in ``whole`` (a boolean per class id; None: every
-    class) are not joined across the edges of the grid of ``patch_size`` square cells
+    class) are not joined across the edges of the grid of ``pane_size`` square cells
     (from the raster's top-left corner; strips may be shorter than a cell), so none
     of their polygons outgrows a cell.
 
-    ``values`` reads ``n_values`` per-pixel values (vegetation indices) of a patch's
+    ``values`` reads ``n_values`` per-pixel values (vegetation indices) of a pane's
     window; their sums and counts per polygon come with the polygons.
     """
 
@@ -115,14 +115,14 @@ class StripPolygons:
         self,
         height: int,
         width: int,
-        patch_size: int,
+        pane_size: int,
         values: ValueReader | None = None,
         n_values: int = 0,
         whole: np.ndarray | None = None,
     ) -> None:
         self._height = height
         self._width = width
-        self._patch_size = patch_size
+        self._pane_size = pane_size
         self._settings = PolygonSettings(None, values, n_values if values is not None else 0)
         self._whole = np.ones(256, dtype=bool) if whole is None else whole
         self._carry = PolygonBatch.empty(self._settings.n_values)  # parts of regions still open
@@ -132,13 +132,11 @@ class StripPolygons:
     def add(self, classes: np.ndarray, confidence: np.ndarray | None, row_off: int) -> PolygonBatch:
         """Polygonise strip rows ``classes`` starting at ``row_off``; return the finished ones."""
         strip = Strip(row_off, classes.shape[0], classes, 0, confidence)
-        found = [
-            run_patch(task, self._settings) for task in patch_tasks(strip, 0, self._patch_size)
-        ]
-        return self.add_patches(found)
+        found = [run_pane(task, self._settings) for task in pane_tasks(strip, 0, self._pane_size)]
+        return self.add_panes(found)
 
-    def add_patches(self, found: list[PatchPolygons]) -> PolygonBatch:
-        """Join the polygonised patches of the next strip (left to right) to the regions
+    def add_panes(self, found: list[PanePolygons]) -> PolygonBatch:
+        """Join the polygonised panes of the next strip (left to right) to the regions
         still open above it; return the regions this strip finished."""
         window = found[0].window
         top, bottom = int(window.row_off), int(window.row_off + window.height)
@@ -148,27 +146,27 @@ class StripPolygons:
         last_row = np.zeros(self._width, dtype="int64")
         seams = [(self._carry_row, first_row)]  # pixels facing each other: part index + 1
         previous_column: np.ndarray | None = None
-        for patch in found:
-            left, right = int(patch.window.col_off), int(patch.window.col_off + patch.window.width)
-            parts.append(patch.polygons)
-            first_row[left:right] = _shifted(patch.top, count)
-            last_row[left:right] = _shifted(patch.bottom, count)
+        for pane in found:
+            left, right = int(pane.window.col_off), int(pane.window.col_off + pane.window.width)
+            parts.append(pane.polygons)
+            first_row[left:right] = _shifted(pane.top, count)
+            last_row[left:right] = _shifted(pane.bottom, count)
             if previous_column is not None:
-                seams.append((previous_column, _shifted(patch.left, count)))
-            previous_column = _shifted(patch.right, count)
-            count += len(patch.polygons)
+                seams.append((previous_column, _shifted(pane.left, count)))
+            previous_column = _shifted(pane.right, count)
+            count += len(pane.polygons)
         pool = PolygonBatch.concat(parts)
         links = [np.column_stack([np.arange(len(self._carry)), self._carry_root])]
         # Cut classes are cut at cell edges only: strips may be shorter than a cell.
-        joined = [self._whole if top % self._patch_size == 0 else _EVERY_CLASS]
-        joined += [self._whole] * (len(seams) - 1)  # the rest are patch (= cell) columns
+        joined = [self._whole if top % self._pane_size == 0 else _EVERY_CLASS]
+        joined += [self._whole] * (len(seams) - 1)  # the rest are pane (= cell) columns
         links += [
             _seam_pairs(a, b, pool.class_id, j) for (a, b), j in zip(seams, joined, strict=True)
         ]
         region = _components(count, np.concatenate(links))
         if bottom < self._height:
             is_open = np.isin(region, region[last_row[last_row > 0] - 1])
-            if bottom % self._patch_size == 0:
+            if bottom % self._pane_size == 0:
                 is_open &= self._whole[pool.class_id]
         else:
             is_open = np.zeros(count, dtype=bool)

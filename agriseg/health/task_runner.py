@@ -1,7 +1,7 @@
 """Where the health pass's parallel tasks run: a Dask cluster, local worker processes or
 this thread, behind one callable (:class:`TaskRunner`).
 
-The tasks are pure functions (:func:`agriseg.health.patch_polygons.run_patch`, the
+The tasks are pure functions (:func:`agriseg.health.pane_polygons.run_pane`, the
 GeoJSON text of a slice of polygons), so the products never depend on where they ran.
 """
 
@@ -15,7 +15,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from agriseg.health.patch_polygons import (
+from agriseg.health.pane_polygons import (
     ignore_interrupts,
     warm_up,
 )
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: Pixels below which a health pass without ``workers`` runs in this process: starting
 #: worker processes (about a second of imports each) costs more than they save on a
-#: pass of a second or two (8 Mpx: two 2048 x 2048 patches; `agriseg bench`'s 2048² stays
+#: pass of a second or two (8 Mpx: two 2048 x 2048 panes; `agriseg bench`'s 2048² stays
 #: in one process).
 PARALLEL_MIN_PX = 8_388_608
 
@@ -55,7 +55,7 @@ class Pending(Protocol[T_co]):
 
 @dataclass(frozen=True)
 class TaskRunner:
-    """Where the parallel tasks of a health pass run (the patches, :func:`run_patch`, and
+    """Where the parallel tasks of a health pass run (the panes, :func:`run_pane`, and
     the GeoJSON text, :func:`~agriseg.health.geojson.feature_text`): ``runner(fn, *args)``
     starts ``fn(*args)`` and returns its pending result.
 
@@ -84,8 +84,8 @@ def run_inline(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
 def task_runner(
     client: Client | None, workers: int | None, pixels: int = 0
 ) -> Iterator[TaskRunner]:
-    """Where the tasks of a health pass run: patches sieved and polygonised
-    (:func:`run_patch`) and polygons made into GeoJSON text.
+    """Where the tasks of a health pass run: panes sieved and polygonised
+    (:func:`run_pane`) and polygons made into GeoJSON text.
 
     On ``client``'s Dask workers when the run has a cluster; else on ``workers``
     local processes (default: one per core for rasters of ``pixels`` >=

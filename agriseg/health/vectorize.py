@@ -1,15 +1,15 @@
 """Class raster → polygons: the whole pass, and finishing the joined polygons.
 
-The pass streams over strips of rows cut into patches of ``patch_size`` pixels
-(:mod:`~agriseg.health.patches`: the grid and sieving), polygonises each patch
-(:mod:`~agriseg.health.patch_polygons`) and joins the parts across seams
+The pass streams over strips of rows cut into panes of ``pane_size`` pixels
+(:mod:`~agriseg.health.panes`: the grid and sieving), polygonises each pane
+(:mod:`~agriseg.health.pane_polygons`) and joins the parts across seams
 (:mod:`~agriseg.health.seams`), so memory is bounded by one strip plus the parts of
 regions still open across the seam below it, not by the raster. A region spanning
 the whole raster (the soil between crop rows, say) is one polygon, so its size grows
 with the raster.
 
 Polygons are built in pixel coordinates, where every vertex is an integer and
-unions along patch seams are exact; :func:`finish_polygons` simplifies them (a
+unions along pane seams are exact; :func:`finish_polygons` simplifies them (a
 coverage, so shared edges stay shared) and moves them to the raster's CRS. Same-class
 regions are 4-connected (pixels touching only at a corner are separate polygons), so
 no two same-class polygons ever share an edge.
@@ -114,19 +114,19 @@ def vectorize(
     classes_path: Path,
     confidence_path: Path | None = None,
     *,
-    patch_size: int = 2048,
+    pane_size: int = 2048,
     simplify_px: float = 0.0,
 ) -> Iterator[PolygonBatch]:
     """Polygons of a class raster, streamed in batches, in the raster's CRS.
 
     Every polygon is one maximal 4-connected region of one class (nodata is left
-    out), with holes; regions cut by patch seams are merged, so no two same-class
+    out), with holes; regions cut by pane seams are merged, so no two same-class
     polygons share an edge.
 
     Args:
         classes_path: Class raster (uint8, nodata 255), sieved beforehand if wanted.
         confidence_path: Matching confidence raster (0–100, nodata 255), or None.
-        patch_size: Edge of the processing patches in pixels; memory grows with its square.
+        pane_size: Edge of the processing panes in pixels; memory grows with its square.
         simplify_px: Coverage-simplification tolerance in pixels (0: none).
 
     Yields:
@@ -134,9 +134,9 @@ def vectorize(
     """
     with rasterio.open(classes_path) as src:
         height, width, transform = src.height, src.width, src.transform
-    polygons = StripPolygons(height, width, patch_size)
+    polygons = StripPolygons(height, width, pane_size)
     batches = (
         polygons.add(strip.core, strip.confidence, strip.row_off)
-        for strip in file_strips(classes_path, confidence_path, patch_size)
+        for strip in file_strips(classes_path, confidence_path, pane_size)
     )
     yield from finish_polygons(batches, transform, simplify_px)

@@ -1,8 +1,8 @@
-"""One patch sieved and polygonised: the parallel part of the health pass.
+"""One pane sieved and polygonised: the parallel part of the health pass.
 
-:func:`run_patch` is a pure function of its task and settings, so it may run in this
+:func:`run_pane` is a pure function of its task and settings, so it may run in this
 thread, a worker process or on a Dask worker and give the same
-:class:`PatchPolygons`: the patch's polygons (whole-raster pixel coordinates), its
+:class:`PanePolygons`: the pane's polygons (whole-raster pixel coordinates), its
 edge pixels labelled with their polygon (for :mod:`agriseg.health.seams`), and its
 class counts, sums and picked pixels.
 """
@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from agriseg.classes import NODATA
-from agriseg.health.patches import FilePatchTask, PatchTask
+from agriseg.health.panes import FilePaneTask, PaneTask
 from agriseg.health.polygon_batch import PolygonBatch
 
 #: Polygons built from GDAL's shapes at a time (bounds their Python coordinate lists).
@@ -39,19 +39,19 @@ _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 @dataclass(frozen=True)
 class PolygonSettings:
-    """What a patch's polygons are made of.
+    """What a pane's polygons are made of.
 
     Attributes:
         classes: Which class ids become polygons: a boolean per value 0–255 (nodata,
             255, never does); None: every class.
         values: Reads per-pixel values (vegetation indices) of a window, summed per
-            polygon; None for none. Must pickle when patches run in worker processes.
+            polygon; None for none. Must pickle when panes run in worker processes.
         n_values: Number of values ``values`` gives per pixel.
-        keep_sieved: Whether a patch returns its sieved class ids
-            (:attr:`PatchPolygons.sieved`; they are 1 byte a pixel to send back).
+        keep_sieved: Whether a pane returns its sieved class ids
+            (:attr:`PanePolygons.sieved`; they are 1 byte a pixel to send back).
         picks: The raster rows and columns (ascending) a decimated copy of the sieved
-            raster takes (the preview's, see :func:`picked_pixels`); a patch returns
-            those in it (:attr:`PatchPolygons.picked`). None: none.
+            raster takes (the preview's, see :func:`picked_pixels`); a pane returns
+            those in it (:attr:`PanePolygons.picked`). None: none.
     """
 
     classes: np.ndarray | None = None
@@ -62,20 +62,20 @@ class PolygonSettings:
 
 
 @dataclass(frozen=True)
-class PatchPolygons:
-    """One patch, sieved and polygonised: what :class:`StripPolygons` joins across seams.
+class PanePolygons:
+    """One pane, sieved and polygonised: what :class:`StripPolygons` joins across seams.
 
     Attributes:
-        window: The patch in the raster.
-        sieved: The patch's sieved class ids.
+        window: The pane in the raster.
+        sieved: The pane's sieved class ids.
         polygons: Its polygons, in whole-raster pixel coordinates.
-        top, bottom, left, right: The patch's edge pixels labelled with their polygon's
+        top, bottom, left, right: The pane's edge pixels labelled with their polygon's
             index plus one (0: no polygon).
-        value_sum: Sum of each per-pixel value over all the patch's valid pixels
+        value_sum: Sum of each per-pixel value over all the pane's valid pixels
             (vectorised or not) that have one.
         value_count: Number of those pixels, per value.
-        class_counts: Pixels of each value 0-255 in the sieved patch (255: nodata).
-        picked: The sieved pixels at :attr:`PolygonSettings.picks` in the patch.
+        class_counts: Pixels of each value 0-255 in the sieved pane (255: nodata).
+        picked: The sieved pixels at :attr:`PolygonSettings.picks` in the pane.
     """
 
     window: Window
@@ -113,13 +113,13 @@ def warm_up(*modules: str) -> None:
         importlib.import_module(name)
 
 
-def run_patch(task: PatchTask | FilePatchTask, settings: PolygonSettings) -> PatchPolygons:
-    """Sieve and polygonise one patch (the parallel part of the health pass).
+def run_pane(task: PaneTask | FilePaneTask, settings: PolygonSettings) -> PanePolygons:
+    """Sieve and polygonise one pane (the parallel part of the health pass).
 
     A pure function of its arguments: wherever it runs (this thread, a worker process,
     a Dask worker) it gives the same result, which keeps the products byte-identical.
     """
-    if isinstance(task, FilePatchTask):
+    if isinstance(task, FilePaneTask):
         task = task.read()
     sieved = task.sieved()
     k = settings.n_values
@@ -130,7 +130,7 @@ def run_patch(task: PatchTask | FilePatchTask, settings: PolygonSettings) -> Pat
         has_value = np.isfinite(values) & valid
         value_sum = np.where(has_value, values, 0.0).sum(axis=1)
         value_count = has_value.sum(axis=1)
-    batch, labels = _patch_polygons(
+    batch, labels = _pane_polygons(
         sieved, task.confidence, task.window, values, k, settings.classes
     )
     edges = labels[0], labels[-1], labels[:, 0], labels[:, -1]
@@ -140,10 +140,10 @@ def run_patch(task: PatchTask | FilePatchTask, settings: PolygonSettings) -> Pat
         row_off, col_off = int(task.window.row_off), int(task.window.col_off)
         picked = picked_pixels(sieved, row_off, col_off, *settings.picks)
     kept = sieved if settings.keep_sieved else None
-    return PatchPolygons(task.window, kept, batch, *edges, value_sum, value_count, counts, picked)
+    return PanePolygons(task.window, kept, batch, *edges, value_sum, value_count, counts, picked)
 
 
-def _patch_polygons(
+def _pane_polygons(
     data: np.ndarray,
     conf: np.ndarray | None,
     window: Window,
@@ -151,11 +151,11 @@ def _patch_polygons(
     n_values: int = 0,
     classes: np.ndarray | None = None,
 ) -> tuple[PolygonBatch, np.ndarray]:
-    """Polygons of one patch's classes (at ``window``), in whole-raster pixel coordinates.
+    """Polygons of one pane's classes (at ``window``), in whole-raster pixel coordinates.
 
-    ``values`` are ``(n_values, pixels)`` per-pixel values of the patch to sum per polygon;
+    ``values`` are ``(n_values, pixels)`` per-pixel values of the pane to sum per polygon;
     ``classes`` (a boolean per value) limits the polygons to those classes.
-    Also returns the patch's pixels labelled with their polygon's index plus one
+    Also returns the pane's pixels labelled with their polygon's index plus one
     (0 for nodata and for classes left out).
     """
     valid = data != NODATA
@@ -190,7 +190,7 @@ def _patch_polygons(
     polygon_of_region[region_ids] = np.arange(1, len(geometry) + 1)
     labels2d = polygon_of_region[regions]
     # The pixels of a polygon, in raster order (the sums below add them in that order
-    # whatever is left out): most of a patch is soil and crop.
+    # whatever is left out): most of a pane is soil and crop.
     inside = np.flatnonzero(labels2d)
     owner = labels2d.ravel()[inside]
     n = len(geometry) + 1
