@@ -28,6 +28,7 @@ from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.health.health_stream import HealthStream
 from agriseg.health.products import ClassRaster, HealthJob, plan_health
+from agriseg.health.qgis import class_raster_style
 from agriseg.health.task_runner import TaskRunner
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.io.gdal_settings import on_workers, run_settings
@@ -417,6 +418,8 @@ def segment_raster(
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()
         writer.to_cogs()
+        qml = transaction.stage(plan.paths["classes_qml"])
+        qml.write_text(class_raster_style(plan.meta.classes), encoding="utf-8")
         stages["cog"] = round(time.perf_counter() - converting, 3)
         health["outputs"] = {}
         for product in sorted(staging.iterdir()):

@@ -110,8 +110,7 @@ def execute(args: argparse.Namespace) -> int:
     if prescription is not None:
         done = [s for s in result.surveys if s.outcome != "failed"]
         prescribed = [r for s in done for r in prescribe(args.out / s.name, prescription)]
-        if not args.quiet:
-            print_prescriptions(prescribed)
+        print_prescriptions(prescribed, quiet=args.quiet)
     if plants is not None:
         done = [s for s in result.surveys if s.outcome != "failed"]
         counted = [r for s in done for r in count_run(args.out / s.name, plants)]

@@ -95,8 +95,7 @@ def execute(args: argparse.Namespace) -> int:
             )
     if prescription is not None:
         results = prescribe(out, prescription, stems=[args.input.stem])
-        if not args.quiet:
-            common.print_prescriptions(results)
+        common.print_prescriptions(results, quiet=args.quiet)
     if plants is not None:
         counted = count_run(out, plants, stems=[args.input.stem])
         if not args.quiet:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from agriseg.health.vector_outputs import geopackage_output
 from agriseg.health.zones import field_labeller, grid_labeller, make_grid, read_fields
 from agriseg.io.areas import pixel_size_m
 from agriseg.io.atomic import write_text_atomic
+from agriseg.io.geopackage import write_layer
 
 #: Share of a slot's core that plant pixels must cover for the slot to hold a plant.
 OCCUPIED = 0.75
@@ -467,10 +467,9 @@ class PlantResult:
 def write_plants(count: PlantCount, transform: Affine, gpkg: Path, summary: Path) -> None:
     """Write the ``plants`` and ``missing_plants`` point layers and the JSON summary,
     each file atomically."""
-    with geopackage_output(gpkg) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        count.plants.to_file(tmp, driver="GPKG", layer="plants")
-        count.missing.to_file(tmp, driver="GPKG", layer="missing_plants")
+    with geopackage_output(gpkg) as tmp:
+        write_layer(count.plants, tmp, "plants")
+        write_layer(count.missing, tmp, "missing_plants")
     write_text_atomic(summary, json.dumps(count.summary(transform), indent=2) + "\n")
 
 

@@ -18,6 +18,7 @@ from rasterio.enums import ColorInterp
 
 from agriseg.classes import NODATA
 from agriseg.io.atomic import atomic_output
+from agriseg.io.geopackage import write_layer
 from agriseg.learning.synthetic import BAND_NAMES, Survey, SurveyParams
 
 
@@ -128,8 +129,8 @@ def write_survey(survey: Survey, out_dir: Path, stem: str) -> SurveyPaths:
     with atomic_output(paths.polygons) as tmp, warnings.catch_warnings():
         # The temporary's name lacks the .gpkg extension only until it is renamed.
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        label_polygons(survey).to_file(tmp, driver="GPKG", layer="labels")
+        write_layer(label_polygons(survey), tmp, "labels")
     with atomic_output(paths.plants) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        survey.plants.points(survey.crs).to_file(tmp, driver="GPKG", layer="plants")
+        write_layer(survey.plants.points(survey.crs), tmp, "plants")
     return paths
