@@ -137,7 +137,7 @@ def plant_class_ids(classes: ClassList, path: Path) -> np.ndarray:
 
 
 def _windows(height: int, width: int, size: int) -> Iterator[Window]:
-    """The raster's ``size`` px windows, row by row (:func:`~agriseg.health.vectorize.panes`)."""
+    """The raster's ``size`` px windows, row by row (:func:`~agriseg.health.panes.panes`)."""
     return itertools.chain.from_iterable(panes(height, width, size))
 
 

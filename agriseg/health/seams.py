@@ -1,6 +1,6 @@
 """Joining a strip's polygonised panes, and strips, across their seams.
 
-Panes are polygonised independently (:func:`agriseg.health.vectorize.run_pane`,
+Panes are polygonised independently (:func:`agriseg.health.pane_polygons.run_pane`,
 anywhere); :class:`StripPolygons` joins them strip by strip, in order: a region cut
 by pane or strip seams becomes one polygon, the exact union of its parts, as soon
 as the strips below can no longer reach it, so memory stays bounded by the open
