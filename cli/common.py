@@ -19,6 +19,19 @@ if TYPE_CHECKING:
     from agriseg.field.prescriptions import PrescriptionOptions, PrescriptionResult
 
 
+#: Exit statuses of every command (``batch`` adds 1: some surveys failed).
+EXIT_ERROR = 2  # an AgrisegError: bad input, options or output folder (or bad arguments)
+EXIT_INTERNAL = 3  # an exception agriseg did not expect: a bug
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+#: The exit statuses, for a command's ``--help``.
+EXIT_STATUS = (
+    f"Exit status: 0 done; {EXIT_ERROR} bad input, options or output folder (one line on "
+    f"stderr saying what to fix); {EXIT_INTERNAL} internal error (a bug: rerun with --debug "
+    f"and report it); {EXIT_INTERRUPTED} interrupted (Ctrl-C)."
+)
+
+
 def band_list(text: str) -> tuple[int, ...]:
     """``"3,2,1"`` → ``(3, 2, 1)`` for ``--bands``."""
     try:
@@ -89,7 +102,10 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         "(default: matched to the model's bands by name)",
     )
     parser.add_argument(
-        "--assume-crs", default=None, help="CRS for rasters that lack one, e.g. EPSG:32633"
+        "--assume-crs",
+        default=None,
+        help="CRS for rasters that lack one, e.g. EPSG:32633 (a file's own CRS wins, with "
+        "a warning; a plain photo without a geotransform cannot take one)",
     )
     parser.add_argument(
         "--gsd",

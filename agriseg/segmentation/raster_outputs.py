@@ -20,7 +20,8 @@ from agriseg.errors import OutputError
 from agriseg.io.atomic import OutputTransaction
 from agriseg.io.raster import RasterInfo
 
-#: The rasters a :class:`ClassRasterWriter` writes, keys of :func:`output_paths`.
+#: The rasters a :class:`ClassRasterWriter` writes, keys of
+#: :func:`agriseg.io.ownership.output_paths`.
 KINDS = ("classes", "confidence")
 
 #: GDAL settings for writing: compress on every core. The block cache is the run's
@@ -103,30 +104,6 @@ def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
         "compress": "deflate",
         "BIGTIFF": "IF_SAFER",
     }
-
-
-#: The name of every file a run writes for input ``<stem>``: ``<stem>`` + suffix, by kind.
-OUTPUT_SUFFIXES = {
-    "classes": ".classes.tif",
-    "classes_aux": ".classes.tif.aux.xml",  # its category names (see category_names_pam)
-    "classes_qml": ".classes.qml",  # its QGIS style (agriseg.qgis.class_raster_style)
-    "confidence": ".confidence.tif",
-    "summary": ".summary.json",
-    "geojson": ".health.geojson",
-    "gpkg": ".health.gpkg",
-    "fgb": ".health.fgb",
-    "qml": ".health.qml",
-    "preview": ".preview.png",
-    "sieved": ".sieved.tif",  # the health pass's working copy, never kept
-}
-
-#: What the segmentation writes (the health pass writes the rest).
-RUN_KINDS = ("classes", "classes_aux", "classes_qml", "confidence", "summary")
-
-
-def output_paths(out_dir: Path, stem: str, kinds: tuple[str, ...] = RUN_KINDS) -> dict[str, Path]:
-    """Where ``agriseg run`` writes each product of ``kinds`` for input ``stem``."""
-    return {kind: out_dir / f"{stem}{OUTPUT_SUFFIXES[kind]}" for kind in kinds}
 
 
 def block_size_for(stride: int) -> int:
