@@ -85,13 +85,13 @@ class HealthOptions:
             role is weed or disease), ``all``, ``none`` or class names separated by
             commas. Every class still gets its areas and statistics.
         whole_regions: Join background and crop regions across the health pass's
-            cells of ``block_size`` px too (else they are cut on that grid, so none
+            cells of ``pane_size`` px too (else they are cut on that grid, so none
             outgrows a cell).
         fields: Field-boundary polygons for per-field statistics, or None.
         grid_m: Management-zone cell size in metres, or None for no grid.
         preview: Whether to draw ``<stem>.preview.png``.
-        block_size: Edge of the processing blocks in pixels (memory grows with its square).
-        workers: Processes sieving and polygonising blocks in parallel when the run has
+        pane_size: Edge of the processing panes in pixels (memory grows with its square).
+        workers: Processes sieving and polygonising panes in parallel when the run has
             no Dask cluster of worker processes; None: one per core for rasters of at
             least 8 Mpx, else 1; 1: all in the calling process.
     """
@@ -104,7 +104,7 @@ class HealthOptions:
     fields: Path | None = None
     grid_m: float | None = None
     preview: bool = True
-    block_size: int = 2048
+    pane_size: int = 2048
     workers: int | None = None
 
     def __post_init__(self) -> None:
@@ -127,8 +127,8 @@ class HealthOptions:
             raise InputError(f"--grid {self.grid_m}: expected a cell size > 0 m")
         if self.grid_m is not None and not self.writes_gpkg:
             raise InputError("--grid writes a GeoPackage layer `zones`; add gpkg to --format")
-        if self.block_size < 16:
-            raise InputError(f"block size {self.block_size}: expected at least 16 px")
+        if self.pane_size < 16:
+            raise InputError(f"pane size {self.pane_size}: expected at least 16 px")
         if self.workers is not None and self.workers < 1:
             raise InputError(
                 f"--health-workers {self.workers}: expected at least 1 process "

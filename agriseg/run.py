@@ -28,9 +28,10 @@ from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.health.health_stream import HealthStream
 from agriseg.health.preview import render_preview, save_png
-from agriseg.health.products import ClassRaster, HealthJob, TaskRunner, plan_health
+from agriseg.health.products import ClassRaster, HealthJob, plan_health
 from agriseg.health.qgis import class_raster_style
 from agriseg.health.reliability_stamps import stamp_preview, stamp_products
+from agriseg.health.task_runner import TaskRunner
 from agriseg.health.verdict import Reliability
 from agriseg.io.areas import as_pyproj
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
@@ -448,7 +449,7 @@ def segment_raster(
         job = plan.health
         with contextlib.ExitStack() as health_stack:
             # A cluster of worker processes (--workers, --scheduler) also runs the health
-            # pass's blocks; the in-process one (threads) is closed first, freeing the model.
+            # pass's panes; the in-process one (threads) is closed first, freeing the model.
             cluster = health_stack.enter_context(contextlib.ExitStack())
             client = cluster.enter_context(dask_client(config.scheduler, config.workers))
             health_client = client if _has_worker_processes(config) else None

@@ -40,7 +40,8 @@ from affine import Affine
 
 from agriseg.config import HealthOptions, RunConfig
 from agriseg.health.verdict import Check, judge
-from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import draw_params, generate_survey
 from agriseg.models.registry import ALIASES, find_model
 from agriseg.reliability import DEFAULT_THRESHOLDS, JUDGES, check_scale
 from agriseg.run import segment_raster

@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         raster = args.raster
         if raster is None:
-            from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+            from agriseg.learning.survey_files import write_survey
+            from agriseg.learning.synthetic import draw_params, generate_survey
 
             meta = read_onnx_meta(model)
             params = draw_params(

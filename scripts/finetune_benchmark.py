@@ -21,7 +21,8 @@ from pathlib import Path
 import rasterio
 from rasterio.windows import Window
 
-from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import draw_params, generate_survey
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 1024

@@ -22,7 +22,8 @@ from pathlib import Path
 from agriseg.bench import model_only_seconds
 from agriseg.config import RunConfig
 from agriseg.learning.evaluation import evaluate_raster
-from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import draw_params, generate_survey
 
 GSDS_M = (0.007, 0.02, 0.05)
 MODES = ("off", "auto")

@@ -33,7 +33,8 @@ from typing import Any
 
 from agriseg.config import HealthOptions, RunConfig
 from agriseg.learning.evaluation import evaluate_raster
-from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import draw_params, generate_survey
 from agriseg.models.registry import ALIASES, find_model
 from agriseg.segmentation.calibration import update_calibration
 from agriseg.segmentation.scale import MAX_DOWNSAMPLE, MAX_UPSAMPLE, ScalePolicy

@@ -33,7 +33,8 @@ import torch
 
 from agriseg.classes import CLASS_NAMES, DEFAULT_CLASSES
 from agriseg.learning.metrics import scores
-from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import draw_params, generate_survey
 from agriseg.learning.training import EpochResult, Scene, TrainConfig, train
 from agriseg.models.inference import OnnxForward, normalize
 from agriseg.models.onnx_export import INT8_SUFFIX, export_onnx, label_onnx, save_onnx

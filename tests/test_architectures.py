@@ -15,7 +15,8 @@ from conftest import read_classes
 
 from agriseg.classes import ClassList
 from agriseg.errors import ModelError
-from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import draw_params, generate_survey
 from agriseg.models.architectures import (
     ARCHITECTURES,
     SEGNET_ENCODER,

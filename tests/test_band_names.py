@@ -15,7 +15,8 @@ from rasterio.enums import ColorInterp
 from agriseg.errors import InputError
 from agriseg.io.raster import open_raster
 from agriseg.io.spectral import band_names, canonical_band, find_bands, new_model_bands
-from agriseg.learning.synthetic import BAND_NAMES, draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import BAND_NAMES, draw_params, generate_survey
 from agriseg.learning.training import TrainConfig, load_scene
 from agriseg.models.registry import load_model
 

@@ -45,7 +45,7 @@ def test_two_local_worker_processes_give_identical_rasters(raster, threaded, tmp
     assert np.array_equal(
         read_confidence(tmp_path, raster.stem), read_confidence(threaded, raster.stem)
     )
-    # The health pass's blocks ran on the cluster's workers: the same products.
+    # The health pass's panes ran on the cluster's workers: the same products.
     for name in (f"{raster.stem}.health.geojson", f"{raster.stem}.health.qml"):
         assert (tmp_path / name).read_bytes() == (threaded / name).read_bytes()
 

@@ -16,7 +16,8 @@ from agriseg.classes import DEFAULT_CLASSES
 from agriseg.errors import InputError
 from agriseg.learning.evaluation import compare_rasters
 from agriseg.learning.metrics import confusion_matrix, scores
-from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import draw_params, generate_survey
 
 
 def reference_iou(truth: np.ndarray, pred: np.ndarray, k: int) -> float:

@@ -38,7 +38,7 @@ GRIDS = {
 
 
 def field(height: int = 96, width: int = 80) -> np.ndarray:
-    """Soil with a crop block, a weed patch, a diseased patch and a nodata strip."""
+    """Soil with a crop square, a weed patch, a diseased patch and a nodata strip."""
     data = np.zeros((height, width), dtype="uint8")
     data[10:80, 10:60] = 1
     data[20:35, 15:30] = 2
@@ -95,7 +95,7 @@ def test_summary_of_nothing_is_zero_and_undefined() -> None:
 def test_class_areas_are_pixel_counts_times_pixel_area(tmp_path: Path) -> None:
     data = field()
     path = write_inputs(tmp_path, data, *GRIDS["utm"])
-    areas = class_areas_m2(path, 4, block_size=16)[0]
+    areas = class_areas_m2(path, 4, pane_size=16)[0]
     counts = np.bincount(data[data != NODATA], minlength=4)
     assert areas == pytest.approx(counts * 0.02 * 0.02)
 
@@ -113,7 +113,7 @@ def test_area_m2_is_ground_area_in_any_crs(tmp_path: Path, grid: str) -> None:
     crs, transform = GRIDS[grid]
     data = field()
     write_inputs(tmp_path, data, crs, transform)
-    options = HealthOptions(min_area_m2=0, block_size=32, preview=False, polygons="all")
+    options = HealthOptions(min_area_m2=0, pane_size=32, preview=False, polygons="all")
     summary = run(tmp_path, options)
     frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
     assert frame.crs == CRS(crs)
@@ -148,7 +148,7 @@ def test_perimeter_is_planar_in_utm() -> None:
 def test_products_files_and_summary(tmp_path: Path) -> None:
     data = field()
     write_inputs(tmp_path, data, *GRIDS["utm"])
-    summary = run(tmp_path, HealthOptions(block_size=32, polygons="all", whole_regions=True))
+    summary = run(tmp_path, HealthOptions(pane_size=32, polygons="all", whole_regions=True))
     paths = health_paths(tmp_path, "f")
     # A small survey: GeoJSON and GeoPackage (--format auto), no FlatGeobuf.
     assert summary["outputs"] == {k: str(p) for k, p in paths.items() if k != "fgb"}
@@ -188,7 +188,7 @@ def test_products_files_and_summary(tmp_path: Path) -> None:
 
 def test_all_nodata_gives_empty_valid_outputs(tmp_path: Path) -> None:
     write_inputs(tmp_path, np.full((40, 40), NODATA, dtype="uint8"), *GRIDS["utm"])
-    summary = run(tmp_path, HealthOptions(block_size=16, grid_m=0.5))
+    summary = run(tmp_path, HealthOptions(pane_size=16, grid_m=0.5))
     assert summary["health"]["valid_area_m2"] == 0 and summary["health"]["polygons"] == 0
     assert summary["health"]["health_score"] is None
     paths = health_paths(tmp_path, "f")
@@ -213,7 +213,7 @@ def test_simplified_output_is_valid(tmp_path: Path) -> None:
     yy, xx = np.mgrid[0:96, 0:96]
     data = ((np.hypot(yy - 48, xx - 48) // 11) % 4).astype("uint8")
     write_inputs(tmp_path, data, *GRIDS["wgs84"])
-    run(tmp_path, HealthOptions(simplify_m=0.05, block_size=32, preview=False, polygons="all"))
+    run(tmp_path, HealthOptions(simplify_m=0.05, pane_size=32, preview=False, polygons="all"))
     frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
     assert shapely.coverage_is_valid(frame.geometry.to_numpy())
     assert shapely.is_valid(frame.geometry.to_numpy()).all()
@@ -242,7 +242,7 @@ def test_raster_without_crs_is_an_input_error(tmp_path: Path) -> None:
 
 def test_default_polygons_are_the_weed_and_disease_patches(tmp_path: Path) -> None:
     write_inputs(tmp_path, field(), *GRIDS["utm"])
-    summary = run(tmp_path, HealthOptions(block_size=32, preview=False))
+    summary = run(tmp_path, HealthOptions(pane_size=32, preview=False))
     frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
     assert sorted(frame["class"]) == ["diseased", "weed"]
     health = summary["health"]
@@ -267,13 +267,13 @@ def test_polygons_of_named_classes_and_unknown_names(tmp_path: Path) -> None:
         run(tmp_path, HealthOptions(polygons="thistle"))
 
 
-def test_field_spanning_regions_are_cut_on_the_block_grid(tmp_path: Path) -> None:
+def test_field_spanning_regions_are_cut_on_the_pane_grid(tmp_path: Path) -> None:
     data = field()
     write_inputs(tmp_path, data, *GRIDS["utm"])
     to_pixels = ~UTM_TRANSFORM
     for whole in (False, True):
         options = HealthOptions(
-            block_size=32, min_area_m2=0, polygons="all", whole_regions=whole, preview=False
+            pane_size=32, min_area_m2=0, polygons="all", whole_regions=whole, preview=False
         )
         summary = run(tmp_path, options)
         frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
@@ -300,7 +300,7 @@ def test_field_spanning_regions_are_cut_on_the_block_grid(tmp_path: Path) -> Non
 
 def test_flatgeobuf_holds_the_same_polygons_with_a_spatial_index(tmp_path: Path) -> None:
     write_inputs(tmp_path, field(), *GRIDS["utm"])
-    options = HealthOptions(polygons="all", formats=("gpkg", "fgb"), block_size=32, preview=False)
+    options = HealthOptions(polygons="all", formats=("gpkg", "fgb"), pane_size=32, preview=False)
     summary = run(tmp_path, options)
     paths = health_paths(tmp_path, "f")
     assert set(summary["outputs"]) == {"gpkg", "fgb", "qml"}
@@ -352,14 +352,14 @@ def test_flatgeobuf_writer_groups_appends_and_keeps_every_feature(
 
 
 def test_the_preview_drawn_by_the_pass_is_the_one_render_preview_draws(tmp_path: Path) -> None:
-    # The pass reads the image at preview size while its blocks run and blends the sieved
+    # The pass reads the image at preview size while its panes run and blends the sieved
     # strips over it at the end; without sieving that is the class raster's preview.
     from PIL import Image
 
     from agriseg.health.preview import render_preview
 
     write_inputs(tmp_path, field(), *GRIDS["utm"])
-    run(tmp_path, HealthOptions(min_area_m2=0, block_size=32, formats=("gpkg",)))
+    run(tmp_path, HealthOptions(min_area_m2=0, pane_size=32, formats=("gpkg",)))
     drawn = np.asarray(Image.open(health_paths(tmp_path, "f")["preview"]))
     expected = np.asarray(render_preview(tmp_path / "f.classes.tif", tmp_path / "f.tif"))
     assert drawn.shape == expected.shape and (drawn == expected).all()
@@ -377,7 +377,7 @@ def test_a_preview_image_that_cannot_be_read_fails_the_pass_and_leaves_no_png(
     assert left == ["f.classes.tif", "f.confidence.tif", "f.tif"]
 
 
-def test_class_areas_from_block_counts_are_the_bits_a_read_of_the_raster_gives(
+def test_class_areas_from_pane_counts_are_the_bits_a_read_of_the_raster_gives(
     tmp_path: Path,
 ) -> None:
     from agriseg.health.health_stats import WHOLE, planar_class_areas, zone_class_areas
@@ -392,7 +392,7 @@ def test_class_areas_from_block_counts_are_the_bits_a_read_of_the_raster_gives(
         for c in range(0, 90, 16)
     ]
     area = abs(UTM_TRANSFORM.a * UTM_TRANSFORM.e)
-    expected = zone_class_areas(path, 4, [WHOLE], block_size=16)[0][0]
+    expected = zone_class_areas(path, 4, [WHOLE], pane_size=16)[0][0]
     assert planar_class_areas(counts, 4, area).tobytes() == expected.tobytes()
 
 
@@ -401,14 +401,14 @@ def test_the_pass_s_class_areas_match_a_read_of_the_class_raster_for_any_strip_h
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strip_rows: int
 ) -> None:
     # Without sieving the sieved raster is the class raster: the areas the pass sums from
-    # its blocks' counts (no working copy written) equal those read from the file.
+    # its panes' counts (no working copy written) equal those read from the file.
     import agriseg.health.products
 
-    monkeypatch.setattr(agriseg.health.products, "STRIP_ROWS", strip_rows)  # strips of a block
+    monkeypatch.setattr(agriseg.health.products, "STRIP_ROWS", strip_rows)  # strips of a patch
     path = write_inputs(tmp_path, field(), *GRIDS["utm"])
-    options = HealthOptions(min_area_m2=0, block_size=32, preview=False, formats=("gpkg",))
+    options = HealthOptions(min_area_m2=0, pane_size=32, preview=False, formats=("gpkg",))
     summary = run(tmp_path, options)
-    areas = class_areas_m2(path, 4, block_size=32)[0]
+    areas = class_areas_m2(path, 4, pane_size=32)[0]
     assert summary["health"]["classes"] == health_summary(areas, DEFAULT_CLASSES)["classes"]
     assert not list(tmp_path.glob("*sieved*"))
 
@@ -450,7 +450,7 @@ def test_feature_text_is_what_json_dumps_writes_for_every_column_type() -> None:
     )
 
 
-def test_geojson_text_made_here_while_blocks_run_or_on_the_runner_is_written_in_order(
+def test_geojson_text_made_here_while_panes_run_or_on_the_runner_is_written_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
@@ -459,7 +459,8 @@ def test_geojson_text_made_here_while_blocks_run_or_on_the_runner_is_written_in_
     import geopandas as gpd
 
     from agriseg.health import vector_outputs
-    from agriseg.health.products import TaskRunner, _GeoJSONTexts
+    from agriseg.health.geojson_queue import GeoJSONTexts
+    from agriseg.health.task_runner import TaskRunner
     from agriseg.health.vector_outputs import GeoJSONWriter
 
     monkeypatch.setattr(vector_outputs, "WRITE_SLICE", 4)
@@ -469,13 +470,13 @@ def test_geojson_text_made_here_while_blocks_run_or_on_the_runner_is_written_in_
         writer.write(frame)
     gate = threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        block = pool.submit(gate.wait)  # a block still running on the runner's one worker
+        pane = pool.submit(gate.wait)  # a pane still running on the runner's one worker
         with GeoJSONWriter(tmp_path / "parts.geojson", CRS(UTM)) as writer:
-            texts = _GeoJSONTexts(writer, TaskRunner(pool.submit, parallel=1))
+            texts = GeoJSONTexts(writer, TaskRunner(pool.submit, parallel=1))
             texts.add(frame.iloc[:17])  # 5 slices: 2 wait here, 3 go to the runner
-            texts.make_while(block)  # the runner is busy: this makes the 2
+            texts.make_while(pane)  # the runner is busy: this makes the 2
             texts.runner_idle = True
-            texts.add(frame.iloc[17:])  # all 4 go to the runner, queued behind the block
+            texts.add(frame.iloc[17:])  # all 4 go to the runner, queued behind the pane
             gate.set()
             texts.finish()
     whole = (tmp_path / "whole.geojson").read_bytes()

@@ -59,8 +59,8 @@ def test_run_streams_the_same_products_as_a_pass_over_the_finished_rasters(
     tmp_path: Path,
 ) -> None:
     image = write_raster(tmp_path / "plot.tif", field_image(200, 240, seed=3))
-    # Small blocks: many strips and seams, so the streamed pass really runs in pieces.
-    options = HealthOptions(block_size=48, min_area_m2=0.004)
+    # Small panes: many strips and seams, so the streamed pass really runs in pieces.
+    options = HealthOptions(pane_size=48, min_area_m2=0.004)
     config = RunConfig(device="cpu", tile_size=128, overlap=32, health=options, stream_health=True)
     result = segment_raster(image, tmp_path / "run", config)
     after = tmp_path / "after"
@@ -78,7 +78,7 @@ def test_run_streams_the_same_products_as_a_pass_over_the_finished_rasters(
 
 def job_for(tmp_path: Path, **options):
     path = write_raster(tmp_path / "g.tif", np.zeros((1, 40, 30), dtype="uint8"), nodata=NODATA)
-    return plan_health(ClassRaster.of_file(path), HealthOptions(block_size=16, **options))
+    return plan_health(ClassRaster.of_file(path), HealthOptions(pane_size=16, **options))
 
 
 def test_a_failing_health_pass_fails_the_producer_and_stops(tmp_path: Path) -> None:
@@ -123,10 +123,10 @@ def test_cli_stream_health_flag_gives_the_same_products(tmp_path: Path) -> None:
     assert summaries[0]["health"] == summaries[1]["health"]
 
 
-def test_blocks_on_processes_or_dask_workers_give_byte_identical_products(
+def test_panes_on_processes_or_dask_workers_give_byte_identical_products(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where the blocks and the GeoJSON text are made (this process, worker processes, a
+    """Where the panes and the GeoJSON text are made (this process, worker processes, a
     Dask cluster) changes nothing."""
     import logging
 
@@ -150,7 +150,7 @@ def test_blocks_on_processes_or_dask_workers_give_byte_identical_products(
     conf = rng.integers(0, 101, classes.shape, dtype="uint8")
     write_raster(tmp_path / "f.confidence.tif", conf[None], UTM, UTM_TRANSFORM, nodata=NODATA)
     options = {
-        "block_size": 32,  # 5 x 6 blocks, many seams
+        "pane_size": 32,  # 5 x 6 panes, many seams
         "min_area_m2": 0.004,
         "polygons": "all",
         "formats": ("geojson", "gpkg", "fgb"),

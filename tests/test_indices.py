@@ -77,7 +77,7 @@ def test_polygon_field_zone_and_survey_means_match_numpy(tmp_path: Path) -> None
             min_area_m2=0,
             fields=tmp_path / "fields.gpkg",
             grid_m=0.32,
-            block_size=16,
+            pane_size=16,
             polygons="all",
             whole_regions=True,
         ),

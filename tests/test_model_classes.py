@@ -17,7 +17,8 @@ from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.health.health_stats import health_indices, health_summary
 from agriseg.health.products import HealthOptions
-from agriseg.learning.synthetic import SPECIES_CLASSES, draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import SPECIES_CLASSES, draw_params, generate_survey
 from agriseg.models.architectures import build_model
 from agriseg.models.meta import ModelMeta
 from agriseg.models.registry import save_checkpoint, shipped_dir

@@ -12,6 +12,7 @@ from PIL import Image
 from rasterio.enums import Resampling
 
 from agriseg.classes import CLASSES, NODATA
+from agriseg.health.pane_polygons import picked_pixels
 from agriseg.health.preview import (
     ALPHA,
     PngWriter,
@@ -23,7 +24,6 @@ from agriseg.health.preview import (
     render_preview,
     write_preview,
 )
-from agriseg.health.vectorize import picked_pixels
 
 
 def test_preview_shape_fits_and_never_upscales() -> None:

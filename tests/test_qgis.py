@@ -69,7 +69,7 @@ def products(tmp_path: Path) -> dict[str, Path]:
         None,
         tmp_path,
         "f",
-        HealthOptions(grid_m=0.5, preview=False, block_size=16),
+        HealthOptions(grid_m=0.5, preview=False, pane_size=16),
     )
     return health_paths(tmp_path, "f")
 

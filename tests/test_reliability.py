@@ -17,7 +17,8 @@ from PIL import Image
 from agriseg.health.reliability_stamps import BANNER_COLOURS
 from agriseg.health.vegetation import VegetationHistogram, compute_index
 from agriseg.health.verdict import Reliability, judge
-from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import draw_params, generate_survey
 from agriseg.models.registry import find_model
 from agriseg.reliability import (
     DEFAULT_THRESHOLDS,

@@ -11,14 +11,13 @@ from rasterio.enums import ColorInterp
 
 from agriseg.classes import DEFAULT_CLASSES, NODATA
 from agriseg.errors import InputError
+from agriseg.learning.survey_files import label_polygons, write_survey
 from agriseg.learning.synthetic import (
     BAND_NAMES,
     Survey,
     SurveyParams,
     draw_params,
     generate_survey,
-    label_polygons,
-    write_survey,
 )
 
 CROP, WEED, DISEASED = 1, 2, 3

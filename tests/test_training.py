@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from agriseg.errors import InputError, ModelError
-from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import draw_params, generate_survey
 from agriseg.learning.training import ChipSampler, Scene, TrainConfig, _Split, state_path, train
 from agriseg.models.meta import Normalization
 from agriseg.models.registry import load_model

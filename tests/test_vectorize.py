@@ -1,4 +1,4 @@
-"""Block-wise sieving and vectorising: exactness, seams, holes, simplification."""
+"""Pane-wise sieving and vectorising: exactness, seams, holes, simplification."""
 
 from __future__ import annotations
 
@@ -19,14 +19,11 @@ from scipy import ndimage
 
 from agriseg.classes import NODATA
 from agriseg.health.geojson import rounding_keeps_lattice_polygons_valid, to_rfc7946
-from agriseg.health.vectorize import (
-    PolygonBatch,
-    polygons_from_geojson,
-    sieve_raster,
-    sieve_size,
-    union_parts,
-    vectorize,
-)
+from agriseg.health.pane_polygons import polygons_from_geojson
+from agriseg.health.panes import sieve_raster, sieve_size
+from agriseg.health.polygon_batch import PolygonBatch
+from agriseg.health.seams import union_parts
+from agriseg.health.vectorize import vectorize
 
 
 def blocky(height: int, width: int, cell: int, seed: int, noise: float = 0.05) -> np.ndarray:
@@ -75,21 +72,21 @@ def check_polygons(batch: PolygonBatch, data: np.ndarray) -> None:
     assert batch.pixels.sum() == (data != NODATA).sum()
 
 
-@pytest.mark.parametrize("block_size", [16, 37, 1000])
-def test_polygons_reproduce_raster_across_blocks(tmp_path: Path, block_size: int) -> None:
+@pytest.mark.parametrize("pane_size", [16, 37, 1000])
+def test_polygons_reproduce_raster_across_panes(tmp_path: Path, pane_size: int) -> None:
     data = blocky(150, 130, 10, seed=1)
     path = write_classes(tmp_path / "c.tif", data)
-    batch = polygons(path, block_size=block_size)
+    batch = polygons(path, pane_size=pane_size)
     check_polygons(batch, data)
     assert (burn(batch, data.shape) == data).all()
 
 
 def test_seams_merge_into_one_polygon_with_holes(tmp_path: Path) -> None:
     data = np.ones((96, 96), dtype="uint8")
-    data[20:70, 20:70] = 0  # a soil hole crossing several 16-px block seams
+    data[20:70, 20:70] = 0  # a soil hole crossing several 16-px pane seams
     data[40:45, 40:45] = 2  # a weed island in the hole
     path = write_classes(tmp_path / "c.tif", data)
-    batch = polygons(path, block_size=16)
+    batch = polygons(path, pane_size=16)
     crop = batch.geometry[batch.class_id == 1]
     assert len(crop) == 1 and len(crop[0].interiors) == 1
     soil = batch.geometry[batch.class_id == 0]
@@ -101,9 +98,9 @@ def test_seams_merge_into_one_polygon_with_holes(tmp_path: Path) -> None:
 def test_corner_touching_regions_stay_apart(tmp_path: Path) -> None:
     data = np.zeros((32, 32), dtype="uint8")
     data[:16, :16] = 1
-    data[16:, 16:] = 1  # touches the first crop square at one corner, on a block corner
+    data[16:, 16:] = 1  # touches the first crop square at one corner, on a pane corner
     path = write_classes(tmp_path / "c.tif", data)
-    batch = polygons(path, block_size=16)
+    batch = polygons(path, pane_size=16)
     assert (batch.class_id == 1).sum() == 2
     check_polygons(batch, data)
 
@@ -114,7 +111,7 @@ def test_mean_confidence_is_the_mean_of_the_polygon_pixels(tmp_path: Path) -> No
     conf[0, 40] = NODATA
     classes = write_classes(tmp_path / "c.tif", data)
     confidence = write_classes(tmp_path / "p.tif", conf)
-    batch = polygons(classes, confidence_path=confidence, block_size=16)
+    batch = polygons(classes, confidence_path=confidence, pane_size=16)
     for k, mean in enumerate(batch.mean_confidence):
         inside = burn(batch.take(np.array([k])), data.shape) != NODATA
         assert mean == pytest.approx(conf[inside & (conf != NODATA)].mean())
@@ -122,22 +119,22 @@ def test_mean_confidence_is_the_mean_of_the_polygon_pixels(tmp_path: Path) -> No
 
 def test_all_nodata_gives_no_polygons(tmp_path: Path) -> None:
     path = write_classes(tmp_path / "c.tif", np.full((40, 40), NODATA, dtype="uint8"))
-    assert len(polygons(path, block_size=16)) == 0
+    assert len(polygons(path, pane_size=16)) == 0
 
 
 def test_sieve_removes_regions_below_the_minimum(tmp_path: Path) -> None:
     data = blocky(120, 100, 12, seed=4, noise=0.08)
-    data[60:62, 0:30] = 2  # a long thin strip crossing a block seam: 60 px, kept
+    data[60:62, 0:30] = 2  # a long thin strip crossing a pane seam: 60 px, kept
     src = write_classes(tmp_path / "c.tif", data)
     dst = tmp_path / "s.tif"
     size = sieve_size(min_area_m2=0.0036, pixel_area_m2=0.0004)
     assert size == 9
-    sieve_raster(src, dst, size, block_size=32)
+    sieve_raster(src, dst, size, pane_size=32)
     with rasterio.open(dst) as ds:
         sieved = ds.read(1)
         assert ds.profile["nodata"] == NODATA and ds.crs == "EPSG:32633"
     assert ((sieved == NODATA) == (data == NODATA)).all()
-    batch = polygons(dst, block_size=32)
+    batch = polygons(dst, pane_size=32)
     assert batch.pixels.min() >= size
     assert (sieved[60:62, 0:30] == 2).all()
     check_polygons(batch, sieved)
@@ -147,8 +144,8 @@ def test_simplify_keeps_a_valid_gapless_coverage(tmp_path: Path) -> None:
     yy, xx = np.mgrid[0:128, 0:128]
     data = ((np.hypot(yy - 64, xx - 64) // 14) % 4).astype("uint8")  # concentric rings
     path = write_classes(tmp_path / "c.tif", data)
-    exact = polygons(path, block_size=32)
-    simple = polygons(path, block_size=32, simplify_px=1.5)
+    exact = polygons(path, pane_size=32)
+    simple = polygons(path, pane_size=32, simplify_px=1.5)
     assert len(simple) == len(exact)
     assert shapely.is_valid(simple.geometry).all()
     assert shapely.coverage_is_valid(simple.geometry)
@@ -171,11 +168,11 @@ def test_simplify_keeps_a_valid_gapless_coverage(tmp_path: Path) -> None:
         st.tuples(st.integers(4, 40), st.integers(4, 40)),
         elements=st.sampled_from([0, 1, 2, 3, NODATA]),
     ),
-    block_size=st.integers(3, 17),
+    pane_size=st.integers(3, 17),
 )
-def test_property_random_rasters(tmp_path: Path, data: np.ndarray, block_size: int) -> None:
+def test_property_random_rasters(tmp_path: Path, data: np.ndarray, pane_size: int) -> None:
     path = write_classes(tmp_path / "h.tif", data)
-    check_polygons(polygons(path, block_size=block_size), data)
+    check_polygons(polygons(path, pane_size=pane_size), data)
 
 
 def test_polygons_from_geojson_matches_shapely_shape() -> None:
@@ -235,7 +232,7 @@ def test_plain_rounding_keeps_polygons_valid_at_the_declared_limit(
     transform_for = _rotated if rotated else _north_up
     transform = transform_for(_narrowest_safe_gsd(transform_for) * 1.001)
     path = write_classes(tmp_path / "r.tif", data, transform=transform)
-    batch = polygons(path, block_size=7)
+    batch = polygons(path, pane_size=7)
     if not len(batch):
         return
     rounded = to_rfc7946(batch.geometry, CRS(UTM), snap_safely=False)
@@ -246,17 +243,17 @@ def test_plain_rounding_keeps_polygons_valid_at_the_declared_limit(
 @settings(max_examples=40, deadline=None)
 @given(
     mask=arrays("bool", st.tuples(st.integers(6, 48), st.integers(6, 48)), elements=st.booleans()),
-    block=st.integers(3, 20),
+    pane=st.integers(3, 20),
 )
-def test_union_parts_is_the_union_of_a_regions_block_parts(mask: np.ndarray, block: int) -> None:
-    # The largest 4-connected region, cut into its pieces in each block, as a run cuts it.
+def test_union_parts_is_the_union_of_a_regions_pane_parts(mask: np.ndarray, pane: int) -> None:
+    # The largest 4-connected region, cut into its pieces in each pane, as a run cuts it.
     found, count = ndimage.label(mask)
     assume(count > 0)
     region = found == np.argmax(np.bincount(found.ravel())[1:]) + 1
     parts = []
-    for top in range(0, mask.shape[0], block):
-        for left in range(0, mask.shape[1], block):
-            window = region[top : top + block, left : left + block].astype("uint8")
+    for top in range(0, mask.shape[0], pane):
+        for left in range(0, mask.shape[1], pane):
+            window = region[top : top + pane, left : left + pane].astype("uint8")
             offset = Affine.translation(left, top)
             parts += [
                 shapely.geometry.shape(g)
@@ -271,7 +268,7 @@ def test_union_parts_is_the_union_of_a_regions_block_parts(mask: np.ndarray, blo
 
 @pytest.mark.parametrize("strip_rows", [8, 16, 32])
 def test_cut_classes_stay_in_their_cells_whatever_the_strip_height(strip_rows: int) -> None:
-    from agriseg.health.vectorize import StripPolygons
+    from agriseg.health.seams import StripPolygons
 
     data = blocky(96, 80, 10, seed=6)
     whole = np.ones(256, dtype=bool)
@@ -301,21 +298,21 @@ def test_cut_classes_stay_in_their_cells_whatever_the_strip_height(strip_rows: i
     assert shapely.equals(canonical(found), canonical(expected)).all()
 
 
-@pytest.mark.parametrize(("sieve_px", "block_size"), [(9, 16), (1, 16), (40, 37)])
-def test_a_block_read_from_the_files_is_the_block_cut_from_its_strip(
-    tmp_path: Path, sieve_px: int, block_size: int
+@pytest.mark.parametrize(("sieve_px", "pane_size"), [(9, 16), (1, 16), (40, 37)])
+def test_a_pane_read_from_the_files_is_the_pane_cut_from_its_strip(
+    tmp_path: Path, sieve_px: int, pane_size: int
 ) -> None:
-    # Halos clipped at the raster's edges, a last narrow block, no halo without sieving.
+    # Halos clipped at the raster's edges, a last narrow pane, no halo without sieving.
+    from agriseg.health.panes import file_pane_tasks, pane_tasks, sieve_halo
     from agriseg.health.strips import raster_file_strips
-    from agriseg.health.vectorize import block_tasks, file_block_tasks, sieve_halo
 
     data = blocky(70, 90, 6, seed=3)
     classes = write_classes(tmp_path / "c.tif", data)
     conf = write_raster(tmp_path / "p.tif", (data % 100)[None].astype("uint8"), block=16)
-    halo = sieve_halo(sieve_px, block_size)
-    for strip in raster_file_strips(classes, conf, block_size, halo):
-        from_files = [t.read() for t in file_block_tasks(strip, sieve_px, block_size)]
-        cut = block_tasks(strip.read(), sieve_px, block_size)
+    halo = sieve_halo(sieve_px, pane_size)
+    for strip in raster_file_strips(classes, conf, pane_size, halo):
+        from_files = [t.read() for t in file_pane_tasks(strip, sieve_px, pane_size)]
+        cut = pane_tasks(strip.read(), sieve_px, pane_size)
         assert len(from_files) == len(cut) > 0
         for a, b in zip(from_files, cut, strict=True):
             assert (a.window, a.top, a.left, a.sieve_px) == (b.window, b.top, b.left, b.sieve_px)
@@ -327,7 +324,7 @@ def test_a_block_read_from_the_files_is_the_block_cut_from_its_strip(
 def test_polygons_pickle_as_coordinate_arrays_and_come_back_bit_for_bit() -> None:
     import pickle
 
-    from agriseg.health.vectorize import PicklePolygons
+    from agriseg.health.polygon_batch import PicklePolygons
 
     holed = shapely.Polygon(
         [(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (2, 3.5), (3.25, 3.5), (3.25, 2)]]

@@ -68,7 +68,7 @@ def test_field_statistics_match_direct_counts(tmp_path: Path) -> None:
     }
     fields = read_fields(write_fields(tmp_path / "fields.gpkg", boxes), CRS(UTM))
     assert fields.ids == ("north", "south")
-    stats = field_statistics(path, DEFAULT_CLASSES, fields, block_size=32)
+    stats = field_statistics(path, DEFAULT_CLASSES, fields, pane_size=32)
     expected = [
         health_summary(direct_areas(data[:40, :70]), DEFAULT_CLASSES),
         health_summary(direct_areas(data[40:, 20:]), DEFAULT_CLASSES),
@@ -109,7 +109,7 @@ def test_health_polygons_carry_field_ids(tmp_path: Path) -> None:
         None,
         tmp_path,
         "f",
-        HealthOptions(min_area_m2=0, fields=fields_path, preview=False, block_size=32),
+        HealthOptions(min_area_m2=0, fields=fields_path, preview=False, pane_size=32),
     )
     assert [f["field_id"] for f in summary["fields"]] == ["7", "9"]
     frame = pyogrio.read_dataframe(tmp_path / "f.health.gpkg", layer="health")
@@ -146,7 +146,7 @@ def test_bad_fields_file_is_an_input_error(tmp_path: Path, problem: str) -> None
 def test_grid_matches_direct_cell_counts(tmp_path: Path) -> None:
     data = classes()
     path = write_classes(tmp_path, data)
-    zones = grid_zones(path, DEFAULT_CLASSES, size_m=0.5, block_size=32)  # cells of 25 × 25 px
+    zones = grid_zones(path, DEFAULT_CLASSES, size_m=0.5, pane_size=32)  # cells of 25 × 25 px
     assert zones.crs == CRS(UTM)
     assert len(zones) == 4 * 5  # the raster's 100 × 120 px, every cell with valid pixels
     for zone in zones.itertuples():
@@ -175,7 +175,7 @@ def test_grid_over_geographic_raster_is_in_utm(tmp_path: Path) -> None:
     data = classes(60, 60)
     transform = Affine(2.54e-7, 0.0, 15.0, 0.0, -1.8e-7, 45.0)
     write_raster(tmp_path / "g.tif", data[None], "EPSG:4326", transform, NODATA, block=16)
-    zones = grid_zones(tmp_path / "g.tif", DEFAULT_CLASSES, size_m=0.4, block_size=16)
+    zones = grid_zones(tmp_path / "g.tif", DEFAULT_CLASSES, size_m=0.4, pane_size=16)
     assert zones.crs == CRS(32633)
     assert shapely.area(zones.geometry.to_numpy()) == pytest.approx(0.16)
     minx, miny, *_ = zones.total_bounds

@@ -19,7 +19,7 @@ import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
 
-from agriseg.health.vectorize import PicklePolygons
+from agriseg.health.polygon_batch import PicklePolygons
 
 #: Decimal places of GeoJSON coordinates: 1e-7° is about 1 cm on the ground.
 GEOJSON_DECIMALS = 7

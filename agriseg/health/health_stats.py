@@ -1,7 +1,7 @@
 """Field-health statistics: class areas, cover, weed pressure, disease incidence, score.
 
 Areas come from pixel counts of the (sieved) class raster times the ground area of
-each pixel (:mod:`agriseg.io.areas`), accumulated block by block, optionally split
+each pixel (:mod:`agriseg.io.areas`), accumulated pane by pane, optionally split
 into zones (fields, grid cells) by a labelling function.
 
 Every index is a sum over the classes' roles (:mod:`agriseg.classes`), so a model
@@ -32,7 +32,7 @@ from rasterio.windows import Window
 
 from agriseg.classes import ROLES, ClassList, Role
 from agriseg.errors import InputError
-from agriseg.health.vectorize import blocks
+from agriseg.health.panes import panes
 from agriseg.io.areas import as_pyproj, pixel_area_rows_m2
 
 #: Labels each pixel of a window with a zone index (``-1``: in no zone).
@@ -77,7 +77,7 @@ def zone_class_areas(
     n_classes: int,
     zonings: Sequence[Zoning],
     *,
-    block_size: int = 2048,
+    pane_size: int = 2048,
 ) -> list[np.ndarray]:
     """Ground area of each class in each zone of every zoning, in one read of the raster.
 
@@ -85,7 +85,7 @@ def zone_class_areas(
         classes_path: Class raster (uint8, nodata 255) with a CRS.
         n_classes: Number of classes (ids ``0..n_classes-1``).
         zonings: The zonings to measure.
-        block_size: Edge of the blocks read at a time, in pixels.
+        pane_size: Edge of the panes read at a time, in pixels.
 
     Returns:
         One float64 array of shape ``(zoning.count, n_classes)`` per zoning, in m².
@@ -93,7 +93,7 @@ def zone_class_areas(
     totals = [np.zeros(z.count * n_classes) for z in zonings]
     with rasterio.open(classes_path) as src:
         crs = raster_crs(src, classes_path)
-        for row in blocks(src.height, src.width, block_size):
+        for row in panes(src.height, src.width, pane_size):
             first = row[0]
             rows = np.arange(first.row_off, first.row_off + first.height)
             row_area = pixel_area_rows_m2(crs, src.transform, rows, src.width / 2)
@@ -116,8 +116,8 @@ def planar_class_areas(
     counts: Iterable[np.ndarray], n_classes: int, pixel_area_m2: float
 ) -> np.ndarray:
     """Ground area (m²) of each class from the pixel counts of the raster's
-    ``block_size`` windows (values 0-255, nodata counted but left out), in the order
-    :func:`zone_class_areas` reads them (block rows, then columns), on a CRS where every
+    ``pane_size`` windows (values 0-255, nodata counted but left out), in the order
+    :func:`zone_class_areas` reads them (pane rows, then columns), on a CRS where every
     pixel has ``pixel_area_m2``: the same floating-point sums as its whole-raster zoning,
     so the same bits, without reading the raster."""
     total = np.zeros(n_classes)
@@ -130,14 +130,14 @@ def class_areas_m2(
     classes_path: Path,
     n_classes: int,
     *,
-    block_size: int = 2048,
+    pane_size: int = 2048,
     zones: ZoneLabeller | None = None,
     n_zones: int = 1,
 ) -> np.ndarray:
     """Ground area of each class in each zone of a class raster (one zoning: see
     :func:`zone_class_areas`); ``(n_zones, n_classes)`` in m²."""
     zoning = Zoning(zones, n_zones)
-    return zone_class_areas(classes_path, n_classes, [zoning], block_size=block_size)[0]
+    return zone_class_areas(classes_path, n_classes, [zoning], pane_size=pane_size)[0]
 
 
 def role_areas(areas: np.ndarray, classes: ClassList) -> dict[Role, np.ndarray]:

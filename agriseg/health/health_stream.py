@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from agriseg.health.products import HealthJob, TaskRunner
+from agriseg.health.products import HealthJob
 from agriseg.health.strips import Strip, StripAssembler
+from agriseg.health.task_runner import TaskRunner
 
 #: Strips waiting for the health thread; bounds the memory they hold.
 QUEUE_STRIPS = 2
@@ -48,7 +49,7 @@ class HealthStream:
         image_path: The segmented image (for the preview).
         out_dir: Folder the products are written to.
         stem: Base name of the products.
-        runner: Where the blocks are sieved and polygonised (see :meth:`HealthJob.run`).
+        runner: Where the panes are sieved and polygonised (see :meth:`HealthJob.run`).
     """
 
     def __init__(

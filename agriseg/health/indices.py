@@ -13,7 +13,7 @@ Indices are ratios of raw pixel values, so any scale (uint8, uint16 reflectance 
 10000, float reflectance) gives the same values. Pixels that are invalid in the
 image (nodata, masked) or have a zero denominator are NaN and left out of means.
 An :class:`IndexReader` reads the needed bands of any window, so means per polygon,
-per field and per zone are computed block by block in bounded memory.
+per field and per zone are computed pane by pane in bounded memory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from agriseg.health.health_stats import Zoning
-from agriseg.health.vectorize import blocks
+from agriseg.health.panes import panes
 from agriseg.io.raster import read_window
 from agriseg.io.spectral import band_names
 
@@ -105,7 +105,7 @@ def zone_index_means(
     width: int,
     zonings: Sequence[Zoning],
     *,
-    block_size: int = 2048,
+    pane_size: int = 2048,
 ) -> list[np.ndarray]:
     """Mean of each index in each zone of every zoning, in one read of the image: one
     ``(zoning.count, len(reader.names))`` array per zoning, NaN where no pixel of a
@@ -113,7 +113,7 @@ def zone_index_means(
     k = len(reader.names)
     sums = [np.zeros((k, z.count)) for z in zonings]
     counts = [np.zeros((k, z.count)) for z in zonings]
-    for row in blocks(height, width, block_size):
+    for row in panes(height, width, pane_size):
         for window in row:
             values = reader.read(window)
             finite = np.isfinite(values)

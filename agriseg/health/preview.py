@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
 from agriseg.classes import NODATA, ClassList
-from agriseg.health.vectorize import picked_pixels
+from agriseg.health.pane_polygons import picked_pixels
 from agriseg.io.atomic import atomic_output
 from agriseg.io.raster import READ_ENV
 from agriseg.io.spectral import find_bands

@@ -12,14 +12,12 @@ complete.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import numpy as np
@@ -33,7 +31,7 @@ from rasterio.windows import Window
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.config import POLYGON_KEYWORDS, HealthOptions, VectorFormat
 from agriseg.errors import InputError
-from agriseg.health.geojson import FeatureText, rounding_keeps_lattice_polygons_valid
+from agriseg.health.geojson import rounding_keeps_lattice_polygons_valid
 from agriseg.health.health_stats import (
     WHOLE,
     Zoning,
@@ -43,6 +41,20 @@ from agriseg.health.health_stats import (
     zone_class_areas,
 )
 from agriseg.health.indices import IndexReader, zone_index_means
+from agriseg.health.pane_polygons import (
+    PanePolygons,
+    PolygonSettings,
+    run_pane,
+)
+from agriseg.health.panes import (
+    FilePaneTask,
+    PaneTask,
+    file_pane_tasks,
+    pane_tasks,
+    sieve_halo,
+    sieve_size,
+)
+from agriseg.health.polygon_batch import PolygonBatch
 from agriseg.health.preview import (
     PngWriter,
     PreviewCanvas,
@@ -51,6 +63,7 @@ from agriseg.health.preview import (
     read_preview_image,
 )
 from agriseg.health.qgis import class_style, write_layer_styles, zone_style
+from agriseg.health.seams import StripPolygons
 from agriseg.health.strips import FileStrip, Strip, raster_file_strips
 from agriseg.health.vector_outputs import (
     OGR_DRIVERS,
@@ -58,22 +71,7 @@ from agriseg.health.vector_outputs import (
     LayerWriter,
     geopackage_output,
 )
-from agriseg.health.vectorize import (
-    BlockPolygons,
-    BlockTask,
-    FileBlockTask,
-    PolygonBatch,
-    PolygonSettings,
-    StripPolygons,
-    block_tasks,
-    file_block_tasks,
-    finish_polygons,
-    ignore_interrupts,
-    run_block,
-    sieve_halo,
-    sieve_size,
-    warm_up,
-)
+from agriseg.health.vectorize import finish_polygons
 from agriseg.io.areas import (
     geometry_area_perimeter_m,
     is_planar_metric,
@@ -89,6 +87,8 @@ from agriseg.io.ownership import output_paths
 if TYPE_CHECKING:
     from distributed import Client
 
+from agriseg.health.geojson_queue import GeoJSONTexts
+from agriseg.health.task_runner import Pending, TaskRunner, task_runner
 from agriseg.health.zones import (
     Fields,
     assign_fields,
@@ -100,7 +100,7 @@ from agriseg.health.zones import (
     zone_frame,
 )
 
-#: Most rows per strip of the health pass (blocks are ``block_size`` px wide).
+#: Most rows per strip of the health pass (panes are ``pane_size`` px wide).
 STRIP_ROWS = 2048
 
 #: Most pixels per strip: wide rasters get shorter strips, so the pass's memory does
@@ -122,18 +122,12 @@ LARGE_SURVEY_PX = 25_000_000
 #: Roles whose classes ``--polygons roles`` vectorises: the patches sprayers act on.
 PATCH_ROLES = ("weed", "disease")
 
-#: Roles whose regions span the field: cut on the grid of blocks unless
+#: Roles whose regions span the field: cut on the grid of panes unless
 #: ``--whole-regions``.
 FIELD_ROLES = ("background", "crop")
 
-#: Strips whose blocks may be in flight at once, beyond the one being joined.
+#: Strips whose panes may be in flight at once, beyond the one being joined.
 STRIPS_AHEAD = 2
-
-#: Pixels below which a health pass without ``workers`` runs in this process: starting
-#: worker processes (about a second of imports each) costs more than they save on a
-#: pass of a second or two (8 Mpx: two 2048 x 2048 blocks; `agriseg bench`'s 2048² stays
-#: in one process).
-PARALLEL_MIN_PX = 8_388_608
 
 
 def health_paths(out_dir: Path, stem: str) -> dict[str, Path]:
@@ -172,14 +166,6 @@ def resolve_formats(options: HealthOptions, pixels: int) -> tuple[VectorFormat, 
             found = (choice,)
         chosen += [f for f in found if f not in chosen]
     return tuple(f for f in ("geojson", "gpkg", "fgb") if f in chosen)
-
-
-def default_workers() -> int:
-    """Processes of a health pass without a Dask cluster: one per core it may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _template(crs: CRS, with_fields: bool, indices: tuple[str, ...] = ()) -> gpd.GeoDataFrame:
@@ -301,17 +287,17 @@ class HealthJob:
     def strip_height(self) -> int:
         """Rows per strip: short strips let a run's health pass follow close behind it,
         and bound its memory on wide rasters (see :data:`STRIP_PIXELS`). Always a
-        divisor of ``block_size``, so strip seams fall on the edges of the grid of
+        divisor of ``pane_size``, so strip seams fall on the edges of the grid of
         cells that field-spanning regions are cut on (see :class:`StripPolygons`)."""
         by_width = max(MIN_STRIP_ROWS, STRIP_PIXELS // max(1, self.grid.width))
-        size = self.options.block_size
+        size = self.options.pane_size
         limit = min(size, STRIP_ROWS, by_width)
         return max(d for d in range(1, limit + 1) if size % d == 0)
 
     @property
     def halo(self) -> int:
         """Context rows each strip needs around it (for sieving)."""
-        return sieve_halo(self.sieve_px, self.options.block_size)
+        return sieve_halo(self.sieve_px, self.options.pane_size)
 
     def polygon_settings(
         self,
@@ -319,7 +305,7 @@ class HealthJob:
         keep_sieved: bool = True,
         picks: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> PolygonSettings:
-        """What each block's polygons are made of (classes, vegetation indices) and what
+        """What each pane's polygons are made of (classes, vegetation indices) and what
         it sends back of its sieved pixels (see :class:`PolygonSettings`)."""
         vectorized = np.zeros(256, dtype=bool)
         vectorized[list(self.polygon_ids)] = True
@@ -330,7 +316,7 @@ class HealthJob:
         )
 
     def whole_classes(self) -> np.ndarray:
-        """Which class ids' regions are joined across block seams (a boolean per value)."""
+        """Which class ids' regions are joined across pane seams (a boolean per value)."""
         whole = np.ones(256, dtype=bool)
         if not self.options.whole_regions:
             whole[[c.id for c in self.raster.classes if c.role in FIELD_ROLES]] = False
@@ -338,7 +324,7 @@ class HealthJob:
 
     def file_strips(self, classes_path: Path, confidence_path: Path | None) -> Iterator[FileStrip]:
         """The strips this pass takes of finished class and confidence rasters (read by
-        the processes that sieve their blocks, or here for a cluster's)."""
+        the processes that sieve their panes, or here for a cluster's)."""
         return raster_file_strips(classes_path, confidence_path, self.strip_height, self.halo)
 
     def run(
@@ -351,7 +337,7 @@ class HealthJob:
     ) -> dict[str, Any]:
         """Write the products of the raster whose strips (top to bottom) are ``strips``.
 
-        Blocks are sieved and polygonised, and polygons made into GeoJSON text, by
+        Panes are sieved and polygonised, and polygons made into GeoJSON text, by
         ``runner`` (from :meth:`task_runner`, entered early so its processes start while
         the raster is still being made), else by one made here. See
         :func:`write_health_products` for the files and the returned summary.
@@ -415,143 +401,6 @@ def _polygon_writers(
     return writers
 
 
-T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
-
-
-class Pending(Protocol[T_co]):
-    """A task running somewhere (a concurrent or Dask future)."""
-
-    def result(self) -> T_co: ...
-
-    def done(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class TaskRunner:
-    """Where the parallel tasks of a health pass run (the blocks, :func:`run_block`, and
-    the GeoJSON text, :func:`~agriseg.health.geojson.feature_text`): ``runner(fn, *args)``
-    starts ``fn(*args)`` and returns its pending result.
-
-    Attributes:
-        submit: Starts ``fn(*args)`` (an executor's or a Dask client's ``submit``).
-        parallel: How many tasks run at once (the work of a strip is cut in at least
-            that many tasks).
-        local: Whether the tasks run on this machine (so they can read its files).
-    """
-
-    submit: Callable[..., Pending[Any]]
-    parallel: int = 1
-    local: bool = True
-
-    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Pending[T]:
-        return self.submit(fn, *args)
-
-
-def _run_inline(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
-    done: Future[T] = Future()
-    done.set_result(fn(*args))
-    return done
-
-
-@contextlib.contextmanager
-def task_runner(
-    client: Client | None, workers: int | None, pixels: int = 0
-) -> Iterator[TaskRunner]:
-    """Where the tasks of a health pass run: blocks sieved and polygonised
-    (:func:`run_block`) and polygons made into GeoJSON text.
-
-    On ``client``'s Dask workers when the run has a cluster; else on ``workers``
-    local processes (default: one per core for rasters of ``pixels`` >=
-    :data:`PARALLEL_MIN_PX`, else one), or in this thread for one. GDAL's ``shapes``
-    and the polygon building hold the GIL, so threads would not help.
-    """
-    if client is not None:
-
-        def on_cluster(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
-            return client.submit(fn, *args, pure=False)  # type: ignore[no-any-return]
-
-        yield TaskRunner(on_cluster, max(1, sum(client.nthreads().values())), local=False)
-        return
-    if workers is None:
-        workers = default_workers() if pixels >= PARALLEL_MIN_PX else 1
-    if workers == 1:
-        yield TaskRunner(_run_inline)
-        return
-    # Spawned, not forked: the parent runs threads (Dask's, the preview's). Ctrl-C is
-    # the parent's to handle: it shuts the pool down.
-    pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
-    )
-    try:
-        for _ in range(workers):  # each submit to a pool without an idle process starts one
-            pool.submit(warm_up, "agriseg.health.geojson")
-        yield TaskRunner(pool.submit, workers)
-    except BaseException:
-        pool.shutdown(cancel_futures=True)
-        raise
-    # Every result is in: let the processes exit on their own instead of waiting.
-    pool.shutdown(wait=False)
-
-
-@dataclass
-class _Text:
-    """One slice of a batch's GeoJSON text: how to make it, and where it is being made."""
-
-    encode: Callable[[], FeatureText]
-    pending: Pending[FeatureText] | None = None
-
-
-class _GeoJSONTexts:
-    """The GeoJSON text of the polygon batches, made where a core is free and written in
-    order.
-
-    This process makes slices while it would only wait for blocks (:meth:`make_while`);
-    slices it has not made go to the runner once more than ``2 x runner.parallel`` wait,
-    and all of them once the runner has no blocks left (:attr:`runner_idle`).
-    """
-
-    def __init__(self, writer: GeoJSONWriter, run: TaskRunner) -> None:
-        self._writer = writer
-        self._run = run
-        self._texts: deque[_Text] = deque()
-        #: Whether the runner has no more blocks to run.
-        self.runner_idle = False
-
-    def add(self, frame: gpd.GeoDataFrame) -> None:
-        """Queue the text of ``frame``'s rows, after the rows queued before."""
-        self._texts.extend(_Text(e) for e in self._writer.encoders(frame, self._run.parallel))
-        waiting = [text for text in self._texts if text.pending is None]
-        keep = 0 if self.runner_idle else 2 * self._run.parallel
-        for text in waiting[: max(0, len(waiting) - keep)]:
-            text.pending = self._run(text.encode)
-        self._write_done()
-
-    def make_while(self, running: Pending[Any]) -> None:
-        """Make queued slices here until ``running`` is done."""
-        for text in self._texts:
-            if running.done():
-                break
-            if text.pending is None:
-                text.pending = _run_inline(text.encode)
-        self._write_done()
-
-    def finish(self) -> None:
-        """Make what is left (on the runner) and write it all."""
-        for text in self._texts:
-            if text.pending is None:
-                text.pending = self._run(text.encode)
-        while self._texts:
-            pending = self._texts.popleft().pending
-            assert pending is not None
-            self._writer.write_text(pending.result())
-
-    def _write_done(self) -> None:
-        while self._texts and (pending := self._texts[0].pending) and pending.done():
-            self._writer.write_text(pending.result())
-            self._texts.popleft()
-
-
 class _BackgroundPreview:
     """Draws the preview on a thread as the sieved strips arrive (see
     :class:`~agriseg.health.preview.StreamedPreview`): the image is read at preview size first,
@@ -602,13 +451,13 @@ def _write_polygons(
     """Sieve ``strips`` (into ``sieved`` unless None) and vectorise them into ``files``,
     in one pass.
 
-    Each strip's blocks go to ``run`` as soon as the strip arrives, up to
+    Each strip's panes go to ``run`` as soon as the strip arrives, up to
     :data:`STRIPS_AHEAD` strips ahead of the one being joined; joining, numbering and
     writing take the strips in order, so the products do not depend on where or in
-    which order the blocks ran. Sieved strips also go to ``preview``; ``indices`` are
+    which order the panes ran. Sieved strips also go to ``preview``; ``indices`` are
     averaged per polygon. Returns the number of polygons, how many of them the GeoJSON
     left out because they cannot be projected to WGS84, each index's mean over every
-    valid pixel, and the pixel count of each value (0-255) in every ``block_size``
+    valid pixel, and the pixel count of each value (0-255) in every ``pane_size``
     window of the raster, row by row (see :func:`~agriseg.health.health_stats.planar_class_areas`).
     """
     grid, options = job.grid, job.options
@@ -624,58 +473,58 @@ def _write_polygons(
         "zlevel": 1,
     }
     names = indices.names if indices is not None else ()
-    # Blocks send back only what this process uses of their sieved pixels.
+    # Panes send back only what this process uses of their sieved pixels.
     settings = job.polygon_settings(
         indices,
         keep_sieved=sieved is not None,
         picks=preview.picks if preview is not None else None,
     )
-    polygons = StripPolygons(grid.height, grid.width, options.block_size, whole=job.whole_classes())
+    polygons = StripPolygons(grid.height, grid.width, options.pane_size, whole=job.whole_classes())
     value_sum = np.zeros(len(names))
     value_count = np.zeros(len(names))
-    # Strips are at most block_size rows and divide it: each window of the block grid
-    # sums the counts of the strips' blocks in it (integers, so in any order).
+    # Strips are at most pane_size rows and divide it: each window of the pane grid
+    # sums the counts of the strips' panes in it (integers, so in any order).
     class_counts: dict[tuple[int, int], np.ndarray] = {}
 
-    size = options.block_size
+    size = options.pane_size
 
-    def join(found: list[BlockPolygons], dst: rasterio.io.DatasetWriter | None) -> PolygonBatch:
-        for block in found:
-            value_sum[:] += block.value_sum
-            value_count[:] += block.value_count
-            key = (int(block.window.row_off) // size, int(block.window.col_off) // size)
-            class_counts[key] = class_counts.get(key, 0) + block.class_counts
+    def join(found: list[PanePolygons], dst: rasterio.io.DatasetWriter | None) -> PolygonBatch:
+        for pane in found:
+            value_sum[:] += pane.value_sum
+            value_count[:] += pane.value_count
+            key = (int(pane.window.row_off) // size, int(pane.window.col_off) // size)
+            class_counts[key] = class_counts.get(key, 0) + pane.class_counts
         row_off = int(found[0].window.row_off)
         if dst is not None:
-            core = np.concatenate([block.sieved for block in found], axis=1)
+            core = np.concatenate([pane.sieved for pane in found], axis=1)
             dst.write(core, 1, window=Window(0, row_off, grid.width, core.shape[0]))
         if preview is not None:
-            preview.add(np.concatenate([block.picked for block in found], axis=1), row_off)
-        return polygons.add_blocks(found)
+            preview.add(np.concatenate([pane.picked for pane in found], axis=1), row_off)
+        return polygons.add_panes(found)
 
     def pixel_batches(dst: rasterio.io.DatasetWriter | None) -> Iterator[PolygonBatch]:
-        in_flight: deque[list[Pending[BlockPolygons]]] = deque()
+        in_flight: deque[list[Pending[PanePolygons]]] = deque()
         for strip in strips:
-            tasks: Sequence[BlockTask | FileBlockTask]
+            tasks: Sequence[PaneTask | FilePaneTask]
             if isinstance(strip, FileStrip) and run.local:
-                tasks = file_block_tasks(strip, job.sieve_px, options.block_size)
+                tasks = file_pane_tasks(strip, job.sieve_px, options.pane_size)
             else:  # a cluster's workers may not see this machine's files
                 read = strip.read() if isinstance(strip, FileStrip) else strip
-                tasks = block_tasks(read, job.sieve_px, options.block_size)
-            in_flight.append([run(run_block, task, settings) for task in tasks])
+                tasks = pane_tasks(read, job.sieve_px, options.pane_size)
+            in_flight.append([run(run_pane, task, settings) for task in tasks])
             if len(in_flight) > STRIPS_AHEAD:
                 yield join(results(in_flight.popleft()), dst)
         while in_flight:
             found = results(in_flight.popleft())
             if not in_flight and texts is not None:
-                texts.runner_idle = True  # the blocks are done: the last text can go there
+                texts.runner_idle = True  # the panes are done: the last text can go there
             yield join(found, dst)
 
-    def results(found: list[Pending[BlockPolygons]]) -> list[BlockPolygons]:
+    def results(found: list[Pending[PanePolygons]]) -> list[PanePolygons]:
         if texts is not None:
-            for block in found:
-                texts.make_while(block)
-        return [block.result() for block in found]
+            for pane in found:
+                texts.make_while(pane)
+        return [pane.result() for pane in found]
 
     with contextlib.ExitStack() as stack:
         dst = stack.enter_context(rasterio.open(sieved, "w", **profile)) if sieved else None
@@ -685,7 +534,7 @@ def _write_polygons(
         coverage = len(job.polygon_ids) == len(job.raster.classes)
         batches = finish_polygons(pixel_batches(dst), grid.transform, simplify_px, coverage)
         geojson = next((w for w in writers if isinstance(w, GeoJSONWriter)), None)
-        texts = _GeoJSONTexts(geojson, run) if geojson is not None else None
+        texts = GeoJSONTexts(geojson, run) if geojson is not None else None
         for batch in batches:
             frame = polygon_attributes(batch, job.crs, job.raster.classes, job.fields, names)
             if texts is not None:
@@ -716,7 +565,7 @@ class _Statistics:
 
 def _reads_sieved(job: HealthJob) -> bool:
     """Whether the statistics read the sieved raster back: for fields and grid cells, and
-    for class areas on CRSs whose pixel area varies; else the blocks' counts suffice."""
+    for class areas on CRSs whose pixel area varies; else the panes' counts suffice."""
     return job.fields is not None or job.options.grid_m is not None or not is_planar_metric(job.crs)
 
 
@@ -725,7 +574,7 @@ def _statistics(
 ) -> _Statistics:
     """Class areas of the whole raster, its fields and its grid cells, in one read of the
     sieved raster (and one of the image for the vegetation indices); without ``sieved``
-    (see :func:`_reads_sieved`), the class areas from the blocks' pixel ``counts``."""
+    (see :func:`_reads_sieved`), the class areas from the panes' pixel ``counts``."""
     grid, options, classes = job.grid, job.options, job.raster.classes
     if sieved is None:
         area = float(pixel_area_rows_m2(job.crs, grid.transform, np.zeros(1), 0.0)[0])
@@ -737,11 +586,11 @@ def _statistics(
     if options.grid_m is not None:
         cells = make_grid(job.crs, grid.transform, grid.width, grid.height, options.grid_m)
         zonings.append(Zoning(grid_labeller(cells, job.crs, grid.transform), cells.n_cells))
-    areas = zone_class_areas(sieved, len(classes), zonings, block_size=options.block_size)
+    areas = zone_class_areas(sieved, len(classes), zonings, pane_size=options.pane_size)
     means: list[np.ndarray | None] = [None] * len(zonings)
     if indices is not None and len(zonings) > 1:
         means[1:] = zone_index_means(
-            indices, grid.height, grid.width, zonings[1:], block_size=options.block_size
+            indices, grid.height, grid.width, zonings[1:], pane_size=options.pane_size
         )
     fields = zones = None
     k = 1

@@ -119,7 +119,7 @@ def field_statistics(
     classes_path: Path,
     classes: ClassList,
     fields: Fields,
-    block_size: int = 2048,
+    pane_size: int = 2048,
     indices: IndexReader | None = None,
 ) -> list[dict]:
     """Health statistics (see :func:`agriseg.health.health_stats.health_summary`) for each
@@ -127,7 +127,7 @@ def field_statistics(
     with rasterio.open(classes_path) as src:
         transform, height, width = src.transform, src.height, src.width
     zoning = Zoning(field_labeller(fields, transform), len(fields.ids))
-    areas, means = _measure(classes_path, (height, width), classes, zoning, block_size, indices)
+    areas, means = _measure(classes_path, (height, width), classes, zoning, pane_size, indices)
     return field_table(fields, classes, areas, means, indices)
 
 
@@ -136,14 +136,14 @@ def _measure(
     shape: tuple[int, int],
     classes: ClassList,
     zoning: Zoning,
-    block_size: int,
+    pane_size: int,
     indices: IndexReader | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One zoning's class areas, and its index means when ``indices`` are given."""
-    areas = zone_class_areas(classes_path, len(classes), [zoning], block_size=block_size)[0]
+    areas = zone_class_areas(classes_path, len(classes), [zoning], pane_size=pane_size)[0]
     if indices is None:
         return areas, None
-    means = zone_index_means(indices, *shape, [zoning], block_size=block_size)[0]
+    means = zone_index_means(indices, *shape, [zoning], pane_size=pane_size)[0]
     return areas, means
 
 
@@ -319,7 +319,7 @@ def grid_zones(
     classes_path: Path,
     classes: ClassList,
     size_m: float,
-    block_size: int = 2048,
+    pane_size: int = 2048,
     indices: IndexReader | None = None,
 ) -> gpd.GeoDataFrame:
     """Management-zone grid: per-cell class shares and weed pressure.
@@ -337,7 +337,7 @@ def grid_zones(
         transform, width, height = src.transform, src.width, src.height
     grid = make_grid(crs, transform, width, height, size_m)
     zoning = Zoning(grid_labeller(grid, crs, transform), grid.n_cells)
-    areas, means = _measure(classes_path, (height, width), classes, zoning, block_size, indices)
+    areas, means = _measure(classes_path, (height, width), classes, zoning, pane_size, indices)
     return zone_frame(grid, classes, areas, means, indices)
 
 

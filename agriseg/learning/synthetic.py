@@ -13,25 +13,18 @@ Everything is vectorised numpy; a seed fixes every random choice.
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import rasterio
 from affine import Affine
-from rasterio import features
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp
 from rasterio.errors import CRSError
 
-from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, FieldClass
+from agriseg.classes import DEFAULT_CLASSES, ClassList, FieldClass
 from agriseg.errors import InputError
-from agriseg.io.atomic import atomic_output
-from agriseg.io.geopackage import write_layer
+from agriseg.learning.textures import fbm, gaussian_blur, shift_mask, value_noise, wave_field, waves
 
 SOIL, CROP, WEED, DISEASED = (c.id for c in DEFAULT_CLASSES)
 
@@ -234,16 +227,6 @@ class Survey:
 
 
 @dataclass(frozen=True)
-class SurveyPaths:
-    """Files written by :func:`write_survey`."""
-
-    image: Path
-    labels: Path
-    polygons: Path
-    plants: Path
-
-
-@dataclass(frozen=True)
 class _Plants:
     """Attribute tables of plants on a lattice of parallel lines, flat-indexed by (line, slot).
 
@@ -295,71 +278,6 @@ def _check(params: SurveyParams) -> CRS:
         raise InputError(
             f"survey crs {params.crs!r} is not a valid CRS; give e.g. 'EPSG:32633'"
         ) from exc
-
-
-def _smoothstep(t: np.ndarray) -> np.ndarray:
-    return t * t * (3 - 2 * t)
-
-
-def _value_noise(
-    rng: np.random.Generator, shape: tuple[int, int], gsd: float, cell_m: float
-) -> np.ndarray:
-    """Smooth noise in [-1, 1] with features about ``cell_m`` metres across."""
-    h, w = shape
-    cell_px = max(cell_m / gsd, 1.0)
-    grid = rng.uniform(-1, 1, (int(h / cell_px) + 3, int(w / cell_px) + 3)).astype(np.float32)
-
-    def axis(n: int) -> tuple[np.ndarray, np.ndarray]:
-        pos = (np.arange(n, dtype=np.float32) + 0.5) / cell_px + rng.uniform(0, 1)
-        i0 = pos.astype(np.int64)
-        return i0, _smoothstep(pos - i0).astype(np.float32)
-
-    r0, rw = axis(h)
-    c0, cw = axis(w)
-    rows = grid[r0] * (1 - rw)[:, None] + grid[r0 + 1] * rw[:, None]
-    return rows[:, c0] * (1 - cw) + rows[:, c0 + 1] * cw
-
-
-def _fbm(
-    rng: np.random.Generator, shape: tuple[int, int], gsd: float, cells_m: tuple[float, ...]
-) -> np.ndarray:
-    """Sum of value-noise octaves, roughly in [-1, 1]; octaves finer than a pixel are white."""
-    out = np.zeros(shape, np.float32)
-    total = 0.0
-    for i, cell in enumerate(cells_m):
-        weight = 0.6**i
-        if cell < 1.5 * gsd:
-            out += weight * rng.uniform(-1, 1, shape).astype(np.float32)
-        else:
-            out += weight * _value_noise(rng, shape, gsd, cell)
-        total += weight
-    return out / total
-
-
-def _wave_field(
-    rng: np.random.Generator, wavelengths: tuple[float, float]
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """A smooth field in [-1, 1] to evaluate at any points: a mean of four random plane waves."""
-    waves = []
-    for _ in range(4):
-        angle = rng.uniform(0, 2 * math.pi)
-        k = 2 * math.pi / rng.uniform(*wavelengths)
-        waves.append((angle, k, rng.uniform(0, 6.3)))
-
-    def field(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        out = np.zeros(np.broadcast(x, y).shape, np.float32)
-        for angle, k, phase in waves:
-            out += np.sin(k * (math.cos(angle) * x + math.sin(angle) * y) + phase)
-        return out / 4
-
-    return field
-
-
-def _waves(
-    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, wavelengths: tuple[float, float]
-) -> np.ndarray:
-    """Smooth field in [-1, 1] at arbitrary points: a mean of four random plane waves."""
-    return _wave_field(rng, wavelengths)(x, y)
 
 
 def _lattice_extent(
@@ -499,7 +417,7 @@ def _weeds(
     chance = params.weed_density * rs * pitch / area
     k = np.repeat(np.arange(k0, k0 + nk), ns)
     s = np.tile(np.arange(s0, s0 + ns), nk)
-    patch = 1 + 0.7 * _waves(rng, (s + 0.5) * pitch, k * rs, (3.0, 10.0))
+    patch = 1 + 0.7 * waves(rng, (s + 0.5) * pitch, k * rs, (3.0, 10.0))
     tables["radius"][rng.random(n) >= chance * patch] = 0
     yellow = rng.random(n) < 0.5
     colour = np.where(yellow, _WEED_YELLOW[:, None], _WEED_BLUE[:, None])
@@ -540,37 +458,9 @@ def _diseased_plants(
         placed.append(options[int(np.argmax(spread))])
         fu, fv = to_rows @ placed[-1]
         d = np.hypot(centre_u - fu, centre_v - fv) / radius
-        edge = 1 + 0.25 * _waves(rng, centre_u / radius, centre_v / radius, (0.8, 2.0))
+        edge = 1 + 0.25 * waves(rng, centre_u / radius, centre_v / radius, (0.8, 2.0))
         chance = np.maximum(chance, np.clip((edge + 0.2 - d) / 0.4, 0, 1))
     return rng.random(centre_u.shape) < chance
-
-
-def _gaussian_blur(bands: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of ``(bands, H, W)`` with edge padding."""
-    radius = max(int(math.ceil(3 * sigma)), 1)
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).astype(np.float32)
-    taps /= taps.sum()
-    out = bands
-    for axis in (1, 2):
-        pad = [(0, 0)] * 3
-        pad[axis] = (radius, radius)
-        padded = np.pad(out, pad, mode="edge")
-        n = out.shape[axis]
-        acc = np.zeros_like(out)
-        for i, t in enumerate(taps):
-            acc += t * padded.take(np.arange(i, i + n), axis=axis)
-        out = acc
-    return out
-
-
-def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``mask`` moved by (dy, dx) pixels, False where it moved in from outside."""
-    h, w = mask.shape
-    out = np.zeros_like(mask)
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = mask[
-        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return out
 
 
 def generate_survey(params: SurveyParams, seed: int) -> Survey:
@@ -604,7 +494,7 @@ def generate_survey(params: SurveyParams, seed: int) -> Survey:
     u = np.broadcast_to(to_rows[0, 0] * x + to_rows[0, 1] * y, shape).ravel()
     v = np.broadcast_to(to_rows[1, 0] * x + to_rows[1, 1] * y, shape).ravel()
     # Rows are sown slightly wavy.
-    wavy = _wave_field(crop_rng, (4.0, 12.0))
+    wavy = wave_field(crop_rng, (4.0, 12.0))
     v = v - 0.02 * wavy(u, np.zeros(1, np.float32))
 
     crop, crop_u, crop_v = _crop_plants(crop_rng, params, u, v)
@@ -627,12 +517,12 @@ def generate_survey(params: SurveyParams, seed: int) -> Survey:
     # Shadows cast by the plants on the soil, away from a random sun.
     sun = soil_rng.uniform(0, 2 * math.pi)
     length = soil_rng.uniform(0.02, 0.05) / gsd
-    shadow = _shift(
+    shadow = shift_mask(
         vegetation.reshape(shape), round(length * math.sin(sun)), round(length * math.cos(sun))
     ).ravel()
     refl[:, shadow & ~vegetation] *= 0.7
 
-    leaf_texture = _value_noise(crop_rng, shape, gsd, 0.02).ravel()
+    leaf_texture = value_noise(crop_rng, shape, gsd, 0.02).ravel()
     pix = np.flatnonzero(on_weed & ~on_crop)
     shade = 0.8 + 0.3 * (1 - weed_depth[pix]) - 0.1 * weed_across[pix]
     refl[:, pix] = weed_colour[:, weed_id[pix]] * (shade * (1 + 0.08 * leaf_texture[pix]))
@@ -647,7 +537,7 @@ def generate_survey(params: SurveyParams, seed: int) -> Survey:
     shade *= 1 + 0.08 * leaf_texture[pix]
     healthy = _CROP[:, None] + (_CROP_YOUNG - _CROP)[:, None] * (0.6 * centre)
     ill = _DISEASED[:, None] + (_DISEASED_BROWN - _DISEASED)[:, None] * severity[ids]
-    lesion = _value_noise(disease_rng, shape, gsd, max(0.015, 1.2 * gsd)).ravel()[pix] > 0.35
+    lesion = value_noise(disease_rng, shape, gsd, max(0.015, 1.2 * gsd)).ravel()[pix] > 0.35
     ill = np.where(lesion, _LESION[:, None], ill)
     refl[:, pix] = np.where(sick[ids], ill, healthy) * shade
 
@@ -675,9 +565,9 @@ def _soil(
     """Soil reflectance (5, H, W): texture, moisture, a tint and tramline wheel tracks."""
     shape = (params.height, params.width)
     gsd = params.gsd_m
-    texture = _fbm(rng, shape, gsd, (0.8, 0.25, 0.08, 0.03, 0.012)).ravel()
-    wet = np.clip(_fbm(rng, shape, gsd, (6.0, 2.0, 0.6)).ravel() * 2.5 + 0.1, 0, 1)
-    tint = _value_noise(rng, shape, gsd, 1.5).ravel()
+    texture = fbm(rng, shape, gsd, (0.8, 0.25, 0.08, 0.03, 0.012)).ravel()
+    wet = np.clip(fbm(rng, shape, gsd, (6.0, 2.0, 0.6)).ravel() * 2.5 + 0.1, 0, 1)
+    tint = value_noise(rng, shape, gsd, 1.5).ravel()
     base = _SOIL * rng.uniform(0.8, 1.15) * rng.uniform(0.96, 1.04, 5).astype(np.float32)
     scalar = (1 + 0.25 * texture) * (1 - 0.4 * wet)
     refl = base[:, None] * scalar
@@ -711,7 +601,7 @@ def _camera(rng: np.random.Generator, params: SurveyParams, refl: np.ndarray) ->
         grey = display.mean(axis=0, keepdims=True)
         bands = grey + _SATURATION * (display - grey)
     if params.blur_px > 0:
-        bands = _gaussian_blur(bands.astype(np.float32), params.blur_px)
+        bands = gaussian_blur(bands.astype(np.float32), params.blur_px)
     if params.noise > 0:
         # Reflectance noise is scaled to match a display noise of the same strength.
         sd = params.noise * (1.0 if not params.multispectral else 0.3)
@@ -719,107 +609,3 @@ def _camera(rng: np.random.Generator, params: SurveyParams, refl: np.ndarray) ->
     if params.multispectral:
         return np.clip(np.rint(bands * 10000), 0, 65535).astype(np.uint16)
     return np.clip(np.rint(bands * 255), 0, 255).astype(np.uint8)
-
-
-def label_polygons(survey: Survey) -> gpd.GeoDataFrame:
-    """Polygons of the label raster, one per connected patch of a class.
-
-    Args:
-        survey: The survey to vectorise.
-
-    Returns:
-        Columns ``class`` (name), ``class_id`` and ``geometry``, in the survey's CRS.
-    """
-    names = {c.id: c.name for c in survey.classes}
-    records = [
-        (names[int(value)], int(value), geom)
-        for geom, value in features.shapes(
-            survey.labels, mask=survey.labels != NODATA, transform=survey.transform
-        )
-    ]
-    frame = gpd.GeoDataFrame.from_features(
-        [
-            {"type": "Feature", "properties": {"class": n, "class_id": i}, "geometry": g}
-            for n, i, g in records
-        ],
-        crs=survey.crs,
-        columns=["class", "class_id", "geometry"],
-    )
-    frame["class_id"] = frame["class_id"].astype(np.uint8)
-    return frame
-
-
-def write_survey(survey: Survey, out_dir: Path, stem: str) -> SurveyPaths:
-    """Write a survey as GeoTIFFs and a GeoPackage, each file atomically.
-
-    Writes ``<stem>.tif`` (tiled, deflate, band colour interpretation set),
-    ``<stem>.labels.tif`` (uint8 class ids, nodata 255, class colour table and
-    ``class_N`` tags), ``<stem>.labels.gpkg`` (layer ``labels``, column ``class``) and
-    ``<stem>.plants.gpkg`` (layer ``plants``: the centre of every crop plant inside the
-    image, see :meth:`PlantTruth.points`).
-
-    Args:
-        survey: The survey.
-        out_dir: Existing or new folder to write into.
-        stem: File name stem.
-
-    Returns:
-        The paths written.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = SurveyPaths(
-        out_dir / f"{stem}.tif",
-        out_dir / f"{stem}.labels.tif",
-        out_dir / f"{stem}.labels.gpkg",
-        out_dir / f"{stem}.plants.gpkg",
-    )
-    bands, h, w = survey.image.shape
-    common = {
-        "driver": "GTiff",
-        "height": h,
-        "width": w,
-        "crs": survey.crs,
-        "transform": survey.transform,
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "deflate",
-    }
-    tags = {
-        f"synthetic_{f.name}": str(getattr(survey.params, f.name)) for f in fields(SurveyParams)
-    }
-    interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
-    interp += [ColorInterp.undefined] * (bands - 3)
-    with (
-        atomic_output(paths.image) as tmp,
-        rasterio.open(
-            tmp,
-            "w",
-            count=bands,
-            dtype=survey.image.dtype,
-            predictor=2,
-            photometric="RGB" if bands == 3 else "MINISBLACK",
-            **common,
-        ) as dst,
-    ):
-        dst.write(survey.image)
-        dst.colorinterp = interp
-        for i, name in enumerate(BAND_NAMES[:bands], start=1):
-            dst.set_band_description(i, name)
-        dst.update_tags(**tags)
-    with (
-        atomic_output(paths.labels) as tmp,
-        rasterio.open(tmp, "w", count=1, dtype="uint8", nodata=NODATA, **common) as dst,
-    ):
-        dst.write(survey.labels, 1)
-        dst.write_colormap(1, survey.classes.colormap())
-        dst.update_tags(**survey.classes.tags())
-    with atomic_output(paths.polygons) as tmp, warnings.catch_warnings():
-        # The temporary's name lacks the .gpkg extension only until it is renamed.
-        warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        write_layer(label_polygons(survey), tmp, "labels")
-    with atomic_output(paths.plants) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        write_layer(survey.plants.points(survey.crs), tmp, "plants")
-    return paths
