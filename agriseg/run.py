@@ -226,6 +226,7 @@ class _Tally:
     pixels: np.ndarray
     area_m2: np.ndarray
     tiles: int = 0
+    tiles_run: int = 0
     write_s: float = 0.0
     model_s: float = 0.0
     prepare_s: float = 0.0
@@ -235,6 +236,7 @@ class _Tally:
         self.pixels += block.pixels
         self.area_m2 += block.area_m2
         self.tiles += block.tiles
+        self.tiles_run += block.tiles_run
         self.write_s += write_s
         self.model_s += block.model_s
         self.prepare_s += block.prepare_s
@@ -329,6 +331,7 @@ def _summarise(
         },
         "scale": plan.tiles.summary(),
         "tiles": plan.tiles.grid.n_tiles,
+        "tiles_run": tally.tiles_run,  # the others hold no valid pixel
         "valid_pixels": valid,
         "classes": class_table(tally.pixels, tally.area_m2, meta.classes),
         **health,

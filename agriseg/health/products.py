@@ -30,6 +30,7 @@ import shapely
 from pyproj import CRS
 from rasterio.windows import Window
 
+import agriseg.classes
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.config import POLYGON_KEYWORDS, HealthOptions, VectorFormat
 from agriseg.errors import InputError
@@ -448,6 +449,15 @@ def _run_inline(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
     return done
 
 
+def _runner_for(
+    task: BlockTask | FileBlockTask, run: TaskRunner
+) -> Callable[..., Pending[BlockPolygons]]:
+    """Where ``task`` runs: here when it has no valid pixel (it is done at once), else ``run``."""
+    if agriseg.classes.SKIP_EMPTY and isinstance(task, BlockTask) and task.empty:
+        return _run_inline
+    return run
+
+
 @contextlib.contextmanager
 def task_runner(
     client: Client | None, workers: int | None, pixels: int = 0
@@ -656,7 +666,7 @@ def _write_polygons(
             else:  # a cluster's workers may not see this machine's files
                 read = strip.read() if isinstance(strip, FileStrip) else strip
                 tasks = block_tasks(read, job.sieve_px, options.block_size)
-            in_flight.append([run(run_block, task, settings) for task in tasks])
+            in_flight.append([_runner_for(task, run)(run_block, task, settings) for task in tasks])
             if len(in_flight) > STRIPS_AHEAD:
                 yield join(results(in_flight.popleft()), dst)
         while in_flight:

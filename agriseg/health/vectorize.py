@@ -264,6 +264,14 @@ class BlockTask:
         h, w = int(self.window.height), int(self.window.width)
         return data[self.top : self.top + h, self.left : self.left + w]
 
+    @property
+    def empty(self) -> bool:
+        """Whether the block has no valid pixel: sieving changes none of it and it has
+        no polygon, so :func:`run_block` returns at once (not worth sending anywhere)."""
+        h, w = int(self.window.height), int(self.window.width)
+        core = self.classes[self.top : self.top + h, self.left : self.left + w]
+        return not (core != NODATA).any()
+
 
 @dataclass(frozen=True)
 class FileBlockTask:

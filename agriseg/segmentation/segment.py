@@ -4,6 +4,9 @@ The work is a Dask graph. Each chunk task (one row of tiles, one batch) reads it
 extent (:func:`agriseg.io.raster.read_window`) and returns its tiles' class probabilities
 multiplied by the blending window; each stitch task sums the contributions of the
 chunks around one core window, normalises, and yields class ids and confidence.
+Tiles without a valid pixel never reach the model, and a core without one is
+written as nodata without stitching: an orthomosaic's nodata costs little more than
+reading it once (see :data:`agriseg.classes.SKIP_EMPTY`).
 Chunks are submitted ahead of the stitching only as far as a byte budget allows,
 and a stitched row's chunks are cut down to the rows the next row still needs, so
 memory stays bounded whatever the raster's size and shape; finished blocks are
@@ -14,13 +17,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dask
 import numpy as np
 from distributed import Client, Future, as_completed
 from rasterio.windows import Window
 
+import agriseg.classes
 from agriseg.classes import NODATA
 from agriseg.config import RefineChoice
 from agriseg.io.areas import pixel_area_rows_m2
@@ -42,18 +46,19 @@ LOOKAHEAD_BYTES = 48 * 2**20
 class ChunkResult:
     """Blended probabilities of one chunk's tiles, and its core's validity."""
 
-    acc: np.ndarray  # (C, rows, extent width) float16, probabilities x weight
+    acc: np.ndarray | None  # (C, rows, extent width) float16, probs x weight, or None: no tile ran
     valid: np.ndarray  # (core h, core w) bool
     model_s: float  # seconds the model itself ran
     prepare_s: float  # seconds spent normalising, cutting and accumulating tiles
     row_start: int = 0  # extent rows above ``acc`` (cut away by :func:`bottom_rows`)
     read_s: float = 0.0  # seconds spent reading the chunk's extent
+    tiles_run: int = 0  # tiles the model ran (those with a valid pixel)
 
 
 def bottom_rows(part: ChunkResult, row_start: int) -> ChunkResult:
     """``part`` without its extent rows above ``row_start`` (which no later stitch needs)."""
-    keep = part.acc[:, row_start - part.row_start :].copy()
-    return ChunkResult(keep, part.valid[:0], part.model_s, part.prepare_s, row_start, part.read_s)
+    keep = None if part.acc is None else part.acc[:, row_start - part.row_start :].copy()
+    return replace(part, acc=keep, valid=part.valid[:0], row_start=row_start)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Block:
     model_s: float
     prepare_s: float
     read_s: float = 0.0
+    tiles_run: int = 0  # of ``tiles``, those the model ran
 
 
 def _pad_to_extent(data: np.ndarray, grid: TileGrid, i: int, j: int) -> np.ndarray:
@@ -103,22 +109,49 @@ def read_extent(info: RasterInfo, grid: TileGrid, i: int, j: int) -> np.ndarray:
 class ChunkBatch:
     """One chunk's tiles, ready for the model."""
 
-    tiles: np.ndarray  # (N, bands, tile, tile) float32, normalised
+    tiles: np.ndarray  # (N run, bands, tile, tile) float32, normalised: the tiles in ``run``
     valid: np.ndarray  # (core h, core w) bool
+    run: np.ndarray  # (chunk tiles,) bool: whether the model sees the tile
+
+
+def tiles_with_data(valid: np.ndarray, grid: TileGrid, i: int, j: int) -> np.ndarray:
+    """Which of chunk ``(i, j)``'s tiles hold a valid pixel (``valid``: its extent clipped
+    to the raster).
+
+    A tile without one adds its probabilities only to invalid pixels (its own, and
+    the outside of the raster its mirrored border reaches), which end up nodata
+    whatever they hold: leaving it out changes no output.
+    """
+    columns = _pad_to_extent(valid[None], grid, i, j)[0].any(axis=0)
+    starts = np.arange(grid.chunk_tiles(j)) * grid.stride
+    return np.array([columns[k : k + grid.tile].any() for k in starts], dtype=bool)
 
 
 def chunk_batch(
-    data: np.ndarray, grid: TileGrid, i: int, j: int, dtype: str, norm: Normalization
+    data: np.ndarray,
+    grid: TileGrid,
+    i: int,
+    j: int,
+    dtype: str,
+    norm: Normalization,
+    skip_empty: bool = True,
 ) -> ChunkBatch:
-    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster."""
+    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster; with
+    ``skip_empty``, only those with a valid pixel (see :func:`tiles_with_data`)."""
     core = grid.core(i, j)
     rows, cols = in_raster(grid.extent(i, j), grid)
     r_off, c_off = core.row_off - rows.start, core.col_off - cols.start
-    valid = ~np.isnan(data[0, r_off : r_off + core.height, c_off : c_off + core.width])
-    x = normalize(_pad_to_extent(data, grid, i, j), dtype, norm)
+    valid_data = ~np.isnan(data[0])
+    valid = valid_data[r_off : r_off + core.height, c_off : c_off + core.width]
     n = grid.chunk_tiles(j)
-    tiles = np.stack([x[:, :, k * grid.stride : k * grid.stride + grid.tile] for k in range(n)])
-    return ChunkBatch(tiles, valid)
+    run = tiles_with_data(valid_data, grid, i, j) if skip_empty else np.ones(n, dtype=bool)
+    if not run.any():  # nothing to normalise
+        empty = np.empty((0, data.shape[0], grid.tile, grid.tile), dtype="float32")
+        return ChunkBatch(empty, valid, run)
+    x = normalize(_pad_to_extent(data, grid, i, j), dtype, norm)
+    starts = np.flatnonzero(run) * grid.stride
+    tiles = np.stack([x[:, :, k : k + grid.tile] for k in starts])
+    return ChunkBatch(tiles, valid, run)
 
 
 def infer_chunk(
@@ -133,6 +166,7 @@ def infer_chunk(
     engine: Engine = "torch",
     tta: bool = False,
     refine: RefineChoice = "none",
+    skip_empty: bool = True,
 ) -> ChunkResult:
     """Read chunk ``(i, j)``'s extent (clipped to the raster) and run its tiles as one batch.
 
@@ -142,21 +176,31 @@ def infer_chunk(
     With ``model_tile``, the model sees the tiles resized to that edge (see
     :mod:`agriseg.segmentation.scale`);
     with ``tta``, each tile's probabilities are the mean of its eight D4 views; with
-    ``refine``, a dense CRF refines them (see :mod:`agriseg.models.refine`).
+    ``refine``, a dense CRF refines them (see :mod:`agriseg.models.refine`). With
+    ``skip_empty``, tiles without a valid pixel are left out of the batch (their
+    probabilities are zero), and a chunk without any runs nothing.
     """
     reading = time.perf_counter()
     data = read_extent(info, grid, i, j)
     start = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads, engine)
-    batch = chunk_batch(data, grid, i, j, info.dtype, predictor.meta.normalization)
+    batch = chunk_batch(data, grid, i, j, info.dtype, predictor.meta.normalization, skip_empty)
+    ran = len(batch.tiles)
+    if not ran:
+        prepare_s = time.perf_counter() - start
+        return ChunkResult(None, batch.valid, 0.0, prepare_s, read_s=start - reading)
     called = time.perf_counter()
     probs, model_s = predictor.probabilities(
         batch.tiles, grid.weight_window(), model_tile, tta, refine
     )
     returned = time.perf_counter()
+    if ran < len(batch.run):
+        every = np.zeros((len(batch.run), *probs.shape[1:]), dtype=probs.dtype)
+        every[batch.run] = probs
+        probs = every
     acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
-    return ChunkResult(acc, batch.valid, model_s, prepare_s, read_s=start - reading)
+    return ChunkResult(acc, batch.valid, model_s, prepare_s, read_s=start - reading, tiles_run=ran)
 
 
 def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
@@ -183,12 +227,31 @@ def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
     return acc
 
 
-def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: ChunkResult) -> Block:
-    """Blend the neighbouring chunks' contributions into chunk ``(i, j)``'s core."""
+def stitch_chunk(
+    grid: TileGrid, i: int, j: int, info: RasterInfo, n_classes: int, *parts: ChunkResult
+) -> Block:
+    """Blend the neighbouring chunks' contributions into chunk ``(i, j)``'s core
+    (``n_classes``: the model's class count)."""
     core = grid.core(i, j)
     own = parts[grid.neighbours(i, j).index((i, j))]
-    total = np.zeros((own.acc.shape[0], core.height, core.width), dtype="float32")
+    if not own.valid.any():  # nodata whatever the tiles say
+        nodata = np.full((core.height, core.width), NODATA, dtype="uint8")
+        return Block(
+            core,
+            nodata,
+            nodata.copy(),
+            np.zeros(n_classes, dtype="int64"),
+            np.zeros(n_classes),
+            grid.chunk_tiles(j),
+            own.model_s,
+            own.prepare_s,
+            own.read_s,
+            own.tiles_run,
+        )
+    total = np.zeros((n_classes, core.height, core.width), dtype="float32")
     for (a, b), part in zip(grid.neighbours(i, j), parts, strict=True):
+        if part.acc is None:  # no tile of it ran: it adds nothing
+            continue
         ext = grid.extent(a, b)
         r0 = max(core.row_off, ext.row_off + part.row_start)
         r1 = min(core.row_off + core.height, ext.row_off + ext.height)
@@ -207,7 +270,6 @@ def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: Chunk
     confidence = np.clip(np.rint(total.max(axis=0) * 100), 0, 100).astype("uint8")
     classes[~own.valid] = NODATA
     confidence[~own.valid] = NODATA
-    n_classes = total.shape[0]
     row_counts = np.stack([(classes == c).sum(axis=1) for c in range(n_classes)])
     rows = np.arange(core.row_off, core.row_off + core.height)
     row_area = pixel_area_rows_m2(info.crs, info.transform, rows, core.col_off + core.width / 2)
@@ -221,6 +283,7 @@ def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: Chunk
         model_s=own.model_s,
         prepare_s=own.prepare_s,
         read_s=own.read_s,
+        tiles_run=own.tiles_run,
     )
 
 
@@ -258,6 +321,7 @@ def segment_blocks(
     :func:`~agriseg.models.inference.resolve_engine`).
     """
     threads = threads or DEFAULT_FORWARD_THREADS
+    skip_empty = agriseg.classes.SKIP_EMPTY
     pending: dict[tuple[int, int], Future] = {}
     order = [(i, j) for i in range(grid.chunk_rows) for j in range(grid.chunk_cols)]
     cost = [chunk_bytes(grid, j, len(info.bands), classes) for j in range(grid.chunk_cols)]
@@ -275,6 +339,7 @@ def segment_blocks(
             engine,
             tta,
             refine,
+            skip_empty,
         )
         pending[(i, j)] = client.compute(task, priority=-i)
 
@@ -299,6 +364,7 @@ def segment_blocks(
                 i,
                 j,
                 info,
+                classes,
                 *[pending[n] for n in grid.neighbours(i, j)],
                 priority=10 - i,
                 pure=False,
