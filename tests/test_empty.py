@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import field_image, write_raster
+from conftest import UTM_TRANSFORM, field_image, write_raster
+from rasterio.windows import Window
 
 import agriseg.classes
 from agriseg.config import RunConfig
 from agriseg.health.products import HealthOptions
+from agriseg.io.coverage import read_coverage
 from agriseg.run import segment_raster
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
@@ -38,10 +40,14 @@ def pixels(path: Path) -> np.ndarray:
         return src.read()
 
 
-def test_skipping_empty_tiles_changes_no_output(tmp_path: Path, monkeypatch) -> None:
-    image = write_raster(
-        tmp_path / "survey.tif", field_image(420, 500, seed=5), mask=flight_area(420, 500)
-    )
+@pytest.mark.parametrize("layout", ["mask", "sparse"])
+def test_skipping_empty_tiles_changes_no_output(tmp_path: Path, monkeypatch, layout: str) -> None:
+    if layout == "mask":  # an irregular flight area: the chunks find their empty tiles
+        image = write_raster(
+            tmp_path / "survey.tif", field_image(420, 500, seed=5), mask=flight_area(420, 500)
+        )
+    else:  # a sparse file: chunks under its missing blocks are not even read
+        image = write_patch_survey(tmp_path / "survey.tif", 1100, 300, (530, 610))
     health = HealthOptions(block_size=64, min_area_m2=0.004, formats=("geojson",))
     config = RunConfig(
         device="cpu", tile_size=128, overlap=32, batch_size=3, health=health, stream_health=True
@@ -100,3 +106,40 @@ def test_an_empty_survey_costs_at_most_twice_its_valid_patch(tmp_path: Path) -> 
 
     patch_s, big_s = seconds(alone, "patch"), seconds(big, "big")
     assert big_s <= 2 * patch_s, f"{big_s:.1f} s against {patch_s:.1f} s for the patch alone"
+
+
+def test_coverage_lists_the_blocks_a_sparse_file_leaves_out(tmp_path: Path) -> None:
+    image = write_patch_survey(tmp_path / "sparse.tif", 2048, 300, (600, 1000))
+    coverage = read_coverage(image)
+    assert coverage is not None and coverage.block_shape == (512, 512)
+    with rasterio.open(image) as src:
+        valid = src.dataset_mask() > 0
+    # Never under-reports: every block with a valid pixel may be valid; here exactly those.
+    blocks = valid.reshape(4, 512, 4, 512).any(axis=(1, 3))
+    assert np.array_equal(coverage.maybe_valid, blocks) and blocks.sum() == 2
+    assert coverage.any_valid(Window(1000, 600, 1, 1))
+    assert not coverage.any_valid(Window(0, 0, 2048, 500))
+
+
+def test_coverage_of_a_sparse_file_with_a_nodata_value(tmp_path: Path) -> None:
+    profile = {
+        "driver": "GTiff", "width": 256, "height": 256, "count": 3, "dtype": "uint8",
+        "nodata": 0, "tiled": True, "blockxsize": 64, "blockysize": 64, "sparse_ok": True,
+        "crs": "EPSG:32633", "transform": UTM_TRANSFORM,
+    }  # fmt: skip
+    path = tmp_path / "nodata.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(field_image(64, 64), window=Window(64, 128, 64, 64))
+    coverage = read_coverage(path)
+    assert coverage is not None
+    assert np.argwhere(coverage.maybe_valid).tolist() == [[2, 1]]
+
+
+def test_files_whose_layout_says_nothing_have_no_coverage(tmp_path: Path) -> None:
+    plain = write_raster(tmp_path / "plain.tif", field_image(256, 256))  # every pixel valid
+    masked = write_raster(
+        tmp_path / "masked.tif", field_image(256, 256), mask=flight_area(256, 256)
+    )
+    assert read_coverage(plain) is None and read_coverage(masked) is None
+    dense = read_coverage(write_patch_alone(tmp_path / "dense.tif", 512))  # alpha, all written
+    assert dense is not None and dense.maybe_valid.all()

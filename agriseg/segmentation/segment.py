@@ -5,8 +5,9 @@ extent (:func:`agriseg.io.raster.read_window`) and returns its tiles' class prob
 multiplied by the blending window; each stitch task sums the contributions of the
 chunks around one core window, normalises, and yields class ids and confidence.
 Tiles without a valid pixel never reach the model, and a core without one is
-written as nodata without stitching: an orthomosaic's nodata costs little more than
-reading it once (see :data:`agriseg.classes.SKIP_EMPTY`).
+written as nodata without stitching; chunks whose blocks a sparse file leaves out
+(:mod:`agriseg.io.coverage`) are not even read: an orthomosaic's nodata costs next to
+nothing (see :data:`agriseg.classes.SKIP_EMPTY`).
 Chunks are submitted ahead of the stitching only as far as a byte budget allows,
 and a stitched row's chunks are cut down to the rows the next row still needs, so
 memory stays bounded whatever the raster's size and shape; finished blocks are
@@ -28,6 +29,7 @@ import agriseg.classes
 from agriseg.classes import NODATA
 from agriseg.config import RefineChoice
 from agriseg.io.areas import pixel_area_rows_m2
+from agriseg.io.coverage import Coverage, read_coverage
 from agriseg.io.raster import RasterInfo, read_window
 from agriseg.models.inference import DEFAULT_FORWARD_THREADS, Engine, get_predictor, normalize
 from agriseg.models.meta import Normalization
@@ -227,30 +229,40 @@ def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
     return acc
 
 
+def empty_block(
+    grid: TileGrid, i: int, j: int, n_classes: int, own: ChunkResult | None = None
+) -> Block:
+    """Chunk ``(i, j)``'s core when it holds no valid pixel: nodata (with ``own``'s timings)."""
+    core = grid.core(i, j)
+    nodata = np.full((core.height, core.width), NODATA, dtype="uint8")
+    own = own or ChunkResult(None, nodata[:0].astype(bool), 0.0, 0.0)
+    return Block(
+        core,
+        nodata,
+        nodata.copy(),
+        np.zeros(n_classes, dtype="int64"),
+        np.zeros(n_classes),
+        grid.chunk_tiles(j),
+        own.model_s,
+        own.prepare_s,
+        own.read_s,
+        own.tiles_run,
+    )
+
+
 def stitch_chunk(
-    grid: TileGrid, i: int, j: int, info: RasterInfo, n_classes: int, *parts: ChunkResult
+    grid: TileGrid, i: int, j: int, info: RasterInfo, n_classes: int, *parts: ChunkResult | None
 ) -> Block:
     """Blend the neighbouring chunks' contributions into chunk ``(i, j)``'s core
-    (``n_classes``: the model's class count)."""
+    (``n_classes``: the model's class count; a part is None where the file holds no
+    valid pixel under its chunk, see :func:`known_empty`)."""
     core = grid.core(i, j)
     own = parts[grid.neighbours(i, j).index((i, j))]
-    if not own.valid.any():  # nodata whatever the tiles say
-        nodata = np.full((core.height, core.width), NODATA, dtype="uint8")
-        return Block(
-            core,
-            nodata,
-            nodata.copy(),
-            np.zeros(n_classes, dtype="int64"),
-            np.zeros(n_classes),
-            grid.chunk_tiles(j),
-            own.model_s,
-            own.prepare_s,
-            own.read_s,
-            own.tiles_run,
-        )
+    if own is None or not own.valid.any():  # nodata whatever the tiles say
+        return empty_block(grid, i, j, n_classes, own)
     total = np.zeros((n_classes, core.height, core.width), dtype="float32")
     for (a, b), part in zip(grid.neighbours(i, j), parts, strict=True):
-        if part.acc is None:  # no tile of it ran: it adds nothing
+        if part is None or part.acc is None:  # no tile of it ran: it adds nothing
             continue
         ext = grid.extent(a, b)
         r0 = max(core.row_off, ext.row_off + part.row_start)
@@ -287,10 +299,37 @@ def stitch_chunk(
     )
 
 
+def known_empty(coverage: Coverage | None, grid: TileGrid, i: int, j: int) -> bool:
+    """Whether the file proves chunk ``(i, j)``'s extent holds no valid pixel (so it
+    need not be read: none of its tiles would run)."""
+    if coverage is None:
+        return False
+    return not coverage.any_valid(Window.from_slices(*in_raster(grid.extent(i, j), grid)))
+
+
 def chunk_bytes(grid: TileGrid, j: int, bands: int, classes: int) -> int:
     """Bytes chunk column ``j`` holds while in flight: its float32 input and its float16
     probabilities, both the width of its extent and a tile high."""
     return grid.tile * grid.extent(0, j).width * (4 * bands + 2 * classes)
+
+
+def _row_blocks(
+    client: Client,
+    grid: TileGrid,
+    i: int,
+    n_classes: int,
+    empty: list[int],
+    stitches: dict[int, Future],
+) -> Iterator[tuple[int, Block]]:
+    """Chunk row ``i``'s blocks with their column, as they are ready: the ``empty`` ones
+    (made here), then the ``stitches`` (released once taken)."""
+    for j in empty:
+        yield j, empty_block(grid, i, j, n_classes)
+    column = {future.key: j for j, future in stitches.items()}
+    for future in as_completed(list(stitches.values()), loop=client.loop):
+        block = future.result()
+        future.release()
+        yield column[future.key], block
 
 
 def segment_blocks(
@@ -322,11 +361,15 @@ def segment_blocks(
     """
     threads = threads or DEFAULT_FORWARD_THREADS
     skip_empty = agriseg.classes.SKIP_EMPTY
-    pending: dict[tuple[int, int], Future] = {}
+    coverage = read_coverage(info.path) if skip_empty else None
+    pending: dict[tuple[int, int], Future | None] = {}  # None: known empty, not read
     order = [(i, j) for i in range(grid.chunk_rows) for j in range(grid.chunk_cols)]
     cost = [chunk_bytes(grid, j, len(info.bands), classes) for j in range(grid.chunk_cols)]
 
     def submit(i: int, j: int) -> None:
+        if known_empty(coverage, grid, i, j):
+            pending[(i, j)] = None
+            return
         task = dask.delayed(infer_chunk, pure=False)(
             info,
             grid,
@@ -357,8 +400,10 @@ def segment_blocks(
                 budget -= cost[order[submitted][1]]
             submit(*order[submitted])
             submitted += 1
-        stitches = [
-            client.submit(
+        # A core whose own chunk is known empty is nodata: made here, no task.
+        empty = [j for j in range(grid.chunk_cols) if pending[(i, j)] is None]
+        stitches = {
+            j: client.submit(
                 stitch_chunk,
                 grid,
                 i,
@@ -370,13 +415,11 @@ def segment_blocks(
                 pure=False,
             )
             for j in range(grid.chunk_cols)
-        ]
-        column = {future.key: j for j, future in enumerate(stitches)}
+            if pending[(i, j)] is not None
+        }
         stitched = [False] * grid.chunk_cols
-        for future in as_completed(stitches, loop=client.loop):
-            j = column[future.key]
-            yield future.result()
-            future.release()
+        for j, block in _row_blocks(client, grid, i, classes, empty, stitches):
+            yield block
             stitched[j] = True
             if i + 1 == grid.chunk_rows:
                 continue
@@ -388,6 +431,8 @@ def segment_blocks(
                 if all(stitched[c] for c in users):
                     keep_from = grid.core(i + 1, b).row_off - grid.extent(i, b).row_off
                     full = pending[(i, b)]
+                    if full is None:
+                        continue
                     pending[(i, b)] = client.submit(bottom_rows, full, keep_from, priority=10 - i)
                     full.release()
         for j in range(grid.chunk_cols):
