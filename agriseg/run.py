@@ -29,6 +29,7 @@ from agriseg.errors import InputError
 from agriseg.health.health_stream import HealthStream
 from agriseg.health.products import ClassRaster, HealthJob, TaskRunner, plan_health
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
+from agriseg.io.coverage import valid_pixels_at_most
 from agriseg.io.gdal_settings import on_workers, run_settings
 from agriseg.io.raster import RasterInfo, open_dataset, open_raster, pixel_grid_ok
 from agriseg.io.spectral import band_names
@@ -391,7 +392,9 @@ def segment_raster(
             health_client = client if _has_worker_processes(config) else None
             # Entered before segmenting, so local health processes start while tiles run.
             run_tasks = (
-                health_stack.enter_context(job.task_runner(health_client))
+                health_stack.enter_context(
+                    job.task_runner(health_client, valid_pixels_at_most(input_path))
+                )
                 if job is not None
                 else None
             )

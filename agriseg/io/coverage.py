@@ -21,6 +21,7 @@ import numpy as np
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
+import agriseg.classes
 from agriseg.io.raster import open_dataset
 
 
@@ -46,6 +47,20 @@ class Coverage:
             return False
         blocks = self.maybe_valid[r0 // h : (r1 - 1) // h + 1, c0 // w : (c1 - 1) // w + 1]
         return bool(blocks.any())
+
+    @property
+    def pixels_at_most(self) -> int:
+        """An upper bound of the raster's valid pixels: those of its possibly valid blocks."""
+        return int(self.maybe_valid.sum()) * self.block_shape[0] * self.block_shape[1]
+
+
+def valid_pixels_at_most(path: Path | str) -> int | None:
+    """An upper bound of ``path``'s valid pixels when its layout tells one (see
+    :func:`read_coverage`) and empty areas are skipped; else None."""
+    if not agriseg.classes.SKIP_EMPTY:
+        return None
+    coverage = read_coverage(path)
+    return None if coverage is None else coverage.pixels_at_most
 
 
 def read_coverage(path: Path | str) -> Coverage | None:
