@@ -34,6 +34,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+import agriseg.classes
 from agriseg.classes import NODATA
 from agriseg.health.strips import FileStrip, Strip, file_strips
 from agriseg.io.raster import READ_ENV
@@ -435,8 +436,10 @@ def run_block(task: BlockTask | FileBlockTask, settings: PolygonSettings) -> Blo
     """
     if isinstance(task, FileBlockTask):
         task = task.read()
-    sieved = task.sieved()
     k = settings.n_values
+    if agriseg.classes.SKIP_EMPTY and task.empty:
+        return _empty_block(task, settings)
+    sieved = task.sieved()
     values, value_sum, value_count = None, np.zeros(k), np.zeros(k, dtype="int64")
     valid = sieved.ravel() != NODATA
     if settings.values is not None and valid.any():
@@ -455,6 +458,34 @@ def run_block(task: BlockTask | FileBlockTask, settings: PolygonSettings) -> Blo
         picked = picked_pixels(sieved, row_off, col_off, *settings.picks)
     kept = sieved if settings.keep_sieved else None
     return BlockPolygons(task.window, kept, batch, *edges, value_sum, value_count, counts, picked)
+
+
+def _empty_block(task: BlockTask, settings: PolygonSettings) -> BlockPolygons:
+    """What :func:`run_block` finds in a block without a valid pixel, without the work:
+    sieving keeps its nodata and it has no polygon."""
+    h, w = int(task.window.height), int(task.window.width)
+    sieved = task.classes[task.top : task.top + h, task.left : task.left + w]
+    counts = np.zeros(256, dtype="int64")
+    counts[NODATA] = h * w
+    picked = None
+    if settings.picks is not None:
+        row_off, col_off = int(task.window.row_off), int(task.window.col_off)
+        picked = picked_pixels(sieved, row_off, col_off, *settings.picks)
+    k = settings.n_values
+    edges = np.zeros(w, dtype="int32"), np.zeros(h, dtype="int32")
+    return BlockPolygons(
+        task.window,
+        sieved if settings.keep_sieved else None,
+        PolygonBatch.empty(k),
+        edges[0],
+        edges[0].copy(),
+        edges[1],
+        edges[1].copy(),
+        np.zeros(k),
+        np.zeros(k, dtype="int64"),
+        counts,
+        picked,
+    )
 
 
 def _block_polygons(
