@@ -83,6 +83,7 @@ from agriseg.io.areas import (
     pixel_size_m,
 )
 from agriseg.io.atomic import atomic_output, temporary_name, write_text_atomic
+from agriseg.io.coverage import Coverage, coverage_on
 from agriseg.io.gdal_settings import run_settings
 from agriseg.io.grid import Grid
 from agriseg.segmentation.raster_outputs import output_paths
@@ -452,6 +453,16 @@ def _run_inline(fn: Callable[..., T], /, *args: Any) -> Pending[T]:
     return done
 
 
+def _unread_if_empty(task: FileBlockTask, coverage: Coverage | None) -> BlockTask | FileBlockTask:
+    """``task``, or its nodata pixels unread where ``coverage`` of the segmented image
+    (whose invalid pixels are the class raster's nodata) proves the block empty."""
+    if coverage is None or coverage.any_valid(task.window):
+        return task
+    h, w = int(task.window.height), int(task.window.width)
+    nodata = np.full((h, w), NODATA, dtype="uint8")
+    return BlockTask(nodata, 0, 0, task.window, None, task.sieve_px)
+
+
 def _runner_for(
     task: BlockTask | FileBlockTask, run: TaskRunner
 ) -> Callable[..., Pending[BlockPolygons]]:
@@ -605,6 +616,7 @@ def _write_polygons(
     run: TaskRunner,
     preview: _BackgroundPreview | None = None,
     indices: IndexReader | None = None,
+    image_coverage: Coverage | None = None,
 ) -> tuple[int, int, dict[str, float | None], list[np.ndarray]]:
     """Sieve ``strips`` (into ``sieved`` unless None) and vectorise them into ``files``,
     in one pass.
@@ -613,7 +625,8 @@ def _write_polygons(
     :data:`STRIPS_AHEAD` strips ahead of the one being joined; joining, numbering and
     writing take the strips in order, so the products do not depend on where or in
     which order the blocks ran. Sieved strips also go to ``preview``; ``indices`` are
-    averaged per polygon. Returns the number of polygons, how many of them the GeoJSON
+    averaged per polygon; blocks that ``image_coverage`` (the segmented image's) proves empty
+    are not read. Returns the number of polygons, how many of them the GeoJSON
     left out because they cannot be projected to WGS84, each index's mean over every
     valid pixel, and the pixel count of each value (0-255) in every ``block_size``
     window of the raster, row by row (see :func:`~agriseg.health.health_stats.planar_class_areas`).
@@ -665,7 +678,10 @@ def _write_polygons(
         for strip in strips:
             tasks: Sequence[BlockTask | FileBlockTask]
             if isinstance(strip, FileStrip) and run.local:
-                tasks = file_block_tasks(strip, job.sieve_px, options.block_size)
+                tasks = [
+                    _unread_if_empty(task, image_coverage)
+                    for task in file_block_tasks(strip, job.sieve_px, options.block_size)
+                ]
             else:  # a cluster's workers may not see this machine's files
                 read = strip.read() if isinstance(strip, FileStrip) else strip
                 tasks = block_tasks(read, job.sieve_px, options.block_size)
@@ -849,8 +865,9 @@ def _run_health(
                     for f in job.formats
                 }
                 run = runner or stack.enter_context(job.task_runner())
+                coverage = coverage_on(image_path, job.grid)
                 count, unprojectable, index_means, counts = _write_polygons(
-                    job, strips, sieved, tmp, run, preview, indices
+                    job, strips, sieved, tmp, run, preview, indices, coverage
                 )
                 stats = _statistics(job, sieved, indices, counts)
                 if "gpkg" in tmp:

@@ -22,6 +22,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
 import agriseg.classes
+from agriseg.io.grid import Grid
 from agriseg.io.raster import open_dataset
 
 
@@ -52,6 +53,18 @@ class Coverage:
     def pixels_at_most(self) -> int:
         """An upper bound of the raster's valid pixels: those of its possibly valid blocks."""
         return int(self.maybe_valid.sum()) * self.block_shape[0] * self.block_shape[1]
+
+
+def coverage_on(path: Path | None, grid: Grid) -> Coverage | None:
+    """The coverage of ``path`` (see :func:`read_coverage`) when it lies on ``grid`` (same
+    size and geotransform: a run's input under its class raster) and empty areas are
+    skipped; else None."""
+    if path is None or not agriseg.classes.SKIP_EMPTY:
+        return None
+    with open_dataset(path) as src:
+        if (src.height, src.width, src.transform) != (grid.height, grid.width, grid.transform):
+            return None
+    return read_coverage(path)
 
 
 def valid_pixels_at_most(path: Path | str) -> int | None:
