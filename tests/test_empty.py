@@ -73,6 +73,8 @@ def test_skipping_empty_tiles_changes_no_output(tmp_path: Path, monkeypatch, lay
     same = {k: v for k, v in skipped.summary.items() if k not in VOLATILE}
     assert same == {k: v for k, v in full.summary.items() if k not in VOLATILE}
     assert skipped.summary["health"]["polygons"] > 10
+    if layout == "sparse":  # RGB named bands: polygons carry vegetation indices too
+        assert skipped.summary["health"]["vegetation_indices"]["exg"] is not None
     json.dumps(skipped.summary)
 
 

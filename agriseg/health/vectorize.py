@@ -443,7 +443,7 @@ def run_block(task: BlockTask | FileBlockTask, settings: PolygonSettings) -> Blo
     values, value_sum, value_count = None, np.zeros(k), np.zeros(k, dtype="int64")
     valid = sieved.ravel() != NODATA
     if settings.values is not None and valid.any():
-        values = settings.values(task.window).reshape(k, -1)
+        values = _valid_values(settings.values, task.window, sieved != NODATA).reshape(k, -1)
         has_value = np.isfinite(values) & valid
         value_sum = np.where(has_value, values, 0.0).sum(axis=1)
         value_count = has_value.sum(axis=1)
@@ -458,6 +458,22 @@ def run_block(task: BlockTask | FileBlockTask, settings: PolygonSettings) -> Blo
         picked = picked_pixels(sieved, row_off, col_off, *settings.picks)
     kept = sieved if settings.keep_sieved else None
     return BlockPolygons(task.window, kept, batch, *edges, value_sum, value_count, counts, picked)
+
+
+def _valid_values(read: ValueReader, window: Window, valid: np.ndarray) -> np.ndarray:
+    """``read``'s values of ``window`` where ``valid``: read over the valid pixels' bounding
+    box only (an irregular flight area leaves much of a block nodata), NaN around it,
+    where no value is ever summed."""
+    if not agriseg.classes.SKIP_EMPTY:
+        return read(window)
+    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if (r0, c0, r1, c1) == (0, 0, *valid.shape):
+        return read(window)
+    inner = read(Window(window.col_off + c0, window.row_off + r0, c1 - c0, r1 - r0))
+    values = np.full((inner.shape[0], *valid.shape), np.nan, dtype=inner.dtype)
+    values[:, r0:r1, c0:c1] = inner
+    return values
 
 
 def _empty_block(task: BlockTask, settings: PolygonSettings) -> BlockPolygons:
