@@ -21,6 +21,7 @@ import math
 import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +266,7 @@ class BlockTask:
         h, w = int(self.window.height), int(self.window.width)
         return data[self.top : self.top + h, self.left : self.left + w]
 
-    @property
+    @cached_property
     def empty(self) -> bool:
         """Whether the block has no valid pixel: sieving changes none of it and it has
         no polygon, so :func:`run_block` returns at once (not worth sending anywhere)."""
