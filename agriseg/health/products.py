@@ -458,9 +458,7 @@ def _unread_if_empty(task: FileBlockTask, coverage: Coverage | None) -> BlockTas
     (whose invalid pixels are the class raster's nodata) proves the block empty."""
     if coverage is None or coverage.any_valid(task.window):
         return task
-    h, w = int(task.window.height), int(task.window.width)
-    nodata = np.broadcast_to(np.uint8(NODATA), (h, w))  # read-only, no memory
-    return BlockTask(nodata, 0, 0, task.window, None, task.sieve_px)
+    return BlockTask.nodata(task.window, task.sieve_px)
 
 
 def _runner_for(

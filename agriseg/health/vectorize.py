@@ -266,6 +266,15 @@ class BlockTask:
         h, w = int(self.window.height), int(self.window.width)
         return data[self.top : self.top + h, self.left : self.left + w]
 
+    @classmethod
+    def nodata(cls, window: Window, sieve_px: int) -> BlockTask:
+        """A block known to hold no valid pixel (e.g. from the input's layout), unread:
+        read-only nodata taking no memory, :attr:`empty` without looking."""
+        h, w = int(window.height), int(window.width)
+        task = cls(np.broadcast_to(np.uint8(NODATA), (h, w)), 0, 0, window, None, sieve_px)
+        task.__dict__["empty"] = True  # what the cached property would find, known already
+        return task
+
     @cached_property
     def empty(self) -> bool:
         """Whether the block has no valid pixel: sieving changes none of it and it has
