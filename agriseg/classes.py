@@ -202,6 +202,16 @@ class ClassList(Sequence[FieldClass]):
     def to_json(self) -> list[dict[str, Any]]:
         return [c.to_dict() for c in self.classes]
 
+    def select(self, ids: Iterable[int]) -> ClassList:
+        """The classes of ``ids``, in id order, renumbered ``0..n-1``; names, colours and
+        roles are kept."""
+        kept = sorted(set(ids))
+        return ClassList(
+            tuple(
+                FieldClass(k, c.name, c.colour, c.role) for k, c in enumerate(self[i] for i in kept)
+            )
+        )
+
     # -- construction ---------------------------------------------------------------
 
     @classmethod

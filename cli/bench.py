@@ -21,14 +21,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--size", type=int, default=2048, help="edge of the generated raster (default 2048)"
     )
-    parser.add_argument("--input", type=Path, default=None, help="benchmark on this raster instead")
+    parser.add_argument(
+        "--input",
+        type=Path,
+        default=None,
+        help="benchmark on this raster (default: a generated survey)",
+    )
     parser.add_argument(
         "--work-dir",
         type=Path,
         default=None,
         help="keep the generated raster and outputs here (default: a temporary folder)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated survey")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the generated survey (default 0)"
+    )
     add_segmentation_options(parser)
     add_health_options(parser)
     parser.set_defaults(device="cpu")

@@ -19,6 +19,57 @@ if TYPE_CHECKING:
     from agriseg.field.prescriptions import PrescriptionOptions, PrescriptionResult
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` text showing every option's default, unless its help already says it.
+
+    Options whose default is ``None`` say in their help what leaving them out means
+    (``tests/test_cli_help.py`` checks that every option does one or the other).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text.lower()
+            or action.default is None
+            or action.default is False
+            or action.default in ("", argparse.SUPPRESS)
+            or text == argparse.SUPPRESS
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def deprecated_alias(old: str, new: str) -> type[argparse.Action]:
+    """An action for a renamed option: stores under the new name and warns on stderr."""
+
+    class Alias(argparse.Action):
+        def __call__(
+            self,
+            parser: argparse.ArgumentParser,
+            namespace: argparse.Namespace,
+            values: Any,
+            option_string: str | None = None,
+        ) -> None:
+            print(f"{parser.prog}: warning: {old} is deprecated; use {new}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    return Alias
+
+
+#: Exit statuses of every command (``batch`` adds 1: some surveys failed).
+EXIT_ERROR = 2  # an AgrisegError: bad input, options or output folder (or bad arguments)
+EXIT_INTERNAL = 3  # an exception agriseg did not expect: a bug
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+#: The exit statuses, for a command's ``--help``.
+EXIT_STATUS = (
+    f"Exit status: 0 done; {EXIT_ERROR} bad input, options or output folder (one line on "
+    f"stderr saying what to fix); {EXIT_INTERNAL} internal error (a bug: rerun with --debug "
+    f"and report it); {EXIT_INTERRUPTED} interrupted (Ctrl-C)."
+)
+
+
 def band_list(text: str) -> tuple[int, ...]:
     """``"3,2,1"`` → ``(3, 2, 1)`` for ``--bands``."""
     try:
@@ -42,10 +93,49 @@ def band_name_list(text: str) -> tuple[str, ...]:
     return names
 
 
+#: RunConfig fields set by the option of the same name of :func:`add_model_options`.
+MODEL_OPTIONS = (
+    "model",
+    "tile_size",
+    "overlap",
+    "batch_size",
+    "device",
+    "bands",
+    "assume_crs",
+    "scheduler",
+    "workers",
+    "threads",
+    "resample",
+    "engine",
+    "precision",
+    "tta",
+    "refine",
+)
+
+
 def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``run``, ``batch``, ``evaluate`` and ``bench``: model, tiling,
-    device, engine, cluster."""
-    parser.add_argument("--model", default="default", help="shipped model name or checkpoint path")
+    """Options shared by ``run``, ``batch`` and ``bench``: those of
+    :func:`add_model_options` and how the health pass runs beside the segmentation."""
+    add_model_options(parser)
+    parser.add_argument(
+        "--stream-health",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "vectorise strip by strip while segmenting (default: on with CUDA, off on CPU, "
+            "where the model takes every core); the outputs are the same"
+        ),
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """What makes the class raster (``run``, ``batch``, ``bench``, ``evaluate``): model,
+    tiling, device, engine, cluster (:data:`MODEL_OPTIONS`, ``--gsd``)."""
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="shipped model name, model folder or checkpoint path",
+    )
     parser.add_argument(
         "--tile-size", type=int, default=None, help="tile edge in pixels (default: the model's)"
     )
@@ -89,7 +179,10 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         "(default: matched to the model's bands by name)",
     )
     parser.add_argument(
-        "--assume-crs", default=None, help="CRS for rasters that lack one, e.g. EPSG:32633"
+        "--assume-crs",
+        default=None,
+        help="CRS for rasters that lack one, e.g. EPSG:32633 (a file's own CRS wins, with "
+        "a warning; a plain photo without a geotransform cannot take one; default: none)",
     )
     parser.add_argument(
         "--gsd",
@@ -100,22 +193,13 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scheduler",
         default=None,
-        help="address of an existing Dask scheduler (or DASK_SCHEDULER_ADDRESS)",
+        help="address of an existing Dask scheduler (default: DASK_SCHEDULER_ADDRESS, else none)",
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="start a local Dask cluster with N worker processes",
-    )
-    parser.add_argument(
-        "--stream-health",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help=(
-            "vectorise strip by strip while segmenting (default: on with CUDA, off on CPU, "
-            "where the model takes every core); the outputs are the same"
-        ),
+        help="start a local Dask cluster with N worker processes (default: run in this process)",
     )
     parser.add_argument(
         "--threads",
@@ -139,12 +223,19 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
 
 def add_label_options(parser: argparse.ArgumentParser) -> None:
     """How labels are read, for ``train`` and ``evaluate``."""
-    parser.add_argument("--label-column", default="class", help="class attribute of vectors")
+    parser.add_argument(
+        "--label-column", default="class", help="attribute of vector labels naming the class"
+    )
+    parser.add_argument(
+        "--label-layer",
+        default=None,
+        help="layer of vector labels (default: the file's only polygon layer)",
+    )
     parser.add_argument(
         "--label-colors",
         default=None,
         help="colours of colour-coded masks, e.g. 'crop=#00ff00,weed=#ff0000,soil=#000000' "
-        "(other colours: unlabelled)",
+        "(other colours: unlabelled; default: masks hold class ids)",
     )
 
 
@@ -196,14 +287,17 @@ def add_health_options(parser: argparse.ArgumentParser) -> None:
         "on a Dask cluster its workers do it)",
     )
     parser.add_argument(
-        "--fields", type=Path, default=None, help="field boundaries for per-field statistics"
+        "--fields",
+        type=Path,
+        default=None,
+        help="field boundaries for per-field statistics (default: none)",
     )
     parser.add_argument(
         "--grid",
         type=float,
         default=None,
         metavar="SIZE_M",
-        help="management-zone grid of SIZE_M metre cells (a gpkg layer)",
+        help="management-zone grid of SIZE_M metre cells (a gpkg layer; default: none)",
     )
     parser.add_argument("--no-preview", action="store_true", help="do not draw <stem>.preview.png")
 
@@ -322,7 +416,8 @@ def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = 
         type=Path,
         default=None,
         help="rate table for the zones, one rule a line, e.g. 'weed_pressure >= 0.10: 1.5 l/ha' "
-        "and a closing 'otherwise: 0 l/ha' (for a run with --grid, or with --fields)",
+        "and a closing 'otherwise: 0 l/ha' (for a run with --grid, or with --fields; default: "
+        "spot spraying only)",
     )
     rates.add_argument(
         "--rate",
@@ -330,14 +425,15 @@ def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = 
         default=None,
         metavar="RULE",
         help="a rate-table rule on the command line; repeat, in order, ending with "
-        "'otherwise: RATE UNIT'",
+        "'otherwise: RATE UNIT' (default: none)",
     )
     if not after_run:  # run and batch have --fields already
         group.add_argument(
             "--fields",
             type=Path,
             default=None,
-            help="rate these fields (the file the run got as --fields) instead of its --grid zones",
+            help="rate these fields (the file the run got as --fields) instead of its --grid zones "
+            "(default: the zones)",
         )
     group.add_argument(
         "--buffer",
@@ -384,7 +480,8 @@ def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = 
             f"--{name}",
             default=None,
             metavar="NAME",
-            help=f"name of the {what} (wins over the rate table's '{name}:' line)",
+            help=f"name of the {what} (wins over the rate table's '{name}:' line)"
+            + ("" if "default" in what else " (default: the table's, else none)"),
         )
 
 

@@ -13,6 +13,13 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from agriseg_cli.common import (
+    EXIT_ERROR,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    DefaultsHelpFormatter,
+)
+
 from agriseg import __version__
 from agriseg.errors import AgrisegError
 
@@ -22,6 +29,7 @@ COMMANDS = (
     "batch",
     "prescribe",
     "plants",
+    "labels",
     "train",
     "evaluate",
     "models",
@@ -30,12 +38,9 @@ COMMANDS = (
     "generate",
 )
 
-EXIT_ERROR = 2
-EXIT_INTERNAL = 3
-EXIT_INTERRUPTED = 130
 
 #: Positional arguments that name a command's input, for the internal-error message.
-INPUT_ARGS = ("input", "raster", "rasters", "survey_dir", "run_dir")
+INPUT_ARGS = ("input", "raster", "images", "survey", "survey_dir", "run_dir")
 
 
 def _available_commands() -> list:
@@ -59,9 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _available_commands():
         command = module.add_parser(sub)
-        command.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        _finish(command)
         command.set_defaults(execute=module.execute)
     return parser
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Every command (and subcommand: ``labels init``) takes ``--debug`` and shows its
+    options' defaults in ``--help``."""
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _finish(child)
 
 
 def _input_of(args: argparse.Namespace) -> str | None:

@@ -18,14 +18,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dir", type=Path, help="--out folder of agriseg run (or a batch's)")
     parser.add_argument(
-        "--fields", type=Path, default=None, help="field boundaries: plants per m² per field"
+        "--fields",
+        type=Path,
+        default=None,
+        help="field boundaries: plants per m² per field (default: none)",
     )
     parser.add_argument(
         "--grid",
         type=float,
         default=None,
         metavar="SIZE_M",
-        help="plants per m² per cell of a SIZE_M metre grid (the run's --grid zones)",
+        help="plants per m² per cell of a SIZE_M metre grid, like run's --grid (default: none)",
     )
     parser.add_argument("--quiet", action="store_true", help="no table")
     return parser

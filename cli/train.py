@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,76 +14,125 @@ from agriseg_cli import common
 from agriseg.config import ARCHITECTURE_NAMES
 
 if TYPE_CHECKING:
-    from agriseg.learning.training import EpochResult, TrainConfig
+    from agriseg.learning.training import EpochResult, TrainConfig, TrainingSet
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "train",
-        help="train or fine-tune a segmentation model on labelled rasters",
-        description="Train a model on rasters labelled by class rasters or vector files "
-        "(polygons with a class-name column), or on plain photos (PNG, JPEG, TIFF) with "
-        "mask images (class ids, or colours with --label-colors). Images and labels may be "
-        "files (paired in order), folders or quoted glob patterns (paired by name: "
-        "001_image.png + 001_annotation.png, x.png + x_mask.png). Writes OUT.safetensors + "
-        "OUT.json after every epoch, and OUT.state.pt for --resume.",
+        help="train or fine-tune a segmentation model on labelled images",
+        description="Train a model on images labelled by polygons (a GeoPackage from "
+        "`agriseg labels init`, a Shapefile or GeoJSON with a class column), class "
+        "rasters, or mask images of plain photos (class ids, or colours with "
+        "--label-colors). Unlabelled pixels are ignored. The model learns exactly the "
+        "classes the labels mark. IMAGES and --labels may be folders or quoted glob "
+        "patterns (paired by name: 001_image.png + 001_annotation.png, x.png + x_mask.png); "
+        "one vector file labels every image it covers. Writes the model into the --out "
+        "folder after every epoch (model.safetensors, model.json, model.state.pt for "
+        "--resume).",
     )
     parser.add_argument(
-        "rasters", type=Path, nargs="+", help="training images: files, folders or glob patterns"
+        "images", type=Path, nargs="+", help="training images: files, folders or glob patterns"
     )
     parser.add_argument(
         "--labels",
         type=Path,
-        nargs="+",
         required=True,
-        help="label files, folders or glob patterns: class rasters, masks, or "
-        "GeoPackage/Shapefile/GeoJSON",
+        help="the labels: one file (GeoPackage/Shapefile/GeoJSON of polygons, class raster "
+        "or mask), or a folder or quoted glob pattern of masks",
     )
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint path (NAME)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="model folder to write (OUT/model.safetensors + model.json), or a file "
+        "ending in .safetensors",
+    )
     common.add_label_options(parser)
     parser.add_argument(
         "--classes",
         default=None,
         help="classes to predict: a JSON file or name[:role][:#colour],... e.g. "
-        "'soil:background,maize:crop,thistle:weed' (default: --from's, else from the labels)",
+        "'soil:background,maize:crop,thistle:weed'; each must be labelled somewhere "
+        "(default: those the labels mark)",
     )
     parser.add_argument(
-        "--gsd", type=float, default=None, help="pixel size of the images in metres (plain images)"
+        "--gsd",
+        type=float,
+        default=None,
+        help="pixel size of the images in metres (default: from their georeferencing; "
+        "plain photos: unknown)",
     )
-    parser.add_argument("--arch", choices=ARCHITECTURE_NAMES, default=None, help="default unet")
     parser.add_argument(
-        "--encoder", default=None, help="encoder name (default mobilenet_v2; segnet: its own)"
+        "--arch", choices=ARCHITECTURE_NAMES, default=None, help="default: unet, or --from's"
+    )
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        help="encoder name (default: --from's, else mobilenet_v2; segnet: its own)",
     )
     parser.add_argument(
         "--from",
         dest="init",
         default=None,
-        help="fine-tune a shipped model (default, agriseg-pspnet...) or a checkpoint",
+        help="fine-tune a shipped model (default, agriseg-pspnet...) or a checkpoint "
+        "(default: a new model)",
     )
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=100, help="steps per epoch (default 100)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--chip-size", type=int, default=256, help="chip edge in px (default 256)")
-    parser.add_argument("--lr", type=float, default=None, help="default 1e-3, 3e-4 with --from")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of blocks")
-    parser.add_argument("--val-block", type=int, default=None, help="block edge (default chip)")
-    parser.add_argument("--gap", type=int, default=None, help="px kept clear around val blocks")
+    parser.add_argument("--epochs", type=int, default=10, help="passes of --steps steps")
+    parser.add_argument("--steps", type=int, default=100, help="optimiser steps per epoch")
     parser.add_argument(
-        "--bands", type=common.band_list, default=None, help="1-based bands, e.g. 1,2,3"
+        "--chips-per-step",
+        type=int,
+        default=8,
+        help="training chips per optimiser step (the training batch)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        dest="chips_per_step",
+        type=int,
+        action=common.deprecated_alias("--batch-size", "--chips-per-step"),
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument("--chip-size", type=int, default=256, help="chip edge in px")
+    parser.add_argument("--lr", type=float, default=None, help="default 1e-3, 3e-4 with --from")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of labelled blocks held out"
+    )
+    parser.add_argument(
+        "--val-block", type=int, default=None, help="validation block edge in px (default: chip)"
+    )
+    parser.add_argument(
+        "--gap",
+        type=int,
+        default=None,
+        help="px kept clear around validation blocks (default: a quarter chip)",
+    )
+    parser.add_argument(
+        "--bands",
+        type=common.band_list,
+        default=None,
+        help="1-based bands, e.g. 1,2,3 (default: --from's bands by name, else every "
+        "non-alpha band)",
     )
     parser.add_argument(
         "--band-names",
         type=common.band_name_list,
         default=None,
         help="names of the trained bands, e.g. red,green,blue,red_edge,nir "
-        "(default: the first raster's band descriptions or colour interpretation)",
+        "(default: the first image's band descriptions or colour interpretation)",
     )
-    parser.add_argument("--tile-size", type=int, default=512, help="inference tile to record")
+    parser.add_argument(
+        "--tile-size", type=int, default=512, help="tile edge `agriseg run` will use"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="continue from OUT.state.pt")
-    parser.add_argument("--description", default="", help="stored in the checkpoint metadata")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: all cores)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT's model.state.pt")
+    parser.add_argument(
+        "--description", default="", help="stored in the model's metadata (default: none)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     return parser
 
@@ -100,7 +151,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         label_colors=parse_label_colors(args.label_colors) if args.label_colors else {},
         gsd_m=args.gsd,
         chip_size=args.chip_size,
-        batch_size=args.batch_size,
+        chips_per_step=args.chips_per_step,
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         learning_rate=lr,
@@ -110,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         bands=args.bands,
         band_names=args.band_names,
         label_column=args.label_column,
+        label_layer=args.label_layer,
         tile_size=args.tile_size,
         device=args.device,
         seed=args.seed,
@@ -121,8 +173,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def command_line(args: argparse.Namespace) -> str:
     """The options of this run as an equivalent ``agriseg train`` command."""
-    words = ["agriseg", "train", *map(str, args.rasters)]
-    skip = {"rasters", "command", "execute", "debug", "quiet"}
+    words = ["agriseg", "train", *map(str, args.images)]
+    skip = {"images", "command", "execute", "debug", "quiet"}
     for key, value in vars(args).items():
         if key in skip or value is None or value is False:
             continue
@@ -130,11 +182,8 @@ def command_line(args: argparse.Namespace) -> str:
         if value is True:
             words.append(flag)
         elif isinstance(value, (list, tuple)):
-            words += (
-                [flag, *(str(v) for v in value)]
-                if key not in ("bands", "band_names")
-                else [flag, ",".join(map(str, value))]
-            )
+            words.append(flag)
+            words.append(",".join(map(str, value)))
         else:
             words += [flag, str(value)]
     return shlex.join(words)
@@ -152,6 +201,17 @@ def _epoch_table(result: EpochResult) -> None:
     )
 
 
+def _show_set(data: TrainingSet) -> None:
+    from agriseg.learning.training import label_counts
+
+    counts = label_counts(data.scenes, len(data.classes))
+    print(f"{len(data.scenes)} image(s); the model learns {len(data.classes)} classes:")
+    common.print_table(
+        ("class", "role", "labelled pixels"),
+        [(c.name, c.role, int(counts[c.id])) for c in data.classes],
+    )
+
+
 def execute(args: argparse.Namespace) -> int:
     from agriseg.optional import require_torch
 
@@ -159,16 +219,31 @@ def execute(args: argparse.Namespace) -> int:
     import torch
 
     from agriseg.learning.datasets import pair_files
-    from agriseg.learning.training import train_files
+    from agriseg.learning.training import load_training_set, train
+    from agriseg.models.registry import output_checkpoint
 
     config = config_from_args(args)
-    sources = pair_files(args.rasters, args.labels)
+    config.check()
+    output_checkpoint(args.out)  # a bad --out fails before the images are read
+    sources = pair_files(args.images, [args.labels])
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    with common.progress_bar("reading labels", args.quiet, unit="image") as progress:
+        data = load_training_set(sources, config, progress)
+    for warning in data.warnings:
+        print(f"agriseg train: warning: {warning}", file=sys.stderr)
+    if not args.quiet:
+        _show_set(data)
+    config = dataclasses.replace(config, classes=data.classes)
     with common.progress_bar("training", args.quiet, unit="step") as progress:
-        result = train_files(
-            sources, args.out, config, progress, None if args.quiet else _epoch_table
+        result = train(
+            data.scenes,
+            args.out,
+            config,
+            data.band_names,
+            progress,
+            None if args.quiet else _epoch_table,
         )
     if not args.quiet:
-        print(f"checkpoint {result.weights} (+ .json, .state.pt)")
+        print(f"model {result.weights}; use it with: agriseg run SURVEY --model {args.out}")
     return 0

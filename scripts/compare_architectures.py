@@ -64,7 +64,7 @@ def train_and_score(arch: str, args: argparse.Namespace, scenes: list, heldout: 
         architecture=arch,
         arch_params=dict(ARCH_PARAMS.get(arch, {})),
         chip_size=spec["chip_size"],
-        batch_size=spec["batch_size"],
+        chips_per_step=spec["batch_size"],
         epochs=spec["epochs"],
         steps_per_epoch=spec["steps_per_epoch"],
         val_fraction=spec["val_fraction"],

@@ -410,7 +410,7 @@ def main() -> int:
                 encoder="mobilenet_v2",
                 arch_params=spec["arch_params"],
                 chip_size=args.chip_size,
-                batch_size=args.batch_size,
+                chips_per_step=args.batch_size,
                 epochs=args.epochs,
                 steps_per_epoch=args.steps,
                 val_fraction=0.1,

@@ -40,11 +40,11 @@ def test_train_save_load_and_run(tmp_path: Path, run_cli, architecture: str) -> 
     out = tmp_path / "models" / architecture
     code = run_cli(
         "train", paths.image, "--labels", paths.polygons, "--out", out, "--arch", architecture,
-        "--epochs", "1", "--steps", "3", "--chip-size", "64", "--batch-size", "2",
+        "--epochs", "1", "--steps", "3", "--chip-size", "64", "--chips-per-step", "2",
         "--device", "cpu", "--threads", "1", "--quiet",
     )  # fmt: skip
     assert code == 0
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads((out / "model.json").read_text())
     assert meta["architecture"] == architecture
     assert meta["encoder"] == default_encoder(architecture)
     model, loaded = load_model(out)

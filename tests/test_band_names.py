@@ -19,7 +19,7 @@ from agriseg.learning.synthetic import BAND_NAMES, draw_params, generate_survey,
 from agriseg.learning.training import TrainConfig, load_scene
 from agriseg.models.registry import load_model
 
-TRAIN = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--batch-size", "2")
+TRAIN = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--chips-per-step", "2")
 TRAIN += ("--device", "cpu", "--quiet")
 RUN = ("--device", "cpu", "--quiet", "--tile-size", "128", "--overlap", "32")
 RGB = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)

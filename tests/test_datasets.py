@@ -70,8 +70,18 @@ def test_explicit_files_pair_in_order(tmp_path: Path) -> None:
     images = [touch(tmp_path / "north.tif"), touch(tmp_path / "south.tif")]
     labels = [touch(tmp_path / "n.gpkg"), touch(tmp_path / "s.gpkg")]
     assert pair_files(images, labels) == list(zip(images, labels, strict=True))
+    masks = [touch(tmp_path / "n_mask.tif")]
     with pytest.raises(InputError, match=r"--labels gives 1 file\(s\) for 2 image\(s\)"):
-        pair_files(images, labels[:1])
+        pair_files(images, masks)
+
+
+def test_one_vector_file_labels_every_image(tmp_path: Path) -> None:
+    images = [touch(tmp_path / "a" / "north.tif"), touch(tmp_path / "a" / "south.tif")]
+    polygons = touch(tmp_path / "field.labels.gpkg")
+    assert pair_files([tmp_path / "a"], [polygons]) == [(i, polygons) for i in images]
+    # A folder of vector files, one per image, pairs by name.
+    own = [touch(tmp_path / "v" / f"{n}.labels.gpkg") for n in ("north", "south")]
+    assert pair_files([tmp_path / "a"], [tmp_path / "v"]) == list(zip(images, own, strict=True))
 
 
 def test_unpaired_files_are_listed(tmp_path: Path) -> None:
@@ -89,7 +99,7 @@ def test_unpaired_files_are_listed(tmp_path: Path) -> None:
 
 def test_empty_folder_and_pattern_are_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="holds no image"):
+    with pytest.raises(InputError, match="as images holds no file ending in .png, .jpg"):
         pair_files([tmp_path / "empty"], [tmp_path / "empty"])
     with pytest.raises(InputError, match=r"\*\.jpg: pattern given as images matches no file"):
         pair_files([str(tmp_path / "*.jpg")], [tmp_path])

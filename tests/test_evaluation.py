@@ -137,3 +137,57 @@ def test_evaluate_cli_matches_its_own_class_raster(tmp_path: Path, run_cli) -> N
         got = found["classes"][name]["iou"]
         assert (got is None and np.isnan(expected)) or got == pytest.approx(expected, abs=1e-6)
     assert sum(map(sum, found["confusion_matrix"]["counts"])) == survey.labels.size
+
+
+def test_miou_is_over_the_classes_in_the_labels() -> None:
+    truth = np.array([[0, 0, 1, 1, 255]])
+    pred = np.array([[0, 3, 1, 1, 3]])  # class 3 predicted, never labelled
+    found = scores(confusion_matrix(truth, pred, 4), DEFAULT_CLASSES)
+    assert found.scored_classes == ("soil", "crop")
+    assert found.classes[3].iou == 0.0  # reported, but not part of the mean
+    assert found.miou == pytest.approx((0.5 + 1.0) / 2)
+    assert found.to_dict()["scored_classes"] == ["soil", "crop"]
+
+
+def test_evaluate_scores_a_folder_of_pairs_in_one_command(tmp_path: Path, run_cli, capsys) -> None:
+    from PIL import Image
+
+    truths = {}
+    for n in range(20):
+        survey = generate_survey(draw_params(100 + n, 48, 48), 100 + n)
+        truth = survey.labels.copy()
+        truth[:, : n % 7] = 255  # unlabelled columns: ignored
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(survey.image.transpose(1, 2, 0)).save(tmp_path / "images" / f"{n:03d}.jpg")
+        Image.fromarray(truth).save(tmp_path / "masks" / f"{n:03d}_mask.png")
+        truths[f"{n:03d}"] = truth
+    report = tmp_path / "scores.json"
+    code = run_cli(
+        "evaluate", tmp_path / "images", "--labels", tmp_path / "masks", "--out",
+        tmp_path / "run", "--json", report, "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0
+    shown = capsys.readouterr().out
+    found = json.loads(report.read_text())
+    # Pooled counts from the class rasters the runs kept, computed here independently.
+    pooled = np.zeros((4, 4), dtype="int64")
+    for stem, truth in truths.items():
+        with rasterio.open(tmp_path / "run" / f"{stem}.classes.tif") as src:
+            pred = src.read(1)
+        valid = truth != 255
+        np.add.at(pooled, (truth[valid], pred[valid]), 1)
+        row = next(r for r in found["per_image"] if Path(r["image"]).stem == stem)
+        present = [k for k in range(4) if (truth[valid] == k).any()]
+        expected = np.mean([reference_iou(truth, pred, k) for k in present])
+        assert row["miou"] == pytest.approx(expected, abs=1e-6)
+        assert row["labelled_pixels"] == int(valid.sum())
+    assert found["confusion_matrix"]["counts"] == pooled.tolist()
+    assert found["n_images"] == 20 and len(found["per_image"]) == 20
+    tp, rows, cols = np.diag(pooled), pooled.sum(1), pooled.sum(0)
+    present = rows > 0
+    assert found["miou"] == pytest.approx(
+        float(np.mean((tp / (rows + cols - tp))[present])), abs=1e-6
+    )
+    assert "pooled over 20 images" in shown and f"mIoU {found['miou']:.3f}" in shown
+    assert sum(line.startswith(("000.jpg", "019.jpg")) for line in shown.splitlines()) == 2

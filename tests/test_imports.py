@@ -41,6 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     "agriseg.learning": BASE
     | {"agriseg.io", "agriseg.models", "agriseg.segmentation", "agriseg.run"},
     "agriseg.batch": BASE | {"agriseg.io", "agriseg.models", "agriseg.run"},
+    "agriseg.label_layer": BASE | {"agriseg.io", "agriseg.health"},
     "agriseg.bench": BASE
     | {"agriseg.io", "agriseg.models", "agriseg.segmentation", "agriseg.run", "agriseg.learning"},
 }

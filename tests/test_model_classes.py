@@ -207,7 +207,7 @@ def test_five_class_model_trains_runs_and_evaluates_with_its_classes(
             "2",
             "--chip-size",
             "64",
-            "--batch-size",
+            "--chips-per-step",
             "2",
             "--device",
             "cpu",

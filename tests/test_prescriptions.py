@@ -17,7 +17,7 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from conftest import field_image, write_raster
+from conftest import GEOPACKAGE_1_2, field_image, geopackage_version, write_raster
 from isoxml.converter.shapely_geom import ShapelyConverterV4
 from isoxml.models.ddi_entities import DDEntity
 from isoxml.util.isoxml_io import isoxml_from_path
@@ -259,6 +259,7 @@ def test_prescription_layers_are_styled_by_rate(tmp_path: Path) -> None:
     with sqlite3.connect(result.outputs["gpkg"]) as db:
         styles = dict(db.execute("SELECT f_table_name, styleQML FROM layer_styles"))
     assert set(styles) == {"prescription", "spot"}
+    assert geopackage_version(result.outputs["gpkg"]) == GEOPACKAGE_1_2
     assert 'type="graduatedSymbol"' in styles["prescription"]
     assert 'attr="rate"' in styles["prescription"]
     assert 'label="1.5 l/ha"' in styles["prescription"]

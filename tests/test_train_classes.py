@@ -25,7 +25,7 @@ from agriseg.models.architectures import with_classes
 from agriseg.models.registry import load_model
 
 CUSTOM = "soil:background,maize:crop,grass_weed:weed,broadleaf_weed:weed,thistle:weed"
-TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--batch-size", "2")
+TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--chips-per-step", "2")
 CPU = ("--device", "cpu", "--threads", "1", "--quiet")
 
 
@@ -58,7 +58,7 @@ def test_custom_classes_reach_the_checkpoint_and_the_scores(
         "--classes", CUSTOM, "--out", model, *TINY, *CPU,
     )  # fmt: skip
     assert code == 0
-    meta = json.loads(model.with_suffix(".json").read_text())
+    meta = json.loads((model / "model.json").read_text())
     expected = ClassList.parse(CUSTOM)
     assert meta["classes"] == expected.to_json()
     assert [c["role"] for c in meta["classes"]] == ["background", "crop", "weed", "weed", "weed"]
@@ -163,7 +163,8 @@ def test_label_ids_beyond_the_classes_are_refused(tmp_path: Path) -> None:
     image = survey.image.astype("float32")
     scene = Scene(image, survey.labels, "uint8", None, "photo.png")
     config = TrainConfig(classes=ClassList.parse("soil,crop"), epochs=1, chip_size=64,
-                         steps_per_epoch=1, batch_size=1, val_fraction=0, device="cpu")  # fmt: skip
+                         steps_per_epoch=1, chips_per_step=1, val_fraction=0,
+                         device="cpu")  # fmt: skip
     with pytest.raises(InputError, match=r"photo.png: labels hold class id\(s\) \[2, 3\]"):
         train([scene], tmp_path / "m", config)
 
@@ -179,3 +180,90 @@ def test_scene_gsd_is_in_ground_metres_whatever_the_crs(tmp_path: Path) -> None:
     assert scene.gsd_m == pytest.approx(0.01113, rel=0.01)
     stated = load_scene(image, labels, ("red", "green", "blue"), TrainConfig(gsd_m=0.03))
     assert stated.gsd_m == 0.03
+
+
+def three_class_pair(images: Path, masks: Path, seed: int, colours: bool = False) -> np.ndarray:
+    """A photo and its mask labelling soil (0), crop (1) and weed (2) only; returns the ids."""
+    survey = generate_survey(draw_params(seed, 96, 96), seed)
+    ids = np.where(survey.labels == 3, 1, survey.labels).astype("uint8")
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(survey.image.transpose(1, 2, 0)).save(images / f"{seed:04d}.png")
+    if colours:  # peanut style: black soil, green crop, red weed
+        palette = np.array([[0, 0, 0], [0, 255, 0], [255, 0, 0]], dtype="uint8")
+        Image.fromarray(palette[ids]).save(masks / f"{seed:04d}.png")
+    else:
+        Image.fromarray(ids).save(masks / f"{seed:04d}.png")
+    return ids
+
+
+TINY_NEW = ("--epochs", "1", "--steps", "1", "--chip-size", "64", "--chips-per-step", "2")
+
+
+def train_folders(run_cli, folder: Path, out: Path, *options: str) -> int:
+    """A tiny ``agriseg train`` run on CPU over ``folder/images`` and ``folder/masks``."""
+    images, masks = folder / "images", folder / "masks"
+    return run_cli("train", images, "--labels", masks, "--out", out, *options, *TINY_NEW, *CPU)
+
+
+def test_three_labelled_classes_give_a_three_class_model(tmp_path: Path, run_cli) -> None:
+    for seed in (11, 12):
+        three_class_pair(tmp_path / "images", tmp_path / "masks", seed)
+    model = tmp_path / "three"
+    code = train_folders(
+        run_cli, tmp_path, model, "--val-fraction", "0.2", "--val-block", "32", "--gap", "4"
+    )
+    assert code == 0
+    net, meta = load_model(model)
+    assert meta.classes.names == ("soil", "crop", "weed")
+    assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+    validation = json.loads((model / "model.json").read_text())["metrics"]["validation"]
+    assert set(validation["classes"]) == {"soil", "crop", "weed"}
+    assert validation["scored_classes"] == ["soil", "crop", "weed"]
+
+
+def test_colour_masks_of_two_classes_leave_the_rest_unlabelled(tmp_path: Path, run_cli) -> None:
+    truth = three_class_pair(tmp_path / "images", tmp_path / "masks", 13, colours=True)
+    model = tmp_path / "two.safetensors"
+    code = train_folders(
+        run_cli,
+        tmp_path,
+        model,
+        "--label-colors",
+        "crop=#00ff00,weed=#ff0000",
+        "--val-fraction",
+        "0",
+    )
+    assert code == 0
+    meta = json.loads(model.with_suffix(".json").read_text())
+    assert [c["name"] for c in meta["classes"]] == ["crop", "weed"]
+    counts = meta["training"]["labelled_pixels"]
+    assert counts == {"crop": int((truth == 1).sum()), "weed": int((truth == 2).sum())}
+
+
+def test_a_listed_class_nobody_labelled_is_refused(tmp_path: Path, run_cli, capsys) -> None:
+    three_class_pair(tmp_path / "images", tmp_path / "masks", 14)
+    code = train_folders(run_cli, tmp_path, tmp_path / "m", "--classes", "soil,crop,weed,diseased")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--classes lists diseased but no label marks it" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_fine_tuning_leaves_out_the_unlabelled_classes(tmp_path: Path, run_cli, capsys) -> None:
+    three_class_pair(tmp_path / "images", tmp_path / "masks", 15)
+    model = tmp_path / "ft"
+    code = train_folders(run_cli, tmp_path, model, "--from", "default", "--val-fraction", "0")
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "warning: diseased (--from default): no label marks it" in err
+    tuned, meta = load_model(model)
+    assert meta.classes.names == ("soil", "crop", "weed")
+    base, _ = load_model("default")
+    # The kept classes keep their trained outputs of the default model's head.
+    head = [k for k, v in base.state_dict().items() if k.startswith("segmentation_head.")]
+    weights = [k for k in head if base.state_dict()[k].shape[:1] == (4,)]
+    assert weights
+    initial, _ = with_classes(base, load_model("default")[1], meta.classes)
+    for key in weights:
+        assert torch.equal(initial.state_dict()[key], base.state_dict()[key][:3])

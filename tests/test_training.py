@@ -15,7 +15,7 @@ from agriseg.learning.training import ChipSampler, Scene, TrainConfig, _Split, s
 from agriseg.models.meta import Normalization
 from agriseg.models.registry import load_model
 
-TINY = {"chip_size": 64, "batch_size": 2, "steps_per_epoch": 2, "device": "cpu"}
+TINY = {"chip_size": 64, "chips_per_step": 2, "steps_per_epoch": 2, "device": "cpu"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,13 +31,13 @@ def test_train_vector_labels_then_run_and_evaluate(tmp_path: Path, run_cli) -> N
     survey = generate_survey(draw_params(2, 160, 160), 2)
     paths = write_survey(survey, tmp_path, "field")
     out = tmp_path / "models" / "mine"
-    args = ("--chip-size", "64", "--batch-size", "2", "--steps", "2", "--device", "cpu")
+    args = ("--chip-size", "64", "--chips-per-step", "2", "--steps", "2", "--device", "cpu")
     code = run_cli(
         "train", paths.image, "--labels", paths.polygons, "--out", out, "--epochs", "1",
         "--threads", "1", "--quiet", *args,
     )  # fmt: skip
     assert code == 0
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads((out / "model.json").read_text())
     assert meta["name"] == "mine" and meta["architecture"] == "unet"
     assert set(meta["metrics"]["validation"]["classes"]) == {"soil", "crop", "weed", "diseased"}
     assert meta["training"]["command"].startswith("agriseg train")
@@ -110,7 +110,7 @@ def test_chips_never_touch_validation_blocks_or_their_gap() -> None:
 
 def test_chips_are_balanced_augmented_and_seeded() -> None:
     s = scene(5, 192)
-    config = TrainConfig(chip_size=64, batch_size=16, val_fraction=0)
+    config = TrainConfig(chip_size=64, chips_per_step=16, val_fraction=0)
     split = _Split(s, config, np.random.default_rng(0))
     sampler = ChipSampler([s], [split], Normalization(), config)
     x1, y1 = sampler.batch(np.random.default_rng(9))

@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from agriseg.errors import InputError
 from agriseg.io.areas import pixel_size_m
+from agriseg.io.raster import GEOREFERENCE_FIX
 
 #: Rows of the mask read at once (bounds memory on large rasters).
 STRIP_ROWS = 2048
@@ -95,9 +96,7 @@ def surveyed_area(path: Path, strip_rows: int = STRIP_ROWS) -> SurveyedArea:
         raise InputError(f"{path}: missing; rerun agriseg run to make the class raster")
     with rasterio.open(path) as src:
         if src.crs is None:
-            raise InputError(
-                f"{path}: no CRS, so no map to spray by; rerun agriseg run with --assume-crs"
-            )
+            raise InputError(f"{path}: no CRS, so no map to spray by; {GEOREFERENCE_FIX}")
         exact = _valid_pixels(src, strip_rows)
         pixel = max(abs(src.res[0]), abs(src.res[1]))  # CRS units
         pixel_m = pixel_size_m(src.crs, src.transform, src.width, src.height)

@@ -45,6 +45,9 @@ from agriseg.field.taskdata import RATE_UNITS, WGS84, TaskNames, build_taskdata
 from agriseg.health.qgis import WEED_PRESSURE_RANGES, graduated_qml, write_layer_styles
 from agriseg.health.zones import grid_crs, join_slivers, read_fields
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
+from agriseg.io.geopackage import write_layer
+from agriseg.io.ownership import PRESCRIPTION_KINDS, check_free, record_outputs, summary_path
+from agriseg.io.raster import GEOREFERENCE_FIX
 
 #: Rate units of the rate tables (see :data:`agriseg.field.taskdata.RATE_UNITS`).
 Unit = Literal["l/ha", "kg/ha"]
@@ -392,7 +395,7 @@ def _read_layer(run: RunOutputs, layer: str) -> gpd.GeoDataFrame | None:
     if run.summary.get("input", {"crs": ""}).get("crs") is None:
         raise InputError(
             f"{run.summary_path}: the run was in pixel mode (its input has no CRS), so it "
-            "has no map to spray by; rerun agriseg run with --assume-crs EPSG:..."
+            f"has no map to spray by; {GEOREFERENCE_FIX}"
         )
     if not run.gpkg.is_file():
         raise InputError(
@@ -705,11 +708,10 @@ def write_prescription_gpkg(
     """``prescriptions`` (by layer) in one GeoPackage, each layer styled by rate."""
     tmp = transaction.stage(final)
     for layer, prescription in prescriptions.items():
-        pyogrio.write_dataframe(
+        write_layer(
             prescription.frame,
             tmp,
-            layer=layer,
-            driver="GPKG",
+            layer,
             **_geometry_options(prescription.frame),
             append=tmp.exists(),
         )
@@ -770,7 +772,9 @@ def spot_warnings(stem: str, share: float) -> list[str]:
 def write_prescriptions(
     made: RunPrescriptions, options: PrescriptionOptions, out_dir: Path
 ) -> PrescriptionResult:
-    """Write one run's prescriptions into ``out_dir``, all files together or none."""
+    """Write one run's prescriptions into ``out_dir``, all files together or none;
+    beside the run's own outputs they are listed in its summary, replacing its earlier
+    prescriptions as a whole (see :mod:`agriseg.io.ownership`)."""
     stem, layers = made.stem, made.layers
     paths = {k: out_dir / f"{stem}{suffix}" for k, suffix in PRESCRIPTION_SUFFIXES.items()}
     zones = layers.get(ZONE_LAYER)
@@ -790,6 +794,8 @@ def write_prescriptions(
         result = _result(made, paths)
         summary = transaction.stage(paths["summary"])
         summary.write_text(json.dumps(_summary(result, options), indent=2), encoding="utf-8")
+        if summary_path(out_dir, stem).is_file():
+            record_outputs(transaction, out_dir, stem, paths.values(), PRESCRIPTION_KINDS)
     return result
 
 
@@ -849,5 +855,12 @@ def prescribe(
     before anything is written; each run's files appear together or not at all.
     """
     runs = [r for r in find_runs(run_dir) if stems is None or r.stem in stems]
+    for run in runs:
+        # Beside a run, a file of a prescription's name that the run's summary does
+        # not list is not agriseg's to replace.
+        target = out_dir or run.run_dir
+        if summary_path(target, run.stem).is_file():
+            inputs = [options.fields] if options.fields else []
+            check_free(target, run.stem, PRESCRIPTION_KINDS, inputs)
     made = [(run, run_prescriptions(run, options)) for run in runs]
     return [write_prescriptions(m, options, out_dir or run.run_dir) for run, m in made]

@@ -1,10 +1,12 @@
-"""QGIS styles for the health layers: ``.qml`` sidecars and GeoPackage ``layer_styles``.
+"""QGIS styles of agriseg's layers: ``.qml`` sidecars and GeoPackage ``layer_styles``.
 
 QGIS styles a file-based layer it opens from ``<file without extension>.qml``
 beside it, so ``<stem>.health.qml`` styles both ``<stem>.health.geojson`` and
-``<stem>.health.gpkg``; for a GeoPackage it first looks for a default style in the
+``<stem>.health.gpkg``, and ``<stem>.classes.qml`` the class raster
+``<stem>.classes.tif``; for a GeoPackage it first looks for a default style in the
 file's ``layer_styles`` table, which is how each layer of the GeoPackage (health
-polygons, zones) gets its own style.
+polygons, zones, a labelling layer) gets its own style. A labelling layer's style
+also sets its attribute form: the class field is a drop-down of the class names.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 import pyogrio
 
 from agriseg.classes import ClassList
+from agriseg.io.geopackage import write_layer
 
 #: Weed-pressure classes of the zone style: (upper bound, RGB), from clean to infested.
 WEED_PRESSURE_RANGES: tuple[tuple[float, tuple[int, int, int]], ...] = (
@@ -31,12 +34,12 @@ WEED_PRESSURE_RANGES: tuple[tuple[float, tuple[int, int, int]], ...] = (
 STYLE_TABLE = "layer_styles"
 
 
-def _fill_symbol(name: str, rgb: tuple[int, int, int]) -> ET.Element:
+def _fill_symbol(name: str, rgb: tuple[int, int, int], alpha: float = 1.0) -> ET.Element:
     symbol = ET.Element(
         "symbol",
         name=name,
         type="fill",
-        alpha="1",
+        alpha=f"{alpha:g}",
         clip_to_extent="1",
         force_rhr="0",
     )
@@ -58,14 +61,21 @@ def _fill_symbol(name: str, rgb: tuple[int, int, int]) -> ET.Element:
     return symbol
 
 
-def _document(renderer: ET.Element) -> str:
-    root = ET.Element("qgis", version="3.28.0", styleCategories="Symbology")
-    root.append(renderer)
-    ET.SubElement(root, "layerGeometryType").text = "2"
+def _document(*children: ET.Element, categories: str = "Symbology") -> str:
+    root = ET.Element("qgis", version="3.28.0", styleCategories=categories)
+    root.extend(children)
     ET.indent(root)
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
         root, encoding="unicode"
     )
+
+
+def _polygon_document(
+    renderer: ET.Element, *more: ET.Element, categories: str = "Symbology"
+) -> str:
+    geometry_type = ET.Element("layerGeometryType")
+    geometry_type.text = "2"  # polygons
+    return _document(renderer, *more, geometry_type, categories=categories)
 
 
 def categorized_qml(
@@ -77,6 +87,14 @@ def categorized_qml(
         attribute: Field the categories are read from.
         categories: ``(value, label, rgb)`` per category.
     """
+    return _polygon_document(_categorized(attribute, categories))
+
+
+def _categorized(
+    attribute: str,
+    categories: Sequence[tuple[str, str, tuple[int, int, int]]],
+    alpha: float = 1.0,
+) -> ET.Element:
     renderer = ET.Element(
         "renderer-v2",
         type="categorizedSymbol",
@@ -89,8 +107,43 @@ def categorized_qml(
     symbols = ET.SubElement(renderer, "symbols")
     for k, (value, label, rgb) in enumerate(categories):
         ET.SubElement(cats, "category", value=value, label=label, symbol=str(k), render="true")
-        symbols.append(_fill_symbol(str(k), rgb))
-    return _document(renderer)
+        symbols.append(_fill_symbol(str(k), rgb, alpha))
+    return renderer
+
+
+#: Fill opacity of labelling polygons: the survey stays visible under them.
+LABEL_FILL_ALPHA = 0.45
+
+
+def labelling_style(classes: ClassList, column: str = "class") -> str:
+    """Style of a layer to draw labels in: the polygons coloured by class, and an
+    attribute form whose ``column`` is a drop-down (QGIS's ValueMap widget) of the
+    class names, required, remembering the last class picked."""
+    renderer = _categorized(column, [(c.name, c.name, c.colour) for c in classes], LABEL_FILL_ALPHA)
+    fields = ET.Element("fieldConfiguration")
+    field = ET.SubElement(fields, "field", name=column, configurationFlags="None")
+    widget = ET.SubElement(field, "editWidget", type="ValueMap")
+    config = ET.SubElement(ET.SubElement(widget, "config"), "Option", type="Map")
+    choices = ET.SubElement(config, "Option", type="List", name="map")
+    for c in classes:
+        # One single-entry map per choice, in class order: name shown → value stored.
+        entry = ET.SubElement(choices, "Option", type="Map")
+        ET.SubElement(entry, "Option", type="QString", name=c.name, value=c.name)
+    constraints = ET.Element("constraints")
+    ET.SubElement(
+        constraints,
+        "constraint",
+        field=column,
+        constraints="1",  # not null
+        notnull_strength="1",  # enforced: a polygon cannot be saved without a class
+        unique_strength="0",
+        exp_strength="0",
+    )
+    reuse = ET.Element("reuseLastValue")
+    ET.SubElement(reuse, "field", name=column, reuseLastValue="1")
+    return _polygon_document(
+        renderer, fields, constraints, reuse, categories="Symbology|Fields|Forms"
+    )
 
 
 def graduated_qml(
@@ -125,12 +178,34 @@ def graduated_qml(
             render="true",
         )
         symbols.append(_fill_symbol(str(k), rgb))
-    return _document(renderer)
+    return _polygon_document(renderer)
 
 
 def class_style(classes: ClassList) -> str:
     """Style of the health polygons: one colour per class, on the ``class`` attribute."""
     return categorized_qml("class", [(c.name, c.name, c.colour) for c in classes])
+
+
+def class_raster_style(classes: ClassList) -> str:
+    """Style of the class raster: a paletted renderer listing only the model's classes,
+    each under its name and in its colour (QGIS's default style from the raster's
+    256-entry colour table would list every id, nodata included)."""
+    pipe = ET.Element("pipe")
+    renderer = ET.SubElement(
+        pipe, "rasterrenderer", type="paletted", band="1", opacity="1", alphaBand="-1"
+    )
+    ET.SubElement(renderer, "rasterTransparency")
+    palette = ET.SubElement(renderer, "colorPalette")
+    for c in classes:
+        ET.SubElement(
+            palette,
+            "paletteEntry",
+            value=str(c.id),
+            color="#{:02x}{:02x}{:02x}".format(*c.colour),
+            alpha="255",
+            label=c.name,
+        )
+    return _document(pipe)
 
 
 def zone_style() -> str:
@@ -171,10 +246,9 @@ def write_layer_styles(gpkg_path: Path, styles: Mapping[str, str]) -> None:
     # GeoPackage DATETIME is UTC text "YYYY-MM-DDTHH:MM:SS.SSSZ": the timestamp is UTC so
     # GDAL writes the Z, and MILLISECOND makes it write ".000" where it would drop it
     # (older GDALs ignore the option). Other text makes GDAL warn "Non-conformant content".
-    pyogrio.write_dataframe(
+    write_layer(
         pd.DataFrame(rows),
         gpkg_path,
-        layer=STYLE_TABLE,
-        driver="GPKG",
+        STYLE_TABLE,
         layer_options={"DATETIME_PRECISION": "MILLISECOND"},
     )

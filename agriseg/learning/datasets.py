@@ -23,6 +23,13 @@ import numpy as np
 from agriseg.classes import NODATA, ClassList, Colour, parse_colour
 from agriseg.errors import InputError
 
+#: File suffixes read as vector labels; anything else is opened as a raster.
+VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite")
+
+#: Vector label files found in a labels folder (not .json: annotation files of other
+#: tools often sit beside masks).
+LABEL_VECTORS = (".gpkg", ".shp", ".geojson", ".fgb")
+
 #: File suffixes found in folders (images and masks alike).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -56,11 +63,13 @@ def pair_key(path: Path) -> str:
         stem = shorter
 
 
-def expand(specs: Sequence[Path | str], what: str) -> tuple[list[Path], bool]:
+def expand(
+    specs: Sequence[Path | str], what: str, suffixes: Sequence[str] = IMAGE_SUFFIXES
+) -> tuple[list[Path], bool]:
     """Files named by ``specs`` (files, folders, glob patterns), and whether all were files.
 
-    Folders give their image files (:data:`IMAGE_SUFFIXES`), sorted; patterns their
-    matches, sorted. ``what`` names the option in messages (``images``, ``--labels``).
+    Folders give their files ending in ``suffixes``, sorted; patterns their matches,
+    sorted. ``what`` names the option in messages (``images``, ``--labels``).
     """
     files: list[Path] = []
     explicit = True
@@ -69,11 +78,11 @@ def expand(specs: Sequence[Path | str], what: str) -> tuple[list[Path], bool]:
         if path.is_dir():
             explicit = False
             found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes
             )
             if not found:
                 raise InputError(
-                    f"{path}: folder given as {what} holds no image ({', '.join(IMAGE_SUFFIXES)})"
+                    f"{path}: folder given as {what} holds no file ending in {', '.join(suffixes)}"
                 )
             files += found
         elif glob.has_magic(str(spec)):
@@ -94,14 +103,23 @@ def pair_files(
 
     Lists of files pair in order and must have the same length; as soon as a folder or
     pattern is involved, files pair by :func:`pair_key` and every file needs a partner.
+    One vector file (polygons, :data:`VECTOR_SUFFIXES`) labels every image.
     """
     image_files, explicit_images = expand(images, "images")
-    label_files, explicit_labels = expand(labels, "--labels")
+    # A labels folder may hold masks or one vector file per image (paired by name).
+    label_files, explicit_labels = expand(labels, "--labels", IMAGE_SUFFIXES + LABEL_VECTORS)
+    if (
+        explicit_labels
+        and len(label_files) == 1
+        and label_files[0].suffix.lower() in VECTOR_SUFFIXES
+    ):
+        return [(image, label_files[0]) for image in image_files]
     if explicit_images and explicit_labels:
         if len(image_files) != len(label_files):
             raise InputError(
                 f"--labels gives {len(label_files)} file(s) for {len(image_files)} image(s); "
-                "give one label file per image, in the same order (or folders to pair by name)"
+                "give a folder or quoted glob pattern of masks (paired by name), or one "
+                "vector file for all images"
             )
         return list(zip(image_files, label_files, strict=True))
     by_image = _by_key(image_files, "images")

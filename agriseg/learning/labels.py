@@ -12,12 +12,14 @@ window, so labels of any size fit in memory.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import rasterio
 from rasterio import features, windows
 from rasterio.enums import ColorInterp, Resampling
@@ -30,16 +32,33 @@ from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, guess_role
 from agriseg.errors import InputError, RasterReadError
 from agriseg.io.grid import Grid
 from agriseg.io.raster import georeferenced, open_dataset
-from agriseg.learning.datasets import LabelColors, color_ids, decode_colors
-
-#: File suffixes read as vector labels; anything else is opened as a raster.
-VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite")
+from agriseg.learning.datasets import VECTOR_SUFFIXES, LabelColors, color_ids, decode_colors
 
 LabelKind = Literal["raster", "vector"]
 
 
 def label_kind(path: Path) -> LabelKind:
     return "vector" if Path(path).suffix.lower() in VECTOR_SUFFIXES else "raster"
+
+
+def polygon_layer(path: Path, layer: str | None = None) -> str | None:
+    """The layer of a vector file holding the labels: ``layer``, else its only layer
+    with geometries (a GeoPackage from ``agriseg labels init`` also holds QGIS's
+    ``layer_styles`` table); ``None`` for a file that cannot be listed (the reader
+    then says why)."""
+    if layer is not None:
+        return layer
+    try:
+        layers = pyogrio.list_layers(path)
+    except Exception:  # pyogrio raises several unrelated types for bad files
+        return None
+    spatial = [str(name) for name, geometry in layers if geometry is not None]
+    if len(spatial) > 1:
+        raise InputError(
+            f"{path}: holds layers {', '.join(spatial)}; name the one with the labels "
+            "with --label-layer"
+        )
+    return spatial[0] if spatial else None
 
 
 def class_ids(values: np.ndarray, classes: ClassList, path: Path, what: str) -> np.ndarray:
@@ -101,7 +120,9 @@ class Labels:
 
     def _read_vector(self, column: str, layer: str | None) -> gpd.GeoDataFrame:
         try:
-            frame = gpd.read_file(self.path, layer=layer)
+            frame = gpd.read_file(self.path, layer=polygon_layer(self.path, layer))
+        except InputError:
+            raise
         except Exception as exc:  # pyogrio raises several unrelated types for bad files
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(
@@ -119,6 +140,12 @@ class Labels:
                 f"{self.path}: vector labels have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX)"
             )
         frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+        unnamed = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+        if unnamed.any():
+            raise InputError(
+                f"{self.path}: {int(unnamed.sum())} polygon(s) have no {column!r}; pick a "
+                "class for each in QGIS (attribute table) or delete them"
+            )
         frame = frame.to_crs(self.grid.crs)
         ids = class_ids(frame[column].to_numpy(), self.classes, self.path, f"column {column!r}")
         return gpd.GeoDataFrame({"class_id": ids}, geometry=frame.geometry.values, crs=frame.crs)
@@ -168,6 +195,29 @@ class Labels:
             and src.transform.almost_equals(g.transform)
             and src.crs == g.crs
         )
+
+    def labelled_window(self, margin: int = 0) -> Window | None:
+        """The window of the image grid holding every labelled pixel, widened by
+        ``margin`` pixels; ``None`` when no label falls on the image.
+
+        Vector labels give the window around their polygons; rasters give the whole
+        grid (where their pixels are labelled is known only after reading them).
+        """
+        g = self.grid
+        if self._frame is None:
+            return Window(0, 0, g.width, g.height)
+        if self._frame.empty:
+            return None
+        left, bottom, right, top = self._frame.total_bounds
+        inverse = ~g.transform
+        corners = [inverse * (x, y) for x in (left, right) for y in (bottom, top)]
+        cols, rows = zip(*corners, strict=True)
+        c0, r0 = max(math.floor(min(cols)) - margin, 0), max(math.floor(min(rows)) - margin, 0)
+        c1 = min(math.ceil(max(cols)) + margin, g.width)
+        r1 = min(math.ceil(max(rows)) + margin, g.height)
+        if c1 <= c0 or r1 <= r0:
+            return None
+        return Window(c0, r0, c1 - c0, r1 - r0)
 
     def read(self, window: Window) -> np.ndarray:
         """Class ids ``(h, w)`` uint8 of ``window`` of the image grid; 255 where unlabelled."""
@@ -238,24 +288,31 @@ def _rgb(src: rasterio.DatasetReader, window: Window) -> np.ndarray:
 
 
 def label_classes(
-    paths: Sequence[Path], column: str = "class", colors: LabelColors | None = None
+    paths: Sequence[Path],
+    column: str = "class",
+    colors: LabelColors | None = None,
+    layer: str | None = None,
 ) -> ClassList:
-    """The classes that labels name, for a model trained without ``--classes``.
+    """The candidate classes of labels, for a model trained without ``--classes``.
+
+    Training keeps those of them some label marks
+    (:func:`agriseg.training.labelled_classes`).
 
     * colour-coded masks: the names of the label-colour table, in its order, with its
-      colours;
+      colours (all default names: those default classes, in their order and colours);
     * vector labels: the distinct names of ``column``, sorted, background names
       (soil, ground...) first;
     * class rasters and masks: their ``class_N`` tags, else ids ``0..max`` named
       ``class_0``, ``class_1``... with role ``other``.
 
     Names that are all default class names (soil, crop, weed, diseased), and ids up to
-    3, give :data:`DEFAULT_CLASSES`, so such labels train a model like the shipped ones.
+    3, give :data:`DEFAULT_CLASSES`, so such labels train a model like the shipped ones
+    (with the default classes they mark).
     """
     if colors:
         names = list(colors)
         if _all_default(names):
-            return DEFAULT_CLASSES
+            return DEFAULT_CLASSES.select(DEFAULT_CLASSES.by_name(n).id for n in names)
         return ClassList.build(names, dict(colors))
     values: set[str] = set()
     tagged: list[tuple[Path, ClassList]] = []
@@ -266,7 +323,9 @@ def label_classes(
             raise InputError(f"{path}: no such label file; check --labels")
         if label_kind(path) == "vector":
             try:
-                frame = gpd.read_file(path, columns=[column], ignore_geometry=True)
+                frame = gpd.read_file(
+                    path, layer=polygon_layer(path, layer), columns=[column], ignore_geometry=True
+                )
             except Exception:  # unreadable or missing column: Labels says which, later
                 continue
             if column in frame.columns:

@@ -30,7 +30,11 @@ class ClassScores:
 
 @dataclass(frozen=True)
 class Scores:
-    """Per-class scores, their means and the confusion matrix they come from."""
+    """Per-class scores, their means and the confusion matrix they come from.
+
+    ``miou`` and ``mean_f1`` are over the classes present in the truth
+    (:attr:`scored_classes`).
+    """
 
     classes: tuple[ClassScores, ...]
     miou: float
@@ -39,10 +43,16 @@ class Scores:
     confusion: np.ndarray
     unpredicted: int = 0
 
+    @property
+    def scored_classes(self) -> tuple[str, ...]:
+        """The classes the means are over: those with labelled pixels."""
+        return tuple(c.name for c in self.classes if c.support > 0)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``nan`` becomes ``None``."""
         return {
             "miou": _clean(self.miou),
+            "scored_classes": list(self.scored_classes),
             "mean_f1": _clean(self.mean_f1),
             "accuracy": _clean(self.accuracy),
             "classes": {
@@ -87,7 +97,9 @@ def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, n_classes: int) 
 def scores(confusion: np.ndarray, classes: ClassList, unpredicted: int = 0) -> Scores:
     """IoU, precision, recall and F1 per class of ``classes``, mIoU, mean F1 and pixel accuracy.
 
-    Means are over the classes that occur in the truth or the prediction.
+    Means are over the classes present in the truth (the labels): a class nobody
+    labelled has no IoU to learn or measure, and counting its 0 would only say what
+    the labels lack. Its false positives still lower the other classes' precision.
     """
     cm = np.asarray(confusion, dtype="int64")
     if cm.shape != (len(classes), len(classes)):
@@ -99,7 +111,7 @@ def scores(confusion: np.ndarray, classes: ClassList, unpredicted: int = 0) -> S
     precision = _ratio(tp, predicted)
     recall = _ratio(tp, truth)
     f1 = _ratio(2 * tp, truth + predicted)
-    present = ~np.isnan(iou)
+    present = truth > 0
     total = cm.sum()
     return Scores(
         classes=tuple(

@@ -7,9 +7,16 @@ score. Chips are centred on pixels of a randomly chosen class (class balancing),
 then flipped, rotated, colour- and scale-jittered (robustness to lighting and
 ground sampling distance). Unlabelled pixels (255) are ignored by the loss.
 
-After every epoch the checkpoint (``NAME.safetensors`` + ``NAME.json``) and the
-training state (``NAME.state.pt``: weights, optimiser, schedule, epoch, random
-states) are written, so an interrupted run leaves a usable model and can resume.
+The classes come from the labels: a model predicts exactly the classes its labels
+mark (see :func:`load_training_set`). Labels may be sparse: only the pixels a mask
+or polygon labels are learnt from and scored, validation blocks are drawn among
+blocks holding labels, and vector labels on a large survey read only the part of
+the image around the polygons.
+
+After every epoch the checkpoint (``OUT/model.safetensors`` + ``model.json``, or
+``NAME.safetensors`` + ``NAME.json``) and the training state (``model.state.pt``:
+weights, optimiser, schedule, epoch, random states) are written, so an interrupted
+run leaves a usable model and can resume.
 """
 
 from __future__ import annotations
@@ -44,7 +51,14 @@ from agriseg.models.architectures import (
 )
 from agriseg.models.inference import normalize, resolve_device
 from agriseg.models.meta import RGB_BANDS, SIZE_DIVISOR, ModelMeta, Normalization, pixel_kind
-from agriseg.models.registry import checkpoint_paths, load_model, save_checkpoint
+from agriseg.models.registry import (
+    CHECKPOINT_SUFFIX,
+    find_model,
+    load_model,
+    model_name,
+    output_checkpoint,
+    save_checkpoint,
+)
 from agriseg.segmentation.scale import raster_gsd_m
 
 #: Called as ``progress(steps_done, steps_total)``.
@@ -73,7 +87,7 @@ class TrainConfig:
         gsd_m: Ground sampling distance of the images in metres; ``None``: from
             their georeferencing (plain images: unknown).
         chip_size: Edge of the training chips in pixels (a multiple of 32).
-        batch_size: Chips per step.
+        chips_per_step: Chips per optimiser step (the training batch).
         epochs: Number of epochs.
         steps_per_epoch: Optimiser steps per epoch.
         learning_rate: Peak AdamW learning rate (linear warm-up, cosine decay).
@@ -91,6 +105,8 @@ class TrainConfig:
         band_names: Names of the trained bands (new models only); ``None``: the
             first raster's names (:func:`agriseg.io.spectral.band_names`).
         label_column: Attribute of vector labels holding the class name or id.
+        label_layer: Layer of vector label files holding the polygons; ``None``: the
+            only polygon layer.
         tile_size: Tile edge recorded for inference.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         seed: Seed of every random choice.
@@ -107,7 +123,7 @@ class TrainConfig:
     label_colors: dict[str, Colour] = field(default_factory=dict)
     gsd_m: float | None = None
     chip_size: int = 256
-    batch_size: int = 8
+    chips_per_step: int = 8
     epochs: int = 10
     steps_per_epoch: int = 100
     learning_rate: float = 1e-3
@@ -121,6 +137,7 @@ class TrainConfig:
     bands: tuple[int, ...] | None = None
     band_names: tuple[str, ...] | None = None
     label_column: str = "class"
+    label_layer: str | None = None
     tile_size: int = 512
     device: str = "auto"
     seed: int = 0
@@ -136,7 +153,7 @@ class TrainConfig:
             )
         if self.tile_size % SIZE_DIVISOR:
             raise InputError(f"tile size {self.tile_size} must be a multiple of {SIZE_DIVISOR}")
-        for name in ("batch_size", "epochs", "steps_per_epoch"):
+        for name in ("chips_per_step", "epochs", "steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} {getattr(self, name)} must be at least 1")
         if not 0 <= self.val_fraction < 1:
@@ -200,17 +217,37 @@ class EpochResult:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """The checkpoint written and the per-epoch history."""
+    """The checkpoint written, the per-epoch history and what the user should know
+    (classes left out)."""
 
     weights: Path
     meta: ModelMeta
     history: tuple[EpochResult, ...]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Labelled scenes ready to train on, and the classes their labels mark.
+
+    Attributes:
+        scenes: The images and their labels, as ids of ``classes``.
+        classes: Exactly the classes some label marks.
+        band_names: The bands the model reads.
+        warnings: Classes left out because no label marks them.
+    """
+
+    scenes: tuple[Scene, ...]
+    classes: ClassList
+    band_names: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def state_path(out: Path) -> Path:
-    """Where the resumable training state of checkpoint ``out`` lives."""
-    weights, _ = checkpoint_paths(out)
-    return weights.with_name(weights.name.removesuffix(".safetensors") + ".state.pt")
+    """Where the resumable training state of training output ``out`` lives (a model
+    folder or a ``.safetensors`` file, see :func:`~agriseg.models.output_checkpoint`)."""
+    weights = output_checkpoint(out)
+    return weights.with_name(weights.name.removesuffix(CHECKPOINT_SUFFIX) + ".state.pt")
 
 
 def load_scene(
@@ -223,15 +260,20 @@ def load_scene(
     """Read a training image and its labels (class raster, mask or vector file) into memory.
 
     The image may be a plain photo (no georeferencing) with a mask of the same size;
-    its ground sampling distance is then ``config.gsd_m`` (or unknown).
+    its ground sampling distance is then ``config.gsd_m`` (or unknown). With vector
+    labels only the part of the image around the polygons (and a chip's width
+    beyond) is read: a few polygons on a large survey need little memory.
     """
     info = open_raster(raster, wanted, config.bands)
-    window = Window(0, 0, info.width, info.height)
+    truth_source = Labels(labels, info.grid, classes, config.label_column, config.label_layer,
+                          colors=config.label_colors)  # fmt: skip
+    window = truth_source.labelled_window(margin=config.chip_size)
+    if window is None:
+        raise InputError(
+            f"{labels}: no labelled pixel falls on {raster}; check that both cover the same area"
+        )
     image = read_window(info.path, info.bands, window, info.crs is None)
-    grid = info.grid
-    truth = Labels(labels, grid, classes, config.label_column, colors=config.label_colors).read(
-        window
-    )
+    truth = truth_source.read(window)
     truth[np.isnan(image).any(axis=0)] = NODATA
     if not (truth != NODATA).any():
         raise InputError(
@@ -270,13 +312,20 @@ class _Split:
         h, w = scene.labels.shape
         block = config.val_block or config.chip_size
         gap = config.chip_size // 4 if config.gap is None else config.gap
-        starts = [(r, c) for r in range(0, h, block) for c in range(0, w, block)]
+        # Validation blocks are drawn among blocks holding labels: with sparse labels
+        # most blocks hold none and would score nothing.
+        starts = [
+            (r, c)
+            for r in range(0, h, block)
+            for c in range(0, w, block)
+            if (scene.labels[r : r + block, c : c + block] != NODATA).any()
+        ]
         n_val = round(config.val_fraction * len(starts))
         if config.val_fraction > 0:
             n_val = max(1, n_val)
         if n_val >= len(starts) and n_val:
             raise InputError(
-                f"{scene.name}: {h}x{w} px gives {len(starts)} validation block(s) of "
+                f"{scene.name}: {h}x{w} px gives {len(starts)} labelled block(s) of "
                 f"{block} px, too few to hold any out; use a smaller --val-block or "
                 "--val-fraction 0"
             )
@@ -295,8 +344,11 @@ class _Split:
             r1, c1 = r0 + int(win.height), c0 + int(win.width)
             blocked[max(r0 - gap, 0) : r1 + gap, max(c0 - gap, 0) : c1 + gap] = True
         labelled = (scene.labels != NODATA) & ~blocked
-        # Integral image of blocked pixels: a chip is allowed when it covers none.
+        # Integral images of blocked and of labelled training pixels: a chip is allowed
+        # when it covers no blocked pixel and some labelled one (an unlabelled chip
+        # would teach nothing).
         self._integral = np.pad(blocked.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        self._labelled = np.pad(labelled.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         self.centres: list[np.ndarray] = []
         labelled_ids = scene.labels[scene.labels != NODATA]
         for k in range(int(labelled_ids.max()) + 1 if labelled_ids.size else 0):
@@ -308,14 +360,18 @@ class _Split:
         self.train_pixels = int(labelled.sum())
 
     def allowed(self, row: int, col: int, size: int) -> bool:
-        i = self._integral
-        inside = i[row + size, col + size] - i[row, col + size] - i[row + size, col] + i[row, col]
-        return bool(inside == 0)
+        def inside(i: np.ndarray) -> int:
+            return int(
+                i[row + size, col + size] - i[row, col + size] - i[row + size, col] + i[row, col]
+            )
+
+        return inside(self._integral) == 0 and inside(self._labelled) > 0
 
     def any_allowed(self, size: int) -> bool:
-        i = self._integral
-        s = i[size:, size:] - i[:-size, size:] - i[size:, :-size] + i[:-size, :-size]
-        return bool((s == 0).any())
+        def sums(i: np.ndarray) -> np.ndarray:
+            return i[size:, size:] - i[:-size, size:] - i[size:, :-size] + i[:-size, :-size]
+
+        return bool(((sums(self._integral) == 0) & (sums(self._labelled) > 0)).any())
 
 
 class ChipSampler:
@@ -401,7 +457,7 @@ class ChipSampler:
         return x.numpy(), y.numpy()
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        chips = [self.chip(rng) for _ in range(self.config.batch_size)]
+        chips = [self.chip(rng) for _ in range(self.config.chips_per_step)]
         x = torch.from_numpy(np.stack([c[0] for c in chips]))
         y = torch.from_numpy(np.stack([c[1] for c in chips]))
         return x, y
@@ -556,7 +612,7 @@ def train(
 
     Args:
         scenes: Labelled images, all with the same number of bands.
-        out: Checkpoint path (``NAME`` or ``NAME.safetensors``).
+        out: A model folder (``OUT/model.safetensors``) or a ``NAME.safetensors`` file.
         config: Training options.
         band_names: Names of the input bands of a new model (ignored when fine-tuning).
         progress: Called after every step with (steps done, steps in total).
@@ -568,8 +624,8 @@ def train(
     config.check()
     _check_scenes(scenes)
     device = resolve_device(config.device)
-    weights_path, _ = checkpoint_paths(out)
-    name = weights_path.name.removesuffix(".safetensors")
+    weights_path = output_checkpoint(out)
+    name = model_name(weights_path)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     splits = [_Split(scene, config, rng) for scene in scenes]
@@ -620,7 +676,7 @@ def train(
         meta = _with_training_info(
             meta, scenes, config, result, records, time.perf_counter() - started
         )
-        weights_path = save_checkpoint(model, meta, out)
+        weights_path = save_checkpoint(model, meta, weights_path)
         _save_state(state_file, model, optimizer, scheduler, rng, epoch, records, meta)
         if on_epoch is not None:
             on_epoch(result)
@@ -638,8 +694,10 @@ def _with_training_info(
     config_dict = {k: v for k, v in dataclasses.asdict(config).items() if k != "command"}
     config_dict["classes"] = None if config.classes is None else config.classes.to_json()
     known = [s.gsd_m for s in scenes if s.gsd_m is not None]
+    counts = label_counts(scenes, len(meta.classes))
     training = {
         "command": config.command,
+        "labelled_pixels": {c.name: int(counts[c.id]) for c in meta.classes},
         "images": [s.name for s in scenes][:50],
         "n_images": len(scenes),
         "config": config_dict,
@@ -723,6 +781,104 @@ def _restore(
     return int(state["epoch"]) + 1, list(json.loads(state["history"]))
 
 
+def load_training_set(
+    sources: Sequence[tuple[Path, Path]], config: TrainConfig, progress: Progress | None = None
+) -> TrainingSet:
+    """Read ``(image, labels)`` file pairs and settle the classes the model will learn.
+
+    The candidate classes are ``config.classes``, else ``config.init``'s, else those
+    the labels name (:func:`~agriseg.labels.label_classes`). A model learns exactly
+    the classes some label marks: a class of ``config.classes`` that no label marks
+    is refused; one of ``init``'s or of the label-colour table is left out with a
+    warning, and the remaining classes are renumbered.
+
+    Raises:
+        InputError: No pairs, unusable labels, a listed class never labelled, or
+            fewer than two labelled classes.
+    """
+    if not sources:
+        raise InputError("no training images given")
+    classes = config.classes
+    source = "--classes"
+    if config.init is not None:
+        _, base = find_model(config.init)
+        wanted = base.bands
+        if classes is None:
+            classes, source = base.classes, f"--from {config.init}"
+    else:
+        with pixel_grid_ok():  # plain photos name their bands by colour alone
+            wanted = new_model_bands(sources[0][0], config.bands, config.band_names)
+    if classes is None:
+        classes = label_classes(
+            [label for _, label in sources],
+            config.label_column,
+            config.label_colors,
+            config.label_layer,
+        )
+        source = "--label-colors" if config.label_colors else ""
+    config = dataclasses.replace(config, classes=classes)
+    scenes = []
+    for done, (raster, labels) in enumerate(sources, start=1):
+        scenes.append(load_scene(raster, labels, wanted, config, classes))
+        if progress is not None:
+            progress(done, len(sources))
+    kept, classes, warnings = labelled_classes(scenes, classes, source)
+    return TrainingSet(tuple(kept), classes, wanted, tuple(warnings))
+
+
+def label_counts(scenes: Sequence[Scene], n_classes: int) -> np.ndarray:
+    """Labelled pixels of each of ``n_classes`` class ids over ``scenes``."""
+    counts = np.zeros(n_classes, dtype="int64")
+    for scene in scenes:
+        ids = scene.labels[scene.labels != NODATA]
+        counts += np.bincount(ids, minlength=n_classes)[:n_classes]
+    return counts
+
+
+def labelled_classes(
+    scenes: Sequence[Scene], classes: ClassList, source: str = ""
+) -> tuple[list[Scene], ClassList, list[str]]:
+    """Keep the classes some label marks; renumber the scenes' labels to match.
+
+    ``source`` says where ``classes`` came from: ``--classes`` (a class no label
+    marks is refused), another option (it is left out with a warning naming the
+    option) or ``""`` (the labels themselves: left out silently).
+
+    Returns:
+        The scenes, the kept classes and the warnings.
+    """
+    _check_label_ids(scenes, classes)
+    counts = label_counts(scenes, len(classes))
+    kept = [c.id for c in classes if counts[c.id]]
+    missing = [c.name for c in classes if not counts[c.id]]
+    if missing and source == "--classes":
+        them = "it" if len(missing) == 1 else "them"
+        raise InputError(
+            f"--classes lists {', '.join(missing)} but no label marks {them}; a model cannot "
+            f"learn a class it never sees: label {them} or drop {them} from --classes"
+        )
+    if len(kept) < 2:
+        marked = ", ".join(classes[k].name for k in kept) or "no class"
+        raise InputError(
+            f"the labels mark {marked} only; label at least two classes "
+            "(e.g. crop and soil) so the model has something to tell apart"
+        )
+    if not missing:
+        return list(scenes), classes, []
+    lookup = np.full(256, NODATA, dtype="uint8")
+    lookup[kept] = np.arange(len(kept), dtype="uint8")
+    scenes = [dataclasses.replace(s, labels=lookup[s.labels]) for s in scenes]
+    selected = classes.select(kept)
+    warnings = []
+    if source:
+        them = "it" if len(missing) == 1 else "them"
+        warnings.append(
+            f"{', '.join(missing)} ({source}): no label marks {them}, so the model leaves "
+            f"{them} out; it learns {', '.join(selected.names)}"
+        )
+    return scenes, selected, warnings
+
+
 def train_files(
     sources: Sequence[tuple[Path, Path]],
     out: Path,
@@ -732,22 +888,10 @@ def train_files(
 ) -> TrainResult:
     """Train on ``(image, labels)`` file pairs; labels are a class raster, mask or vector file.
 
-    Without ``config.classes`` the classes are ``config.init``'s, else those the labels
-    name (see :func:`~agriseg.learning.labels.label_classes`).
+    The model learns the classes :func:`load_training_set` settles on; its warnings
+    come back in the result.
     """
-    if not sources:
-        raise InputError("no training rasters given")
-    classes = config.classes
-    if config.init is not None:
-        _, base = load_model(config.init)
-        wanted = base.bands
-        classes = classes or base.classes
-    else:
-        with pixel_grid_ok():  # plain photos name their bands by colour alone
-            wanted = new_model_bands(sources[0][0], config.bands, config.band_names)
-    if classes is None:
-        labels = [label for _, label in sources]
-        classes = label_classes(labels, config.label_column, config.label_colors)
-    config = dataclasses.replace(config, classes=classes)
-    scenes = [load_scene(raster, labels, wanted, config, classes) for raster, labels in sources]
-    return train(scenes, out, config, wanted, progress, on_epoch)
+    data = load_training_set(sources, config)
+    config = dataclasses.replace(config, classes=data.classes)
+    result = train(data.scenes, out, config, data.band_names, progress, on_epoch)
+    return dataclasses.replace(result, warnings=data.warnings)

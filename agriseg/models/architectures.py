@@ -192,13 +192,33 @@ def with_classes(
     model: nn.Module, meta: ModelMeta, classes: ClassList
 ) -> tuple[nn.Module, ModelMeta]:
     """``model`` predicting ``classes``: same names keep the segmentation head (colours
-    and roles may change); other names get a new, randomly initialised head, while the
-    encoder and decoder keep their weights (fine-tuning to new classes)."""
+    and roles may change); other names get a new head, while the encoder and decoder
+    keep their weights (fine-tuning to new classes). In the new head, the output of a
+    class the model already had (same name, any case) keeps its trained weights; the
+    others start random."""
     new_meta = dataclasses.replace(meta, classes=classes)
-    if [n.lower() for n in classes.names] == [n.lower() for n in meta.classes.names]:
+    old_names = [n.lower() for n in meta.classes.names]
+    if [n.lower() for n in classes.names] == old_names:
         return model, new_meta
     new = build_model(new_meta)
-    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("segmentation_head.")}
+    old_state = model.state_dict()
+    state = new.state_dict()
+    kept = {k: v for k, v in old_state.items() if not k.startswith("segmentation_head.")}
+    # (new id, old id) of the classes both heads predict.
+    shared = [
+        (k, old_names.index(n.lower()))
+        for k, n in enumerate(classes.names)
+        if n.lower() in old_names
+    ]
+    for key, value in old_state.items():
+        if not key.startswith("segmentation_head.") or key not in state:
+            continue
+        target = state[key].clone()
+        per_class = value.shape[:1] == (len(old_names),) and target.shape[:1] == (len(classes),)
+        if per_class and value.shape[1:] == target.shape[1:]:
+            for k, old in shared:
+                target[k] = value[old]
+            kept[key] = target
     new.load_state_dict(kept, strict=False)
     return new.train(model.training), new_meta
 

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agriseg.errors import ModelError
+from agriseg.errors import InputError, ModelError
 from agriseg.io.atomic import atomic_output, write_text_atomic
 from agriseg.models.meta import ModelMeta, read_meta
 from agriseg.models.onnx_format import read_onnx_meta
@@ -28,11 +28,46 @@ DEFAULT_MODEL = "agriseg-unet"
 ALIASES = {"default": DEFAULT_MODEL, "unet": "agriseg-unet", "pspnet": "agriseg-pspnet"}
 
 
+#: File stem of the checkpoint in a model folder (``agriseg train --out FOLDER``).
+FOLDER_CHECKPOINT = "model"
+
+#: Suffix of checkpoint weights files.
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
 def checkpoint_paths(path: Path) -> tuple[Path, Path]:
-    """The ``(weights, metadata)`` pair for a checkpoint given by either file or stem."""
+    """The ``(weights, metadata)`` pair for a checkpoint given by either file, stem or
+    model folder (holding ``model.safetensors`` + ``model.json``)."""
     path = Path(path)
+    if path.is_dir():
+        path = path / FOLDER_CHECKPOINT
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def output_checkpoint(out: Path) -> Path:
+    """The weights file a training run writes for ``--out``: ``out`` itself when it ends
+    in ``.safetensors``, else ``out/model.safetensors`` (a model folder).
+
+    Raises:
+        InputError: ``out`` is another kind of file.
+    """
+    out = Path(out)
+    if out.suffix == CHECKPOINT_SUFFIX:
+        return out
+    if out.suffix.lower() in (".json", ".pt", ".onnx", ".pth") or out.is_file():
+        raise InputError(
+            f"--out {out}: name a folder (the model goes into {out.stem}/) or a file "
+            f"ending in {CHECKPOINT_SUFFIX}"
+        )
+    return out / (FOLDER_CHECKPOINT + CHECKPOINT_SUFFIX)
+
+
+def model_name(weights: Path) -> str:
+    """A checkpoint's name: its folder's for ``FOLDER/model.safetensors``, else its stem."""
+    weights = Path(weights)
+    stem = weights.name.removesuffix(CHECKPOINT_SUFFIX)
+    return weights.resolve().parent.name if stem == FOLDER_CHECKPOINT else stem
 
 
 def save_checkpoint(
@@ -96,7 +131,8 @@ def resolve(ref: str | Path) -> Path:
     names = sorted({*ALIASES, *(m.name for m in shipped_models())})
     raise ModelError(
         f"unknown model {text!r}: not a shipped model ({', '.join(names)}) "
-        "nor an existing checkpoint path (NAME.safetensors + NAME.json)"
+        "nor an existing checkpoint (a folder holding model.safetensors + model.json, "
+        "or NAME.safetensors + NAME.json)"
     )
 
 
