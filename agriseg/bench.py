@@ -4,12 +4,16 @@
 fresh process, so that its peak resident memory is its own, then times the model
 alone on exactly the tiles of that run, with the same batches, precision, thread
 count and device, but without reading, stitching or writing. The ratio of the two
-is the pipeline's overhead: 1.0 means the model is the only cost.
+is the pipeline's overhead: 1.0 means the model is the only cost. The CPU seconds
+per megapixel spent outside the model (the run's CPU time less the model-only pass's)
+say what reading, stitching, writing and the health pass cost the machine, whatever
+the wall clock hid behind the model.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import platform
 import tempfile
 import time
@@ -126,7 +130,21 @@ def write_bench_raster(path: Path, size: int, seed: int = 0, *, height: int | No
     return path
 
 
-def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats: int) -> float:
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process and its child processes that ended."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+@dataclass(frozen=True)
+class ModelPass:
+    """The model alone on a run's tiles: wall-clock and CPU seconds of the fastest pass."""
+
+    wall_s: float
+    cpu_s: float
+
+
+def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats: int) -> ModelPass:
     weights, meta = find_model(config.model)
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
     plan = plan_tiles(info, meta, config)
@@ -140,17 +158,20 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
     weight = grid.weight_window() if plan.resize_to is None else None
     chunks = [(i, j) for i in range(grid.chunk_rows) for j in range(grid.chunk_cols)]
     totals = [0.0] * max(1, repeats)
+    cpu = [0.0] * len(totals)
     with ThreadPoolExecutor(predictor.streams) as pool:
         for start in range(0, len(chunks), MODEL_GROUP):
             group = []
             for i, j in chunks[start : start + MODEL_GROUP]:
                 data = read_extent(info, grid, i, j)
                 tiles = chunk_batch(data, grid, i, j, info.dtype, meta.normalization).tiles
+                if not len(tiles):  # no valid pixel: the run skips it too
+                    continue
                 if plan.resize_to is not None:
                     tiles = resize_tiles(tiles, plan.resize_to)
                 group.append(tiles)
             for k in range(len(totals)):
-                began = time.perf_counter()
+                began, began_cpu = time.perf_counter(), cpu_seconds()
                 list(
                     pool.map(
                         lambda tiles: predictor.probabilities(
@@ -160,12 +181,13 @@ def _model_only_pass(input_path: Path, config: RunConfig, threads: int, repeats:
                     )
                 )
                 totals[k] += time.perf_counter() - began
-    return min(totals)
+                cpu[k] += cpu_seconds() - began_cpu
+    return ModelPass(min(totals), min(cpu))
 
 
 def model_only_seconds(
     input_path: Path, config: RunConfig, repeats: int = MODEL_REPEATS
-) -> dict[str, float]:
+) -> dict[str, ModelPass]:
     """Seconds the model alone takes on the run's tiles: same batches, precision and device.
 
     Tiles are read and cut (and, when the run resamples, resized to the model's tile
@@ -178,7 +200,8 @@ def model_only_seconds(
     pessimistic.
 
     Returns:
-        Seconds per setup: ``run`` (the run's) and, on CPU, ``all_cores``.
+        Seconds per setup: ``run`` (the run's) and, on CPU, ``all_cores``; each with
+        the CPU seconds of its fastest pass.
     """
     threads = config.threads or DEFAULT_FORWARD_THREADS
     seconds = {"run": _model_only_pass(input_path, config, threads, repeats)}
@@ -207,9 +230,10 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
 
     Peak memory (RAM and GPU) is read before the model-only pass, so it is the run's own.
     """
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     result = segment_raster(input_path, out_dir, config)
     end_to_end = time.perf_counter() - start
+    run_cpu = cpu_seconds() - start_cpu
     summary = result.summary
     gpu_mb = peak_gpu_mb(config.device)
     # A run's forwards happen on Dask worker threads, and OpenMP teams started from
@@ -217,9 +241,12 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
     # measured main-thread forwards up to 2x slower on a busy machine): time the
     # model alone on a worker thread too.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        model_setups = pool.submit(model_only_seconds, input_path, config).result()
+        passes = pool.submit(model_only_seconds, input_path, config).result()
+    model_setups = {name: p.wall_s for name, p in passes.items()}
     model_s = min(model_setups.values())
     pixels = summary["input"]["width"] * summary["input"]["height"]
+    # The run's own setup: its forwards cost what this pass's did.
+    outside_cpu = max(0.0, run_cpu - passes["run"].cpu_s)
     return {
         "pixels": pixels,
         "tiles": summary["tiles"],
@@ -228,6 +255,9 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
         "model_only_setups_s": {k: round(v, 3) for k, v in model_setups.items()},
         "ratio": round(end_to_end / model_s, 3) if model_s else None,
         "mpx_per_s": round(pixels / 1e6 / end_to_end, 3),
+        "cpu_s": round(run_cpu, 3),
+        "model_cpu_s": round(passes["run"].cpu_s, 3),
+        "cpu_s_per_mpx_outside_model": round(outside_cpu / (pixels / 1e6), 3),
         "peak_rss_mb": summary["peak_rss_mb"],
         "peak_gpu_mb": gpu_mb["allocated"],
         "peak_gpu_reserved_mb": gpu_mb["reserved"],

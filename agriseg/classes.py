@@ -28,6 +28,11 @@ from agriseg.errors import InputError
 #: Value written where the input has no valid data (nodata, alpha, mask).
 NODATA = 255
 
+#: Whether work whose every pixel is nodata is skipped: tiles the model would see,
+#: stitching, and the health pass's blocks (their results are nodata by construction).
+#: False only to check that skipping changes no output.
+SKIP_EMPTY = True
+
 #: Most classes a model may predict (class rasters are uint8 and 255 is nodata).
 MAX_CLASSES = 255
 

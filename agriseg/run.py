@@ -35,6 +35,7 @@ from agriseg.health.task_runner import TaskRunner
 from agriseg.health.verdict import Reliability
 from agriseg.io.areas import as_pyproj
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
+from agriseg.io.coverage import valid_pixels_at_most
 from agriseg.io.gdal_settings import on_workers, run_settings
 from agriseg.io.ownership import RUN_KINDS, check_free, listing, owned_outputs
 from agriseg.io.raster import RasterInfo, open_dataset, open_raster, parse_crs, pixel_grid_ok
@@ -270,6 +271,7 @@ class _Tally:
     pixels: np.ndarray
     area_m2: np.ndarray
     tiles: int = 0
+    tiles_run: int = 0
     write_s: float = 0.0
     model_s: float = 0.0
     prepare_s: float = 0.0
@@ -279,6 +281,7 @@ class _Tally:
         self.pixels += block.pixels
         self.area_m2 += block.area_m2
         self.tiles += block.tiles
+        self.tiles_run += block.tiles_run
         self.write_s += write_s
         self.model_s += block.model_s
         self.prepare_s += block.prepare_s
@@ -382,6 +385,7 @@ def _summarise(
             or any(c.name == "scale" and c.level == "unreliable" for c in reliability.checks),
         },
         "tiles": plan.tiles.grid.n_tiles,
+        "tiles_run": tally.tiles_run,  # the others hold no valid pixel
         "valid_pixels": valid,
         "classes": class_table(tally.pixels, tally.area_m2, meta.classes),
         **health,
@@ -455,7 +459,9 @@ def segment_raster(
             health_client = client if _has_worker_processes(config) else None
             # Entered before segmenting, so local health processes start while tiles run.
             run_tasks = (
-                health_stack.enter_context(job.task_runner(health_client))
+                health_stack.enter_context(
+                    job.task_runner(health_client, valid_pixels_at_most(input_path))
+                )
                 if job is not None
                 else None
             )

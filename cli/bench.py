@@ -58,5 +58,10 @@ def execute(args: argparse.Namespace) -> int:
         f"only (ratio {figures['ratio']}), peak {figures['peak_rss_mb']:.0f} MiB"
         + ("" if gpu is None else f" RAM, {gpu:.0f} MiB GPU")
     )
+    print(
+        f"CPU outside the model: {figures['cpu_s_per_mpx_outside_model']:.2f} CPU-s per Mpx "
+        f"({figures['cpu_s']:.1f} CPU-s for the run, {figures['model_cpu_s']:.1f} for the "
+        "model alone)"
+    )
     print(json.dumps(figures))
     return 0

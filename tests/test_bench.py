@@ -26,7 +26,8 @@ def test_bench_raster_is_a_tiled_georeferenced_rgb_geotiff(tmp_path):
 def test_bench_prints_the_figures_as_one_json_line_last(tmp_path, run_cli, capsys):
     args = ("--size", 256, "--tile-size", 128, "--overlap", 32, "--device", "cpu")
     assert run_cli("bench", *args, "--no-preview", "--work-dir", tmp_path) == 0
-    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lines = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(lines[-1])
     assert figures["pixels"] == 256 * 256
     assert figures["tiles"] == 9
     assert figures["device"] == "cpu"
@@ -39,6 +40,11 @@ def test_bench_prints_the_figures_as_one_json_line_last(tmp_path, run_cli, capsy
     assert figures["peak_rss_mb"] > 100
     assert figures["peak_gpu_mb"] is None and figures["peak_gpu_reserved_mb"] is None
     assert {"read", "infer", "stitch", "write", "total"} <= set(figures["stages_s"])
+    # CPU seconds outside the model: the run's less the model-only pass's, per Mpx.
+    assert figures["cpu_s"] > figures["model_cpu_s"] > 0
+    outside = (figures["cpu_s"] - figures["model_cpu_s"]) / (256 * 256 / 1e6)
+    assert figures["cpu_s_per_mpx_outside_model"] == pytest.approx(outside, abs=0.05)
+    assert any("CPU-s per Mpx" in line for line in lines)
 
 
 @pytest.mark.gpu

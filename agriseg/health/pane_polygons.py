@@ -22,6 +22,7 @@ from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
 
+import agriseg.classes
 from agriseg.classes import NODATA
 from agriseg.health.panes import FilePaneTask, PaneTask
 from agriseg.health.polygon_batch import PolygonBatch
@@ -121,12 +122,14 @@ def run_pane(task: PaneTask | FilePaneTask, settings: PolygonSettings) -> PanePo
     """
     if isinstance(task, FilePaneTask):
         task = task.read()
-    sieved = task.sieved()
     k = settings.n_values
+    if agriseg.classes.SKIP_EMPTY and task.empty:
+        return _empty_pane(task, settings)
+    sieved = task.sieved()
     values, value_sum, value_count = None, np.zeros(k), np.zeros(k, dtype="int64")
     valid = sieved.ravel() != NODATA
     if settings.values is not None and valid.any():
-        values = settings.values(task.window).reshape(k, -1)
+        values = _valid_values(settings.values, task.window, sieved != NODATA).reshape(k, -1)
         has_value = np.isfinite(values) & valid
         value_sum = np.where(has_value, values, 0.0).sum(axis=1)
         value_count = has_value.sum(axis=1)
@@ -141,6 +144,50 @@ def run_pane(task: PaneTask | FilePaneTask, settings: PolygonSettings) -> PanePo
         picked = picked_pixels(sieved, row_off, col_off, *settings.picks)
     kept = sieved if settings.keep_sieved else None
     return PanePolygons(task.window, kept, batch, *edges, value_sum, value_count, counts, picked)
+
+
+def _valid_values(read: ValueReader, window: Window, valid: np.ndarray) -> np.ndarray:
+    """``read``'s values of ``window`` where ``valid``: read over the valid pixels' bounding
+    box only (an irregular flight area leaves much of a pane nodata), NaN around it,
+    where no value is ever summed."""
+    if not agriseg.classes.SKIP_EMPTY:
+        return read(window)
+    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if (r0, c0, r1, c1) == (0, 0, *valid.shape):
+        return read(window)
+    inner = read(Window(window.col_off + c0, window.row_off + r0, c1 - c0, r1 - r0))
+    values = np.full((inner.shape[0], *valid.shape), np.nan, dtype=inner.dtype)
+    values[:, r0:r1, c0:c1] = inner
+    return values
+
+
+def _empty_pane(task: PaneTask, settings: PolygonSettings) -> PanePolygons:
+    """What :func:`run_pane` finds in a pane without a valid pixel, without the work:
+    sieving keeps its nodata and it has no polygon."""
+    h, w = int(task.window.height), int(task.window.width)
+    sieved = task.classes[task.top : task.top + h, task.left : task.left + w]
+    counts = np.zeros(256, dtype="int64")
+    counts[NODATA] = h * w
+    picked = None
+    if settings.picks is not None:
+        row_off, col_off = int(task.window.row_off), int(task.window.col_off)
+        picked = picked_pixels(sieved, row_off, col_off, *settings.picks)
+    k = settings.n_values
+    edges = np.zeros(w, dtype="int32"), np.zeros(h, dtype="int32")
+    return PanePolygons(
+        task.window,
+        sieved if settings.keep_sieved else None,
+        PolygonBatch.empty(k),
+        edges[0],
+        edges[0].copy(),
+        edges[1],
+        edges[1].copy(),
+        np.zeros(k),
+        np.zeros(k, dtype="int64"),
+        counts,
+        picked,
+    )
 
 
 def _pane_polygons(

@@ -12,6 +12,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,24 @@ class PaneTask:
         data = _sieve_window(np.ascontiguousarray(self.classes), self.sieve_px)
         h, w = int(self.window.height), int(self.window.width)
         return data[self.top : self.top + h, self.left : self.left + w]
+
+    @classmethod
+    def nodata(cls, window: Window, sieve_px: int) -> PaneTask:
+        """A pane known to hold no valid pixel (e.g. from the input's layout), unread:
+        read-only nodata taking no memory, :attr:`empty` without looking."""
+        h, w = int(window.height), int(window.width)
+        task = cls(np.broadcast_to(np.uint8(NODATA), (h, w)), 0, 0, window, None, sieve_px)
+        task.__dict__["empty"] = True  # what the cached property would find, known already
+        return task
+
+    @cached_property
+    def empty(self) -> bool:
+        """Whether the pane has no valid pixel: sieving changes none of it and it has
+        no polygon, so :func:`~agriseg.health.pane_polygons.run_pane` returns at once
+        (not worth sending anywhere)."""
+        h, w = int(self.window.height), int(self.window.width)
+        core = self.classes[self.top : self.top + h, self.left : self.left + w]
+        return not (core != NODATA).any()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ import shapely
 from pyproj import CRS
 from rasterio.windows import Window
 
+import agriseg.classes
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList
 from agriseg.config import POLYGON_KEYWORDS, HealthOptions, VectorFormat
 from agriseg.errors import InputError
@@ -80,6 +81,7 @@ from agriseg.io.areas import (
     pixel_size_m,
 )
 from agriseg.io.atomic import atomic_output, temporary_name, write_text_atomic
+from agriseg.io.coverage import Coverage, coverage_on
 from agriseg.io.gdal_settings import run_settings
 from agriseg.io.grid import Grid
 from agriseg.io.ownership import output_paths
@@ -88,7 +90,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 from agriseg.health.geojson_queue import GeoJSONTexts
-from agriseg.health.task_runner import Pending, TaskRunner, task_runner
+from agriseg.health.task_runner import Pending, TaskRunner, run_inline, task_runner
 from agriseg.health.zones import (
     Fields,
     assign_fields,
@@ -345,12 +347,15 @@ class HealthJob:
         return _run_health(self, strips, image_path, Path(out_dir), stem, runner)
 
     def task_runner(
-        self, client: Client | None = None
+        self, client: Client | None = None, valid_pixels: int | None = None
     ) -> contextlib.AbstractContextManager[TaskRunner]:
         """Where this pass's tasks run: ``client``'s Dask workers, else
         ``options.workers`` local processes, started (and their modules imported) right
-        away."""
+        away; as many as the raster's size asks for, or its ``valid_pixels`` when known
+        (nodata costs next to nothing)."""
         pixels = self.grid.width * self.grid.height
+        if valid_pixels is not None:
+            pixels = min(pixels, valid_pixels)
         return task_runner(client, self.options.workers, pixels)
 
 
@@ -439,6 +444,23 @@ class _BackgroundPreview:
             self._last.result()
 
 
+def _unread_if_empty(task: FilePaneTask, coverage: Coverage | None) -> PaneTask | FilePaneTask:
+    """``task``, or its nodata pixels unread where ``coverage`` of the segmented image
+    (whose invalid pixels are the class raster's nodata) proves the pane empty."""
+    if coverage is None or coverage.any_valid(task.window):
+        return task
+    return PaneTask.nodata(task.window, task.sieve_px)
+
+
+def _runner_for(
+    task: PaneTask | FilePaneTask, run: TaskRunner
+) -> Callable[..., Pending[PanePolygons]]:
+    """Where ``task`` runs: here when it has no valid pixel (it is done at once), else ``run``."""
+    if agriseg.classes.SKIP_EMPTY and isinstance(task, PaneTask) and task.empty:
+        return run_inline
+    return run
+
+
 def _write_polygons(
     job: HealthJob,
     strips: Iterable[Strip | FileStrip],
@@ -447,6 +469,7 @@ def _write_polygons(
     run: TaskRunner,
     preview: _BackgroundPreview | None = None,
     indices: IndexReader | None = None,
+    image_coverage: Coverage | None = None,
 ) -> tuple[int, int, dict[str, float | None], list[np.ndarray]]:
     """Sieve ``strips`` (into ``sieved`` unless None) and vectorise them into ``files``,
     in one pass.
@@ -455,7 +478,8 @@ def _write_polygons(
     :data:`STRIPS_AHEAD` strips ahead of the one being joined; joining, numbering and
     writing take the strips in order, so the products do not depend on where or in
     which order the panes ran. Sieved strips also go to ``preview``; ``indices`` are
-    averaged per polygon. Returns the number of polygons, how many of them the GeoJSON
+    averaged per polygon; panes that ``image_coverage`` (the segmented image's) proves
+    empty are not read. Returns the number of polygons, how many of them the GeoJSON
     left out because they cannot be projected to WGS84, each index's mean over every
     valid pixel, and the pixel count of each value (0-255) in every ``pane_size``
     window of the raster, row by row (see :func:`~agriseg.health.health_stats.planar_class_areas`).
@@ -507,11 +531,14 @@ def _write_polygons(
         for strip in strips:
             tasks: Sequence[PaneTask | FilePaneTask]
             if isinstance(strip, FileStrip) and run.local:
-                tasks = file_pane_tasks(strip, job.sieve_px, options.pane_size)
+                tasks = [
+                    _unread_if_empty(task, image_coverage)
+                    for task in file_pane_tasks(strip, job.sieve_px, options.pane_size)
+                ]
             else:  # a cluster's workers may not see this machine's files
                 read = strip.read() if isinstance(strip, FileStrip) else strip
                 tasks = pane_tasks(read, job.sieve_px, options.pane_size)
-            in_flight.append([run(run_pane, task, settings) for task in tasks])
+            in_flight.append([_runner_for(task, run)(run_pane, task, settings) for task in tasks])
             if len(in_flight) > STRIPS_AHEAD:
                 yield join(results(in_flight.popleft()), dst)
         while in_flight:
@@ -691,8 +718,9 @@ def _run_health(
                     for f in job.formats
                 }
                 run = runner or stack.enter_context(job.task_runner())
+                coverage = coverage_on(image_path, job.grid)
                 count, unprojectable, index_means, counts = _write_polygons(
-                    job, strips, sieved, tmp, run, preview, indices
+                    job, strips, sieved, tmp, run, preview, indices, coverage
                 )
                 stats = _statistics(job, sieved, indices, counts)
                 if "gpkg" in tmp:

@@ -4,6 +4,10 @@ The work is a Dask graph. Each chunk task (one row of tiles, one batch) reads it
 extent (:func:`agriseg.io.raster.read_window`) and returns its tiles' class probabilities
 multiplied by the blending window; each stitch task sums the contributions of the
 chunks around one core window, normalises, and yields class ids and confidence.
+Tiles without a valid pixel never reach the model, and a core without one is
+written as nodata without stitching; chunks whose blocks a sparse file leaves out
+(:mod:`agriseg.io.coverage`) are not even read: an orthomosaic's nodata costs next to
+nothing (see :data:`agriseg.classes.SKIP_EMPTY`).
 Chunks are submitted ahead of the stitching only as far as a byte budget allows,
 and a stitched row's chunks are cut down to the rows the next row still needs, so
 memory stays bounded whatever the raster's size and shape; finished blocks are
@@ -14,16 +18,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dask
 import numpy as np
 from distributed import Client, Future, as_completed
 from rasterio.windows import Window
 
+import agriseg.classes
 from agriseg.classes import NODATA
 from agriseg.config import RefineChoice
 from agriseg.io.areas import pixel_area_rows_m2
+from agriseg.io.coverage import Coverage, read_coverage
 from agriseg.io.raster import RasterInfo, read_window
 from agriseg.models.inference import DEFAULT_FORWARD_THREADS, Engine, get_predictor, normalize
 from agriseg.models.meta import Normalization
@@ -42,18 +48,19 @@ LOOKAHEAD_BYTES = 48 * 2**20
 class ChunkResult:
     """Blended probabilities of one chunk's tiles, and its core's validity."""
 
-    acc: np.ndarray  # (C, rows, extent width) float16, probabilities x weight
+    acc: np.ndarray | None  # (C, rows, extent width) float16, probs x weight, or None: no tile ran
     valid: np.ndarray  # (core h, core w) bool
     model_s: float  # seconds the model itself ran
     prepare_s: float  # seconds spent normalising, cutting and accumulating tiles
     row_start: int = 0  # extent rows above ``acc`` (cut away by :func:`bottom_rows`)
     read_s: float = 0.0  # seconds spent reading the chunk's extent
+    tiles_run: int = 0  # tiles the model ran (those with a valid pixel)
 
 
 def bottom_rows(part: ChunkResult, row_start: int) -> ChunkResult:
     """``part`` without its extent rows above ``row_start`` (which no later stitch needs)."""
-    keep = part.acc[:, row_start - part.row_start :].copy()
-    return ChunkResult(keep, part.valid[:0], part.model_s, part.prepare_s, row_start, part.read_s)
+    keep = None if part.acc is None else part.acc[:, row_start - part.row_start :].copy()
+    return replace(part, acc=keep, valid=part.valid[:0], row_start=row_start)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class Block:
     model_s: float
     prepare_s: float
     read_s: float = 0.0
+    tiles_run: int = 0  # of ``tiles``, those the model ran
 
 
 def _pad_to_extent(data: np.ndarray, grid: TileGrid, i: int, j: int) -> np.ndarray:
@@ -103,22 +111,49 @@ def read_extent(info: RasterInfo, grid: TileGrid, i: int, j: int) -> np.ndarray:
 class ChunkBatch:
     """One chunk's tiles, ready for the model."""
 
-    tiles: np.ndarray  # (N, bands, tile, tile) float32, normalised
+    tiles: np.ndarray  # (N run, bands, tile, tile) float32, normalised: the tiles in ``run``
     valid: np.ndarray  # (core h, core w) bool
+    run: np.ndarray  # (chunk tiles,) bool: whether the model sees the tile
+
+
+def tiles_with_data(valid: np.ndarray, grid: TileGrid, i: int, j: int) -> np.ndarray:
+    """Which of chunk ``(i, j)``'s tiles hold a valid pixel (``valid``: its extent clipped
+    to the raster).
+
+    A tile without one adds its probabilities only to invalid pixels (its own, and
+    the outside of the raster its mirrored border reaches), which end up nodata
+    whatever they hold: leaving it out changes no output.
+    """
+    columns = _pad_to_extent(valid[None], grid, i, j)[0].any(axis=0)
+    starts = np.arange(grid.chunk_tiles(j)) * grid.stride
+    return np.array([columns[k : k + grid.tile].any() for k in starts], dtype=bool)
 
 
 def chunk_batch(
-    data: np.ndarray, grid: TileGrid, i: int, j: int, dtype: str, norm: Normalization
+    data: np.ndarray,
+    grid: TileGrid,
+    i: int,
+    j: int,
+    dtype: str,
+    norm: Normalization,
+    skip_empty: bool = True,
 ) -> ChunkBatch:
-    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster."""
+    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster; with
+    ``skip_empty``, only those with a valid pixel (see :func:`tiles_with_data`)."""
     core = grid.core(i, j)
     rows, cols = in_raster(grid.extent(i, j), grid)
     r_off, c_off = core.row_off - rows.start, core.col_off - cols.start
-    valid = ~np.isnan(data[0, r_off : r_off + core.height, c_off : c_off + core.width])
-    x = normalize(_pad_to_extent(data, grid, i, j), dtype, norm)
+    valid_data = ~np.isnan(data[0])
+    valid = valid_data[r_off : r_off + core.height, c_off : c_off + core.width]
     n = grid.chunk_tiles(j)
-    tiles = np.stack([x[:, :, k * grid.stride : k * grid.stride + grid.tile] for k in range(n)])
-    return ChunkBatch(tiles, valid)
+    run = tiles_with_data(valid_data, grid, i, j) if skip_empty else np.ones(n, dtype=bool)
+    if not run.any():  # nothing to normalise
+        empty = np.empty((0, data.shape[0], grid.tile, grid.tile), dtype="float32")
+        return ChunkBatch(empty, valid, run)
+    x = normalize(_pad_to_extent(data, grid, i, j), dtype, norm)
+    starts = np.flatnonzero(run) * grid.stride
+    tiles = np.stack([x[:, :, k : k + grid.tile] for k in starts])
+    return ChunkBatch(tiles, valid, run)
 
 
 def infer_chunk(
@@ -133,6 +168,7 @@ def infer_chunk(
     engine: Engine = "torch",
     tta: bool = False,
     refine: RefineChoice = "none",
+    skip_empty: bool = True,
 ) -> ChunkResult:
     """Read chunk ``(i, j)``'s extent (clipped to the raster) and run its tiles as one batch.
 
@@ -142,21 +178,31 @@ def infer_chunk(
     With ``model_tile``, the model sees the tiles resized to that edge (see
     :mod:`agriseg.segmentation.scale`);
     with ``tta``, each tile's probabilities are the mean of its eight D4 views; with
-    ``refine``, a dense CRF refines them (see :mod:`agriseg.models.refine`).
+    ``refine``, a dense CRF refines them (see :mod:`agriseg.models.refine`). With
+    ``skip_empty``, tiles without a valid pixel are left out of the batch (their
+    probabilities are zero), and a chunk without any runs nothing.
     """
     reading = time.perf_counter()
     data = read_extent(info, grid, i, j)
     start = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads, engine)
-    batch = chunk_batch(data, grid, i, j, info.dtype, predictor.meta.normalization)
+    batch = chunk_batch(data, grid, i, j, info.dtype, predictor.meta.normalization, skip_empty)
+    ran = len(batch.tiles)
+    if not ran:
+        prepare_s = time.perf_counter() - start
+        return ChunkResult(None, batch.valid, 0.0, prepare_s, read_s=start - reading)
     called = time.perf_counter()
     probs, model_s = predictor.probabilities(
         batch.tiles, grid.weight_window(), model_tile, tta, refine
     )
     returned = time.perf_counter()
+    if ran < len(batch.run):
+        every = np.zeros((len(batch.run), *probs.shape[1:]), dtype=probs.dtype)
+        every[batch.run] = probs
+        probs = every
     acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
-    return ChunkResult(acc, batch.valid, model_s, prepare_s, read_s=start - reading)
+    return ChunkResult(acc, batch.valid, model_s, prepare_s, read_s=start - reading, tiles_run=ran)
 
 
 def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
@@ -183,12 +229,41 @@ def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
     return acc
 
 
-def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: ChunkResult) -> Block:
-    """Blend the neighbouring chunks' contributions into chunk ``(i, j)``'s core."""
+def empty_block(
+    grid: TileGrid, i: int, j: int, n_classes: int, own: ChunkResult | None = None
+) -> Block:
+    """Chunk ``(i, j)``'s core when it holds no valid pixel: nodata (with ``own``'s timings)."""
+    core = grid.core(i, j)
+    nodata = np.full((core.height, core.width), NODATA, dtype="uint8")
+    own = own or ChunkResult(None, nodata[:0].astype(bool), 0.0, 0.0)
+    return Block(
+        core,
+        nodata,
+        nodata.copy(),
+        np.zeros(n_classes, dtype="int64"),
+        np.zeros(n_classes),
+        grid.chunk_tiles(j),
+        own.model_s,
+        own.prepare_s,
+        own.read_s,
+        own.tiles_run,
+    )
+
+
+def stitch_chunk(
+    grid: TileGrid, i: int, j: int, info: RasterInfo, n_classes: int, *parts: ChunkResult | None
+) -> Block:
+    """Blend the neighbouring chunks' contributions into chunk ``(i, j)``'s core
+    (``n_classes``: the model's class count; a part is None where the file holds no
+    valid pixel under its chunk, see :func:`known_empty`)."""
     core = grid.core(i, j)
     own = parts[grid.neighbours(i, j).index((i, j))]
-    total = np.zeros((own.acc.shape[0], core.height, core.width), dtype="float32")
+    if own is None or not own.valid.any():  # nodata whatever the tiles say
+        return empty_block(grid, i, j, n_classes, own)
+    total = np.zeros((n_classes, core.height, core.width), dtype="float32")
     for (a, b), part in zip(grid.neighbours(i, j), parts, strict=True):
+        if part is None or part.acc is None:  # no tile of it ran: it adds nothing
+            continue
         ext = grid.extent(a, b)
         r0 = max(core.row_off, ext.row_off + part.row_start)
         r1 = min(core.row_off + core.height, ext.row_off + ext.height)
@@ -207,7 +282,6 @@ def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: Chunk
     confidence = np.clip(np.rint(total.max(axis=0) * 100), 0, 100).astype("uint8")
     classes[~own.valid] = NODATA
     confidence[~own.valid] = NODATA
-    n_classes = total.shape[0]
     row_counts = np.stack([(classes == c).sum(axis=1) for c in range(n_classes)])
     rows = np.arange(core.row_off, core.row_off + core.height)
     row_area = pixel_area_rows_m2(info.crs, info.transform, rows, core.col_off + core.width / 2)
@@ -221,13 +295,41 @@ def stitch_chunk(grid: TileGrid, i: int, j: int, info: RasterInfo, *parts: Chunk
         model_s=own.model_s,
         prepare_s=own.prepare_s,
         read_s=own.read_s,
+        tiles_run=own.tiles_run,
     )
+
+
+def known_empty(coverage: Coverage | None, grid: TileGrid, i: int, j: int) -> bool:
+    """Whether the file proves chunk ``(i, j)``'s extent holds no valid pixel (so it
+    need not be read: none of its tiles would run)."""
+    if coverage is None:
+        return False
+    return not coverage.any_valid(Window.from_slices(*in_raster(grid.extent(i, j), grid)))
 
 
 def chunk_bytes(grid: TileGrid, j: int, bands: int, classes: int) -> int:
     """Bytes chunk column ``j`` holds while in flight: its float32 input and its float16
     probabilities, both the width of its extent and a tile high."""
     return grid.tile * grid.extent(0, j).width * (4 * bands + 2 * classes)
+
+
+def _row_blocks(
+    client: Client,
+    grid: TileGrid,
+    i: int,
+    n_classes: int,
+    empty: list[int],
+    stitches: dict[int, Future],
+) -> Iterator[tuple[int, Block]]:
+    """Chunk row ``i``'s blocks with their column, as they are ready: the ``empty`` ones
+    (made here), then the ``stitches`` (released once taken)."""
+    for j in empty:
+        yield j, empty_block(grid, i, j, n_classes)
+    column = {future.key: j for j, future in stitches.items()}
+    for future in as_completed(list(stitches.values()), loop=client.loop):
+        block = future.result()
+        future.release()
+        yield column[future.key], block
 
 
 def segment_blocks(
@@ -258,11 +360,16 @@ def segment_blocks(
     :func:`~agriseg.models.inference.resolve_engine`).
     """
     threads = threads or DEFAULT_FORWARD_THREADS
-    pending: dict[tuple[int, int], Future] = {}
+    skip_empty = agriseg.classes.SKIP_EMPTY
+    coverage = read_coverage(info.path) if skip_empty else None
+    pending: dict[tuple[int, int], Future | None] = {}  # None: known empty, not read
     order = [(i, j) for i in range(grid.chunk_rows) for j in range(grid.chunk_cols)]
     cost = [chunk_bytes(grid, j, len(info.bands), classes) for j in range(grid.chunk_cols)]
 
     def submit(i: int, j: int) -> None:
+        if known_empty(coverage, grid, i, j):
+            pending[(i, j)] = None
+            return
         task = dask.delayed(infer_chunk, pure=False)(
             info,
             grid,
@@ -275,6 +382,7 @@ def segment_blocks(
             engine,
             tta,
             refine,
+            skip_empty,
         )
         pending[(i, j)] = client.compute(task, priority=-i)
 
@@ -292,25 +400,26 @@ def segment_blocks(
                 budget -= cost[order[submitted][1]]
             submit(*order[submitted])
             submitted += 1
-        stitches = [
-            client.submit(
+        # A core whose own chunk is known empty is nodata: made here, no task.
+        empty = [j for j in range(grid.chunk_cols) if pending[(i, j)] is None]
+        stitches = {
+            j: client.submit(
                 stitch_chunk,
                 grid,
                 i,
                 j,
                 info,
+                classes,
                 *[pending[n] for n in grid.neighbours(i, j)],
                 priority=10 - i,
                 pure=False,
             )
             for j in range(grid.chunk_cols)
-        ]
-        column = {future.key: j for j, future in enumerate(stitches)}
+            if pending[(i, j)] is not None
+        }
         stitched = [False] * grid.chunk_cols
-        for future in as_completed(stitches, loop=client.loop):
-            j = column[future.key]
-            yield future.result()
-            future.release()
+        for j, block in _row_blocks(client, grid, i, classes, empty, stitches):
+            yield block
             stitched[j] = True
             if i + 1 == grid.chunk_rows:
                 continue
@@ -322,6 +431,8 @@ def segment_blocks(
                 if all(stitched[c] for c in users):
                     keep_from = grid.core(i + 1, b).row_off - grid.extent(i, b).row_off
                     full = pending[(i, b)]
+                    if full is None:
+                        continue
                     pending[(i, b)] = client.submit(bottom_rows, full, keep_from, priority=10 - i)
                     full.release()
         for j in range(grid.chunk_cols):
