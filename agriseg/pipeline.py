@@ -37,7 +37,7 @@ from agriseg.inference import (
     resolve_device_name,
     resolve_engine,
 )
-from agriseg.models import ModelMeta, find_model, is_onnx, pixel_kind
+from agriseg.models import ModelMeta, find_model, is_index_model, is_onnx, pixel_kind
 from agriseg.outputs import (
     ClassRasterWriter,
     block_size_for,
@@ -184,6 +184,10 @@ class RunPlan:
 def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     """Check the model, the input and the options, and set the run up; writes nothing."""
     weights, meta = find_model(config.model)
+    if is_index_model(meta) and config.bands is None:
+        from agriseg.index_models import bands_for_input
+
+        meta = bands_for_input(input_path, meta)
     device = resolve_device_name(config.device)
     engine = resolve_engine(config.engine, device, weights)
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
@@ -290,11 +294,23 @@ def _segment(
     return tally, _stage_seconds(stream.data), writer
 
 
+def model_evidence(plan: RunPlan, classes_path: Path) -> dict[str, Any]:
+    """What a model without a network found in a finished run, under its own key (the
+    ``rows`` model: the crop rows; see :func:`agriseg.index_models.rows_evidence`)."""
+    if plan.meta.architecture != "crop-rows":
+        return {}
+    from agriseg.index_models import rows_evidence
+
+    gsd = plan.tiles.scale.input_gsd_m
+    return {"rows": rows_evidence(classes_path, plan.meta.classes, plan.info.transform, gsd)}
+
+
 def _summarise(
     plan: RunPlan,
     tally: _Tally,
     health: dict[str, Any],
     timings_s: dict[str, float],
+    evidence: dict[str, Any],
 ) -> dict[str, Any]:
     """The run's ``summary.json``."""
     info, meta = plan.info, plan.meta
@@ -330,6 +346,7 @@ def _summarise(
         "tiles": plan.tiles.grid.n_tiles,
         "valid_pixels": valid,
         "classes": class_table(tally.pixels, tally.area_m2, meta.classes),
+        **evidence,
         **health,
         "warnings": plan.tiles.scale.warnings()
         + run_warnings(info, valid, meta)
@@ -412,6 +429,7 @@ def segment_raster(
             if config.gsd_m is not None:
                 tally.area_m2 = tally.pixels * config.gsd_m**2
         stages["vectorise_after_segmentation"] = round(time.perf_counter() - segmented, 3)
+        evidence = model_evidence(plan, writer.staged["classes"])
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()
         writer.to_cogs()
@@ -427,7 +445,7 @@ def segment_raster(
         stages["infer"] = round(tally.model_s, 3)
         stages["write"] = round(tally.write_s, 3)
         stages["total"] = round(time.perf_counter() - started, 3)
-        summary = _summarise(plan, tally, health, stages)
+        summary = _summarise(plan, tally, health, stages, evidence)
         summary_tmp = transaction.stage(plan.paths["summary"])
         summary_tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return RunResult(outputs=plan.paths, summary=summary)

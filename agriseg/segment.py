@@ -71,8 +71,11 @@ class Block:
     read_s: float = 0.0
 
 
-def _pad_to_extent(data: np.ndarray, grid: TileGrid, i: int, j: int) -> np.ndarray:
-    """Mirror-pad the in-raster part of a chunk's extent out to the full extent."""
+def _pad_to_extent(
+    data: np.ndarray, grid: TileGrid, i: int, j: int, mirror: bool = True
+) -> np.ndarray:
+    """Pad the in-raster part of a chunk's extent out to the full extent: mirrored, or
+    with NaN (invalid pixels) where ``mirror`` is False."""
     ext = grid.extent(i, j)
     top = max(0, -ext.row_off)
     left = max(0, -ext.col_off)
@@ -80,7 +83,10 @@ def _pad_to_extent(data: np.ndarray, grid: TileGrid, i: int, j: int) -> np.ndarr
     right = ext.width - left - data.shape[2]
     if top == left == bottom == right == 0:
         return data
-    return np.pad(data, ((0, 0), (top, bottom), (left, right)), mode="symmetric")
+    widths = ((0, 0), (top, bottom), (left, right))
+    if not mirror:
+        return np.pad(data, widths, mode="constant", constant_values=np.nan)
+    return np.pad(data, widths, mode="symmetric")
 
 
 def in_raster(window: Window, grid: TileGrid) -> tuple[slice, slice]:
@@ -108,14 +114,21 @@ class ChunkBatch:
 
 
 def chunk_batch(
-    data: np.ndarray, grid: TileGrid, i: int, j: int, dtype: str, norm: Normalization
+    data: np.ndarray,
+    grid: TileGrid,
+    i: int,
+    j: int,
+    dtype: str,
+    norm: Normalization,
+    mirror: bool = True,
 ) -> ChunkBatch:
-    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster."""
+    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster and
+    padded beyond it (see :func:`_pad_to_extent`)."""
     core = grid.core(i, j)
     rows, cols = in_raster(grid.extent(i, j), grid)
     r_off, c_off = core.row_off - rows.start, core.col_off - cols.start
     valid = ~np.isnan(data[0, r_off : r_off + core.height, c_off : c_off + core.width])
-    x = normalize(_pad_to_extent(data, grid, i, j), dtype, norm)
+    x = normalize(_pad_to_extent(data, grid, i, j, mirror), dtype, norm)
     n = grid.chunk_tiles(j)
     tiles = np.stack([x[:, :, k * grid.stride : k * grid.stride + grid.tile] for k in range(n)])
     return ChunkBatch(tiles, valid)
@@ -147,7 +160,10 @@ def infer_chunk(
     data = read_extent(info, grid, i, j)
     start = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads, engine)
-    batch = chunk_batch(data, grid, i, j, info.dtype, predictor.meta.normalization)
+    # A network sees a mirrored field beyond the raster's edge; a model without one
+    # measures rows and thresholds on the real pixels only (mirrored rows would cross).
+    mirror = predictor.engine != "index"
+    batch = chunk_batch(data, grid, i, j, info.dtype, predictor.meta.normalization, mirror)
     called = time.perf_counter()
     probs, model_s = predictor.probabilities(
         batch.tiles, grid.weight_window(), model_tile, tta, refine
