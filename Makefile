@@ -1,18 +1,19 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - create .venv, install agriseg, segment the sample survey
-#   make test   - create .venv, install agriseg, lint and run the test suite
+#   make test   - create .venv, install agriseg, lint, build the docs and run the test suite
+#   make docs   - build the user guide (docs/, mkdocs.yml) into build/site/
 #   make models - retrain, evaluate and install the shipped models (~1.5 h on 2 CPU cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.agriseg-installed
-# The torch-free install (pip install agriseg: ONNX Runtime alone), which make test
+# The torch-free install (pip install . from a clone: ONNX Runtime alone), which make test
 # checks too: a plain (not editable) install of this tree, redone when it changes.
 LIGHT ?= .venv-light
 LIGHT_STAMP := $(LIGHT)/.agriseg-installed
 LIGHT_OUT := $(LIGHT)/smoke
 PACKAGE_FILES := $(shell find agriseg cli -type f \( -name '*.py' -o -name '*.json' -o -name '*.onnx' \))
 
-.PHONY: demo test test-light lint install clean models
+.PHONY: demo test test-light lint docs install clean models
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,7 +30,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check agriseg cli tests
 	$(VENV)/bin/mypy
 
-test: lint
+# The user guide as a static site; --strict turns broken links and pages missing
+# from the nav into errors.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+
+test: lint docs
 	$(VENV)/bin/pytest
 	$(MAKE) test-light
 
@@ -66,4 +72,4 @@ models: $(STAMP)
 	$(PY) scripts/train_default.py unet pspnet --install-only
 
 clean:
-	rm -rf $(VENV) $(LIGHT) sample_data/field_agriseg
+	rm -rf $(VENV) $(LIGHT) sample_data/field_agriseg build/site

@@ -1,7 +1,7 @@
 """Nightly batch processing: every survey in a folder, each isolated and resumable.
 
 :func:`run_batch` segments each matching raster into ``RESULTS/<stem>/`` with
-:func:`agriseg.pipeline.segment_raster`. ``RESULTS/manifest.json`` records, per
+:func:`agriseg.run.segment_raster`. ``RESULTS/manifest.json`` records, per
 survey, its status, error, timings, outputs and the input fingerprint, and is
 rewritten atomically after every change: a survey is done only when its entry says
 ``succeeded``. A survey whose input, model and options match a succeeded entry is
@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agriseg import __version__
-from agriseg.atomic import remove_stale_temporaries, write_text_atomic
 from agriseg.config import RunConfig
 from agriseg.errors import AgrisegError, InputError, OutputError
-from agriseg.locking import folder_lock
-from agriseg.models import resolve
-from agriseg.pipeline import RunResult, segment_raster
+from agriseg.io.atomic import remove_stale_temporaries, write_text_atomic
+from agriseg.io.locking import folder_lock
+from agriseg.models.registry import resolve
+from agriseg.run import RunResult, segment_raster
 
 log = logging.getLogger(__name__)
 

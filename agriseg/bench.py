@@ -27,19 +27,20 @@ from rasterio.windows import Window
 
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
-from agriseg.inference import (
+from agriseg.io.raster import open_raster
+from agriseg.models.inference import (
     DEFAULT_FORWARD_THREADS,
     default_threads,
     get_predictor,
     model_file,
+    resize_tiles,
     resolve_device_name,
     resolve_engine,
 )
-from agriseg.models import find_model
-from agriseg.pipeline import segment_raster
-from agriseg.raster import open_raster
-from agriseg.scale import plan_tiles, resize_tiles
-from agriseg.segment import chunk_batch, read_extent
+from agriseg.models.registry import find_model
+from agriseg.run import segment_raster
+from agriseg.segmentation.scale import plan_tiles
+from agriseg.segmentation.segment import chunk_batch, read_extent
 
 T = TypeVar("T")
 
@@ -76,7 +77,7 @@ class BenchConfig:
 def _survey(edge: int, seed: int) -> np.ndarray:
     """A ``(3, edge, edge)`` uint8 drone survey to repeat across the raster."""
     try:
-        from agriseg.synthetic import draw_params, generate_survey
+        from agriseg.learning.synthetic import draw_params, generate_survey
     except ImportError:  # the generator is optional; texture will do for timing
         rng = np.random.default_rng(seed)
         yy, xx = np.mgrid[0:edge, 0:edge].astype("float32")

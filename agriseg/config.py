@@ -13,7 +13,7 @@ from typing import Literal
 from agriseg.errors import InputError
 
 #: Architectures ``agriseg train --arch`` offers (the keys of
-#: :data:`agriseg.architectures.ARCHITECTURES`, named here so that parsing the command
+#: :data:`agriseg.models.architectures.ARCHITECTURES`, named here so that parsing the command
 #: line does not import torch).
 ARCHITECTURE_NAMES: tuple[str, ...] = (
     "deeplabv3",
@@ -33,7 +33,8 @@ FormatChoice = Literal["auto", "geojson", "gpkg", "fgb"]
 #: What runs the model: ``auto`` is ONNX Runtime on CPU when it is installed, else torch.
 EngineChoice = Literal["auto", "torch", "onnx"]
 
-#: Post-processing of each tile's probabilities: none, or a dense CRF (:mod:`agriseg.refine`).
+#: Post-processing of each tile's probabilities: none, or a dense CRF
+#: (:mod:`agriseg.models.refine`).
 RefineChoice = Literal["none", "crf"]
 
 #: Valid ``--refine`` values.
@@ -70,7 +71,7 @@ class HealthOptions:
             100 / 11 px) while keeping a single young weed or diseased plant.
         simplify_m: Simplification tolerance in metres (0: exact pixel edges); None
             (default): exact for surveys of up to ``LARGE_SURVEY_PX`` pixels, one pixel
-            above (see :mod:`agriseg.products`).
+            above (see :mod:`agriseg.health.products`).
         formats: Vector files to write (``geojson``, ``gpkg``, ``fgb``); ``auto``
             (default) is the GeoPackage plus GeoJSON for a small survey.
         polygons: Which classes become polygons: ``roles`` (default: the classes whose
@@ -160,7 +161,7 @@ class RunConfig:
             the model already takes every core and the two memory peaks would add up.
             The products are identical either way.
         resample: ``auto`` resamples tiles to a ground sampling distance the model
-            knows when the input's is far from the model's (see :mod:`agriseg.scale`);
+            knows when the input's is far from the model's (see :mod:`agriseg.segmentation.scale`);
             ``off`` feeds the input's pixels as they are.
         engine: what runs the model: ``torch``, ``onnx`` (ONNX Runtime, CPU only) or
             ``auto`` (ONNX Runtime on CPU when installed, torch otherwise). Class
@@ -173,7 +174,7 @@ class RunConfig:
             eight D4 views (rotations by 90°, mirrored), inside the tiling, so blending
             and memory are unchanged; eight forward passes per tile.
         refine: ``crf``: refine each tile's probabilities with a dense CRF on its
-            pixels (after ``tta``), inside the tiling (see :mod:`agriseg.refine`);
+            pixels (after ``tta``), inside the tiling (see :mod:`agriseg.models.refine`);
             needs the ``crf`` extra.
     """
 
@@ -230,6 +231,6 @@ class RunConfig:
         if self.refine not in REFINEMENTS:
             raise InputError(f"--refine {self.refine!r}: expected one of {', '.join(REFINEMENTS)}")
         if self.refine == "crf":
-            from agriseg.refine import require_crf
+            from agriseg.optional import require_crf
 
             require_crf()

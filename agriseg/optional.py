@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from agriseg.errors import MissingDependencyError
+from agriseg.errors import InputError, MissingDependencyError
 
 #: How to get PyTorch and the exporter.
 TORCH_INSTALL = 'pip install "agriseg[torch]"'
@@ -52,3 +52,21 @@ def require_exporter(what: str) -> None:
     """Raise :class:`MissingDependencyError` unless checkpoints can be exported to ONNX."""
     if not exporter_available():
         raise MissingDependencyError(f"{what} needs PyTorch and onnx: {TORCH_INSTALL}")
+
+
+#: The module ``pydensecrf2`` installs.
+CRF_MODULE = "pydensecrf"
+
+
+def crf_available() -> bool:
+    """Whether ``pydensecrf2`` is installed."""
+    return installed(CRF_MODULE)
+
+
+def require_crf() -> None:
+    """:class:`InputError` saying how to install the CRF when it is missing."""
+    if not crf_available():
+        raise InputError(
+            "--refine crf needs pydensecrf2 (a C++ compiler and Cython build it): "
+            "pip install 'agriseg[crf]', or leave out --refine"
+        )

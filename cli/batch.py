@@ -84,8 +84,8 @@ def batch_logging(results_dir: Path, quiet: bool) -> Iterator[logging.FileHandle
 
 def execute(args: argparse.Namespace) -> int:
     from agriseg.batch import BatchOptions, run_batch
-    from agriseg.plants import count_run
-    from agriseg.prescriptions import prescribe
+    from agriseg.field.plants import count_run
+    from agriseg.field.prescriptions import prescribe
 
     options = BatchOptions(pattern=args.pattern, force=args.force, checksum=args.checksum)
     prescription = prescription_options_from_args(args)  # a bad table fails first

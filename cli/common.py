@@ -15,8 +15,8 @@ from agriseg.config import FORMAT_CHOICES, REFINEMENTS, HealthOptions
 from agriseg.errors import InputError
 
 if TYPE_CHECKING:
-    from agriseg.plants import PlantOptions, PlantResult
-    from agriseg.prescriptions import PrescriptionOptions, PrescriptionResult
+    from agriseg.field.plants import PlantOptions, PlantResult
+    from agriseg.field.prescriptions import PrescriptionOptions, PrescriptionResult
 
 
 def band_list(text: str) -> tuple[int, ...]:
@@ -362,7 +362,7 @@ def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = 
 
 def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOptions | None:
     """The prescription options, or ``None`` when ``run``/``batch`` were not asked for any."""
-    from agriseg.prescriptions import PrescriptionOptions, parse_rate_table, read_rate_table
+    from agriseg.field.prescriptions import PrescriptionOptions, parse_rate_table, read_rate_table
 
     if not (getattr(args, "prescribe", True) or args.rates or args.rate):
         return None
@@ -422,7 +422,7 @@ def add_plant_options(parser: argparse.ArgumentParser) -> None:
 def plant_options_from_args(args: argparse.Namespace) -> PlantOptions | None:
     if not getattr(args, "plants", False):
         return None
-    from agriseg.plants import PlantOptions
+    from agriseg.field.plants import PlantOptions
 
     return PlantOptions(fields=args.fields, grid_m=args.grid)
 

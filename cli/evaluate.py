@@ -13,7 +13,7 @@ from agriseg_cli import common
 from agriseg_cli.run import config_from_args
 
 if TYPE_CHECKING:
-    from agriseg.evaluation import EvaluationResult
+    from agriseg.learning.evaluation import EvaluationResult
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -64,9 +64,9 @@ def _show(result: EvaluationResult) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.atomic import write_text_atomic
-    from agriseg.datasets import parse_label_colors
-    from agriseg.evaluation import evaluate_raster
+    from agriseg.io.atomic import write_text_atomic
+    from agriseg.learning.datasets import parse_label_colors
+    from agriseg.learning.evaluation import evaluate_raster
 
     config = config_from_args(args)
     colors = parse_label_colors(args.label_colors) if args.label_colors else None

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.onnx_export import export_model
+    from agriseg.models.onnx_export import export_model
 
     path, meta = export_model(args.model, args.out, args.tile_size)
     print(

@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.synthetic import draw_params, generate_survey, write_survey
+    from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
 
     overrides: dict[str, object] = {"multispectral": args.multispectral}
     if args.weed_species:

@@ -25,7 +25,7 @@ def _miou(metrics: dict) -> str:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.models import ALIASES, DEFAULT_MODEL, shipped_dir, shipped_models
+    from agriseg.models.registry import ALIASES, DEFAULT_MODEL, shipped_dir, shipped_models
 
     metas = shipped_models()
     if args.json:

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.plants import PlantOptions, count_run
+    from agriseg.field.plants import PlantOptions, count_run
 
     results = count_run(args.run_dir, PlantOptions(fields=args.fields, grid_m=args.grid))
     if not args.quiet:

@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.prescriptions import prescribe
+    from agriseg.field.prescriptions import prescribe
 
     options = common.prescription_options_from_args(args)
     assert options is not None  # prescribe always prescribes

@@ -64,9 +64,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.pipeline import default_out_dir, segment_raster
-    from agriseg.plants import count_run
-    from agriseg.prescriptions import prescribe
+    from agriseg.field.plants import count_run
+    from agriseg.field.prescriptions import prescribe
+    from agriseg.run import default_out_dir, segment_raster
 
     out = args.out or default_out_dir(args.input)
     prescription = common.prescription_options_from_args(args)  # a bad table fails first

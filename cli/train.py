@@ -12,7 +12,7 @@ from agriseg_cli import common
 from agriseg.config import ARCHITECTURE_NAMES
 
 if TYPE_CHECKING:
-    from agriseg.training import EpochResult, TrainConfig
+    from agriseg.learning.training import EpochResult, TrainConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -88,8 +88,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from agriseg.classes import ClassList
-    from agriseg.datasets import parse_label_colors
-    from agriseg.training import TrainConfig
+    from agriseg.learning.datasets import parse_label_colors
+    from agriseg.learning.training import TrainConfig
 
     lr = args.lr if args.lr is not None else (3e-4 if args.init else 1e-3)
     return TrainConfig(
@@ -158,8 +158,8 @@ def execute(args: argparse.Namespace) -> int:
     require_torch("agriseg train")
     import torch
 
-    from agriseg.datasets import pair_files
-    from agriseg.training import train_files
+    from agriseg.learning.datasets import pair_files
+    from agriseg.learning.training import train_files
 
     config = config_from_args(args)
     sources = pair_files(args.rasters, args.labels)

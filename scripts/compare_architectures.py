@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/compare_architectures.py            # train + evaluate all
     .venv/bin/python scripts/compare_architectures.py --time     # CPU ms per 512² tile
-    .venv/bin/python scripts/compare_architectures.py --table    # the README's table
+    .venv/bin/python scripts/compare_architectures.py --table    # the tables of docs/models.md
 
 Each architecture is trained from scratch on the shipped models' synthetic training
 surveys (``scripts/train_default.py``: seeds 1-40) with the same seed, chips, steps and
@@ -32,11 +32,11 @@ from train_default import (  # noqa: E402
     write_heldout,
 )
 
-from agriseg.architectures import ARCHITECTURES, parameter_count  # noqa: E402
 from agriseg.classes import CLASS_NAMES  # noqa: E402
-from agriseg.inference import get_predictor  # noqa: E402
-from agriseg.models import load_model  # noqa: E402
-from agriseg.training import TrainConfig, train  # noqa: E402
+from agriseg.learning.training import TrainConfig, train  # noqa: E402
+from agriseg.models.architectures import ARCHITECTURES, parameter_count  # noqa: E402
+from agriseg.models.inference import get_predictor  # noqa: E402
+from agriseg.models.registry import load_model  # noqa: E402
 
 #: Cheapest first, so that a partial run still compares the usual ones.
 ORDER = ("unet", "pspnet", "segnet", "fpn", "fcn", "deeplabv3plus", "deeplabv3")

@@ -21,7 +21,7 @@ from pathlib import Path
 import rasterio
 from rasterio.windows import Window
 
-from agriseg.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 1024

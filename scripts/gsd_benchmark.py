@@ -21,8 +21,8 @@ from pathlib import Path
 
 from agriseg.bench import model_only_seconds
 from agriseg.config import RunConfig
-from agriseg.evaluation import evaluate_raster
-from agriseg.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.evaluation import evaluate_raster
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
 
 GSDS_M = (0.007, 0.02, 0.05)
 MODES = ("off", "auto")

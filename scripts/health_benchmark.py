@@ -37,8 +37,8 @@ import pyogrio
 import shapely
 
 from agriseg.config import HealthOptions
-from agriseg.gdal_settings import run_settings
-from agriseg.products import ClassRaster, plan_health
+from agriseg.health.products import ClassRaster, plan_health
+from agriseg.io.gdal_settings import run_settings
 
 
 def same_layers(a: Path, b: Path) -> bool:

@@ -5,8 +5,8 @@
 Times the model alone as a run feeds it (see :mod:`agriseg.bench`): the same 16
 normalised 512 px tiles of a generated survey, in batches, on as many concurrent
 forward streams as the setup has (cores / threads per forward), each forward a
-:class:`~agriseg.inference.OnnxForward` with the setup's
-:class:`~agriseg.inference.OrtSettings`. Setups alternate round by round so that
+:class:`~agriseg.models.inference.OnnxForward` with the setup's
+:class:`~agriseg.models.inference.OrtSettings`. Setups alternate round by round so that
 a busy machine slows them alike; the best round counts. Prints one line per setup,
 then JSON.
 """
@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agriseg.inference import OnnxForward, OrtSettings, default_threads, normalize
-from agriseg.models import Normalization, find_model
-from agriseg.onnx_export import read_onnx_meta, shipped_onnx
-from agriseg.synthetic import draw_params, generate_survey
+from agriseg.learning.synthetic import draw_params, generate_survey
+from agriseg.models.inference import OnnxForward, OrtSettings, default_threads, normalize
+from agriseg.models.meta import Normalization
+from agriseg.models.onnx_export import shipped_onnx
+from agriseg.models.onnx_format import read_onnx_meta
+from agriseg.models.registry import find_model
 
 TILES = 16  # 4 x 4 tiles of the survey
 SEED = 20101  # not a training, held-out or calibration seed

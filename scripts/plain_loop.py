@@ -6,7 +6,7 @@ What a user writes without agriseg: read the whole raster into memory, normalise
 as the model's metadata says, run non-overlapping tiles of the model's tile size
 through PyTorch one at a time on every core (mirror-padded at the edges), take the
 arg-max and write the class raster. No Dask, no overlap blending, no health
-products. Prints the seconds it took and its peak memory; README's *Benchmarking*
+products. Prints the seconds it took and its peak memory; docs/performance.md, *Engines*
 compares it with ``agriseg run`` on the same raster.
 """
 
@@ -21,9 +21,9 @@ import numpy as np
 import rasterio
 import torch
 
-from agriseg.inference import normalize
-from agriseg.models import find_model, load_model
-from agriseg.raster import open_raster, read_window
+from agriseg.io.raster import open_raster, read_window
+from agriseg.models.inference import normalize
+from agriseg.models.registry import find_model, load_model
 
 
 def main() -> None:

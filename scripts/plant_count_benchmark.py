@@ -24,8 +24,8 @@ from pathlib import Path
 import pyogrio
 from agriseg_cli.main import main as agriseg
 
-from agriseg.plants import count_plants
-from agriseg.synthetic import draw_params, generate_survey, write_survey
+from agriseg.field.plants import count_plants
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
 
 #: Held-out surveys: (seed, gsd_m, row_angle_deg).
 SURVEYS = ((20011, 0.012, 15.0), (20012, 0.024, 80.0), (20013, 0.036, 135.0))

@@ -1,4 +1,4 @@
-"""The README's "Train on your own fields" example, measured: five classes of your own.
+"""The "Train on your own fields" example (docs/labelling.md), measured: five own classes.
 
     .venv/bin/python scripts/species_example.py [--work DIR] [--epochs 4] [--steps 40]
 

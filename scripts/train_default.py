@@ -4,7 +4,7 @@
     .venv/bin/python scripts/train_default.py unet --install
 
 Training data: synthetic surveys drawn in memory from seeds 1..N_TRAIN
-(:func:`agriseg.synthetic.draw_params`); evaluation: surveys from seeds 10001+
+(:func:`agriseg.learning.synthetic.draw_params`); evaluation: surveys from seeds 10001+
 with fixed ground sampling distances and row angles, written to build/heldout and
 scored by ``agriseg evaluate``. No evaluation seed is ever used for training.
 
@@ -32,18 +32,19 @@ import numpy as np
 import torch
 
 from agriseg.classes import CLASS_NAMES, DEFAULT_CLASSES
-from agriseg.inference import OnnxForward, normalize
-from agriseg.metrics import scores
-from agriseg.models import find_model, load_model, save_checkpoint, shipped_dir, shipped_models
-from agriseg.onnx_export import (
-    INT8_SUFFIX,
-    export_onnx,
-    label_onnx,
-    read_onnx_meta,
-    save_onnx,
+from agriseg.learning.metrics import scores
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.training import EpochResult, Scene, TrainConfig, train
+from agriseg.models.inference import OnnxForward, normalize
+from agriseg.models.onnx_export import INT8_SUFFIX, export_onnx, label_onnx, save_onnx
+from agriseg.models.onnx_format import read_onnx_meta
+from agriseg.models.registry import (
+    find_model,
+    load_model,
+    save_checkpoint,
+    shipped_dir,
+    shipped_models,
 )
-from agriseg.synthetic import draw_params, generate_survey, write_survey
-from agriseg.training import EpochResult, Scene, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN = 40
@@ -184,7 +185,7 @@ def model_card() -> str:
         "",
         "**Training data**: "
         f"{N_TRAIN} procedurally generated drone surveys of row crops, {TRAIN_SIZE} px "
-        "square, drawn by `agriseg.synthetic.draw_params(seed)` for seeds "
+        "square, drawn by `agriseg.learning.synthetic.draw_params(seed)` for seeds "
         f"1-{N_TRAIN}: GSD 1-4 cm, any row direction, row spacing 0.40-0.75 m, varied "
         "plant size, weeds, disease foci, lighting, white balance, blur and noise. "
         "Chips are class-balanced and augmented (flips, 90° rotations, colour jitter, "

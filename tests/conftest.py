@@ -100,7 +100,7 @@ def onnx_cache(tmp_path_factory):
     """ONNX exports made by ``--engine onnx`` go to a temporary cache, not ~/.cache."""
     import os
 
-    from agriseg.onnx_export import CACHE_ENV
+    from agriseg.models.onnx_export import CACHE_ENV
 
     old = os.environ.get(CACHE_ENV)
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("onnx-cache"))

@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from conftest import read_classes
 
-from agriseg.architectures import (
+from agriseg.classes import ClassList
+from agriseg.errors import ModelError
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.models.architectures import (
     ARCHITECTURES,
     SEGNET_ENCODER,
     SegNet,
@@ -22,10 +25,8 @@ from agriseg.architectures import (
     max_unpool,
     with_classes,
 )
-from agriseg.classes import ClassList
-from agriseg.errors import ModelError
-from agriseg.models import ModelMeta, load_model, save_checkpoint
-from agriseg.synthetic import draw_params, generate_survey, write_survey
+from agriseg.models.meta import ModelMeta
+from agriseg.models.registry import load_model, save_checkpoint
 
 NEW = ("deeplabv3", "fcn", "segnet")
 
@@ -112,9 +113,9 @@ def test_unknown_architecture_lists_the_registry() -> None:
 
 def test_models_module_loads_without_torch() -> None:
     code = (
-        "import sys; import agriseg.models as m; "
+        "import sys; import agriseg.models.registry, agriseg.models.meta; "
         "assert 'torch' not in sys.modules and 'segmentation_models_pytorch' not in sys.modules; "
-        "m.ARCHITECTURES; assert 'torch' in sys.modules; print('ok')"
+        "import agriseg.models.architectures; assert 'torch' in sys.modules; print('ok')"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -8,7 +8,8 @@ import os
 import pytest
 from conftest import field_image, write_raster
 
-from agriseg.atomic import (
+from agriseg.errors import OutputError
+from agriseg.io.atomic import (
     TMP_MARK,
     atomic_output,
     describe_os_error,
@@ -17,8 +18,7 @@ from agriseg.atomic import (
     remove_stale_temporaries,
     temporary_name,
 )
-from agriseg.errors import OutputError
-from agriseg.outputs import incomplete_geotiff
+from agriseg.segmentation.raster_outputs import incomplete_geotiff
 
 
 def test_transaction_renames_all_files_into_place_on_success(tmp_path):

@@ -18,7 +18,7 @@ from conftest import field_image, write_raster
 
 from agriseg.classes import NODATA
 from agriseg.errors import InputError, RasterReadError
-from agriseg.inference import get_predictor
+from agriseg.models.inference import get_predictor
 
 FAST = ("--device", "cpu", "--quiet", "--tile-size", "128", "--overlap", "32")
 

@@ -13,11 +13,11 @@ from conftest import write_raster
 from rasterio.enums import ColorInterp
 
 from agriseg.errors import InputError
-from agriseg.models import load_model
-from agriseg.raster import open_raster
-from agriseg.spectral import band_names, canonical_band, find_bands, new_model_bands
-from agriseg.synthetic import BAND_NAMES, draw_params, generate_survey, write_survey
-from agriseg.training import TrainConfig, load_scene
+from agriseg.io.raster import open_raster
+from agriseg.io.spectral import band_names, canonical_band, find_bands, new_model_bands
+from agriseg.learning.synthetic import BAND_NAMES, draw_params, generate_survey, write_survey
+from agriseg.learning.training import TrainConfig, load_scene
+from agriseg.models.registry import load_model
 
 TRAIN = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--batch-size", "2")
 TRAIN += ("--device", "cpu", "--quiet")

@@ -16,10 +16,10 @@ import rasterio
 from agriseg_cli.main import main
 from conftest import field_image, write_raster
 
-from agriseg.atomic import TMP_MARK
 from agriseg.batch import BatchOptions, run_batch
 from agriseg.config import RunConfig
-from agriseg.locking import LOCK_NAME
+from agriseg.io.atomic import TMP_MARK
+from agriseg.io.locking import LOCK_NAME
 
 FAST = ("--device", "cpu", "--tile-size", "128", "--overlap", "32")
 CONFIG = RunConfig(device="cpu", tile_size=128, overlap=32)

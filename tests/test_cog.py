@@ -12,11 +12,11 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
-from agriseg.atomic import output_transaction
 from agriseg.classes import NODATA, ClassList
-from agriseg.grid import Grid
-from agriseg.outputs import ClassRasterWriter, output_paths
-from agriseg.raster import RasterInfo
+from agriseg.io.atomic import output_transaction
+from agriseg.io.grid import Grid
+from agriseg.io.raster import RasterInfo
+from agriseg.segmentation.raster_outputs import ClassRasterWriter, output_paths
 
 CLASSES = ClassList.build(["soil", "crop", "weed"])
 SIZE = 1300  # overviews at 2 (650) and 4 (325): down to one 512-px block

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from agriseg.classes import DEFAULT_CLASSES, ClassList
-from agriseg.datasets import (
+from agriseg.errors import InputError
+from agriseg.learning.datasets import (
     color_ids,
     decode_colors,
     pair_files,
     pair_key,
     parse_label_colors,
 )
-from agriseg.errors import InputError
 
 
 def touch(path: Path) -> Path:

@@ -10,7 +10,7 @@ import rasterio
 from conftest import field_image, read_classes, write_raster
 from distributed import Client, LocalCluster
 
-from agriseg.inference import model_loads
+from agriseg.models.inference import model_loads
 
 FAST = ("--device", "cpu", "--quiet", "--tile-size", "128", "--overlap", "32", "--no-preview")
 

@@ -14,9 +14,9 @@ from shapely.geometry import box
 
 from agriseg.classes import DEFAULT_CLASSES
 from agriseg.errors import InputError
-from agriseg.evaluation import compare_rasters
-from agriseg.metrics import confusion_matrix, scores
-from agriseg.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.evaluation import compare_rasters
+from agriseg.learning.metrics import confusion_matrix, scores
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
 
 
 def reference_iou(truth: np.ndarray, pred: np.ndarray, k: int) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from agriseg.execution import dask_client
+from agriseg.segmentation.execution import dask_client
 
 
 def test_distributed_logger_is_quiet_during_the_run_and_restored_after() -> None:

@@ -6,8 +6,9 @@ import pytest
 import rasterio
 from rasterio.env import get_gdal_config
 
-from agriseg import gdal_settings, outputs, raster
-from agriseg.execution import dask_client
+from agriseg.io import gdal_settings, raster
+from agriseg.segmentation import raster_outputs
+from agriseg.segmentation.execution import dask_client
 
 
 def test_the_run_cache_is_megabytes_not_bytes_and_is_put_back() -> None:
@@ -19,7 +20,7 @@ def test_the_run_cache_is_megabytes_not_bytes_and_is_put_back() -> None:
     assert get_gdal_config("GDAL_CACHEMAX") == before
 
 
-@pytest.mark.parametrize("env", [raster.READ_ENV, outputs.WRITE_ENV], ids=["read", "write"])
+@pytest.mark.parametrize("env", [raster.READ_ENV, raster_outputs.WRITE_ENV], ids=["read", "write"])
 def test_operations_leave_the_process_wide_cache_alone(env: dict) -> None:
     # Set by several threads at once, the process-wide cache size raced: only a run sets it.
     assert "GDAL_CACHEMAX" not in env

@@ -14,13 +14,10 @@ from affine import Affine
 from conftest import UTM, UTM_TRANSFORM, field_image, write_raster
 from pyproj import CRS, Geod, Transformer
 
-from agriseg.areas import geometry_area_perimeter_m, pixel_area_rows_m2
-from agriseg.atomic import TMP_MARK
 from agriseg.classes import CLASS_NAMES, DEFAULT_CLASSES, NODATA
 from agriseg.errors import InputError
-from agriseg.grid import Grid
-from agriseg.health import class_areas_m2, health_indices, health_summary
-from agriseg.products import (
+from agriseg.health.health_stats import class_areas_m2, health_indices, health_summary
+from agriseg.health.products import (
     LARGE_SURVEY_PX,
     ClassRaster,
     HealthOptions,
@@ -28,6 +25,9 @@ from agriseg.products import (
     plan_health,
     write_health_products,
 )
+from agriseg.io.areas import geometry_area_perimeter_m, pixel_area_rows_m2
+from agriseg.io.atomic import TMP_MARK
+from agriseg.io.grid import Grid
 
 #: (CRS, transform) of ~2 cm pixels at 45° N, in UTM, geographic and Web Mercator.
 GRIDS = {
@@ -334,7 +334,7 @@ def test_flatgeobuf_writer_groups_appends_and_keeps_every_feature(
 ) -> None:
     import geopandas as gpd
 
-    from agriseg import vector_outputs
+    from agriseg.health import vector_outputs
 
     monkeypatch.setattr(vector_outputs, "FLATGEOBUF_GROUP", 3)
     boxes = [shapely.box(500000 + k, 5300000, 500001 + k, 5300001) for k in range(8)]
@@ -356,7 +356,7 @@ def test_the_preview_drawn_by_the_pass_is_the_one_render_preview_draws(tmp_path:
     # strips over it at the end; without sieving that is the class raster's preview.
     from PIL import Image
 
-    from agriseg.preview import render_preview
+    from agriseg.health.preview import render_preview
 
     write_inputs(tmp_path, field(), *GRIDS["utm"])
     run(tmp_path, HealthOptions(min_area_m2=0, block_size=32, formats=("gpkg",)))
@@ -380,7 +380,7 @@ def test_a_preview_image_that_cannot_be_read_fails_the_pass_and_leaves_no_png(
 def test_class_areas_from_block_counts_are_the_bits_a_read_of_the_raster_gives(
     tmp_path: Path,
 ) -> None:
-    from agriseg.health import WHOLE, planar_class_areas, zone_class_areas
+    from agriseg.health.health_stats import WHOLE, planar_class_areas, zone_class_areas
 
     rng = np.random.default_rng(3)
     data = rng.integers(0, 4, (70, 90), dtype="uint8")
@@ -402,9 +402,9 @@ def test_the_pass_s_class_areas_match_a_read_of_the_class_raster_for_any_strip_h
 ) -> None:
     # Without sieving the sieved raster is the class raster: the areas the pass sums from
     # its blocks' counts (no working copy written) equal those read from the file.
-    import agriseg.products
+    import agriseg.health.products
 
-    monkeypatch.setattr(agriseg.products, "STRIP_ROWS", strip_rows)  # strips of a block
+    monkeypatch.setattr(agriseg.health.products, "STRIP_ROWS", strip_rows)  # strips of a block
     path = write_inputs(tmp_path, field(), *GRIDS["utm"])
     options = HealthOptions(min_area_m2=0, block_size=32, preview=False, formats=("gpkg",))
     summary = run(tmp_path, options)
@@ -416,7 +416,7 @@ def test_the_pass_s_class_areas_match_a_read_of_the_class_raster_for_any_strip_h
 def test_feature_text_is_what_json_dumps_writes_for_every_column_type() -> None:
     import pandas as pd
 
-    from agriseg.geojson import features_json
+    from agriseg.health.geojson import features_json
 
     frame = pd.DataFrame(
         {
@@ -458,9 +458,9 @@ def test_geojson_text_made_here_while_blocks_run_or_on_the_runner_is_written_in_
 
     import geopandas as gpd
 
-    from agriseg import vector_outputs
-    from agriseg.products import TaskRunner, _GeoJSONTexts
-    from agriseg.vector_outputs import GeoJSONWriter
+    from agriseg.health import vector_outputs
+    from agriseg.health.products import TaskRunner, _GeoJSONTexts
+    from agriseg.health.vector_outputs import GeoJSONWriter
 
     monkeypatch.setattr(vector_outputs, "WRITE_SLICE", 4)
     boxes = [shapely.box(500000 + k, 5000000, 500000.5 + k, 5000000.5) for k in range(30)]

@@ -13,10 +13,10 @@ from rasterio.windows import Window
 
 from agriseg.classes import NODATA
 from agriseg.config import RunConfig
-from agriseg.health_stream import HealthStream
-from agriseg.pipeline import segment_raster
-from agriseg.products import ClassRaster, HealthOptions, plan_health, write_health_products
-from agriseg.strips import StripAssembler, file_strips
+from agriseg.health.health_stream import HealthStream
+from agriseg.health.products import ClassRaster, HealthOptions, plan_health, write_health_products
+from agriseg.health.strips import StripAssembler, file_strips
+from agriseg.run import segment_raster
 
 
 def scrambled_blocks(height: int, width: int, edge: int, seed: int) -> list[Window]:
@@ -135,7 +135,7 @@ def test_blocks_on_processes_or_dask_workers_give_byte_identical_products(
     from conftest import UTM, UTM_TRANSFORM
     from distributed import Client, LocalCluster
 
-    from agriseg import vector_outputs
+    from agriseg.health import vector_outputs
 
     # Many slices of GeoJSON text per strip, made in any order, written in order.
     monkeypatch.setattr(vector_outputs, "WRITE_SLICE", 7)

@@ -16,8 +16,8 @@ from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from agriseg.classes import NODATA
-from agriseg.indices import IndexReader, available_indices
-from agriseg.products import HealthOptions, write_health_products
+from agriseg.health.indices import IndexReader, available_indices
+from agriseg.health.products import HealthOptions, write_health_products
 
 MS_NAMES = ("blue", "green", "red", "red_edge", "nir")
 

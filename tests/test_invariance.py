@@ -12,7 +12,7 @@ RUN = ("--device", "cpu", "--quiet", "--precision", "fp32")
 
 @pytest.fixture(scope="module")
 def survey_image():
-    from agriseg.synthetic import draw_params, generate_survey
+    from agriseg.learning.synthetic import draw_params, generate_survey
 
     return generate_survey(draw_params(11, height=900, width=1000, gsd_m=0.02), 11).image
 

@@ -12,15 +12,16 @@ import pytest
 import rasterio
 from test_qgis import check_class_style
 
-from agriseg.architectures import build_model
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, guess_role
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
-from agriseg.health import health_indices, health_summary
-from agriseg.models import ModelMeta, save_checkpoint, shipped_dir
-from agriseg.pipeline import segment_raster
-from agriseg.products import HealthOptions
-from agriseg.synthetic import SPECIES_CLASSES, draw_params, generate_survey, write_survey
+from agriseg.health.health_stats import health_indices, health_summary
+from agriseg.health.products import HealthOptions
+from agriseg.learning.synthetic import SPECIES_CLASSES, draw_params, generate_survey, write_survey
+from agriseg.models.architectures import build_model
+from agriseg.models.meta import ModelMeta
+from agriseg.models.registry import save_checkpoint, shipped_dir
+from agriseg.run import segment_raster
 
 FIVE = "soil:background,maize:crop:#f0e020,grass_weed:weed,broadleaf_weed:weed:#ff0000,thistle"
 

@@ -7,14 +7,9 @@ import pytest
 import torch
 
 from agriseg.classes import CLASS_NAMES
-from agriseg.inference import normalize
-from agriseg.models import (
-    DEFAULT_MODEL,
-    Normalization,
-    load_model,
-    shipped_dir,
-    shipped_models,
-)
+from agriseg.models.inference import normalize
+from agriseg.models.meta import Normalization
+from agriseg.models.registry import DEFAULT_MODEL, load_model, shipped_dir, shipped_models
 
 SHIPPED = ("agriseg-unet", "agriseg-pspnet")
 

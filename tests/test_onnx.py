@@ -10,13 +10,15 @@ import pytest
 import torch
 from conftest import field_image, read_classes, write_raster
 
-from agriseg.architectures import ARCHITECTURES, build_model, default_encoder
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
-from agriseg.inference import resolve_engine
-from agriseg.models import ModelMeta, find_model, load_model
-from agriseg.onnx_export import AGRISEG_META_KEY, CACHE_ENV, OPSET, cached_export, export_model
-from agriseg.onnx_graph import export_bytes
+from agriseg.models.architectures import ARCHITECTURES, build_model, default_encoder
+from agriseg.models.inference import resolve_engine
+from agriseg.models.meta import ModelMeta
+from agriseg.models.onnx_export import CACHE_ENV, cached_export, export_model
+from agriseg.models.onnx_format import AGRISEG_META_KEY, OPSET
+from agriseg.models.onnx_graph import export_bytes
+from agriseg.models.registry import find_model, load_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -207,8 +209,9 @@ def test_every_segmentation_command_takes_engine(argv):
 def test_shipped_onnx_models_stay_in_sync_with_their_weights(name: str) -> None:
     """The shipped .onnx files are exports of the shipped weights as loaded: rerun
     ``scripts/train_default.py --export-onnx`` whenever the weights change."""
-    from agriseg.models import shipped_dir
-    from agriseg.onnx_export import onnx_meta, read_onnx_meta, shipped_onnx
+    from agriseg.models.onnx_export import onnx_meta, shipped_onnx
+    from agriseg.models.onnx_format import read_onnx_meta
+    from agriseg.models.registry import shipped_dir
 
     weights, meta = find_model(name)
     path = shipped_onnx(weights, meta.tile_size)
@@ -227,11 +230,11 @@ def test_shipped_onnx_models_stay_in_sync_with_their_weights(name: str) -> None:
 
 
 def shipped_int8(name: str) -> Path:
-    from agriseg.models import shipped_dir
-    from agriseg.onnx_export import INT8_SUFFIX
+    from agriseg.models.onnx_export import INT8_SUFFIX
+    from agriseg.models.registry import shipped_dir
 
     path = shipped_dir() / f"{name}{INT8_SUFFIX}"
-    # Both shipped models keep held-out mIoU in int8 (README, "Engines"), so both ship it.
+    # Both shipped models keep held-out mIoU in int8 (docs/performance.md), so both ship it.
     assert path.is_file(), f"{path} is missing: rerun scripts/train_default.py --export-onnx"
     return path
 
@@ -242,8 +245,9 @@ def test_shipped_int8_models_stay_in_sync_with_their_fp32_files(name: str) -> No
     ``scripts/train_default.py --export-onnx`` whenever the weights change."""
     import dataclasses
 
-    from agriseg.onnx_export import read_onnx_meta, shipped_onnx
-    from agriseg.synthetic import draw_params, generate_survey
+    from agriseg.learning.synthetic import draw_params, generate_survey
+    from agriseg.models.onnx_export import shipped_onnx
+    from agriseg.models.onnx_format import read_onnx_meta
 
     int8 = shipped_int8(name)
     weights, meta = find_model(name)
@@ -257,7 +261,7 @@ def test_shipped_int8_models_stay_in_sync_with_their_fp32_files(name: str) -> No
     graph = onnx.load(str(int8))
     assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)
     # Same classes on a generated survey (seed outside training, held-out and calibration).
-    from agriseg.inference import normalize
+    from agriseg.models.inference import normalize
 
     image = generate_survey(draw_params(30001, 512, 512), 30001).image[:3].astype("float32")
     x = normalize(image, "uint8", meta.normalization)[None]

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_no_top_level_cli_module_is_installed(tmp_path):
     # Run outside the repository so the working directory cannot provide ``cli``.
@@ -24,3 +26,19 @@ def test_console_script_reports_version(tmp_path):
     out = subprocess.run([exe, "--version"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0
     assert out.stdout.startswith("agriseg ")
+
+
+def test_every_subpackage_is_packaged() -> None:
+    # A subpackage missing from pyproject's list installs in editable mode but not in a
+    # plain ``pip install .`` (the torch-free install).
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "agriseg").rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)

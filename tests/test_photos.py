@@ -11,9 +11,9 @@ import rasterio
 from PIL import Image
 
 from agriseg.classes import DEFAULT_CLASSES
-from agriseg.datasets import parse_label_colors
-from agriseg.labels import Grid, Labels
-from agriseg.synthetic import draw_params, generate_survey
+from agriseg.learning.datasets import parse_label_colors
+from agriseg.learning.labels import Grid, Labels
+from agriseg.learning.synthetic import draw_params, generate_survey
 
 #: Colour coding of the generated masks (unlisted grey marks unlabelled pixels).
 COLORS = {"soil": (0, 0, 0), "crop": (0, 255, 0), "weed": (255, 0, 0), "diseased": (255, 255, 0)}

@@ -16,8 +16,8 @@ from scipy.spatial import cKDTree
 
 from agriseg.classes import DEFAULT_CLASSES
 from agriseg.errors import InputError
-from agriseg.plants import PlantOptions, count_plants
-from agriseg.synthetic import SurveyPaths, draw_params, generate_survey, write_survey
+from agriseg.field.plants import PlantOptions, count_plants
+from agriseg.learning.synthetic import SurveyPaths, draw_params, generate_survey, write_survey
 
 #: Held-out draws (seed, GSD, row angle): different scales and row directions.
 SURVEYS = [(9101, 0.012, 20.0), (9102, 0.025, 75.0), (9103, 0.038, 140.0)]

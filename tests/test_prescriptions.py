@@ -18,7 +18,7 @@ from isoxml.util.isoxml_io import isoxml_from_path
 
 from agriseg.classes import ClassList
 from agriseg.errors import InputError
-from agriseg.prescriptions import (
+from agriseg.field.prescriptions import (
     PrescriptionOptions,
     parse_rate_table,
     prescribe,

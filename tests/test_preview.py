@@ -12,7 +12,7 @@ from PIL import Image
 from rasterio.enums import Resampling
 
 from agriseg.classes import CLASSES, NODATA
-from agriseg.preview import (
+from agriseg.health.preview import (
     ALPHA,
     PngWriter,
     PreviewCanvas,
@@ -23,7 +23,7 @@ from agriseg.preview import (
     render_preview,
     write_preview,
 )
-from agriseg.vectorize import picked_pixels
+from agriseg.health.vectorize import picked_pixels
 
 
 def test_preview_shape_fits_and_never_upscales() -> None:

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from agriseg.classes import CLASSES, NODATA
-from agriseg.execution import dask_client
-from agriseg.models import resolve
-from agriseg.raster import open_raster
-from agriseg.segment import join_row, segment_blocks
-from agriseg.tiling import TileGrid
+from agriseg.io.raster import open_raster
+from agriseg.models.registry import resolve
+from agriseg.segmentation.execution import dask_client
+from agriseg.segmentation.segment import join_row, segment_blocks
+from agriseg.segmentation.tiling import TileGrid
 
 
 @pytest.fixture(scope="module")

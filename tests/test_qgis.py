@@ -16,8 +16,8 @@ import shapely
 from conftest import write_raster
 
 from agriseg.classes import CLASSES, NODATA, ClassList
-from agriseg.products import HealthOptions, health_paths, write_health_products
-from agriseg.qgis import class_style, write_layer_styles, zone_style
+from agriseg.health.products import HealthOptions, health_paths, write_health_products
+from agriseg.health.qgis import class_style, write_layer_styles, zone_style
 
 
 def check_class_style(qml: str, classes: ClassList = CLASSES) -> None:

@@ -11,7 +11,8 @@ from conftest import read_classes, write_raster
 
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
-from agriseg.refine import crf_available, crf_probabilities, refine_tiles
+from agriseg.models.refine import crf_probabilities, refine_tiles
+from agriseg.optional import crf_available
 
 needs_crf = pytest.mark.skipif(
     not crf_available(), reason="--refine crf needs the optional crf extra (pydensecrf2)"
@@ -79,7 +80,7 @@ def test_run_batch_and_evaluate_take_refine(argv: list[str]) -> None:
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """A 2 cm survey with a masked corner; its path and its valid pixels."""
-    from agriseg.synthetic import draw_params, generate_survey
+    from agriseg.learning.synthetic import draw_params, generate_survey
 
     image = generate_survey(draw_params(12, height=560, width=600, gsd_m=0.02), 12).image
     valid = np.ones(image.shape[1:], dtype=bool)

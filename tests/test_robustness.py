@@ -16,9 +16,9 @@ from conftest import field_image, write_raster
 from pyproj import CRS
 from rasterio.transform import from_bounds
 
-import agriseg.products
-from agriseg.geojson import to_rfc7946
-from agriseg.vector_outputs import GeoJSONWriter
+import agriseg.health.products
+from agriseg.health.geojson import to_rfc7946
+from agriseg.health.vector_outputs import GeoJSONWriter
 
 FAST = ("--device", "cpu", "--quiet", "--tile-size", "128", "--overlap", "32")
 
@@ -111,7 +111,7 @@ def health_pass_bug(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("polygon table\nfailed")
 
-    monkeypatch.setattr(agriseg.products, "polygon_attributes", broken)
+    monkeypatch.setattr(agriseg.health.products, "polygon_attributes", broken)
 
 
 # The strip reader abandoned by the error must not fail later on leaving a GDAL

@@ -12,14 +12,14 @@ from conftest import field_image, read_classes, write_raster
 from pyproj import Geod
 
 from agriseg.errors import InputError
-from agriseg.scale import (
+from agriseg.models.inference import resize_tiles
+from agriseg.segmentation.scale import (
     COARSER_TOLERANCE,
     FINER_TOLERANCE,
     MAX_DOWNSAMPLE,
     MAX_UPSAMPLE,
     UNRELIABLE_COARSER,
     decide_scale,
-    resize_tiles,
     tile_grid,
 )
 

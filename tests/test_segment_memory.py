@@ -3,7 +3,7 @@
 ``segment_blocks`` submits the row after the one being stitched, then what fits in
 ``LOOKAHEAD_BYTES``; stitched rows are cut down to the rows the next row needs. The
 whole-run figures (peak RSS of wide and large runs against a 4096² run) are in
-``tests/test_memory.py`` (slow) and the README.
+``tests/test_memory.py`` (slow) and docs/performance.md.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import pytest
 from conftest import write_raster
 from distributed import Client
 
-from agriseg import segment
-from agriseg.execution import dask_client
-from agriseg.models import resolve
-from agriseg.raster import open_raster
-from agriseg.segment import chunk_bytes, segment_blocks
-from agriseg.tiling import TileGrid
+from agriseg.io.raster import open_raster
+from agriseg.models.registry import resolve
+from agriseg.segmentation import segment
+from agriseg.segmentation.execution import dask_client
+from agriseg.segmentation.segment import chunk_bytes, segment_blocks
+from agriseg.segmentation.tiling import TileGrid
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from agriseg.architectures import ARCHITECTURES
 from agriseg.config import ARCHITECTURE_NAMES
+from agriseg.models.architectures import ARCHITECTURES
 
 HEAVY = ("torch", "dask", "distributed", "geopandas", "rasterio", "segmentation_models_pytorch")
 

@@ -13,7 +13,7 @@ from rasterio.enums import ColorInterp
 
 from agriseg.classes import DEFAULT_CLASSES, NODATA
 from agriseg.errors import InputError
-from agriseg.synthetic import (
+from agriseg.learning.synthetic import (
     BAND_NAMES,
     Survey,
     SurveyParams,

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agriseg.errors import InputError
-from agriseg.tiling import TileGrid
+from agriseg.segmentation.tiling import TileGrid
 
 
 @settings(max_examples=40, deadline=None)

@@ -15,14 +15,14 @@ from conftest import UTM, write_raster
 from PIL import Image
 from shapely.geometry import box
 
-from agriseg.architectures import with_classes
 from agriseg.classes import DEFAULT_CLASSES, ClassList
 from agriseg.errors import InputError
-from agriseg.evaluation import compare_rasters
-from agriseg.labels import label_classes
-from agriseg.models import load_model
-from agriseg.synthetic import draw_params, generate_survey
-from agriseg.training import Scene, TrainConfig, load_scene, train
+from agriseg.learning.evaluation import compare_rasters
+from agriseg.learning.labels import label_classes
+from agriseg.learning.synthetic import draw_params, generate_survey
+from agriseg.learning.training import Scene, TrainConfig, load_scene, train
+from agriseg.models.architectures import with_classes
+from agriseg.models.registry import load_model
 
 CUSTOM = "soil:background,maize:crop,grass_weed:weed,broadleaf_weed:weed,thistle:weed"
 TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--batch-size", "2")

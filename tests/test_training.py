@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from agriseg.errors import InputError, ModelError
-from agriseg.models import Normalization, load_model
-from agriseg.synthetic import draw_params, generate_survey, write_survey
-from agriseg.training import ChipSampler, Scene, TrainConfig, _Split, state_path, train
+from agriseg.learning.synthetic import draw_params, generate_survey, write_survey
+from agriseg.learning.training import ChipSampler, Scene, TrainConfig, _Split, state_path, train
+from agriseg.models.meta import Normalization
+from agriseg.models.registry import load_model
 
 TINY = {"chip_size": 64, "batch_size": 2, "steps_per_epoch": 2, "device": "cpu"}
 

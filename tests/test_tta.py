@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from conftest import field_image, read_classes, write_raster
 
-from agriseg.inference import d4_mean
+from agriseg.models.inference import d4_mean
 
 
 def test_each_view_is_brought_back_to_the_tiles_orientation() -> None:

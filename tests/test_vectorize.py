@@ -18,8 +18,8 @@ from rasterio.features import rasterize, shapes
 from scipy import ndimage
 
 from agriseg.classes import NODATA
-from agriseg.geojson import rounding_keeps_lattice_polygons_valid, to_rfc7946
-from agriseg.vectorize import (
+from agriseg.health.geojson import rounding_keeps_lattice_polygons_valid, to_rfc7946
+from agriseg.health.vectorize import (
     PolygonBatch,
     polygons_from_geojson,
     sieve_raster,
@@ -271,7 +271,7 @@ def test_union_parts_is_the_union_of_a_regions_block_parts(mask: np.ndarray, blo
 
 @pytest.mark.parametrize("strip_rows", [8, 16, 32])
 def test_cut_classes_stay_in_their_cells_whatever_the_strip_height(strip_rows: int) -> None:
-    from agriseg.vectorize import StripPolygons
+    from agriseg.health.vectorize import StripPolygons
 
     data = blocky(96, 80, 10, seed=6)
     whole = np.ones(256, dtype=bool)
@@ -306,8 +306,8 @@ def test_a_block_read_from_the_files_is_the_block_cut_from_its_strip(
     tmp_path: Path, sieve_px: int, block_size: int
 ) -> None:
     # Halos clipped at the raster's edges, a last narrow block, no halo without sieving.
-    from agriseg.strips import raster_file_strips
-    from agriseg.vectorize import block_tasks, file_block_tasks, sieve_halo
+    from agriseg.health.strips import raster_file_strips
+    from agriseg.health.vectorize import block_tasks, file_block_tasks, sieve_halo
 
     data = blocky(70, 90, 6, seed=3)
     classes = write_classes(tmp_path / "c.tif", data)
@@ -327,7 +327,7 @@ def test_a_block_read_from_the_files_is_the_block_cut_from_its_strip(
 def test_polygons_pickle_as_coordinate_arrays_and_come_back_bit_for_bit() -> None:
     import pickle
 
-    from agriseg.vectorize import PicklePolygons
+    from agriseg.health.vectorize import PicklePolygons
 
     holed = shapely.Polygon(
         [(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (2, 3.5), (3.25, 3.5), (3.25, 2)]]

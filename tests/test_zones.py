@@ -15,9 +15,9 @@ from pyproj import CRS
 
 from agriseg.classes import CLASSES, DEFAULT_CLASSES, NODATA
 from agriseg.errors import InputError
-from agriseg.health import class_areas_m2, health_summary
-from agriseg.products import HealthOptions, write_health_products
-from agriseg.zones import (
+from agriseg.health.health_stats import class_areas_m2, health_summary
+from agriseg.health.products import HealthOptions, write_health_products
+from agriseg.health.zones import (
     Fields,
     assign_fields,
     field_statistics,

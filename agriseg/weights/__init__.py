@@ -1,0 +1,1 @@
+"""The shipped models: weights, metadata and ONNX files (package data). Imports nothing."""

@@ -17,7 +17,7 @@ working tree, at most 64 MiB a call, the tracked files included. This script
 
 Run here, from the checkout the session was started in (its tree is what travels):
 ``.venv/bin/python scripts/gpu/fetch_wheels.py``; then ``install_part.py N`` on the
-device for each part, then ``run_checks.py`` (see the README, *On a GPU*).
+device for each part, then ``run_checks.py`` (see docs/gpu.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,254 @@
+"""Writing the class and confidence rasters, streamed and atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+from agriseg import __version__
+from agriseg.classes import NODATA, ClassList
+from agriseg.errors import OutputError
+from agriseg.io.atomic import OutputTransaction
+from agriseg.io.raster import RasterInfo
+
+#: The rasters a :class:`ClassRasterWriter` writes, keys of :func:`output_paths`.
+KINDS = ("classes", "confidence")
+
+#: GDAL settings for writing: compress on every core. The block cache is the run's
+#: (:mod:`agriseg.io.gdal_settings`).
+WRITE_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS"}
+
+
+#: Block edge of the finished rasters (cloud-optimised GeoTIFFs).
+COG_BLOCK = 512
+
+#: How each raster's overviews are resampled: the most frequent class (mode never
+#: invents a class between two others), the mean confidence.
+OVERVIEW_RESAMPLING = {"classes": "MODE", "confidence": "AVERAGE"}
+
+
+def write_cog(path: Path, resampling: str) -> None:
+    """Rewrite the GeoTIFF ``path`` in place as a cloud-optimised GeoTIFF.
+
+    512-px deflate blocks and internal overviews halving down to one block. GDAL's COG
+    driver copies block by block (overviews go through a temporary file beside
+    ``path``), so the raster is never held in memory; it keeps the colour table,
+    tags and band descriptions.
+    """
+    cog = path.with_name(f"{path.name}.cog{path.suffix}")
+    try:
+        rasterio.shutil.copy(
+            path,
+            cog,
+            driver="COG",
+            BLOCKSIZE=COG_BLOCK,
+            COMPRESS="DEFLATE",
+            OVERVIEW_RESAMPLING=resampling,
+            BIGTIFF="IF_SAFER",
+            NUM_THREADS="ALL_CPUS",
+        )
+        os.replace(cog, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            cog.unlink()
+
+
+def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
+    """rasterio profile of a uint8 class raster on ``info``'s grid (tiled, deflate, nodata 255).
+
+    ``block`` is the tile edge; rasters smaller than it get 256-px tiles.
+    """
+    block = block if block <= max(info.width, info.height) else 256
+    return {
+        "driver": "GTiff",
+        "dtype": "uint8",
+        "count": 1,
+        "width": info.width,
+        "height": info.height,
+        "crs": info.crs,
+        "transform": info.transform,
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+
+
+#: The name of every file a run writes for input ``<stem>``: ``<stem>`` + suffix, by kind.
+OUTPUT_SUFFIXES = {
+    "classes": ".classes.tif",
+    "confidence": ".confidence.tif",
+    "summary": ".summary.json",
+    "geojson": ".health.geojson",
+    "gpkg": ".health.gpkg",
+    "fgb": ".health.fgb",
+    "qml": ".health.qml",
+    "preview": ".preview.png",
+    "sieved": ".sieved.tif",  # the health pass's working copy, never kept
+}
+
+#: What the segmentation writes (the health pass writes the rest).
+RUN_KINDS = ("classes", "confidence", "summary")
+
+
+def output_paths(out_dir: Path, stem: str, kinds: tuple[str, ...] = RUN_KINDS) -> dict[str, Path]:
+    """Where ``agriseg run`` writes each product of ``kinds`` for input ``stem``."""
+    return {kind: out_dir / f"{stem}{OUTPUT_SUFFIXES[kind]}" for kind in kinds}
+
+
+def block_size_for(stride: int) -> int:
+    """Output block edge: the tile stride when GeoTIFF allows it, so writes fill whole blocks."""
+    return stride if stride % 16 == 0 and 16 <= stride <= 1024 else 256
+
+
+def _write_failed(path: Path, reason: str) -> OutputError:
+    return OutputError(
+        f"{path}: writing failed ({reason}); the disk is probably full (no space left) or "
+        "the file too large: free space or choose another --out"
+    )
+
+
+def _gdal_reason(exc: rasterio.errors.RasterioError) -> str:
+    # rasterio's own message is "Write failed. See previous exception"; GDAL's says why.
+    return str(exc.__cause__ or exc).splitlines()[0]
+
+
+def incomplete_geotiff(path: Path) -> str | None:
+    """Why a freshly closed GeoTIFF did not fully reach the disk, or ``None`` if it did.
+
+    GDAL flushes cached blocks when a dataset closes and only logs failures there
+    (a full disk, ``ulimit -f``), which would leave a truncated file or blocks that
+    read back as nodata. Every block must have a non-zero offset inside the file.
+    """
+    size = path.stat().st_size
+    try:
+        with rasterio.open(path) as src:
+            rows = -(-src.height // src.block_shapes[0][0])
+            cols = -(-src.width // src.block_shapes[0][1])
+            for bidx in src.indexes:
+                for r in range(rows):
+                    for c in range(cols):
+                        offset = int(src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx) or 0)
+                        length = int(src.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx) or 0)
+                        if offset == 0 or offset + length > size:
+                            return f"block {r},{c} of band {bidx} is missing"
+    except rasterio.errors.RasterioIOError as exc:
+        return _gdal_reason(exc)
+    return None
+
+
+class ClassRasterWriter:
+    """Streams class and confidence blocks into two GeoTIFFs on ``info``'s grid.
+
+    The class raster carries ``classes``' colour table and ``class_N``/``class_N_role`` tags.
+    Blocks are written to tiled GeoTIFFs; :meth:`to_cogs` rewrites them as
+    cloud-optimised GeoTIFFs once nothing reads them any more.
+
+    The files are written to temporaries staged in ``transaction``, which puts them
+    in place (with the run's other outputs) once everything succeeded.
+    """
+
+    def __init__(
+        self,
+        info: RasterInfo,
+        paths: dict[str, Path],
+        block: int,
+        model: str,
+        transaction: OutputTransaction,
+        classes: ClassList,
+    ) -> None:
+        self._info = info
+        self._paths = paths
+        self._transaction = transaction
+        self._tmp: dict[str, Path] = {}
+        self._block = block
+        self._model = model
+        self._class_list = classes
+        self._stack = contextlib.ExitStack()
+        self._classes: rasterio.io.DatasetWriter | None = None
+        self._confidence: rasterio.io.DatasetWriter | None = None
+
+    @property
+    def staged(self) -> dict[str, Path]:
+        """The temporary paths the rasters are written to until the transaction commits."""
+        return dict(self._tmp)
+
+    def to_cogs(self) -> None:
+        """Rewrite the rasters as COGs (:func:`write_cog`), still staged; after the writer
+        has closed them."""
+        assert self._classes is not None and self._classes.closed, "close the writer first"
+        for kind in KINDS:
+            try:
+                with rasterio.Env(**WRITE_ENV):
+                    write_cog(self._tmp[kind], OVERVIEW_RESAMPLING[kind])
+            except rasterio.errors.RasterioError as err:
+                raise _write_failed(self._paths[kind], _gdal_reason(err)) from None
+            reason = incomplete_geotiff(self._tmp[kind])
+            if reason is not None:
+                raise _write_failed(self._paths[kind], reason)
+
+    def __enter__(self) -> ClassRasterWriter:
+        try:
+            self._stack.enter_context(rasterio.Env(**WRITE_ENV))
+            self._tmp = {k: self._transaction.stage(self._paths[k]) for k in KINDS}
+            profile = class_raster_profile(self._info, self._block)
+            self._classes = self._stack.enter_context(
+                rasterio.open(self._tmp["classes"], "w", **profile)
+            )
+            self._confidence = self._stack.enter_context(
+                rasterio.open(self._tmp["confidence"], "w", **profile)
+            )
+        except rasterio.errors.RasterioIOError as exc:
+            self._stack.close()
+            raise OutputError(
+                f"{self._paths['classes'].parent}: cannot create outputs ({_gdal_reason(exc)}); "
+                "choose a writable --out with free space"
+            ) from None
+        except BaseException:
+            self._stack.close()
+            raise
+        self._classes.write_colormap(1, self._class_list.colormap())
+        self._classes.update_tags(
+            **self._class_list.tags(), agriseg_version=__version__, model=self._model
+        )
+        self._classes.set_band_description(1, "class")
+        self._confidence.update_tags(
+            units="percent", description="max class probability", agriseg_version=__version__
+        )
+        self._confidence.set_band_description(1, "confidence")
+        return self
+
+    def write(self, window: Window, classes: np.ndarray, confidence: np.ndarray) -> None:
+        assert self._classes is not None and self._confidence is not None
+        try:
+            self._classes.write(classes, 1, window=window)
+            self._confidence.write(confidence, 1, window=window)
+        except rasterio.errors.RasterioIOError as exc:
+            raise _write_failed(self._paths["classes"], _gdal_reason(exc)) from None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            suppressed = bool(self._stack.__exit__(exc_type, exc, tb))
+        except rasterio.errors.RasterioIOError as err:
+            raise _write_failed(self._paths["classes"], _gdal_reason(err)) from None
+        if exc_type is None:
+            for kind in KINDS:
+                reason = incomplete_geotiff(self._tmp[kind])
+                if reason is not None:
+                    raise _write_failed(self._paths[kind], reason)
+        return suppressed
