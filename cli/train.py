@@ -35,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         help="label files, folders or glob patterns: class rasters, masks, or "
-        "GeoPackage/Shapefile/GeoJSON",
+        "GeoPackage/Shapefile/GeoJSON; or `rows`: each survey's own crop rows (crop on "
+        "them, weed between; see docs/labelfree.md)",
     )
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path (NAME)")
     common.add_label_options(parser)
@@ -162,7 +163,15 @@ def execute(args: argparse.Namespace) -> int:
     from agriseg.learning.training import train_files
 
     config = config_from_args(args)
-    sources = pair_files(args.rasters, args.labels)
+    labels = args.labels
+    if [str(p) for p in labels] == ["rows"]:  # self-training on the surveys' own rows
+        from dataclasses import replace
+
+        from agriseg.learning.row_labels import ROW_LABEL_CLASSES, label_with_rows
+
+        labels = label_with_rows(args.rasters, args.out.with_name(args.out.name + ".row-labels"))
+        config = replace(config, classes=ROW_LABEL_CLASSES)
+    sources = pair_files(args.rasters, labels)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with common.progress_bar("training", args.quiet, unit="step") as progress:

@@ -30,8 +30,16 @@ import rasterio
 from PIL import Image
 
 from agriseg.config import HealthOptions, RunConfig
+from agriseg.learning.synthetic import (
+    CROP,
+    DISEASED,
+    SOIL,
+    WEED,
+    draw_params,
+    generate_survey,
+    write_survey,
+)
 from agriseg.run import segment_raster
-from agriseg.learning.synthetic import CROP, DISEASED, SOIL, WEED, draw_params, generate_survey, write_survey
 
 #: Seeds of the surveys scored here (see the module docstring).
 FIRST_SEED = 30001

@@ -32,8 +32,14 @@ import numpy as np
 from scipy import ndimage
 
 #: Least regularity (see module docstring) for a window to count as having rows:
-#: scattered plants measure 0.05-0.15, sown rows 0.3-0.7 (weeds lower it).
-MIN_REGULARITY = 0.25
+#: scattered plants measure 0.05-0.25, sown rows 0.35-0.7 (weeds lower it).
+MIN_REGULARITY = 0.28
+#: Least prominence of the rows' spectral peak over the mean power of the periods
+#: searched: scattered plants reach 30-90, rows 150-2000.
+MIN_PROMINENCE = 100.0
+#: Least extent of the window's valid pixels, in row spacings (as a square's edge):
+#: a few plants in a corner can line up by chance.
+MIN_PERIODS = 4.0
 #: Periods searched, in pixels: at least this many, and at most a third of the window.
 MIN_PERIOD_PX = 6.0
 #: A longer wave across the strongest one is the rows' when its power is at least this
@@ -83,17 +89,20 @@ def _taper(h: int, w: int) -> np.ndarray:
 
 def _peak(
     mask: np.ndarray, taper: np.ndarray, min_period: float, max_period: float
-) -> tuple[float, float] | None:
+) -> tuple[float, float, float] | None:
     """Frequency vector (cycles/px: along columns, along rows) of the strongest spectral
-    peak of ``mask`` (centred on its mean) with a period in ``[min_period, max_period]``."""
+    peak of ``mask`` (centred on its mean) with a period in ``[min_period, max_period]``,
+    and its prominence (its power over the mean power of those periods)."""
     h, w = mask.shape
     centred = mask * taper
     power = np.abs(np.fft.rfft2(centred)) ** 2
     fy, fx = np.fft.fftfreq(h), np.fft.rfftfreq(w)
     radius = np.hypot(fy[:, None], fx[None, :])
-    power[(radius < 1 / max_period) | (radius > 1 / min_period)] = 0
+    searched = (radius >= 1 / max_period) & (radius <= 1 / min_period)
+    power[~searched] = 0
     if not power.any():
         return None
+    mean_power = float(power[searched].mean())
     iy, ix = np.unravel_index(int(np.argmax(power)), power.shape)
     # Plants spaced along a row make a wave too, along the rows, of a shorter period
     # than the rows'; where a longer wave across it is nearly as strong, that is the rows.
@@ -105,7 +114,7 @@ def _peak(
         jy, jx = np.unravel_index(int(np.argmax(candidates)), power.shape)
         if candidates[jy, jx] >= ALONG_ROW_PEAK * top:
             iy, ix = jy, jx
-    return float(fx[ix]), float(fy[iy])
+    return float(fx[ix]), float(fy[iy]), float(power[iy, ix]) / mean_power
 
 
 def _refine(
@@ -173,13 +182,18 @@ def find_rows(
     if rr.size > SAMPLE:
         keep = np.random.default_rng(0).choice(rr.size, SAMPLE, replace=False)
         rr, cc = rr[keep], cc[keep]
+    fx, fy, prominence = peak
     weight = taper[rr, cc]
     weight /= max(float(weight.sum()), 1e-12)
     xs, ys = cc + 0.5, rr + 0.5
-    freq, phi, regularity = _refine(xs, ys, weight, *peak, step=1 / max(h, w))
+    freq, phi, regularity = _refine(xs, ys, weight, fx, fy, step=1 / max(h, w))
     angle = phi + math.pi / 2  # rows run across their wave vector
     spacing = 1 / freq
-    if regularity < MIN_REGULARITY:
+    if (
+        regularity < MIN_REGULARITY
+        or prominence < MIN_PROMINENCE
+        or n_valid < (MIN_PERIODS * spacing) ** 2
+    ):
         return WindowRows(False, angle, spacing, regularity)
     c, s = math.cos(angle), math.sin(angle)
     cols = np.arange(w, dtype=np.float32)[None, :] + 0.5
@@ -210,15 +224,59 @@ def _half_width(veg: np.ndarray, distance: np.ndarray, spacing: float) -> float:
     return float(edge) / bins * spacing / 2
 
 
-def label_rows(veg: np.ndarray, rows: WindowRows) -> tuple[np.ndarray, np.ndarray]:
-    """Crop and weed masks of a window's vegetation on found rows (see module docstring)."""
+def label_rows(
+    veg: np.ndarray, rows: WindowRows, features: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop and weed masks of a window's vegetation on found rows (see module docstring).
+
+    With ``features`` (``(F, H, W)``, e.g. chromaticity), the vegetation of the patches
+    that reach a row is split by colour as well as by place (Louargant et al. 2018):
+    a Gaussian colour model of each class is fitted to the window's sure pixels (crop:
+    near the centre lines; weed: patches that never reach a row) and its log-likelihood
+    ratio, capped at :data:`COLOUR_WEIGHT`, is added to a prior that runs from crop on
+    the centre line to weed beyond the band. A weed grown into the row, or a crop leaf
+    beyond the band, takes the class of its colour; the centre of the row stays crop
+    (diseased plants, whose colour neither model knows, stand there).
+    """
     assert rows.distance is not None
-    band = rows.distance < rows.half_width
-    crop = veg & band
     patches, n = ndimage.label(veg)
     core = veg & (rows.distance < CORE * rows.half_width)
     reaches = np.zeros(n + 1, bool)
     reaches[np.unique(patches[core])] = True
     reaches[0] = False
-    crop &= reaches[patches]
+    attached = reaches[patches]
+    crop = attached & (rows.distance < rows.half_width)
+    if features is not None:
+        weed_sure = veg & ~attached
+        crop_sure = core & attached
+        if min(int(weed_sure.sum()), int(crop_sure.sum())) >= MIN_COLOUR_SAMPLES:
+            llr = _colour_llr(features, weed_sure, crop_sure, attached)
+            prior = PRIOR_SLOPE * (rows.distance[attached] / rows.half_width - 1)
+            crop[attached] = (prior + np.clip(llr, -COLOUR_WEIGHT, COLOUR_WEIGHT)) < 0
     return crop, veg & ~crop
+
+
+#: Least sure pixels of each class to fit its colour model.
+MIN_COLOUR_SAMPLES = 50
+#: Most log-likelihood ratio the colour adds (the prior's slope across the band makes
+#: the centre lines' third of it crop whatever the colour).
+COLOUR_WEIGHT, PRIOR_SLOPE = 4.0, 6.0
+
+
+def _gaussian_logpdf(x: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """Log density (up to a shared constant) of the points ``x`` (N, F) under a Gaussian
+    fitted to ``sample`` (M, F), regularised so that a thin sample stays invertible."""
+    mean = sample.mean(axis=0)
+    cov = np.cov(sample, rowvar=False) + np.eye(sample.shape[1]) * 1e-5
+    inv = np.linalg.inv(cov)
+    d = x - mean
+    return -0.5 * np.einsum("nf,fg,ng->n", d, inv, d) - 0.5 * np.linalg.slogdet(cov)[1]
+
+
+def _colour_llr(
+    features: np.ndarray, weed: np.ndarray, crop: np.ndarray, where: np.ndarray
+) -> np.ndarray:
+    """Log-likelihood ratio weed over crop of the pixels ``where``, by colour."""
+    x = features[:, where].T.astype(np.float64)
+    llr = _gaussian_logpdf(x, features[:, weed].T) - _gaussian_logpdf(x, features[:, crop].T)
+    return np.asarray(llr)

@@ -34,11 +34,11 @@ from scipy import ndimage
 
 from agriseg.classes import NODATA, ClassList
 from agriseg.config import RefineChoice
-from agriseg.models.croprows import MIN_COVER, find_rows, label_rows
 from agriseg.errors import InputError
-from agriseg.models.meta import ModelMeta
 from agriseg.io.raster import open_dataset
 from agriseg.io.spectral import find_bands
+from agriseg.models.croprows import MIN_COVER, find_rows, label_rows
+from agriseg.models.meta import ModelMeta
 from agriseg.models.vegetation import tile_vegetation
 
 #: Bands an index model reads, by what the input offers; a tile's band count says
@@ -70,6 +70,15 @@ def _bands_of(tile: np.ndarray) -> dict[str, np.ndarray]:
     raise InputError(f"an index model takes 2, 3 or 4 bands, not {tile.shape[0]}")
 
 
+def colour_features(tile: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per pixel colour for telling crop from weed: the chromatic coordinates of every
+    band but the last, and the log of the brightness over the tile's median."""
+    total = tile.sum(axis=0)
+    safe = np.maximum(total, np.float32(1e-6))
+    median = max(float(np.median(total[valid])), 1e-6) if valid.any() else 1.0
+    return np.concatenate([tile[:-1] / safe, np.log(safe / np.float32(median))[None]])
+
+
 class IndexForward:
     """Class probabilities of an index model (see the module docstring), numpy only."""
 
@@ -91,7 +100,7 @@ class IndexForward:
         if not rows.found:
             out[3] = p_veg
             return out
-        crop, _ = label_rows(veg, rows)
+        crop, _ = label_rows(veg, rows, colour_features(tile, valid))
         # Pixels just outside the vegetation keep the class of the plant beside them.
         share = np.where(veg, crop, ndimage.maximum_filter(crop, 3)).astype(np.float32)
         out[1] = p_veg * share

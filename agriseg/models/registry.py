@@ -79,7 +79,6 @@ def is_onnx(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ONNX_SUFFIX
 
 
-
 def is_index_file(path: str | Path) -> bool:
     """Whether a path :func:`resolve` gave names a model without a network (its metadata)."""
     return Path(path).suffix == ".json"
