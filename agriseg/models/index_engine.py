@@ -176,7 +176,7 @@ def rows_evidence(
             if on <= off:
                 continue
             rows = find_rows(veg, valid)
-            if rows.spacing > 0:
+            if rows.found:
                 angles.append(rows.angle)
                 spacings.append(rows.spacing)
                 regularity.append(rows.regularity)
