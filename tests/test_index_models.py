@@ -13,6 +13,7 @@ import rasterio
 
 from agriseg.classes import NODATA
 from agriseg.errors import InputError
+from agriseg.learning.row_labels import row_labels
 from agriseg.learning.synthetic import (
     CROP,
     DISEASED,
@@ -158,3 +159,32 @@ def test_bench_accepts_index_models(run_cli, tmp_path, capsys):
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["engine"] == "index"
     assert figures["model_only_s"] > 0
+
+
+def test_row_labels_leave_edges_and_off_rows_unlabelled():
+    classes = np.zeros((12, 12), np.uint8)
+    classes[:, 4:8] = 1  # a crop row
+    classes[1:3, 10:12] = 2  # a weed between the rows
+    classes[9:12, 0:3] = 3  # plants off rows
+    labels = row_labels(classes)
+    assert labels[6, 5] == 1 and labels[6, 1] == 0
+    assert labels[6, 4] == NODATA and labels[6, 3] == NODATA  # the row's edges
+    assert (labels[9:12, 0:3] == NODATA).all()
+    assert (labels[1:3, 10:12] == NODATA).all()  # a 2 px weed is all edge
+    classes[0:5, 9:12] = 2
+    assert row_labels(classes)[1, 10] == 2
+
+
+def test_train_on_the_surveys_own_rows(run_cli, tmp_path, one_torch_thread):
+    image, _ = survey(tmp_path, 30106, gsd_m=0.015, row_angle_deg=70.0)
+    out = tmp_path / "selfnet"
+    args = ["--epochs", "1", "--steps", "2", "--batch-size", "2", "--chip-size", "64"]
+    assert run_cli("train", image, "--labels", "rows", "--out", out, "--arch", "fcn", *args) == 0
+    meta = json.loads((tmp_path / "selfnet.json").read_text())
+    assert [c["name"] for c in meta["classes"]] == ["soil", "crop", "weed"]
+    with rasterio.open(tmp_path / "selfnet.row-labels" / f"{image.stem}.row-labels.tif") as src:
+        labels = src.read(1)
+    assert set(np.unique(labels)) == {0, 1, 2, NODATA}
+    # The model runs like any other.
+    classes, summary = run(run_cli, image, tmp_path / "run", str(tmp_path / "selfnet.safetensors"))
+    assert summary["model"]["name"] == "selfnet" and classes.max() <= 2
