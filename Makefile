@@ -35,8 +35,18 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
-test: lint docs
-	$(VENV)/bin/pytest
+# isoxml-js (dev4Agriculture's ISOXML reader), an independent check of the TASKDATA
+# that agriseg prescribe writes; installed when npm is there, its tests skip otherwise.
+NODE_DIR ?= .node
+NODE_STAMP := $(NODE_DIR)/.isoxml-installed
+
+$(NODE_STAMP):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix $(NODE_DIR) isoxml@1.11.2 && touch $@; \
+	else echo "npm not found: the isoxml-js checks will be skipped"; fi
+
+test: lint docs $(NODE_STAMP)
+	NODE_PATH=$(CURDIR)/$(NODE_DIR)/node_modules $(VENV)/bin/pytest
 	$(MAKE) test-light
 
 # Dependencies when they change; then agriseg alone whenever its files do.
@@ -72,4 +82,4 @@ models: $(STAMP)
 	$(PY) scripts/train_default.py unet pspnet --install-only
 
 clean:
-	rm -rf $(VENV) $(LIGHT) sample_data/field_agriseg build/site
+	rm -rf $(VENV) $(LIGHT) $(NODE_DIR) sample_data/field_agriseg build/site

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from agriseg import __version__
 from agriseg.config import RunConfig
 from agriseg.errors import AgrisegError, InputError, OutputError
-from agriseg.io.atomic import remove_stale_temporaries, write_text_atomic
+from agriseg.io.atomic import check_output_folder, remove_stale_temporaries, write_text_atomic
 from agriseg.io.locking import folder_lock
 from agriseg.models.registry import resolve
 from agriseg.run import RunResult, segment_raster
@@ -54,13 +54,14 @@ class BatchOptions:
     """How to pick and redo surveys.
 
     Attributes:
-        pattern: glob selecting the survey rasters inside the survey folder.
+        pattern: glob selecting the survey rasters inside the survey folder; None:
+            every ``.tif`` and ``.tiff`` file, in any letter case (``NORTH.TIF``).
         force: redo surveys even when a matching result exists.
         checksum: when size or modification time changed, compare SHA-256 contents
             before redoing (for files re-copied unchanged).
     """
 
-    pattern: str = "*.tif"
+    pattern: str | None = None
     force: bool = False
     checksum: bool = False
 
@@ -79,10 +80,12 @@ class SurveyOutcome:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """Every survey's outcome and where the manifest is."""
+    """Every survey's outcome, where the manifest is, and the files of the survey
+    folder that were not surveys (the pattern left them out)."""
 
     manifest: Path
     surveys: tuple[SurveyOutcome, ...] = field(default_factory=tuple)
+    ignored: tuple[Path, ...] = ()
 
     @property
     def failed(self) -> tuple[SurveyOutcome, ...]:
@@ -110,15 +113,26 @@ def log_path(results_dir: Path, when: datetime | None = None) -> Path:
     return folder / f"agriseg-{day}.log"
 
 
-def find_surveys(survey_dir: Path, pattern: str) -> list[Path]:
-    """The rasters matching ``pattern`` in ``survey_dir``, sorted; stems must be unique."""
+#: Suffixes of the surveys a batch takes without ``--pattern`` (in any letter case).
+SURVEY_SUFFIXES = (".tif", ".tiff")
+
+
+def find_surveys(survey_dir: Path, pattern: str | None) -> tuple[list[Path], list[Path]]:
+    """The rasters matching ``pattern`` in ``survey_dir`` (see :class:`BatchOptions`),
+    sorted, and the other files there; survey stems must be unique."""
     if not survey_dir.is_dir():
         raise InputError(f"{survey_dir}: no such folder; give the folder holding the surveys")
-    found = sorted(p for p in survey_dir.glob(pattern) if not p.name.startswith("."))
+    visible = [p for p in survey_dir.iterdir() if not p.name.startswith(".")]
+    if pattern is None:
+        found = sorted(p for p in visible if p.suffix.lower() in SURVEY_SUFFIXES and p.is_file())
+    else:
+        found = sorted(p for p in survey_dir.glob(pattern) if not p.name.startswith("."))
+    ignored = sorted(p for p in visible if p.is_file() and p not in found)
     if not found:
-        raise InputError(
-            f"{survey_dir}: no file matches {pattern!r}; check the folder or --pattern"
+        wanted = (
+            "no .tif or .tiff file is there" if pattern is None else f"no file matches {pattern!r}"
         )
+        raise InputError(f"{survey_dir}: {wanted}; check the folder or --pattern")
     by_stem: dict[str, Path] = {}
     for path in found:
         if path.stem in by_stem:
@@ -127,7 +141,7 @@ def find_surveys(survey_dir: Path, pattern: str) -> list[Path]:
                 f"<out>/{path.stem}/; rename one or narrow --pattern"
             )
         by_stem[path.stem] = path
-    return found
+    return found, ignored
 
 
 def sha256(path: Path) -> str:
@@ -183,9 +197,9 @@ def health_digest(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_outputs(result: RunResult, results_dir: Path) -> dict[str, str]:
-    """Every file a run wrote, relative to ``results_dir``."""
-    products = {k: Path(v) for k, v in result.summary.get("outputs", {}).items()}
-    return {k: str(p.relative_to(results_dir)) for k, p in {**result.outputs, **products}.items()}
+    """Every file a run wrote, by kind (as its summary's ``outputs``), relative to
+    ``results_dir``."""
+    return {k: p.relative_to(results_dir).as_posix() for k, p in result.outputs.items()}
 
 
 class Manifest:
@@ -285,20 +299,56 @@ def _process(
     return SurveyOutcome(name, path, "failed", seconds, error=error)
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """A batch checked before anything is written (see :func:`plan_batch`)."""
+
+    survey_dir: Path
+    results_dir: Path
+    config: RunConfig
+    options: BatchOptions
+    surveys: tuple[Path, ...]
+    ignored: tuple[Path, ...]
+    key: dict[str, Any]
+
+
+def plan_batch(
+    survey_dir: Path,
+    results_dir: Path,
+    config: RunConfig,
+    options: BatchOptions | None = None,
+) -> BatchPlan:
+    """Find the surveys and check the results folder and the model; writes nothing, so
+    a batch that cannot run leaves nothing behind."""
+    options = options or BatchOptions()
+    surveys, ignored = find_surveys(survey_dir, options.pattern)
+    check_output_folder(results_dir)
+    key = run_key(config)
+    return BatchPlan(survey_dir, results_dir, config, options, tuple(surveys), tuple(ignored), key)
+
+
+def _named(paths: tuple[Path, ...], most: int = 10) -> str:
+    names = ", ".join(p.name for p in paths[:most])
+    return names + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
 def run_batch(
     survey_dir: Path,
     results_dir: Path,
     config: RunConfig,
     options: BatchOptions | None = None,
 ) -> BatchResult:
-    """Segment every survey in ``survey_dir`` into ``results_dir``; see the module doc.
+    """Segment every survey in ``survey_dir`` into ``results_dir``; see the module doc."""
+    return execute_batch(plan_batch(survey_dir, results_dir, config, options))
+
+
+def execute_batch(plan: BatchPlan) -> BatchResult:
+    """Run a planned batch (:func:`plan_batch`).
 
     A survey that fails is recorded and the batch goes on; errors raised from here
-    are about the batch itself (no surveys, results folder locked or unwritable).
+    are about the batch itself (results folder locked or unwritable).
     """
-    options = options or BatchOptions()
-    surveys = find_surveys(survey_dir, options.pattern)
-    key = run_key(config)
+    results_dir, options = plan.results_dir, plan.options
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -306,25 +356,36 @@ def run_batch(
             f"{results_dir}: cannot create the results folder ({exc.strerror}); "
             "choose a writable --out"
         ) from None
-    with folder_lock(results_dir, f"agriseg batch {survey_dir}") as previous:
+    with folder_lock(results_dir, f"agriseg batch {plan.survey_dir}") as previous:
         if previous is not None:
             log.warning(
                 "recovered the lock of %s, which stopped without finishing",
                 previous.describe(),
             )
         remove_stale_temporaries(results_dir)
-        manifest = Manifest(results_dir / MANIFEST_NAME, survey_dir)
+        manifest = Manifest(results_dir / MANIFEST_NAME, plan.survey_dir)
         manifest.data["last_batch"] = {
             "started": now(),
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "not_surveys": [p.name for p in plan.ignored],
         }
-        log.info("batch of %d survey(s) from %s into %s", len(surveys), survey_dir, results_dir)
+        surveys = plan.surveys
+        log.info(
+            "batch of %d survey(s) from %s into %s", len(surveys), plan.survey_dir, results_dir
+        )
+        if plan.ignored:
+            log.info(
+                "%d file(s) there are not surveys (%s): %s",
+                len(plan.ignored),
+                "not .tif or .tiff" if options.pattern is None else f"not {options.pattern!r}",
+                _named(plan.ignored),
+            )
         outcomes = []
         for n, path in enumerate(surveys, start=1):
             tag = f"[{n}/{len(surveys)}] {path.name}"
             entry = manifest.surveys.get(path.stem)
-            if not options.force and _is_done(entry, path, key, results_dir, options.checksum):
+            if not options.force and _is_done(entry, path, plan.key, results_dir, options.checksum):
                 log.info("%s: already done, skipped", tag)
                 outcomes.append(SurveyOutcome(path.stem, path, "skipped", 0.0))
                 continue
@@ -332,9 +393,9 @@ def run_batch(
             base = {
                 "input": str(path.resolve()),
                 "fingerprint": fingerprint(path, options.checksum),
-                "run_key": key,
+                "run_key": plan.key,
             }
-            outcome = _process(path, results_dir, config, manifest, base)
+            outcome = _process(path, results_dir, plan.config, manifest, base)
             if outcome.outcome == "failed":
                 log.error("%s: failed: %s", tag, outcome.error)
             else:
@@ -353,4 +414,4 @@ def run_batch(
             counts["failed"],
             counts["skipped"],
         )
-    return BatchResult(manifest.path, tuple(outcomes))
+    return BatchResult(manifest.path, tuple(outcomes), plan.ignored)

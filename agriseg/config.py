@@ -56,6 +56,13 @@ VECTOR_FORMATS: tuple[VectorFormat, ...] = ("geojson", "gpkg", "fgb")
 #: Valid ``--format`` values.
 FORMAT_CHOICES: tuple[FormatChoice, ...] = ("auto", *VECTOR_FORMATS)
 
+#: How ISOXML task data carries a prescription's rates: ``grid`` (a grid of rates, read
+#: by every terminal with TC-GEO) or ``zones`` (polygon treatment zones, optional there).
+IsoxmlLayout = Literal["grid", "zones"]
+
+#: Valid ``--isoxml`` values.
+ISOXML_LAYOUTS: tuple[IsoxmlLayout, ...] = ("grid", "zones")
+
 #: ``--polygons`` keywords (anything else is a comma-separated list of class names).
 POLYGON_KEYWORDS: tuple[str, ...] = ("roles", "all", "none")
 

@@ -27,10 +27,14 @@ from agriseg.classes import ClassList
 from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.health.health_stream import HealthStream
+from agriseg.health.preview import render_preview, save_png
 from agriseg.health.products import ClassRaster, HealthJob, TaskRunner, plan_health
+from agriseg.health.qgis import class_raster_style
+from agriseg.io.areas import as_pyproj
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.io.gdal_settings import on_workers, run_settings
-from agriseg.io.raster import RasterInfo, open_dataset, open_raster, pixel_grid_ok
+from agriseg.io.ownership import RUN_KINDS, check_free, listing, owned_outputs
+from agriseg.io.raster import RasterInfo, open_dataset, open_raster, parse_crs, pixel_grid_ok
 from agriseg.io.spectral import band_names
 from agriseg.models.inference import (
     Engine,
@@ -46,7 +50,6 @@ from agriseg.segmentation.raster_outputs import (
     ClassRasterWriter,
     block_size_for,
     class_raster_profile,
-    output_paths,
 )
 from agriseg.segmentation.scale import TilePlan, plan_tiles
 from agriseg.segmentation.segment import Block, segment_blocks
@@ -96,9 +99,18 @@ def _stage_seconds(task_stream: list[dict[str, Any]]) -> dict[str, float]:
 
 #: Why a plain image gets no field-health products.
 PIXEL_MODE_NOTE = (
-    "the input is not georeferenced: class and confidence rasters are on its pixel grid "
-    "without a CRS, and field-health polygons, statistics and preview were skipped "
-    "(they need a CRS); areas come from --gsd when given"
+    "the input is not georeferenced: class and confidence rasters (and the preview) are "
+    "on its pixel grid without a CRS, and field-health polygons and statistics were "
+    "skipped (they need a CRS); areas come from --gsd when given"
+)
+
+#: What the stage seconds of ``timings_s`` measure (summed over workers, so they may
+#: add up to more than ``total``).
+TIMINGS_NOTE = (
+    "total is wall-clock seconds; read, prepare, infer and stitch are summed over every "
+    "worker thread and process (CPU-seconds of work), so with several workers they can "
+    "exceed total; vectorise is the health pass's busy time, cog and write the calling "
+    "process's"
 )
 
 
@@ -149,6 +161,15 @@ def run_warnings(info: RasterInfo, valid_pixels: int, meta: ModelMeta) -> list[s
     return warnings
 
 
+def _assumed_crs_warnings(info: RasterInfo, assume_crs: str | None) -> list[str]:
+    if assume_crs is None or info.crs is None or info.crs == as_pyproj(parse_crs(assume_crs)):
+        return []
+    return [
+        f"{info.path}: has its own CRS ({info.crs.to_string()}), which was used: "
+        f"--assume-crs {assume_crs} is only for files without one"
+    ]
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """A run checked and set up before any output exists (see :func:`plan_run`).
@@ -163,7 +184,8 @@ class RunPlan:
         engine: What runs the model (``torch`` or ``onnx``).
         info: The validated input.
         tiles: The scale decision and the tile grid.
-        paths: Where the class and confidence rasters and the summary go.
+        paths: Where each product of the run goes, by kind (checked free or the
+            earlier run's, see :mod:`agriseg.io.ownership`).
         health: The field-health pass, or None for a plain image (no CRS).
         stream_health: Whether the health pass runs beside the segmentation.
     """
@@ -182,8 +204,15 @@ class RunPlan:
     stream_health: bool
 
 
-def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
-    """Check the model, the input and the options, and set the run up; writes nothing."""
+def plan_run(
+    input_path: Path, out_dir: Path, config: RunConfig, later: tuple[str, ...] = ()
+) -> RunPlan:
+    """Check the model, the input and the options, and set the run up; writes nothing.
+
+    ``later`` are kinds of products made after the run into its folder (plant counts,
+    prescriptions), whose names are checked with the run's own (see
+    :func:`agriseg.io.ownership.check_free`).
+    """
     weights, meta = find_model(config.model)
     if is_index_model(meta) and config.bands is None:
         from agriseg.models.index_engine import bands_for_input
@@ -196,6 +225,12 @@ def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
     if info.crs is not None:
         raster = ClassRaster(info.grid, class_raster_profile(info), meta.classes)
         health = plan_health(raster, config.health)
+        kinds = (*RUN_KINDS, *health.output_kinds)
+    else:  # pixel mode: no polygons, but a preview needs no CRS
+        kinds = (*RUN_KINDS, *(("preview",) if config.health.preview else ()))
+    inputs = [input_path, *([config.health.fields] if config.health.fields else [])]
+    paths = check_free(out_dir, input_path.stem, (*kinds, *later), inputs)
+    paths = {kind: paths[kind] for kind in kinds}
     stream = config.stream_health
     if stream is None:
         stream = device.startswith("cuda")
@@ -217,7 +252,7 @@ def plan_run(input_path: Path, out_dir: Path, config: RunConfig) -> RunPlan:
         engine,
         info,
         tiles,
-        output_paths(out_dir, input_path.stem),
+        paths,
         health,
         stream and health is not None,
     )
@@ -351,8 +386,10 @@ def _summarise(
         **health,
         "warnings": plan.tiles.scale.warnings()
         + run_warnings(info, valid, meta)
+        + _assumed_crs_warnings(info, plan.config.assume_crs)
         + health.get("warnings", []),
         "timings_s": timings_s,
+        "timings_note": TIMINGS_NOTE,
         "peak_rss_mb": peak_rss_mb(),
         "machine": platform.node(),
     }
@@ -378,21 +415,33 @@ def _health_after(
     return health, time.perf_counter() - started
 
 
+def _pixel_preview(
+    plan: RunPlan, writer: ClassRasterWriter, transaction: OutputTransaction
+) -> None:
+    """The preview of a run without a CRS (no health pass draws it): the classes over
+    the image, both on its pixel grid."""
+    with pixel_grid_ok():
+        image = render_preview(writer.staged["classes"], plan.input_path)
+    save_png(image, transaction.stage(plan.paths["preview"]))
+
+
 def segment_raster(
     input_path: Path,
     out_dir: Path,
     config: RunConfig,
     progress: Progress | None = None,
+    later: tuple[str, ...] = (),
 ) -> RunResult:
     """Segment ``input_path`` into class and confidence rasters and a summary.
 
     The input and options are validated before ``out_dir`` is touched
-    (:func:`plan_run`). Outputs appear together when the run succeeds; a failed run
-    leaves none (and removes ``out_dir`` if it created it), a killed one only
-    temporaries that the next run removes.
+    (:func:`plan_run`; ``later``: see there). Outputs appear together when the run
+    succeeds, and replace the earlier run's of the same input there as a whole (see
+    :mod:`agriseg.io.ownership`); a failed run leaves none (and removes ``out_dir`` if it
+    created it), a killed one only temporaries that the next run removes.
     """
     started = time.perf_counter()
-    plan = plan_run(input_path, out_dir, config)
+    plan = plan_run(input_path, out_dir, config, later)
     stem = input_path.stem
     with run_settings(), output_folder(out_dir), output_transaction() as transaction:
         staging = transaction.staging_folder(out_dir, "health")
@@ -434,12 +483,22 @@ def segment_raster(
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()
         writer.to_cogs()
+        qml = transaction.stage(plan.paths["classes_qml"])
+        qml.write_text(class_raster_style(plan.meta.classes), encoding="utf-8")
         stages["cog"] = round(time.perf_counter() - converting, 3)
-        health["outputs"] = {}
+        written = [plan.paths[kind] for kind in RUN_KINDS]
+        if job is None and "preview" in plan.paths:
+            _pixel_preview(plan, writer, transaction)
+            written.append(plan.paths["preview"])
         for product in sorted(staging.iterdir()):
-            final = out_dir / product.name
-            transaction.adopt(product, final)
-            health["outputs"][product.name] = str(final)
+            written.append(out_dir / product.name)
+            transaction.adopt(product, written[-1])
+        assert set(written) == set(plan.paths.values()), f"{written} != {plan.paths}"
+        # The earlier run's products that this one does not write again go with it.
+        for kind, earlier in owned_outputs(out_dir, stem).items():
+            if kind not in plan.paths:
+                transaction.remove(earlier)
+        health["outputs"] = listing(stem, written)
         stages["vectorise"] = round(health_s, 3)
         stages["read"] = round(tally.read_s, 3)
         stages["prepare"] = round(tally.prepare_s, 3)

@@ -10,6 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agriseg_cli.common import (
+    EXIT_ERROR,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
     add_health_options,
     add_plant_options,
     add_prescription_options,
@@ -34,12 +37,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Segment every raster matching --pattern in SURVEY_DIR into "
         "OUT/<stem>/. Surveys already done with the same input, model and options are "
         "skipped; a failed survey is recorded in OUT/manifest.json and the batch goes on. "
-        "Exit status: 0 all succeeded, 1 some surveys failed, 2 the batch could not run.",
+        "The night's log is OUT/logs/agriseg-YYYYMMDD.log.",
+        epilog=f"Exit status: 0 every survey succeeded or was already done; "
+        f"{EXIT_SURVEYS_FAILED} some surveys failed (see the manifest); {EXIT_ERROR} the batch "
+        "could not run (no surveys, bad options, results folder unusable or locked); "
+        f"{EXIT_INTERNAL} internal error (a bug: rerun with --debug and report "
+        f"it); {EXIT_INTERRUPTED} interrupted (Ctrl-C: the next batch redoes the survey it "
+        "stopped in).",
     )
     parser.add_argument("survey_dir", type=Path, help="folder holding the survey rasters")
     parser.add_argument("--out", type=Path, required=True, help="results folder")
     parser.add_argument(
-        "--pattern", default="*.tif", help="glob selecting the surveys (default '*.tif')"
+        "--pattern",
+        default=None,
+        help="glob selecting the surveys, e.g. 'plot_*.tif' (default: every .tif and .tiff "
+        "file, in any letter case); the other files are listed as not surveys",
     )
     parser.add_argument("--force", action="store_true", help="redo surveys already done")
     parser.add_argument(
@@ -83,16 +95,18 @@ def batch_logging(results_dir: Path, quiet: bool) -> Iterator[logging.FileHandle
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.batch import BatchOptions, run_batch
+    from agriseg.batch import BatchOptions, execute_batch, plan_batch
     from agriseg.field.plants import count_run
     from agriseg.field.prescriptions import prescribe
 
     options = BatchOptions(pattern=args.pattern, force=args.force, checksum=args.checksum)
     prescription = prescription_options_from_args(args)  # a bad table fails first
     plants = plant_options_from_args(args)
+    # checked before the log exists: a batch that cannot run leaves nothing behind
+    plan = plan_batch(args.survey_dir, args.out, config_from_args(args), options)
     with batch_logging(args.out, args.quiet) as log_file:
         try:
-            result = run_batch(args.survey_dir, args.out, config_from_args(args), options)
+            result = execute_batch(plan)
         except AgrisegError as exc:
             # stderr gets the error from main(); the night's log must have it too.
             log_file.handle(
@@ -106,12 +120,13 @@ def execute(args: argparse.Namespace) -> int:
         print_table(("survey", "status", "seconds"), rows)
         for survey in result.failed:
             print(f"{survey.name} failed: {survey.error}")
+        if result.ignored:
+            print(f"not surveys: {', '.join(p.name for p in result.ignored)}")
         print(f"manifest: {result.manifest}; log: {log_file.baseFilename}")
     if prescription is not None:
         done = [s for s in result.surveys if s.outcome != "failed"]
         prescribed = [r for s in done for r in prescribe(args.out / s.name, prescription)]
-        if not args.quiet:
-            print_prescriptions(prescribed)
+        print_prescriptions(prescribed, quiet=args.quiet)
     if plants is not None:
         done = [s for s in result.surveys if s.outcome != "failed"]
         counted = [r for s in done for r in count_run(args.out / s.name, plants)]

@@ -11,12 +11,25 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from agriseg.config import FORMAT_CHOICES, REFINEMENTS, HealthOptions
+from agriseg.config import FORMAT_CHOICES, ISOXML_LAYOUTS, REFINEMENTS, HealthOptions
 from agriseg.errors import InputError
 
 if TYPE_CHECKING:
     from agriseg.field.plants import PlantOptions, PlantResult
     from agriseg.field.prescriptions import PrescriptionOptions, PrescriptionResult
+
+
+#: Exit statuses of every command (``batch`` adds 1: some surveys failed).
+EXIT_ERROR = 2  # an AgrisegError: bad input, options or output folder (or bad arguments)
+EXIT_INTERNAL = 3  # an exception agriseg did not expect: a bug
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+#: The exit statuses, for a command's ``--help``.
+EXIT_STATUS = (
+    f"Exit status: 0 done; {EXIT_ERROR} bad input, options or output folder (one line on "
+    f"stderr saying what to fix); {EXIT_INTERNAL} internal error (a bug: rerun with --debug "
+    f"and report it); {EXIT_INTERRUPTED} interrupted (Ctrl-C)."
+)
 
 
 def band_list(text: str) -> tuple[int, ...]:
@@ -89,7 +102,10 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         "(default: matched to the model's bands by name)",
     )
     parser.add_argument(
-        "--assume-crs", default=None, help="CRS for rasters that lack one, e.g. EPSG:32633"
+        "--assume-crs",
+        default=None,
+        help="CRS for rasters that lack one, e.g. EPSG:32633 (a file's own CRS wins, with "
+        "a warning; a plain photo without a geotransform cannot take one)",
     )
     parser.add_argument(
         "--gsd",
@@ -358,11 +374,40 @@ def add_prescription_options(parser: argparse.ArgumentParser, after_run: bool = 
         default=2.0,
         help="rate on the weed patches, in the rate table's unit (default 2.0; l/ha without one)",
     )
+    group.add_argument(
+        "--isoxml",
+        choices=ISOXML_LAYOUTS,
+        default="grid",
+        help="how the ISOXML task data carries the rates: grid (a rate per grid cell, read "
+        "by every terminal with TC-GEO) or zones (polygons, optional on terminals; "
+        "default grid)",
+    )
+    group.add_argument(
+        "--cell",
+        type=float,
+        default=None,
+        metavar="M",
+        help="cell edge of the ISOXML grid, metres (default: the --grid zones' own; "
+        "1 m for spot spraying, 5 m for --fields)",
+    )
+    for name, what in (
+        ("customer", "customer"),
+        ("farm", "farm"),
+        ("field", "field (partfield) the terminal lists the tasks under; default: the survey's"),
+        ("product", "product applied"),
+    ):
+        group.add_argument(
+            f"--{name}",
+            default=None,
+            metavar="NAME",
+            help=f"name of the {what} (wins over the rate table's '{name}:' line)",
+        )
 
 
 def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOptions | None:
     """The prescription options, or ``None`` when ``run``/``batch`` were not asked for any."""
     from agriseg.field.prescriptions import PrescriptionOptions, parse_rate_table, read_rate_table
+    from agriseg.field.taskdata import TaskNames
 
     if not (getattr(args, "prescribe", True) or args.rates or args.rate):
         return None
@@ -394,19 +439,28 @@ def prescription_options_from_args(args: argparse.Namespace) -> PrescriptionOpti
         rates=rates,
         # after a run, its fields are rated when it has no grid
         fields=args.fields if not after_run or args.grid is None else None,
+        isoxml=args.isoxml,
+        cell_m=args.cell,
+        names=TaskNames(args.customer, args.farm, args.field, args.product),
     )
 
 
-def print_prescriptions(results: Sequence[PrescriptionResult]) -> None:
-    """One row per prescription file written."""
-    rows = []
+def print_prescriptions(results: Sequence[PrescriptionResult], quiet: bool = False) -> None:
+    """One row per prescription and its files (unless ``quiet``), then any warning on
+    stderr (always)."""
+    if not quiet:
+        rows = []
+        for r in results:
+            zones = ", ".join(f"{n} at {rate:g}" for rate, n in sorted(r.zone_rates.items()))
+            share = f"{r.spot_share:.0%}"
+            rows.append((r.stem, r.spot_sections, r.spot_area_m2, share, zones or "-"))
+        print_table(("input", "spray sections", "spray area m²", "of surveyed", "zones"), rows)
+        for r in results:
+            for path in r.outputs.values():
+                print(path)
     for r in results:
-        zones = ", ".join(f"{n} at {rate:g}" for rate, n in sorted(r.zone_rates.items()))
-        rows.append((r.stem, r.spot_sections, r.spot_area_m2, zones or "-"))
-    print_table(("input", "spray sections", "spray area m²", "zones"), rows)
-    for r in results:
-        for path in r.outputs.values():
-            print(path)
+        for line in r.warnings:
+            print(f"warning: {line}", file=sys.stderr)
 
 
 def add_plant_options(parser: argparse.ArgumentParser) -> None:

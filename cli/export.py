@@ -30,11 +30,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from agriseg.models.onnx_export import export_model
+    from agriseg.models.onnx_export import deepness_metadata, deepness_overlap_px, export_model
 
     path, meta = export_model(args.model, args.out, args.tile_size)
     print(
         f"{path}: {meta.name}, {len(meta.classes)} classes ({', '.join(meta.classes.names)}), "
         f"{meta.tile_size} px tiles, bands {', '.join(meta.bands)}"
+    )
+    deepness = deepness_metadata(meta, meta.tile_size)
+    overlap = deepness["tiles_overlap"]
+    resolution = f"resolution {deepness['resolution']} cm/px, " if "resolution" in deepness else ""
+    print(
+        f"Deepness defaults: {resolution}overlap {overlap} % "
+        f"({deepness_overlap_px(meta.tile_size, overlap)} px), remove small segments off"
     )
     return 0

@@ -13,6 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from agriseg_cli.common import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED
+
 from agriseg import __version__
 from agriseg.errors import AgrisegError
 
@@ -30,9 +32,6 @@ COMMANDS = (
     "generate",
 )
 
-EXIT_ERROR = 2
-EXIT_INTERNAL = 3
-EXIT_INTERRUPTED = 130
 
 #: Positional arguments that name a command's input, for the internal-error message.
 INPUT_ARGS = ("input", "raster", "rasters", "survey_dir", "run_dir")

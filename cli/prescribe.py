@@ -15,8 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Write spot-spray sections around the weed patches of every run in "
         "RUN_DIR and, with a rate table, a rate for each management zone: "
         "<stem>.spot.shp.zip and <stem>.zones.shp.zip (WGS84 Shapefiles, field RATE), "
-        "<stem>.taskdata.zip (ISOXML TASKDATA for ISOBUS terminals) and "
-        "<stem>.prescription.gpkg (styled by rate for QGIS).",
+        "<stem>.taskdata.zip (ISOXML TASKDATA for ISOBUS terminals: a rate grid by "
+        "default, or polygon zones) and <stem>.prescription.gpkg (styled by rate for "
+        "QGIS). Everything is clipped to the surveyed area (the class raster's valid "
+        "pixels). See docs/sprayer.md.",
     )
     parser.add_argument("run_dir", type=Path, help="--out folder of agriseg run (or a batch's)")
     parser.add_argument(
@@ -36,6 +38,5 @@ def execute(args: argparse.Namespace) -> int:
     options = common.prescription_options_from_args(args)
     assert options is not None  # prescribe always prescribes
     results = prescribe(args.run_dir, options, args.out)
-    if not args.quiet:
-        common.print_prescriptions(results)
+    common.print_prescriptions(results, quiet=args.quiet)
     return 0

@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Segment a georeferenced orthomosaic (or a plain photo, on its pixel "
         "grid) into the model's classes and write a class raster, confidence raster, "
         "field-health polygons and summary.",
+        epilog="A run owns its output files: a rerun into the same --out replaces the "
+        "earlier run's products of the same input as a whole (those listed in its "
+        "<stem>.summary.json), and refuses to replace any other file. " + common.EXIT_STATUS,
     )
     parser.add_argument("input", type=Path, help="GeoTIFF (or any GDAL raster) to segment")
     parser.add_argument(
@@ -66,13 +69,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def execute(args: argparse.Namespace) -> int:
     from agriseg.field.plants import count_run
     from agriseg.field.prescriptions import prescribe
+    from agriseg.io.ownership import PLANT_KINDS, PRESCRIPTION_KINDS
     from agriseg.run import default_out_dir, segment_raster
 
     out = args.out or default_out_dir(args.input)
     prescription = common.prescription_options_from_args(args)  # a bad table fails first
     plants = common.plant_options_from_args(args)
+    # their names are checked with the run's, before anything is written
+    later = (*(PRESCRIPTION_KINDS if prescription else ()), *(PLANT_KINDS if plants else ()))
     with common.progress_bar(f"segmenting {args.input.name}", args.quiet) as progress:
-        result = segment_raster(args.input, out, config_from_args(args), progress)
+        result = segment_raster(args.input, out, config_from_args(args), progress, later)
     for warning in result.warnings:
         print(f"agriseg run: warning: {warning}", file=sys.stderr)
     if not args.quiet:
@@ -95,8 +101,7 @@ def execute(args: argparse.Namespace) -> int:
             )
     if prescription is not None:
         results = prescribe(out, prescription, stems=[args.input.stem])
-        if not args.quiet:
-            common.print_prescriptions(results)
+        common.print_prescriptions(results, quiet=args.quiet)
     if plants is not None:
         counted = count_run(out, plants, stems=[args.input.stem])
         if not args.quiet:

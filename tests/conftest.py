@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,18 @@ def read_classes(out_dir: Path, stem: str) -> tuple[np.ndarray, dict]:
             "tags": src.tags(),
             "nodata": src.nodata,
         }
+
+
+#: ``application_id`` and ``user_version`` of the GeoPackages agriseg writes (1.2).
+GEOPACKAGE_1_2 = ("GPKG", 10200)
+
+
+def geopackage_version(path: Path) -> tuple[str, int]:
+    """A GeoPackage's ``application_id`` (as its four letters) and ``user_version``."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (application_id,) = db.execute("PRAGMA application_id").fetchone()
+        (user_version,) = db.execute("PRAGMA user_version").fetchone()
+    return application_id.to_bytes(4, "big").decode("ascii"), user_version
 
 
 @pytest.fixture

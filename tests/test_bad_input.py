@@ -69,6 +69,15 @@ def test_truncated_geotiff(tmp_path, capsys):
     assert str(path) in msg and "re-export" in msg
 
 
+def test_geotiff_cut_off_before_its_directory_is_told_to_copy_again(tmp_path, capsys):
+    # An interrupted copy: the TIFF header is there, its directory is not.
+    path = good(tmp_path, size=256)
+    os.truncate(path, 64)
+    msg = run_bad(path, tmp_path / "out", capsys)
+    assert f"{path}: a TIFF file that cannot be read" in msg
+    assert "copy it again from the source" in msg and "re-export" not in msg
+
+
 def test_corrupt_tiles_fail_mid_run_with_a_read_error(tmp_path, capsys):
     # The header is intact, so the file opens and validates; decoding tiles fails
     # later, inside a Dask task, after the output folder and temporaries exist.

@@ -15,8 +15,9 @@ from rio_cogeo.cogeo import cog_validate
 from agriseg.classes import NODATA, ClassList
 from agriseg.io.atomic import output_transaction
 from agriseg.io.grid import Grid
+from agriseg.io.ownership import output_paths
 from agriseg.io.raster import RasterInfo
-from agriseg.segmentation.raster_outputs import ClassRasterWriter, output_paths
+from agriseg.segmentation.raster_outputs import ClassRasterWriter
 
 CLASSES = ClassList.build(["soil", "crop", "weed"])
 SIZE = 1300  # overviews at 2 (650) and 4 (325): down to one 512-px block

@@ -1,6 +1,7 @@
 import geopandas as gpd
 import numpy as np
 import rasterio
+from conftest import GEOPACKAGE_1_2, geopackage_version
 
 
 def test_generate_writes_a_reproducible_labelled_survey(tmp_path, run_cli):
@@ -17,3 +18,5 @@ def test_generate_writes_a_reproducible_labelled_survey(tmp_path, run_cli):
         assert labels.shape == (96, 96)
     polygons = gpd.read_file(tmp_path / "a" / "survey.labels.gpkg")
     assert set(polygons["class"]) <= {"soil", "crop", "weed", "diseased"}
+    for product in ("labels", "plants"):
+        assert geopackage_version(tmp_path / "a" / f"survey.{product}.gpkg") == GEOPACKAGE_1_2

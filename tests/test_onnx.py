@@ -14,8 +14,13 @@ from agriseg.config import RunConfig
 from agriseg.errors import InputError
 from agriseg.models.architectures import ARCHITECTURES, build_model, default_encoder
 from agriseg.models.inference import resolve_engine
-from agriseg.models.meta import ModelMeta
-from agriseg.models.onnx_export import CACHE_ENV, cached_export, export_model
+from agriseg.models.meta import SIZE_DIVISOR, ModelMeta
+from agriseg.models.onnx_export import (
+    CACHE_ENV,
+    cached_export,
+    deepness_overlap_px,
+    export_model,
+)
 from agriseg.models.onnx_format import AGRISEG_META_KEY, OPSET
 from agriseg.models.onnx_graph import export_bytes
 from agriseg.models.registry import find_model, load_model
@@ -72,6 +77,8 @@ def test_every_deepness_metadata_key_is_json_of_the_right_type(exported):
     for key in ("tile_size", "tiles_size"):
         assert values[key] == TILE and isinstance(values[key], int)
     assert isinstance(values["tiles_overlap"], int) and 0 <= values["tiles_overlap"] < 50
+    # Deepness's stride (tile minus its overlap) stays on the model's 32 px grid.
+    assert (TILE - deepness_overlap_px(TILE, values["tiles_overlap"])) % SIZE_DIVISOR == 0
     for key, expected in (
         ("standardization_mean", meta.normalization.mean),
         ("standardization_std", meta.normalization.std),
@@ -79,7 +86,8 @@ def test_every_deepness_metadata_key_is_json_of_the_right_type(exported):
         assert isinstance(values[key], list) and all(isinstance(v, float) for v in values[key])
         assert values[key] == pytest.approx(list(expected[:3]))
     assert isinstance(values["seg_thresh"], float) and 0 <= values["seg_thresh"] < 1
-    assert isinstance(values["seg_small_segment"], int) and values["seg_small_segment"] >= 0
+    # 0 leaves Deepness's median filter off, as agriseg's class raster has none.
+    assert isinstance(values["seg_small_segment"], int) and values["seg_small_segment"] == 0
     # agriseg's own metadata, read back by find_model: the exported tile size.
     assert values[AGRISEG_META_KEY]["tile_size"] == TILE
     _, onnx_meta = find_model(exported)

@@ -97,21 +97,32 @@ def test_index_masks_paired_by_glob_without_gsd(tmp_path: Path, run_cli) -> None
     assert meta["training"]["images"] == [str(tmp_path / "plot3.png"), str(tmp_path / "plot4.png")]
 
 
+def shot(folder: Path) -> Path:
+    """``folder/shot.png``: a plain photo, no georeferencing."""
+    image, _ = photo(5)
+    Image.fromarray(image).save(folder / "shot.png")
+    return folder / "shot.png"
+
+
 def test_run_on_a_plain_photo_writes_pixel_grid_outputs_without_polygons(
     tmp_path: Path, run_cli, capsys
 ) -> None:
-    image, _ = photo(5)
-    Image.fromarray(image).save(tmp_path / "shot.png")
     out = tmp_path / "out"
-    code = run_cli("run", tmp_path / "shot.png", "--out", out, "--device", "cpu")
+    code = run_cli("run", shot(tmp_path), "--out", out, "--device", "cpu")
     assert code == 0
     assert "not georeferenced" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [
+        "shot.classes.qml",
         "shot.classes.tif",
+        "shot.classes.tif.aux.xml",
         "shot.confidence.tif",
+        "shot.preview.png",  # a preview needs no CRS
         "shot.summary.json",
     ]
+    with Image.open(out / "shot.preview.png") as preview:
+        assert preview.size == (128, 128)
     summary = json.loads((out / "shot.summary.json").read_text())
+    assert summary["outputs"]["preview"] == "shot.preview.png"
     assert summary["input"]["crs"] is None and "health" not in summary
     assert "field-health polygons" in summary["notes"][0]
     assert sum(c["pixels"] for c in summary["classes"]) == 128 * 128
@@ -124,6 +135,26 @@ def test_run_on_a_plain_photo_writes_pixel_grid_outputs_without_polygons(
     summary = json.loads((tmp_path / "gsd" / "shot.summary.json").read_text())
     for c in summary["classes"]:
         assert c["area_m2"] == pytest.approx(c["pixels"] * 0.02**2)
+
+
+def test_plants_and_assume_crs_on_a_photo_say_to_georeference_it(
+    tmp_path: Path, run_cli, capsys
+) -> None:
+    out = tmp_path / "out"
+    assert run_cli("run", shot(tmp_path), "--out", out, *CPU) == 0
+    assert run_cli("plants", out, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "the run was on a plain image's pixel grid (no CRS)" in err
+    assert "georeference the image first" in err and "--assume-crs" not in err
+    assert run_cli("prescribe", out, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "no map to spray by; georeference the image first" in err and "--assume" not in err
+    assert not list(out.glob("*.plants.*")) and not list(out.glob("*.prescription.*"))
+    # --assume-crs cannot place a photo: the message says so, and what to do
+    assert run_cli("run", tmp_path / "shot.png", "--out", tmp_path / "o2", "--assume-crs",
+                   "EPSG:32633", *CPU) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "which --assume-crs cannot place on the ground; drop --assume-crs" in err
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
-from conftest import write_raster
+from conftest import GEOPACKAGE_1_2, geopackage_version, write_raster
 from scipy.spatial import cKDTree
 
 from agriseg.classes import DEFAULT_CLASSES
@@ -136,6 +136,7 @@ def test_run_with_plants_counts_them(finished_run) -> None:
     assert "missing_plants" in [
         name for name, _ in pyogrio.list_layers(out / f"{stem}.plants.gpkg")
     ]
+    assert geopackage_version(out / f"{stem}.plants.gpkg") == GEOPACKAGE_1_2
 
 
 def test_plants_command_per_field_and_zone(finished_run, run_cli, capsys, tmp_path: Path) -> None:

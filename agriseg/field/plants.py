@@ -27,10 +27,10 @@ each plant's ``class`` is the class of most of its pixels.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +47,13 @@ from scipy import ndimage
 from agriseg.classes import NODATA, ClassList
 from agriseg.errors import InputError
 from agriseg.health.health_stats import ZoneLabeller, raster_crs
-from agriseg.health.vector_outputs import geopackage_output
 from agriseg.health.vectorize import blocks
 from agriseg.health.zones import field_labeller, grid_labeller, make_grid, read_fields
 from agriseg.io.areas import pixel_size_m
-from agriseg.io.atomic import write_text_atomic
+from agriseg.io.atomic import OutputTransaction, output_transaction
+from agriseg.io.geopackage import write_layer
+from agriseg.io.ownership import PLANT_KINDS, check_free, output_paths, record_outputs
+from agriseg.io.raster import GEOREFERENCE_FIX
 
 #: Share of a slot's core that plant pixels must cover for the slot to hold a plant.
 OCCUPIED = 0.75
@@ -591,14 +593,26 @@ class PlantResult:
     json: Path
 
 
-def write_plants(count: PlantCount, transform: Affine, gpkg: Path, summary: Path) -> None:
+def write_plants(
+    count: PlantCount,
+    transform: Affine,
+    gpkg: Path,
+    summary: Path,
+    transaction: OutputTransaction | None = None,
+) -> None:
     """Write the ``plants`` and ``missing_plants`` point layers and the JSON summary,
-    each file atomically."""
-    with geopackage_output(gpkg) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        count.plants.to_file(tmp, driver="GPKG", layer="plants")
-        count.missing.to_file(tmp, driver="GPKG", layer="missing_plants")
-    write_text_atomic(summary, json.dumps(count.summary(transform), indent=2) + "\n")
+    staged in ``transaction`` (both appear together), or each file atomically."""
+    with contextlib.ExitStack() as stack:
+        if transaction is None:
+            transaction = stack.enter_context(output_transaction())
+        staged = transaction.stage(gpkg)
+        # GDAL wants the GeoPackage's extension on the file it writes.
+        work = staged.with_name(staged.name + gpkg.suffix)
+        transaction.adopt(work, gpkg)
+        write_layer(count.plants, work, "plants")
+        write_layer(count.missing, work, "missing_plants")
+        text = json.dumps(count.summary(transform), indent=2) + "\n"
+        transaction.stage(summary).write_text(text, encoding="utf-8")
 
 
 def count_run(
@@ -606,11 +620,25 @@ def count_run(
 ) -> list[PlantResult]:
     """Count the plants of every run in ``run_dir`` (a run's or a batch's ``--out``; or
     those of ``stems``) and write ``<stem>.plants.gpkg`` and ``<stem>.plants.json``
-    beside each run's outputs."""
+    beside each run's outputs, listed in its summary.
+
+    A file of either name that the run's summary does not list (e.g. the generator's
+    truth ``<stem>.plants.gpkg`` in the input's folder) is never replaced: the count
+    is refused before anything is written (see :mod:`agriseg.io.ownership`).
+    """
     from agriseg.field.prescriptions import find_runs
 
+    runs = [r for r in find_runs(run_dir) if stems is None or r.stem in stems]
+    for run in runs:
+        if run.summary.get("input", {"crs": ""}).get("crs") is None:
+            raise InputError(
+                f"{run.summary_path}: the run was on a plain image's pixel grid (no CRS), so "
+                f"plants cannot be spaced in metres or placed on a map; {GEOREFERENCE_FIX}"
+            )
+        inputs = [options.fields] if options.fields else []
+        check_free(run.run_dir, run.stem, PLANT_KINDS, inputs)
     results = []
-    for run in [r for r in find_runs(run_dir) if stems is None or r.stem in stems]:
+    for run in runs:
         classes_path = run.run_dir / f"{run.stem}.classes.tif"
         if not classes_path.is_file():
             raise InputError(
@@ -620,8 +648,10 @@ def count_run(
         count = count_plants(classes_path, options, gsd_m=gsd)
         with rasterio.open(classes_path) as src:
             transform = src.transform
-        gpkg = run.run_dir / f"{run.stem}.plants.gpkg"
-        summary = run.run_dir / f"{run.stem}.plants.json"
-        write_plants(count, transform, gpkg, summary)
+        paths = output_paths(run.run_dir, run.stem, PLANT_KINDS)
+        gpkg, summary = paths["plants_gpkg"], paths["plants_json"]
+        with output_transaction() as transaction:
+            write_plants(count, transform, gpkg, summary, transaction)
+            record_outputs(transaction, run.run_dir, run.stem, paths.values())
         results.append(PlantResult(run.stem, count, gpkg, summary))
     return results

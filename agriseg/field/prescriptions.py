@@ -6,13 +6,16 @@ zones (layer ``zones``, from ``agriseg run --grid``) get a rate from a
 :class:`RateTable`, a plain-text file an agronomist can read::
 
     # herbicide by weed pressure, first matching line wins
+    product: Herbicide X
     weed_pressure >= 30%: 2.0 l/ha
     weed_pressure >= 0.10: 1.5 l/ha
     otherwise: 0 l/ha
 
-Both prescriptions are written as a zipped ESRI Shapefile in WGS84 (most terminals
-and farm software), as ISO 11783-10 task data (``TASKDATA/TASKDATA.XML``, zipped, for
-ISOBUS task controllers) and as a GeoPackage styled by rate for QGIS.
+Sections and zones are clipped to the surveyed area (the class raster's valid pixels);
+grid-cell slivers at the survey's edge join a neighbouring zone. Both prescriptions are
+written as a zipped ESRI Shapefile in WGS84 (most terminals and farm software), as
+ISO 11783-10 task data (:mod:`agriseg.field.taskdata`, zipped, for ISOBUS task controllers)
+and as a GeoPackage styled by rate for QGIS.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import re
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -35,19 +37,32 @@ import pyogrio
 import shapely
 from pyproj import CRS
 
-from agriseg import __version__
+from agriseg.classes import ClassList
+from agriseg.config import ISOXML_LAYOUTS, IsoxmlLayout
 from agriseg.errors import InputError
+from agriseg.field.footprint import SurveyedArea, surveyed_area
+from agriseg.field.taskdata import RATE_UNITS, WGS84, TaskNames, build_taskdata
 from agriseg.health.qgis import WEED_PRESSURE_RANGES, graduated_qml, write_layer_styles
-from agriseg.health.zones import grid_crs, read_fields
+from agriseg.health.zones import grid_crs, join_slivers, read_fields
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
+from agriseg.io.geopackage import write_layer
+from agriseg.io.ownership import PRESCRIPTION_KINDS, check_free, record_outputs, summary_path
+from agriseg.io.raster import GEOREFERENCE_FIX
 
+#: Rate units of the rate tables (see :data:`agriseg.field.taskdata.RATE_UNITS`).
 Unit = Literal["l/ha", "kg/ha"]
 
-#: Per unit: the ISO 11783-11 DDI of its setpoint rate and the factor from the unit to
-#: the DDI's (1 l/ha = 100 mm³/m², DDI 1; 1 kg/ha = 100 mg/m², DDI 6).
-ISO_RATE_DDI: dict[str, tuple[int, int]] = {"l/ha": (0x0001, 100), "kg/ha": (0x0006, 100)}
+#: Zone statistics that are shares from 0 to 1 (besides every ``<class>_share``).
+SHARE_STATISTICS = ("weed_pressure", "disease_incidence", "vegetation_cover")
 
-WGS84 = CRS.from_epsg(4326)
+#: Spot spraying sections covering more than this share of the surveyed area spray
+#: nearly everything: the prescription says so (the saving over a blanket spray is gone).
+SPOT_WARN_SHARE = 0.5
+
+#: Task-data grid cell, metres, where no --cell is given: spot spraying and fields
+#: (grid zones use their own cell size).
+SPOT_CELL_M = 1.0
+FIELD_CELL_M = 5.0
 
 #: Layers of ``<stem>.prescription.gpkg``.
 ZONE_LAYER = "prescription"
@@ -59,6 +74,7 @@ PRESCRIPTION_SUFFIXES = {
     "spot_shp": ".spot.shp.zip",
     "zones_shp": ".zones.shp.zip",
     "taskdata": ".taskdata.zip",
+    "summary": ".prescription.json",
 }
 
 RULE_EXAMPLE = "write rules as 'weed_pressure >= 0.10: 1.5 l/ha' and end with 'otherwise: 0 l/ha'"
@@ -70,7 +86,8 @@ _RULE = re.compile(
     rf"(?P<threshold>-?(?:{_NUMBER}))\s*(?P<percent>%?)\s*:\s*{_RATE}$"
 )
 _OTHERWISE = re.compile(rf"^otherwise\s*:\s*{_RATE}$", re.IGNORECASE)
-_PRODUCT = re.compile(r"^product\s*:\s*(?P<name>\S.*)$", re.IGNORECASE)
+#: Name lines of a rate table (``product: Herbicide X``), see :class:`TaskNames`.
+_NAME = re.compile(r"^(?P<what>product|customer|farm|field)\s*:\s*(?P<name>\S.*)$", re.IGNORECASE)
 _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
     ">": operator.gt,
@@ -97,13 +114,17 @@ class RateRule:
 class RateTable:
     """Rules tried top to bottom; a zone gets the rate of the first rule it matches.
 
-    ``product`` is the name of what is applied (the table's ``product:`` line), if given.
+    ``names`` are the table's ``product:``, ``customer:``, ``farm:`` and ``field:`` lines.
     """
 
     rules: tuple[RateRule, ...]
     unit: Unit
     source: str
-    product: str | None = None
+    names: TaskNames = TaskNames()
+
+    @property
+    def product(self) -> str | None:
+        return self.names.product
 
     @property
     def statistics(self) -> tuple[str, ...]:
@@ -140,7 +161,10 @@ def _rule_error(where: str, problem: str, fix: str = RULE_EXAMPLE) -> InputError
 
 def parse_rate_table(lines: Sequence[str], source: str, line_numbers: bool = True) -> RateTable:
     """Parse rate rules (one per line; ``#`` starts a comment; blank lines are skipped)
-    and an optional ``product: NAME`` line.
+    and optional ``product:``, ``customer:``, ``farm:`` and ``field:`` name lines.
+
+    A share (``weed_pressure``, ``<class>_share``...) runs from 0 to 1: a threshold above
+    1 is refused, with its spelling as a percentage and as a share.
 
     Args:
         lines: The table's lines.
@@ -154,22 +178,22 @@ def parse_rate_table(lines: Sequence[str], source: str, line_numbers: bool = Tru
     unit: str | None = None
     unit_where = ""
     last = source
-    product: str | None = None
-    product_where = ""
+    names: dict[str, tuple[str, str]] = {}  # what -> (name, where)
     for n, raw in enumerate(lines, start=1):
         text = raw.split("#", 1)[0].strip()
         if not text:
             continue
         where = f"{source}:{n}" if line_numbers else f"{source} #{n}"
-        named = _PRODUCT.match(text)
+        named = _NAME.match(text)
         if named is not None:
-            if product is not None:
+            what = named["what"].lower()
+            if what in names:
                 raise _rule_error(
                     where,
-                    f"a second product line (the first is {product_where})",
-                    "give one product per table",
+                    f"a second {what} line (the first is {names[what][1]})",
+                    f"give one {what} per table",
                 )
-            product, product_where = named["name"].strip(), where
+            names[what] = (named["name"].strip(), where)
             continue
         last = where
         if rules and rules[-1].statistic is None:
@@ -183,11 +207,11 @@ def parse_rate_table(lines: Sequence[str], source: str, line_numbers: bool = Tru
         if match is None:
             raise _rule_error(where, f"cannot read {text!r}")
         groups = match.groupdict()
-        if groups["unit"] not in ISO_RATE_DDI:
+        if groups["unit"] not in RATE_UNITS:
             raise _rule_error(
                 where,
                 f"unknown unit {groups['unit']!r}",
-                f"use one of {', '.join(ISO_RATE_DDI)} (e.g. '1.5 l/ha')",
+                f"use one of {', '.join(RATE_UNITS)} (e.g. '1.5 l/ha')",
             )
         if unit is None:
             unit, unit_where = groups["unit"], where
@@ -204,6 +228,14 @@ def parse_rate_table(lines: Sequence[str], source: str, line_numbers: bool = Tru
         threshold = float(groups.get("threshold") or 0.0)
         if groups.get("percent"):
             threshold /= 100
+        elif statistic is not None and _is_share(statistic) and abs(threshold) > 1:
+            op = groups["op"]
+            raise _rule_error(
+                where,
+                f"{statistic} is a share from 0 to 1, so '{op} {groups['threshold']}' never "
+                "decides",
+                f"write '{op} {groups['threshold']}%' or '{op} {threshold / 100:g}'",
+            )
         rules.append(RateRule(statistic, groups.get("op") or "", threshold, rate, where))
     if not rules:
         raise _rule_error(source, "no rate rules")
@@ -213,7 +245,15 @@ def parse_rate_table(lines: Sequence[str], source: str, line_numbers: bool = Tru
             "the table has no 'otherwise' line, so zones that match no rule would get no rate",
             f"end it with 'otherwise: 0 {unit}'",
         )
-    return RateTable(tuple(rules), cast(Unit, unit), source, product)
+    try:
+        task_names = TaskNames(**{what: name for what, (name, _) in names.items()})
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    return RateTable(tuple(rules), cast(Unit, unit), source, task_names)
+
+
+def _is_share(statistic: str) -> bool:
+    return statistic in SHARE_STATISTICS or statistic.endswith("_share")
 
 
 def read_rate_table(path: Path) -> RateTable:
@@ -242,6 +282,11 @@ class PrescriptionOptions:
         rates: Zone rates, or ``None`` for the spot-spray prescription alone.
         fields: Field boundaries (the file the run got as ``--fields``) to rate
             instead of the run's grid cells.
+        isoxml: How the task data carries the rates: ``grid`` or ``zones`` (polygons).
+        cell_m: Task-data grid cell, metres (default: the zones' own cells, else
+            :data:`SPOT_CELL_M` and :data:`FIELD_CELL_M`).
+        names: Customer, farm, field and product names; they win over the rate
+            table's.
     """
 
     buffer_m: float = 0.5
@@ -250,6 +295,9 @@ class PrescriptionOptions:
     unit: Unit = "l/ha"
     rates: RateTable | None = None
     fields: Path | None = None
+    isoxml: IsoxmlLayout = "grid"
+    cell_m: float | None = None
+    names: TaskNames = TaskNames()
 
     def __post_init__(self) -> None:
         for name, value in (
@@ -259,6 +307,15 @@ class PrescriptionOptions:
         ):
             if not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} {value}: must be a number of 0 or more")
+        if self.cell_m is not None and not (math.isfinite(self.cell_m) and self.cell_m > 0):
+            raise InputError(f"--cell {self.cell_m}: must be a positive number of metres")
+        if self.isoxml not in ISOXML_LAYOUTS:
+            raise InputError(f"--isoxml {self.isoxml!r}: use one of {', '.join(ISOXML_LAYOUTS)}")
+
+    @property
+    def task_names(self) -> TaskNames:
+        """The names for the task data: the command line's, then the rate table's."""
+        return self.names.over(self.rates.names) if self.rates is not None else self.names
 
     @property
     def rate_unit(self) -> Unit:
@@ -303,6 +360,10 @@ class RunOutputs:
         return self.run_dir / f"{self.stem}.health.gpkg"
 
     @property
+    def classes_path(self) -> Path:
+        return self.run_dir / f"{self.stem}.classes.tif"
+
+    @property
     def summary_path(self) -> Path:
         return self.run_dir / f"{self.stem}.summary.json"
 
@@ -334,7 +395,7 @@ def _read_layer(run: RunOutputs, layer: str) -> gpd.GeoDataFrame | None:
     if run.summary.get("input", {"crs": ""}).get("crs") is None:
         raise InputError(
             f"{run.summary_path}: the run was in pixel mode (its input has no CRS), so it "
-            "has no map to spray by; rerun agriseg run with --assume-crs EPSG:..."
+            f"has no map to spray by; {GEOREFERENCE_FIX}"
         )
     if not run.gpkg.is_file():
         raise InputError(
@@ -346,24 +407,116 @@ def _read_layer(run: RunOutputs, layer: str) -> gpd.GeoDataFrame | None:
     return cast(gpd.GeoDataFrame, pyogrio.read_dataframe(run.gpkg, layer=layer))
 
 
-def _metric_crs(crs: CRS, frame: gpd.GeoDataFrame) -> CRS:
-    west, south, east, north = frame.to_crs(WGS84).total_bounds
-    return grid_crs(crs, (west, south, east, north))
+@dataclass(frozen=True)
+class Survey:
+    """The surveyed area of a run, in a metric CRS: what prescriptions are clipped to.
+
+    Attributes:
+        outline: The area with its pixel steps simplified inwards (see
+            :func:`agriseg.field.footprint.inward_outline`).
+        exact: Its valid pixels.
+    """
+
+    outline: gpd.GeoSeries
+    exact: gpd.GeoSeries
+
+    @property
+    def crs(self) -> CRS:
+        return CRS.from_user_input(self.outline.crs)
+
+    @property
+    def area_m2(self) -> float:
+        return float(self.exact.area.sum())
+
+    def clip(self, geometry: np.ndarray) -> np.ndarray:
+        """``geometry`` cut to the outline (polygons only; empty where nothing is left)."""
+        outline = self.outline.iloc[0]
+        shapely.prepare(outline)
+        clipped = np.array(geometry, dtype=object)
+        cut = ~shapely.contains(outline, clipped)  # the inner zones stay as they are
+        clipped[cut] = shapely.intersection(clipped[cut], outline)
+        return np.array([_polygons(g) for g in clipped], dtype=object)
+
+    def imaged_m2(self, geometry: np.ndarray) -> np.ndarray:
+        """Area of each geometry on valid pixels."""
+        return np.asarray(shapely.area(shapely.intersection(geometry, self.exact.iloc[0])))
+
+
+def _polygons(geometry: shapely.Geometry) -> shapely.Geometry:
+    """The polygonal parts of ``geometry`` (a clip may leave lines and points)."""
+    parts = shapely.get_parts(geometry)
+    parts = parts[shapely.get_type_id(parts) == 3]
+    if not len(parts):
+        return shapely.Polygon()
+    return parts[0] if len(parts) == 1 else shapely.MultiPolygon(list(parts))
+
+
+def survey_of(run: RunOutputs) -> Survey:
+    """The run's surveyed area (its class raster's valid pixels), in a metric CRS."""
+    if not run.classes_path.is_file():
+        raise InputError(
+            f"{run.classes_path}: missing, so the surveyed area is unknown and a prescription "
+            f"could reach past it; rerun agriseg run for {run.stem}"
+        )
+    area: SurveyedArea = surveyed_area(run.classes_path)
+    lonlat = gpd.GeoSeries([area.exact], crs=area.crs).to_crs(WGS84).total_bounds
+    metric = grid_crs(area.crs, tuple(float(v) for v in lonlat))  # type: ignore[arg-type]
+    return Survey(
+        gpd.GeoSeries([area.outline], crs=area.crs).to_crs(metric),
+        gpd.GeoSeries([area.exact], crs=area.crs).to_crs(metric),
+    )
 
 
 @dataclass(frozen=True)
 class Prescription:
-    """Polygons with a rate each (``zone_id``, ``rate``, ``unit``, ``area_m2`` and any
-    statistics), in a metric CRS."""
+    """Polygons with a rate each, in a metric CRS: ``zone_id``, ``rate``, ``unit``,
+    ``zone_m2`` (the polygon's area), ``imaged_m2`` (its area on valid pixels, as the
+    statistics measured it) and any statistics.
+
+    Attributes:
+        cell_m: Cell edge of its task-data grid, metres.
+        cover: How a grid cell takes a rate: from the polygon it overlaps ``most``, or
+            the highest it ``touch``es (spot spraying: no weed left out).
+    """
 
     name: str
     frame: gpd.GeoDataFrame
     unit: Unit
-    product: str | None = None
+    product: str | None
+    cell_m: float
+    cover: Literal["most", "touch"]
 
 
-def spot_prescription(run: RunOutputs, options: PrescriptionOptions) -> Prescription:
-    """Spray sections around the run's weed polygons, each with the spot rate."""
+def _frame(
+    zone_id: Any,
+    rates: np.ndarray,
+    unit: Unit,
+    geometry: np.ndarray,
+    imaged_m2: np.ndarray,
+    crs: CRS,
+    extra: dict[str, Any] | None = None,
+) -> gpd.GeoDataFrame:
+    """A prescription's table (see :class:`Prescription`); rows left empty by a clip dropped."""
+    frame = gpd.GeoDataFrame(
+        {
+            "zone_id": zone_id,
+            "rate": rates,
+            "unit": [unit] * len(geometry),
+            "zone_m2": np.round(shapely.area(geometry), 3),
+            "imaged_m2": np.round(np.asarray(imaged_m2, dtype="float64"), 3),
+            **(extra or {}),
+        },
+        geometry=gpd.GeoSeries(geometry, crs=crs),
+        crs=crs,
+    )
+    return frame[~frame.geometry.is_empty].reset_index(drop=True)
+
+
+def spot_prescription(
+    run: RunOutputs, options: PrescriptionOptions, survey: Survey
+) -> Prescription:
+    """Spray sections around the run's weed polygons, each with the spot rate, clipped to
+    the surveyed area."""
     health = _read_layer(run, "health")
     if health is None:
         raise InputError(f"{run.gpkg}: no 'health' layer; rerun agriseg run for {run.stem}")
@@ -375,24 +528,28 @@ def spot_prescription(run: RunOutputs, options: PrescriptionOptions) -> Prescrip
             f"--polygons gave {', '.join(made) or 'none'}), so a spray map would miss those "
             "weeds; rerun agriseg run with --polygons roles (the default) or all"
         )
-    crs = CRS.from_user_input(health.crs)
     weeds = health[health["class"].isin(run.weed_classes)]
-    metric = _metric_crs(crs, health) if len(health) else crs
     sections = spray_sections(
-        weeds.to_crs(metric).geometry.to_numpy(), options.buffer_m, options.min_section_m2
+        weeds.to_crs(survey.crs).geometry.to_numpy(), options.buffer_m, options.min_section_m2
     )
-    frame = gpd.GeoDataFrame(
-        {
-            "zone_id": np.arange(1, len(sections) + 1, dtype="int32"),
-            "rate": np.full(len(sections), options.spot_rate),
-            "unit": [options.rate_unit] * len(sections),
-            "area_m2": np.round(shapely.area(sections), 3),
-        },
-        geometry=gpd.GeoSeries(sections, crs=metric),
-        crs=metric,
+    # A section cut by the survey's edge may fall apart: one row per part.
+    sections = shapely.get_parts(survey.clip(sections))
+    frame = _frame(
+        np.arange(1, len(sections) + 1, dtype="int32"),
+        np.full(len(sections), options.spot_rate),
+        options.rate_unit,
+        sections,
+        survey.imaged_m2(sections),
+        survey.crs,
     )
-    product = options.rates.product if options.rates is not None else None
-    return Prescription("spot spray", frame, options.rate_unit, product)
+    return Prescription(
+        "spot spray",
+        frame,
+        options.rate_unit,
+        options.task_names.product,
+        options.cell_m or SPOT_CELL_M,
+        "touch",
+    )
 
 
 #: Zone statistics of the summary's per-field entries, as in the ``zones`` layer.
@@ -428,12 +585,15 @@ def field_zones(run: RunOutputs, fields_path: Path) -> gpd.GeoDataFrame:
 
 
 def zone_prescription(
-    run: RunOutputs, rates: RateTable, fields: Path | None = None
+    run: RunOutputs, options: PrescriptionOptions, rates: RateTable, survey: Survey
 ) -> Prescription:
-    """The run's management zones (or ``fields``), each with the rate the table gives
-    its statistics."""
-    if fields is not None:
-        zones = field_zones(run, fields)
+    """The run's management zones (or ``options.fields``), each with the rate the table
+    gives its statistics, clipped to the surveyed area; grid slivers join a neighbour
+    (see :func:`agriseg.health.zones.join_slivers`)."""
+    if options.fields is not None:
+        zones = field_zones(run, options.fields)
+        zone_id = zones["zone_id"].to_numpy()
+        cell_m = FIELD_CELL_M
     else:
         found = _read_layer(run, "zones")
         if found is None:
@@ -441,19 +601,28 @@ def zone_prescription(
                 f"{run.gpkg}: no 'zones' layer for the rate table {rates.source} to apply to; "
                 "rerun agriseg run with --grid SIZE_M (e.g. --grid 10), or give --fields FILE"
             )
-        zones = found
-    frame = gpd.GeoDataFrame(
-        {
-            "zone_id": zones["zone_id"] if fields is not None else zones["zone_id"].astype("int32"),
-            "rate": rates.rates(zones),
-            "unit": [rates.unit] * len(zones),
-            "area_m2": zones["area_m2"].round(3),
-            **{s: zones[s] for s in rates.statistics},
-        },
-        geometry=zones.geometry,
-        crs=zones.crs,
+        cell_m = math.sqrt(float(shapely.area(found.geometry.to_numpy()).max()))
+        classes = ClassList.from_json(run.summary["model"]["classes"], str(run.summary_path))
+        zones = join_slivers(found, classes)
+        zone_id = zones["zone_id"].to_numpy(dtype="int32")
+    geometry = zones.to_crs(survey.crs).geometry.to_numpy()
+    frame = _frame(
+        zone_id,
+        rates.rates(zones),
+        rates.unit,
+        survey.clip(geometry),
+        zones["area_m2"].to_numpy(dtype="float64"),
+        survey.crs,
+        {s: zones[s].to_numpy() for s in (*rates.statistics, "cells") if s in zones},
     )
-    return Prescription("zone rates", frame, rates.unit, rates.product)
+    return Prescription(
+        "zone rates",
+        frame,
+        rates.unit,
+        options.task_names.product,
+        options.cell_m or cell_m,
+        "most",
+    )
 
 
 def _geometry_options(frame: gpd.GeoDataFrame) -> dict[str, Any]:
@@ -464,8 +633,15 @@ def _geometry_options(frame: gpd.GeoDataFrame) -> dict[str, Any]:
 
 # -- writers ---------------------------------------------------------------------------
 
-#: Shapefile (dBASE) field names, at most 10 characters.
-SHAPEFILE_FIELDS = {"zone_id": "ZONE_ID", "rate": "RATE", "unit": "UNIT", "area_m2": "AREA_M2"}
+#: Shapefile (dBASE) field names, at most 10 characters: ``ZONE_M2`` is the polygon's
+#: area, ``IMAGED_M2`` its area on valid pixels (what the statistics measured).
+SHAPEFILE_FIELDS = {
+    "zone_id": "ZONE_ID",
+    "rate": "RATE",
+    "unit": "UNIT",
+    "zone_m2": "ZONE_M2",
+    "imaged_m2": "IMAGED_M2",
+}
 
 
 def write_shapefile_zip(
@@ -487,103 +663,25 @@ def write_shapefile_zip(
             archive.write(part, part.name)
 
 
-def _rate_codes(rates: np.ndarray) -> dict[float, int]:
-    """Treatment-zone code of each rate: 0 for none (also outside the polygons), then
-    1, 2... by rate."""
-    distinct = sorted(set(rates.tolist()) - {0.0})
-    if len(distinct) > 254:
-        raise InputError(
-            f"{len(distinct)} distinct rates: ISOXML allows at most 254 treatment zones; "
-            "use fewer rules or round the rates"
-        )
-    return {0.0: 0, **{rate: k for k, rate in enumerate(distinct, start=1)}}
-
-
-def build_taskdata(prescriptions: Sequence[Prescription], stem: str) -> Any:
-    """ISO 11783-10 task data (v4.3): one task per prescription.
-
-    Each distinct rate is a treatment zone holding the polygons with that rate; zone 0,
-    the default, position-lost and out-of-field zone, applies nothing. A named product
-    becomes a product (PDT) the rates refer to.
-    """
-    import isoxml.models.base.v4 as iso
-    from isoxml.converter.shapely_geom import ShapelyConverterV4
-
-    to_iso = ShapelyConverterV4()
-    tasks: list[Any] = []
-    presentations: dict[str, Any] = {}
-    products: dict[str, Any] = {}
-    for k, prescription in enumerate(prescriptions, start=1):
-        product = None
-        if prescription.product is not None:
-            product = products.setdefault(
-                prescription.product,
-                iso.Product(id=f"PDT{len(products) + 1}", designator=prescription.product[:32]),
-            )
-        ddi, factor = ISO_RATE_DDI[prescription.unit]
-        vpn = presentations.setdefault(
-            prescription.unit,
-            iso.ValuePresentation(
-                id=f"VPN{len(presentations) + 1}",
-                offset=0,
-                scale=Decimal(1) / factor,
-                number_of_decimals=2,
-                unit_designator=prescription.unit,
-            ),
-        )
-
-        def variable(
-            rate: float, ddi: int = ddi, factor: int = factor, vpn: Any = vpn, pdt: Any = product
-        ) -> Any:
-            return iso.ProcessDataVariable(
-                process_data_ddi=ddi.to_bytes(2, "big"),
-                process_data_value=round(rate * factor),
-                product_id_ref=None if pdt is None else pdt.id,
-                value_presentation_id_ref=vpn.id,
-            )
-
-        frame = prescription.frame.to_crs(WGS84)
-        codes = _rate_codes(frame["rate"].to_numpy())
-        zones = []
-        for rate, code in codes.items():
-            name = f"{rate:g} {prescription.unit}" if code else "no application"
-            zone = iso.TreatmentZone(code=code, designator=name)
-            zone.process_data_variables.append(variable(rate))
-            for polygon in frame.geometry[frame["rate"] == rate]:
-                for part in shapely.get_parts(polygon):
-                    zone.polygons.append(to_iso.to_iso_polygon(part, iso.PolygonType.TreatmentZone))
-            zones.append(zone)
-        tasks.append(
-            iso.Task(
-                id=f"TSK{k}",
-                designator=f"{stem} {prescription.name}"[:32],
-                status=iso.TaskStatus.Planned,
-                treatment_zones=zones,
-                default_treatment_zone_code=0,
-                position_lost_treatment_zone_code=0,
-                out_of_field_treatment_zone_code=0,
-            )
-        )
-    return iso.Iso11783TaskData(
-        version_minor=iso.Iso11783TaskDataVersionMinor.VALUE_3,
-        management_software_manufacturer="agriseg",
-        management_software_version=__version__,
-        data_transfer_origin=iso.Iso11783TaskDataDataTransferOrigin.FMIS,
-        value_presentations=list(presentations.values()),
-        products=list(products.values()),
-        tasks=tasks,
-    )
-
-
 def write_taskdata_zip(
-    prescriptions: Sequence[Prescription], stem: str, final: Path, transaction: OutputTransaction
+    prescriptions: Sequence[Prescription],
+    stem: str,
+    survey: Survey,
+    options: PrescriptionOptions,
+    final: Path,
+    transaction: OutputTransaction,
 ) -> None:
-    """``TASKDATA/TASKDATA.XML`` in a zip: unpack it onto the terminal's USB stick."""
+    """``TASKDATA/TASKDATA.XML`` (and its grid files) in a zip: unpack it onto the
+    terminal's USB stick."""
     from isoxml.util.isoxml_io import isoxml_to_text
 
-    text = isoxml_to_text(build_taskdata(prescriptions, stem))
+    task_data, files = build_taskdata(
+        prescriptions, stem, survey.outline, options.isoxml, options.task_names
+    )
     with zipfile.ZipFile(transaction.stage(final), "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("TASKDATA/TASKDATA.XML", text)
+        archive.writestr("TASKDATA/TASKDATA.XML", isoxml_to_text(task_data))
+        for name, data in files.items():
+            archive.writestr(f"TASKDATA/{name}.bin", data)
 
 
 def rate_style(rates: Sequence[float], unit: str) -> str:
@@ -610,11 +708,10 @@ def write_prescription_gpkg(
     """``prescriptions`` (by layer) in one GeoPackage, each layer styled by rate."""
     tmp = transaction.stage(final)
     for layer, prescription in prescriptions.items():
-        pyogrio.write_dataframe(
+        write_layer(
             prescription.frame,
             tmp,
-            layer=layer,
-            driver="GPKG",
+            layer,
             **_geometry_options(prescription.frame),
             append=tmp.exists(),
         )
@@ -626,28 +723,59 @@ def write_prescription_gpkg(
 
 @dataclass
 class PrescriptionResult:
-    """What :func:`prescribe` wrote for one run, and a summary of it."""
+    """What :func:`prescribe` wrote for one run, and a summary of it.
+
+    Attributes:
+        spot_share: Share of the surveyed area the spot sections spray.
+        warnings: What the user should know before spraying (one line each).
+    """
 
     stem: str
     outputs: dict[str, Path]
     spot_sections: int
     spot_area_m2: float
+    surveyed_m2: float
+    spot_share: float
     zone_rates: dict[float, int] = field(default_factory=dict)  # rate -> zones
+    warnings: list[str] = field(default_factory=list)
 
 
-def run_prescriptions(run: RunOutputs, options: PrescriptionOptions) -> dict[str, Prescription]:
-    """The prescriptions of one run, by GeoPackage layer: spot spray, and zone rates
-    with a rate table."""
-    layers = {SPOT_LAYER: spot_prescription(run, options)}
+@dataclass(frozen=True)
+class RunPrescriptions:
+    """The prescriptions of one run, by GeoPackage layer, and its surveyed area."""
+
+    stem: str
+    layers: dict[str, Prescription]
+    survey: Survey
+
+
+def run_prescriptions(run: RunOutputs, options: PrescriptionOptions) -> RunPrescriptions:
+    """The prescriptions of one run: spot spray, and zone rates with a rate table."""
+    survey = survey_of(run)
+    layers = {SPOT_LAYER: spot_prescription(run, options, survey)}
     if options.rates is not None:
-        layers[ZONE_LAYER] = zone_prescription(run, options.rates, options.fields)
-    return layers
+        layers[ZONE_LAYER] = zone_prescription(run, options, options.rates, survey)
+    return RunPrescriptions(run.stem, layers, survey)
+
+
+def spot_warnings(stem: str, share: float) -> list[str]:
+    """A line when spot spraying would spray most of the field."""
+    if share <= SPOT_WARN_SHARE:
+        return []
+    return [
+        f"{stem}: the spot sections cover {share:.0%} of the surveyed area (more than "
+        f"{SPOT_WARN_SHARE:.0%}), so spot spraying is close to a blanket spray here; check "
+        "the weed map, or lower --buffer and --min-section"
+    ]
 
 
 def write_prescriptions(
-    stem: str, layers: dict[str, Prescription], out_dir: Path
+    made: RunPrescriptions, options: PrescriptionOptions, out_dir: Path
 ) -> PrescriptionResult:
-    """Write one run's prescriptions into ``out_dir``, all files together or none."""
+    """Write one run's prescriptions into ``out_dir``, all files together or none;
+    beside the run's own outputs they are listed in its summary, replacing its earlier
+    prescriptions as a whole (see :mod:`agriseg.io.ownership`)."""
+    stem, layers = made.stem, made.layers
     paths = {k: out_dir / f"{stem}{suffix}" for k, suffix in PRESCRIPTION_SUFFIXES.items()}
     zones = layers.get(ZONE_LAYER)
     if zones is None:
@@ -660,14 +788,58 @@ def write_prescriptions(
         write_shapefile_zip(spot, paths["spot_shp"], transaction)
         if zones is not None:
             write_shapefile_zip(zones, paths["zones_shp"], transaction)
-        write_taskdata_zip(list(layers.values()), stem, paths["taskdata"], transaction)
+        write_taskdata_zip(
+            list(layers.values()), stem, made.survey, options, paths["taskdata"], transaction
+        )
+        result = _result(made, paths)
+        summary = transaction.stage(paths["summary"])
+        summary.write_text(json.dumps(_summary(result, options), indent=2), encoding="utf-8")
+        if summary_path(out_dir, stem).is_file():
+            record_outputs(transaction, out_dir, stem, paths.values(), PRESCRIPTION_KINDS)
+    return result
+
+
+def _result(made: RunPrescriptions, paths: dict[str, Path]) -> PrescriptionResult:
+    spot, zones = made.layers[SPOT_LAYER], made.layers.get(ZONE_LAYER)
     zone_rates: dict[float, int] = {}
     if zones is not None:
         values, counts = np.unique(zones.frame["rate"], return_counts=True)
         zone_rates = {float(v): int(c) for v, c in zip(values, counts, strict=True)}
+    sprayed = float(spot.frame["zone_m2"].sum())
+    surveyed = made.survey.area_m2
+    share = sprayed / surveyed if surveyed > 0 else 0.0
     return PrescriptionResult(
-        stem, paths, len(spot.frame), round(float(spot.frame["area_m2"].sum()), 3), zone_rates
+        made.stem,
+        paths,
+        len(spot.frame),
+        round(sprayed, 3),
+        round(surveyed, 3),
+        round(share, 4),
+        zone_rates,
+        spot_warnings(made.stem, share),
     )
+
+
+def _summary(result: PrescriptionResult, options: PrescriptionOptions) -> dict[str, Any]:
+    """``<stem>.prescription.json``: what was prescribed, and any warning."""
+    unit = options.rate_unit
+    return {
+        "surveyed_m2": result.surveyed_m2,
+        "spot": {
+            "sections": result.spot_sections,
+            "area_m2": result.spot_area_m2,
+            "share_of_surveyed": result.spot_share,
+            "rate": options.spot_rate,
+            "unit": unit,
+        },
+        "zones": [
+            {"rate": rate, "unit": unit, "zones": n}
+            for rate, n in sorted(result.zone_rates.items())
+        ],
+        "isoxml": options.isoxml,
+        "files": {kind: path.name for kind, path in result.outputs.items()},
+        "warnings": result.warnings,
+    }
 
 
 def prescribe(
@@ -683,5 +855,12 @@ def prescribe(
     before anything is written; each run's files appear together or not at all.
     """
     runs = [r for r in find_runs(run_dir) if stems is None or r.stem in stems]
+    for run in runs:
+        # Beside a run, a file of a prescription's name that the run's summary does
+        # not list is not agriseg's to replace.
+        target = out_dir or run.run_dir
+        if summary_path(target, run.stem).is_file():
+            inputs = [options.fields] if options.fields else []
+            check_free(target, run.stem, PRESCRIPTION_KINDS, inputs)
     made = [(run, run_prescriptions(run, options)) for run in runs]
-    return [write_prescriptions(run.stem, layers, out_dir or run.run_dir) for run, layers in made]
+    return [write_prescriptions(m, options, out_dir or run.run_dir) for run, m in made]

@@ -84,7 +84,7 @@ from agriseg.io.areas import (
 from agriseg.io.atomic import atomic_output, temporary_name, write_text_atomic
 from agriseg.io.gdal_settings import run_settings
 from agriseg.io.grid import Grid
-from agriseg.segmentation.raster_outputs import output_paths
+from agriseg.io.ownership import output_paths
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -284,6 +284,12 @@ class HealthJob:
     @property
     def grid(self) -> Grid:
         return self.raster.grid
+
+    @property
+    def output_kinds(self) -> tuple[str, ...]:
+        """The products the pass writes (kinds of :func:`health_paths`)."""
+        qml = ("qml",) if self.formats else ()
+        return (*self.formats, *qml, *(("preview",) if self.options.preview else ()))
 
     @property
     def crs(self) -> CRS:

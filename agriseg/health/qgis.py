@@ -1,8 +1,9 @@
-"""QGIS styles for the health layers: ``.qml`` sidecars and GeoPackage ``layer_styles``.
+"""QGIS styles of agriseg's layers: ``.qml`` sidecars and GeoPackage ``layer_styles``.
 
 QGIS styles a file-based layer it opens from ``<file without extension>.qml``
 beside it, so ``<stem>.health.qml`` styles both ``<stem>.health.geojson`` and
-``<stem>.health.gpkg``; for a GeoPackage it first looks for a default style in the
+``<stem>.health.gpkg``, and ``<stem>.classes.qml`` the class raster
+``<stem>.classes.tif``; for a GeoPackage it first looks for a default style in the
 file's ``layer_styles`` table, which is how each layer of the GeoPackage (health
 polygons, zones) gets its own style.
 """
@@ -17,6 +18,7 @@ import pandas as pd
 import pyogrio
 
 from agriseg.classes import ClassList
+from agriseg.io.geopackage import write_layer
 
 #: Weed-pressure classes of the zone style: (upper bound, RGB), from clean to infested.
 WEED_PRESSURE_RANGES: tuple[tuple[float, tuple[int, int, int]], ...] = (
@@ -58,14 +60,19 @@ def _fill_symbol(name: str, rgb: tuple[int, int, int]) -> ET.Element:
     return symbol
 
 
-def _document(renderer: ET.Element) -> str:
+def _document(*children: ET.Element) -> str:
     root = ET.Element("qgis", version="3.28.0", styleCategories="Symbology")
-    root.append(renderer)
-    ET.SubElement(root, "layerGeometryType").text = "2"
+    root.extend(children)
     ET.indent(root)
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
         root, encoding="unicode"
     )
+
+
+def _polygon_document(renderer: ET.Element) -> str:
+    geometry_type = ET.Element("layerGeometryType")
+    geometry_type.text = "2"  # polygons
+    return _document(renderer, geometry_type)
 
 
 def categorized_qml(
@@ -90,7 +97,7 @@ def categorized_qml(
     for k, (value, label, rgb) in enumerate(categories):
         ET.SubElement(cats, "category", value=value, label=label, symbol=str(k), render="true")
         symbols.append(_fill_symbol(str(k), rgb))
-    return _document(renderer)
+    return _polygon_document(renderer)
 
 
 def graduated_qml(
@@ -125,12 +132,34 @@ def graduated_qml(
             render="true",
         )
         symbols.append(_fill_symbol(str(k), rgb))
-    return _document(renderer)
+    return _polygon_document(renderer)
 
 
 def class_style(classes: ClassList) -> str:
     """Style of the health polygons: one colour per class, on the ``class`` attribute."""
     return categorized_qml("class", [(c.name, c.name, c.colour) for c in classes])
+
+
+def class_raster_style(classes: ClassList) -> str:
+    """Style of the class raster: a paletted renderer listing only the model's classes,
+    each under its name and in its colour (QGIS's default style from the raster's
+    256-entry colour table would list every id, nodata included)."""
+    pipe = ET.Element("pipe")
+    renderer = ET.SubElement(
+        pipe, "rasterrenderer", type="paletted", band="1", opacity="1", alphaBand="-1"
+    )
+    ET.SubElement(renderer, "rasterTransparency")
+    palette = ET.SubElement(renderer, "colorPalette")
+    for c in classes:
+        ET.SubElement(
+            palette,
+            "paletteEntry",
+            value=str(c.id),
+            color="#{:02x}{:02x}{:02x}".format(*c.colour),
+            alpha="255",
+            label=c.name,
+        )
+    return _document(pipe)
 
 
 def zone_style() -> str:
@@ -171,10 +200,9 @@ def write_layer_styles(gpkg_path: Path, styles: Mapping[str, str]) -> None:
     # GeoPackage DATETIME is UTC text "YYYY-MM-DDTHH:MM:SS.SSSZ": the timestamp is UTC so
     # GDAL writes the Z, and MILLISECOND makes it write ".000" where it would drop it
     # (older GDALs ignore the option). Other text makes GDAL warn "Non-conformant content".
-    pyogrio.write_dataframe(
+    write_layer(
         pd.DataFrame(rows),
         gpkg_path,
-        layer=STYLE_TABLE,
-        driver="GPKG",
+        STYLE_TABLE,
         layer_options={"DATETIME_PRECISION": "MILLISECOND"},
     )

@@ -1,5 +1,7 @@
 """Streaming writers for polygon layers: RFC 7946 GeoJSON, GeoPackage and FlatGeobuf.
 
+GeoPackage layers are written with :func:`agriseg.io.geopackage.write_layer` (version 1.2).
+
 They take batches of features (GeoDataFrames in the raster's CRS) as they are
 produced, so a layer never has to be held in memory whole (FlatGeobuf: at most
 :data:`FLATGEOBUF_GROUP` features). None manages the final file name: callers write
@@ -18,11 +20,11 @@ from typing import IO
 
 import geopandas as gpd
 import pandas as pd
-import pyogrio
 from pyproj import CRS
 
 from agriseg.health.geojson import FeatureSlice, FeatureText
 from agriseg.io.atomic import atomic_output
+from agriseg.io.geopackage import write_layer
 
 #: Features converted to text at a time.
 WRITE_SLICE = 2000
@@ -176,11 +178,11 @@ class LayerWriter:
         self._append(frame)
 
     def _append(self, frame: gpd.GeoDataFrame) -> None:
-        pyogrio.write_dataframe(
+        write_layer(
             frame,
             self._path,
-            layer=self._layer,
-            driver=self._driver,
+            self._layer,
+            self._driver,
             geometry_type="Polygon",
             append=self._created,
         )

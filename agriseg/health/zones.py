@@ -166,22 +166,32 @@ def field_table(
     return stats
 
 
-def assign_fields(geometry: np.ndarray, fields: Fields) -> np.ndarray:
-    """The id of the field each geometry overlaps most (None where it overlaps none)."""
-    out = np.full(len(geometry), None, dtype=object)
-    if not len(geometry):
+def best_overlap(
+    geometry: np.ndarray, targets: np.ndarray, rank: np.ndarray | None = None
+) -> np.ndarray:
+    """Index of the target each geometry overlaps most (-1 where it overlaps none by a
+    positive area); with ``rank`` (one value per target), of the overlapped target of
+    highest rank instead."""
+    out = np.full(len(geometry), -1, dtype="int64")
+    if not len(geometry) or not len(targets):
         return out
-    tree = shapely.STRtree(fields.geometry)
-    g, f = tree.query(geometry, predicate="intersects")
+    g, t = shapely.STRtree(targets).query(geometry, predicate="intersects")
     if not len(g):
         return out
-    overlap = shapely.area(shapely.intersection(geometry[g], fields.geometry[f]))
-    # Sort by overlap so the last write for each geometry is its largest overlap.
-    order = np.argsort(overlap, kind="stable")
+    overlap = shapely.area(shapely.intersection(geometry[g], targets[t]))
+    key = overlap if rank is None else np.asarray(rank, dtype="float64")[t]
+    # Sort by key so the last write for each geometry is its best target.
+    order = np.argsort(key, kind="stable")
     order = order[overlap[order] > 0]
-    ids = np.array(fields.ids, dtype=object)
-    out[g[order]] = ids[f[order]]
+    out[g[order]] = t[order]
     return out
+
+
+def assign_fields(geometry: np.ndarray, fields: Fields) -> np.ndarray:
+    """The id of the field each geometry overlaps most (None where it overlaps none)."""
+    best = best_overlap(geometry, fields.geometry)
+    ids = np.array([*fields.ids, None], dtype=object)
+    return ids[best]  # -1 picks the trailing None
 
 
 @dataclass(frozen=True)
@@ -358,3 +368,80 @@ def zone_frame(
         for k, name in enumerate(indices.names):
             columns[f"mean_{name}"] = np.round(means[used, k], 4)
     return gpd.GeoDataFrame(columns, geometry=grid.cells(used), crs=grid.crs)
+
+
+#: A grid zone imaging less than this share of a full cell is a sliver (a cell the
+#: survey's edge barely enters): it joins a neighbouring zone rather than getting a
+#: rate of its own from a few pixels.
+MIN_ZONE_SHARE = 0.25
+
+_ROOK = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def join_slivers(
+    zones: gpd.GeoDataFrame, classes: ClassList, min_share: float = MIN_ZONE_SHARE
+) -> gpd.GeoDataFrame:
+    """The zone layer (see :func:`grid_zones`) with each sliver joined to the zone of its
+    edge neighbour imaging most (smallest slivers first, so a corner joins the strip
+    that joins a whole cell); a joined zone's statistics are those of its pooled class
+    areas.
+
+    The result keeps the zone id, row and col of the largest cell of each group and
+    counts its cells in ``cells``.
+    """
+    cell_m2 = float(shapely.area(zones.geometry.to_numpy()).max()) if len(zones) else 0.0
+    area = zones["area_m2"].to_numpy(dtype="float64")
+    rows, cols = zones["row"].to_numpy(dtype="int64"), zones["col"].to_numpy(dtype="int64")
+    where = {(r, c): k for k, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True))}
+    group = np.arange(len(zones))
+    members = {k: [k] for k in range(len(zones))}  # group -> its cells
+    total = dict(enumerate(area.tolist()))  # group -> its imaged area
+    slivers = np.flatnonzero(area < min_share * cell_m2)
+    for k in slivers[np.argsort(area[slivers], kind="stable")]:
+        mine = int(group[k])
+        if total[mine] >= min_share * cell_m2:
+            continue  # a smaller sliver joined it and made it whole enough
+        edge = [(rows[m] + dr, cols[m] + dc) for m in members[mine] for dr, dc in _ROOK]
+        near = [where[rc] for rc in edge if rc in where and group[where[rc]] != mine]
+        if near:
+            # the neighbouring cell imaging most (not the largest group: a group grown
+            # from slivers would swallow a whole edge of them)
+            target = int(group[max(near, key=lambda m: area[m])])
+            group[members[mine]] = target
+            members[target] += members.pop(mine)
+            total[target] += total.pop(mine)
+    out = zones.assign(cells=np.ones(len(zones), dtype="int32")).reset_index(drop=True)
+    joined = [np.array(cells) for cells in members.values() if len(cells) > 1]
+    if not joined:
+        return out
+    shares = [f"{c.name}_share" for c in classes]
+    means = [str(c) for c in zones.columns if str(c).startswith("mean_")]
+    columns = {n: out[n].to_numpy(dtype="float64", copy=True) for n in ["area_m2", *shares, *means]}
+    geometry, cells_of = out.geometry.to_numpy().copy(), out["cells"].to_numpy(copy=True)
+    indices: dict[str, np.ndarray] = {}
+    heads = []
+    for cells in joined:
+        head = cells[np.argmax(area[cells])]
+        heads.append(head)
+        pooled = np.zeros(len(classes))
+        for c in classes:
+            pooled[c.id] = np.nansum(columns[f"{c.name}_share"][cells] * area[cells])
+        columns["area_m2"][head] = pooled.sum()
+        for c in classes:
+            columns[f"{c.name}_share"][head] = pooled[c.id] / pooled.sum()
+        for name, value in health_indices(pooled[None], classes).items():
+            if name in zones.columns:
+                column = out[name].to_numpy(dtype="float64", copy=True)
+                indices.setdefault(name, column)[head] = value[0]
+        for name in means:
+            values, weights = columns[name][cells], area[cells]
+            ok = np.isfinite(values) & (weights > 0)
+            columns[name][head] = (
+                np.average(values[ok], weights=weights[ok]) if ok.any() else np.nan
+            )
+        cells_of[head] = len(cells)
+        geometry[head] = shapely.union_all(geometry[cells])
+    out = out.assign(**columns, **indices, cells=cells_of)
+    out = out.set_geometry(gpd.GeoSeries(geometry, crs=zones.crs))
+    gone = np.setdiff1d(np.concatenate(joined), heads)
+    return out.drop(index=gone).reset_index(drop=True)

@@ -88,11 +88,14 @@ class OutputTransaction:
 
     :meth:`stage` hands out the temporary path to write each file to; :meth:`commit`
     fsyncs them and renames them into place; :meth:`discard` deletes them.
+    :meth:`remove` marks a file that the committed set replaces as a whole (an earlier
+    run's product it does not write again): it goes on commit, and stays on discard.
     """
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}
         self._folders: list[Path] = []
+        self._removed: set[Path] = set()
 
     def stage(self, final: Path) -> Path:
         """The temporary path to write ``final`` to."""
@@ -115,6 +118,10 @@ class OutputTransaction:
         """Make the finished temporary file ``tmp`` appear as ``final`` on commit."""
         self._staged[final] = tmp
 
+    def remove(self, final: Path) -> None:
+        """Delete ``final`` on commit (unless a staged file takes its name)."""
+        self._removed.add(final)
+
     def final_name(self, path: Path) -> Path:
         """The final name of a staged temporary (``path`` itself if it is not one)."""
         for final, tmp in self._staged.items():
@@ -127,9 +134,14 @@ class OutputTransaction:
             _fsync(tmp)
         for final, tmp in self._staged.items():
             os.replace(tmp, final)
-        for directory in {final.parent for final in self._staged}:
+        removed = self._removed - set(self._staged)
+        for final in removed:
+            with contextlib.suppress(FileNotFoundError):
+                final.unlink()
+        for directory in {final.parent for final in [*self._staged, *removed]}:
             _fsync(directory, directory=True)
         self._staged.clear()
+        self._removed.clear()
         self._remove_folders()
 
     def discard(self) -> None:
@@ -137,6 +149,7 @@ class OutputTransaction:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         self._staged.clear()
+        self._removed.clear()
         self._remove_folders()
 
     def _remove_folders(self) -> None:
@@ -187,6 +200,23 @@ def _missing_ancestors(directory: Path) -> list[Path]:
     return missing
 
 
+def _folder_error(directory: Path, reason: str | None) -> OutputError:
+    return OutputError(
+        f"{directory}: cannot create the output folder ({reason}); choose a writable --out"
+    )
+
+
+def check_output_folder(directory: Path) -> None:
+    """Raise :class:`OutputError` if a file holds the name of ``directory`` or of a
+    folder above it, so it cannot become an output folder; creates nothing."""
+    for path in (directory, *directory.parents):
+        if path.is_dir():
+            return
+        if path.exists():
+            what = "a file of that name exists" if path == directory else f"{path} is a file"
+            raise _folder_error(directory, what)
+
+
 @contextlib.contextmanager
 def output_folder(directory: Path) -> Iterator[Path]:
     """Create ``directory`` for a run's outputs; on failure remove what this created.
@@ -194,14 +224,12 @@ def output_folder(directory: Path) -> Iterator[Path]:
     A run into a fresh folder that fails leaves no folder behind; an existing folder
     is kept, cleared of temporaries left by killed runs.
     """
+    check_output_folder(directory)
     created = _missing_ancestors(directory.absolute())
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        reason = "a file of that name exists" if directory.is_file() else exc.strerror
-        raise OutputError(
-            f"{directory}: cannot create the output folder ({reason}); choose a writable --out"
-        ) from None
+        raise _folder_error(directory, exc.strerror) from None
     remove_stale_temporaries(directory)
     try:
         yield directory

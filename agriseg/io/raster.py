@@ -124,9 +124,36 @@ def _open(path: Path) -> rasterio.DatasetReader:
         return open_dataset(path)
     except RasterioIOError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "unknown format"
+        if _is_tiff(path):
+            # A TIFF that GDAL cannot open is almost always cut short (an interrupted
+            # copy or download): exporting it again would not help, copying it would.
+            raise RasterReadError(
+                f"{path}: a TIFF file that cannot be read ({reason}), probably cut off "
+                "while it was copied; copy it again from the source (compare the sizes)"
+            ) from None
         raise RasterReadError(
             f"{path}: not a readable raster ({reason}); re-export it as GeoTIFF"
         ) from None
+
+
+#: The first bytes of a TIFF or BigTIFF file, little- and big-endian.
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _is_tiff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in TIFF_SIGNATURES
+    except OSError:
+        return False
+
+
+#: What to do with a plain image (no geotransform) for products that need a map: the
+#: CRS alone (--assume-crs) cannot place it.
+GEOREFERENCE_FIX = (
+    "georeference the image first (e.g. gdal_translate -a_srs EPSG:32633 -a_ullr ULX ULY "
+    "LRX LRY photo.jpg photo.tif) and run agriseg run on that"
+)
 
 
 def parse_crs(text: str) -> CRS:
@@ -192,14 +219,22 @@ def open_raster(
                 "float32 (e.g. gdal_translate -ot UInt16)"
             )
         crs = src.crs
+        # Checked even when the file has a CRS: a typo must not pass unnoticed.
+        assumed = parse_crs(assume_crs) if assume_crs is not None else None
         plain = not georeferenced(src) and assume_crs is None
         if crs is None and not plain:
-            if assume_crs is None:
+            if assumed is None:
                 raise InputError(
                     f"{path}: has no coordinate reference system; if you know it, pass "
                     "--assume-crs EPSG:XXXX"
                 )
-            crs = parse_crs(assume_crs)
+            crs = assumed
+        if not plain and not georeferenced(src):
+            raise InputError(
+                f"{path}: a plain image without a geotransform, which --assume-crs cannot "
+                f"place on the ground; drop --assume-crs to segment it on its pixel grid, or "
+                f"{GEOREFERENCE_FIX}"
+            )
         if not plain and src.transform == Affine.identity() and not src.gcps[0]:
             raise InputError(
                 f"{path}: is not georeferenced (no geotransform); georeference it first"

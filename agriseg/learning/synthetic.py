@@ -32,6 +32,7 @@ from rasterio.errors import CRSError
 from agriseg.classes import DEFAULT_CLASSES, NODATA, ClassList, FieldClass
 from agriseg.errors import InputError
 from agriseg.io.atomic import atomic_output
+from agriseg.io.geopackage import write_layer
 
 SOIL, CROP, WEED, DISEASED = (c.id for c in DEFAULT_CLASSES)
 
@@ -858,8 +859,8 @@ def write_survey(survey: Survey, out_dir: Path, stem: str) -> SurveyPaths:
     with atomic_output(paths.polygons) as tmp, warnings.catch_warnings():
         # The temporary's name lacks the .gpkg extension only until it is renamed.
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        label_polygons(survey).to_file(tmp, driver="GPKG", layer="labels")
+        write_layer(label_polygons(survey), tmp, "labels")
     with atomic_output(paths.plants) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")
-        survey.plants.points(survey.crs).to_file(tmp, driver="GPKG", layer="plants")
+        write_layer(survey.plants.points(survey.crs), tmp, "plants")
     return paths

@@ -23,56 +23,86 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agriseg.io.atomic import atomic_output
-from agriseg.models.meta import RGB_BANDS, ModelMeta
+from agriseg.models.meta import RGB_BANDS, SIZE_DIVISOR, ModelMeta
 from agriseg.models.onnx_format import AGRISEG_META_KEY, OPSET, check_export_tile, read_onnx_meta
 from agriseg.optional import require_exporter
 
 if TYPE_CHECKING:
     import torch
 
-#: Tile overlap written for Deepness, in model pixels (a run's default ``--overlap``).
+#: Tile overlap agriseg aims at for Deepness, in model pixels (a run's default ``--overlap``).
 DEFAULT_OVERLAP_PX = 64
 
 #: Largest tile overlap written for Deepness, in percent.
 MAX_OVERLAP_PCT = 25
 
-#: Smallest region, in m², Deepness keeps (a run's default ``--min-area``).
-DEFAULT_MIN_AREA_M2 = 0.01
+#: ``seg_small_segment`` written for Deepness: 0 leaves its *remove small segments*
+#: unticked, so no median filter runs over the class map (agriseg's class raster has none).
+SMALL_SEGMENT_OFF = 0
+
+
+def deepness_overlap_px(tile_size: int, overlap_pct: int) -> int:
+    """The overlap in pixels Deepness makes of ``overlap_pct`` percent of a tile.
+
+    As Deepness's ``ProcessingOverlap.get_overlap_px`` computes it
+    (``src/deepness/common/processing_overlap.py``), float arithmetic included.
+    """
+    return int(tile_size * overlap_pct / 100 * 2) // 2
+
+
+def deepness_overlap_pct(tile_size: int, overlap_px: int = DEFAULT_OVERLAP_PX) -> int:
+    """The ``tiles_overlap`` percentage to write for ``tile_size`` px tiles.
+
+    Deepness reads a whole percentage (``int`` of the stored value, into an integer spin
+    box) and strides tiles by ``tile_size`` minus :func:`deepness_overlap_px`. Only a
+    stride on the model's :data:`~agriseg.models.meta.SIZE_DIVISOR` grid shows every tile the
+    same pixel phase as ``agriseg run``'s tiles, so the network computes the same
+    features: an off-grid stride (12 % of 512 px is 61 px) changed 2-3 % of the classes.
+    Of the percentages up to :data:`MAX_OVERLAP_PCT` whose overlap keeps the stride on
+    that grid, the one nearest ``overlap_px`` (the larger overlap on a tie: more context
+    at the seams): 25 for 512 px tiles (128 px), 25 for 256 (64 px), 0 for 64 or 32.
+    """
+
+    def key(pct: int) -> tuple[int, int, int]:
+        px = deepness_overlap_px(tile_size, pct)
+        return (abs(px - overlap_px), -px, pct)
+
+    on_grid = [
+        pct
+        for pct in range(MAX_OVERLAP_PCT + 1)
+        if deepness_overlap_px(tile_size, pct) % SIZE_DIVISOR == 0
+    ]
+    return min(on_grid, key=key)
 
 
 def deepness_metadata(
-    meta: ModelMeta,
-    tile_size: int,
-    overlap_px: int = DEFAULT_OVERLAP_PX,
-    min_area_m2: float = DEFAULT_MIN_AREA_M2,
+    meta: ModelMeta, tile_size: int, overlap_px: int = DEFAULT_OVERLAP_PX
 ) -> dict[str, Any]:
     """The values Deepness reads from ``metadata_props`` (before JSON encoding).
 
-    Deepness divides 0-255 RGB by 255 and then applies ``(x - mean) / std`` per
-    channel; agriseg feeds ``(value / 255 - mean) / std`` for 8-bit input, so the
+    They are the defaults Deepness's *Load default parameters* sets, chosen so that its
+    map agrees with ``agriseg run``'s (docs/qgis.md says how closely, and what still
+    differs). Deepness divides 0-255 RGB by 255 and then applies ``(x - mean) / std``
+    per channel; agriseg feeds ``(value / 255 - mean) / std`` for 8-bit input, so the
     model's own mean and std carry over (the first three bands: Deepness feeds RGB).
     ``seg_thresh`` 0 keeps agriseg's plain argmax (Deepness then leaves its threshold
-    off). ``seg_small_segment`` is the size in pixels of the median filter Deepness runs
-    over the class map (an edge, not an area): the side of a run's minimum mapping
-    unit, a square of ``min_area_m2``, at the model's resolution.
+    off); ``seg_small_segment`` 0 leaves its median filter off; ``tiles_overlap`` is
+    :func:`deepness_overlap_pct`.
     """
-    # Capped: on small tiles the run's default overlap would be half of each tile.
-    overlap_pct = min(MAX_OVERLAP_PCT, round(100 * overlap_px / tile_size))
     values: dict[str, Any] = {
         "model_type": "Segmentor",
         "class_names": {str(i): name for i, name in enumerate(meta.classes.names)},
         "tile_size": tile_size,
         # Deepness's documentation says tiles_size, its code reads tile_size: write both.
         "tiles_size": tile_size,
-        "tiles_overlap": overlap_pct,
+        "tiles_overlap": deepness_overlap_pct(tile_size, overlap_px),
         "standardization_mean": [float(v) for v in meta.normalization.mean[:3]],
         "standardization_std": [float(v) for v in meta.normalization.std[:3]],
         "seg_thresh": 0.0,
-        "seg_small_segment": 0,
+        "seg_small_segment": SMALL_SEGMENT_OFF,
     }
     if meta.gsd_m is not None:
         values["resolution"] = round(meta.gsd_m * 100, 4)
-        values["seg_small_segment"] = round(min_area_m2**0.5 / meta.gsd_m)
     return values
 
 

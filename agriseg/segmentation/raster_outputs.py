@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,7 +20,8 @@ from agriseg.errors import OutputError
 from agriseg.io.atomic import OutputTransaction
 from agriseg.io.raster import RasterInfo
 
-#: The rasters a :class:`ClassRasterWriter` writes, keys of :func:`output_paths`.
+#: The rasters a :class:`ClassRasterWriter` writes, keys of
+#: :func:`agriseg.io.ownership.output_paths`.
 KINDS = ("classes", "confidence")
 
 #: GDAL settings for writing: compress on every core. The block cache is the run's
@@ -61,6 +63,26 @@ def write_cog(path: Path, resampling: str) -> None:
             cog.unlink()
 
 
+def category_names_pam(classes: ClassList) -> str:
+    """GDAL's sidecar (PAM, ``<raster>.aux.xml``) naming the class raster's values.
+
+    GeoTIFF has no place for band category names, so GDAL keeps them in this sidecar,
+    where every GDAL reader finds them (``gdalinfo``'s *Categories*, the labels of
+    QGIS's colour-table legend). rasterio cannot set them, and GDAL's COG copy would
+    write them beside its temporary: the text is written after that copy.
+    """
+    names = [""] * (max(c.id for c in classes) + 1)
+    for c in classes:
+        names[c.id] = c.name
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    categories = ET.SubElement(band, "CategoryNames")
+    for name in names:
+        ET.SubElement(categories, "Category").text = name
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
 def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
     """rasterio profile of a uint8 class raster on ``info``'s grid (tiled, deflate, nodata 255).
 
@@ -82,28 +104,6 @@ def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
         "compress": "deflate",
         "BIGTIFF": "IF_SAFER",
     }
-
-
-#: The name of every file a run writes for input ``<stem>``: ``<stem>`` + suffix, by kind.
-OUTPUT_SUFFIXES = {
-    "classes": ".classes.tif",
-    "confidence": ".confidence.tif",
-    "summary": ".summary.json",
-    "geojson": ".health.geojson",
-    "gpkg": ".health.gpkg",
-    "fgb": ".health.fgb",
-    "qml": ".health.qml",
-    "preview": ".preview.png",
-    "sieved": ".sieved.tif",  # the health pass's working copy, never kept
-}
-
-#: What the segmentation writes (the health pass writes the rest).
-RUN_KINDS = ("classes", "confidence", "summary")
-
-
-def output_paths(out_dir: Path, stem: str, kinds: tuple[str, ...] = RUN_KINDS) -> dict[str, Path]:
-    """Where ``agriseg run`` writes each product of ``kinds`` for input ``stem``."""
-    return {kind: out_dir / f"{stem}{OUTPUT_SUFFIXES[kind]}" for kind in kinds}
 
 
 def block_size_for(stride: int) -> int:
@@ -184,7 +184,8 @@ class ClassRasterWriter:
         return dict(self._tmp)
 
     def to_cogs(self) -> None:
-        """Rewrite the rasters as COGs (:func:`write_cog`), still staged; after the writer
+        """Rewrite the rasters as COGs (:func:`write_cog`), still staged, and stage the
+        class raster's category names (:func:`category_names_pam`); after the writer
         has closed them."""
         assert self._classes is not None and self._classes.closed, "close the writer first"
         for kind in KINDS:
@@ -196,6 +197,13 @@ class ClassRasterWriter:
             reason = incomplete_geotiff(self._tmp[kind])
             if reason is not None:
                 raise _write_failed(self._paths[kind], reason)
+        aux = self._paths["classes_aux"]
+        try:
+            self._transaction.stage(aux).write_text(
+                category_names_pam(self._class_list), encoding="utf-8"
+            )
+        except OSError as exc:
+            raise _write_failed(aux, str(exc)) from None
 
     def __enter__(self) -> ClassRasterWriter:
         try:

@@ -81,12 +81,21 @@ class Scale:
         if not self.unreliable or not self.input_gsd_m or not self.model_gsd_m:
             return []
         return [
-            f"the input's ground sampling distance ({100 * self.input_gsd_m:.1f} cm) is "
-            f"{self.input_gsd_m / self.model_gsd_m:.1f}x coarser than the model's "
-            f"({100 * self.model_gsd_m:.1f} cm): plants and weeds are too few pixels to "
+            f"the input's ground sampling distance ({format_gsd(self.input_gsd_m)}) is "
+            f"{self.input_gsd_m / self.model_gsd_m:,.1f}x coarser than the model's "
+            f"({format_gsd(self.model_gsd_m)}): plants and weeds are too few pixels to "
             "recognise, so classes and health figures are unreliable at this scale; "
             "use imagery flown lower or a model trained at this GSD"
         ]
+
+
+def format_gsd(metres: float) -> str:
+    """A ground sampling distance for people: cm below a metre, then m, then km."""
+    if metres < 1:
+        return f"{100 * metres:.1f} cm"
+    if metres < 1000:
+        return f"{metres:.1f} m"
+    return f"{metres / 1000:,.1f} km"
 
 
 def decide_scale(
