@@ -331,14 +331,20 @@ def _segment(
 
 
 def model_evidence(plan: RunPlan, classes_path: Path) -> dict[str, Any]:
-    """What a model without a network found in a finished run, under its own key (the
-    ``rows`` model: the crop rows; see :func:`agriseg.models.index_engine.rows_evidence`)."""
-    if plan.meta.architecture != "crop-rows":
+    """What a model without a network found in a finished run, under its own keys:
+    ``vegetation_index`` (how cleanly its index separates its vegetation from soil) and,
+    for the ``rows`` model, ``rows`` (see :mod:`agriseg.models.index_engine`)."""
+    if not is_index_model(plan.meta):
         return {}
-    from agriseg.models.index_engine import rows_evidence
+    from agriseg.models.index_engine import rows_evidence, vegetation_evidence
 
-    gsd = plan.tiles.scale.input_gsd_m
-    return {"rows": rows_evidence(classes_path, plan.meta.classes, plan.info.transform, gsd)}
+    meta, info = plan.meta, plan.info
+    separation = vegetation_evidence(info, meta.bands, classes_path, meta.classes)
+    evidence = {"vegetation_index": separation}
+    if meta.architecture == "crop-rows":
+        gsd = plan.tiles.scale.input_gsd_m
+        evidence["rows"] = rows_evidence(classes_path, meta.classes, info.transform, gsd)
+    return evidence
 
 
 def _summarise(

@@ -74,6 +74,8 @@ def test_vegetation_model_on_rgb_survey(run_cli, tmp_path):
     # Yellow weeds and diseased plants, a third of this survey's vegetation, fall partly
     # below the green contrast (see docs/labelfree.md).
     assert iou(classes == 1, truth != SOIL) > 0.65
+    assert summary["vegetation_index"]["index"] == "cive"
+    assert summary["vegetation_index"]["gap"] > 1.5
     # The products of any run: polygons (vegetation has the crop role) and cover.
     assert summary["health"]["vegetation_cover"] == pytest.approx((classes == 1).mean(), abs=0.02)
 
@@ -82,6 +84,7 @@ def test_vegetation_model_uses_nir_when_there(run_cli, tmp_path):
     image, truth = survey(tmp_path, 30102, gsd_m=0.02, multispectral=True)
     classes, summary = run(run_cli, image, tmp_path / "out", "vegetation")
     assert summary["model"]["bands"] == ["red", "green", "blue", "nir"]
+    assert summary["vegetation_index"]["index"] == "ndvi"
     assert iou(classes == 1, truth != SOIL) > 0.8
 
 

@@ -35,11 +35,11 @@ from scipy import ndimage
 from agriseg.classes import NODATA, ClassList
 from agriseg.config import RefineChoice
 from agriseg.errors import InputError
-from agriseg.io.raster import open_dataset
+from agriseg.io.raster import RasterInfo, open_dataset, read_window
 from agriseg.io.spectral import find_bands
 from agriseg.models.croprows import MIN_COVER, find_rows, label_rows
 from agriseg.models.meta import ModelMeta
-from agriseg.models.vegetation import tile_vegetation
+from agriseg.models.vegetation import index_values, tile_vegetation
 
 #: Bands an index model reads, by what the input offers; a tile's band count says
 #: which of these it holds.
@@ -205,4 +205,36 @@ def rows_evidence(
             spacing_m=round(spacing_px * gsd_m, 4) if gsd_m else None,
             regularity=round(float(np.median(regularity)), 3),
         )
+    return evidence
+
+
+def vegetation_evidence(
+    info: RasterInfo, model_bands: Sequence[str], classes_path: Path, classes: ClassList
+) -> dict[str, Any]:
+    """How cleanly the index separates what a finished run called vegetation from soil:
+    ``gap``, the distance of the two classes' mean index over their pooled spread
+    (above ~3: two clean modes; below ~1.5: the classes overlap and the cover is
+    doubtful), over the whole survey, window by window of :data:`EVIDENCE_WINDOW_PX`."""
+    veg_ids = np.array([c.id for c in classes if c.role != "background"], np.uint8)
+    sums = np.zeros((2, 3))  # soil, vegetation: count, sum, sum of squares
+    index = "ndvi" if "nir" in model_bands else "cive"
+    plain = info.crs is None
+    with open_dataset(classes_path) as src:
+        for window in _windows(info.height, info.width, EVIDENCE_WINDOW_PX):
+            ids = src.read(1, window=window)
+            data = read_window(info.path, info.bands, window, plain)
+            valid = np.isfinite(data).all(axis=0) & (ids != NODATA)
+            if not valid.any():
+                continue
+            bands = dict(zip(model_bands, np.nan_to_num(data), strict=True))
+            values = index_values(bands, valid)
+            veg = np.isin(ids, veg_ids)
+            for k, mask in enumerate((valid & ~veg, valid & veg)):
+                v = values[mask].astype(np.float64)
+                sums[k] += (v.size, v.sum(), (v * v).sum())
+    evidence: dict[str, Any] = {"index": index, "gap": None}
+    if sums[:, 0].min() > 1:
+        mean = sums[:, 1] / sums[:, 0]
+        var = np.maximum(sums[:, 2] / sums[:, 0] - mean**2, 0)
+        evidence["gap"] = round(float((mean[1] - mean[0]) / max(np.sqrt(var.mean()), 1e-9)), 3)
     return evidence

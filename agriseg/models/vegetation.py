@@ -233,19 +233,24 @@ def tile_threshold(values: np.ndarray, index: str) -> tuple[float, float]:
     return threshold, spread
 
 
+def index_values(bands: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
+    """The index of :func:`tile_vegetation` (NDVI with ``nir``, else :func:`cive` over the
+    ``valid`` pixels' median brightness); -1 where undefined."""
+    if "nir" in bands:
+        values = compute_index("ndvi", np.stack([bands["nir"], bands["red"]]))
+    else:
+        values = cive(bands["red"], bands["green"], bands["blue"], valid)
+    return np.nan_to_num(values, nan=-1.0)
+
+
 def tile_vegetation(bands: dict[str, np.ndarray], valid: np.ndarray | None = None) -> np.ndarray:
     """Probability of vegetation of each pixel of one tile, from its bands by name
     (``red`` and ``nir``: NDVI; else ``red``, ``green``, ``blue``: :func:`cive`), with
     the tile's own threshold (:func:`tile_threshold`) drawn from its ``valid`` pixels
     (default all); 0 elsewhere."""
     valid = np.ones(next(iter(bands.values())).shape, bool) if valid is None else valid
-    if "nir" in bands:
-        index = "ndvi"
-        values = compute_index("ndvi", np.stack([bands["nir"], bands["red"]]))
-    else:
-        index = "cive"
-        values = cive(bands["red"], bands["green"], bands["blue"], valid)
-    values = np.nan_to_num(values, nan=-1.0)
+    index = "ndvi" if "nir" in bands else "cive"
+    values = index_values(bands, valid)
     if not valid.any():
         return np.zeros(values.shape, np.float32)
     threshold, width = tile_threshold(values[valid], index)
