@@ -76,6 +76,7 @@ class SurveyOutcome:
     seconds: float
     error: str | None = None
     warnings: tuple[str, ...] = ()
+    verdict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,12 @@ def health_digest(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def reliability_digest(summary: dict[str, Any]) -> dict[str, Any]:
+    """A survey's reliability verdict and its reasons for the manifest."""
+    reliability = summary.get("reliability") or {}
+    return {"verdict": reliability.get("verdict"), "reasons": reliability.get("reasons", [])}
+
+
 def run_outputs(result: RunResult, results_dir: Path) -> dict[str, str]:
     """Every file a run wrote, by kind (as its summary's ``outputs``), relative to
     ``results_dir``."""
@@ -283,8 +290,12 @@ def _process(
             outputs=outputs,
             timings_s=result.summary.get("timings_s", {}),
             health=health_digest(result.summary),
+            reliability=reliability_digest(result.summary),
         )
-        return SurveyOutcome(name, path, "succeeded", seconds, warnings=tuple(result.warnings))
+        verdict = reliability_digest(result.summary)["verdict"]
+        return SurveyOutcome(
+            name, path, "succeeded", seconds, warnings=tuple(result.warnings), verdict=verdict
+        )
     seconds = round(time.perf_counter() - clock, 3)
     manifest.update(
         name,
@@ -387,7 +398,8 @@ def execute_batch(plan: BatchPlan) -> BatchResult:
             entry = manifest.surveys.get(path.stem)
             if not options.force and _is_done(entry, path, plan.key, results_dir, options.checksum):
                 log.info("%s: already done, skipped", tag)
-                outcomes.append(SurveyOutcome(path.stem, path, "skipped", 0.0))
+                verdict = (entry or {}).get("reliability", {}).get("verdict")
+                outcomes.append(SurveyOutcome(path.stem, path, "skipped", 0.0, verdict=verdict))
                 continue
             log.info("%s: segmenting", tag)
             base = {

@@ -168,8 +168,9 @@ class RunConfig:
             the model already takes every core and the two memory peaks would add up.
             The products are identical either way.
         resample: ``auto`` resamples tiles to a ground sampling distance the model
-            knows when the input's is far from the model's (see :mod:`agriseg.segmentation.scale`);
-            ``off`` feeds the input's pixels as they are.
+            knows when the input's is far from the model's (see
+            :mod:`agriseg.segmentation.scale`); ``off`` feeds the input's pixels as they
+            are; a number is the GSD in metres to resample to.
         engine: what runs the model: ``torch``, ``onnx`` (ONNX Runtime, CPU only) or
             ``auto`` (ONNX Runtime on CPU when installed, torch otherwise). Class
             rasters of the two agree on all but a few pixels near class boundaries.
@@ -198,7 +199,7 @@ class RunConfig:
     threads: int | None = None
     health: HealthOptions = field(default_factory=HealthOptions)
     stream_health: bool | None = None
-    resample: Literal["auto", "off"] = "auto"
+    resample: Literal["auto", "off"] | float = "auto"
     engine: EngineChoice = "auto"
     precision: Precision = "auto"
     tta: bool = False

@@ -33,3 +33,7 @@ class LockedError(AgrisegError, RuntimeError):
 
 class MissingDependencyError(AgrisegError, ImportError):
     """An optional dependency a command needs is not installed (e.g. PyTorch)."""
+
+
+class UnreliableMapError(AgrisegError, RuntimeError):
+    """A run's map is judged unreliable, so nothing may act on it without ``--force``."""

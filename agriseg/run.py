@@ -30,6 +30,8 @@ from agriseg.health.health_stream import HealthStream
 from agriseg.health.preview import render_preview, save_png
 from agriseg.health.products import ClassRaster, HealthJob, TaskRunner, plan_health
 from agriseg.health.qgis import class_raster_style
+from agriseg.health.reliability_stamps import stamp_preview, stamp_products
+from agriseg.health.verdict import Reliability
 from agriseg.io.areas import as_pyproj
 from agriseg.io.atomic import OutputTransaction, output_folder, output_transaction
 from agriseg.io.gdal_settings import on_workers, run_settings
@@ -45,6 +47,8 @@ from agriseg.models.inference import (
 )
 from agriseg.models.meta import ModelMeta, is_index_model, pixel_kind
 from agriseg.models.registry import find_model, is_onnx
+from agriseg.reliability import RunEvidence
+from agriseg.segmentation.calibration import Calibration, read_calibration
 from agriseg.segmentation.execution import dask_client, release_free_memory, scheduler_address
 from agriseg.segmentation.raster_outputs import (
     ClassRasterWriter,
@@ -188,6 +192,7 @@ class RunPlan:
             earlier run's, see :mod:`agriseg.io.ownership`).
         health: The field-health pass, or None for a plain image (no CRS).
         stream_health: Whether the health pass runs beside the segmentation.
+        calibration: What was measured about where the model holds up.
     """
 
     input_path: Path
@@ -202,6 +207,7 @@ class RunPlan:
     paths: dict[str, Path]
     health: HealthJob | None
     stream_health: bool
+    calibration: Calibration = field(default_factory=Calibration)
 
 
 def plan_run(
@@ -218,6 +224,7 @@ def plan_run(
         from agriseg.models.index_engine import bands_for_input
 
         meta = bands_for_input(input_path, meta)
+    calibration = read_calibration(weights)
     device = resolve_device_name(config.device)
     engine = resolve_engine(config.engine, device, weights)
     info = open_raster(input_path, meta.bands, config.bands, config.assume_crs)
@@ -234,7 +241,7 @@ def plan_run(
     stream = config.stream_health
     if stream is None:
         stream = device.startswith("cuda")
-    tiles = plan_tiles(info, meta, config)
+    tiles = plan_tiles(info, meta, config, calibration.policy)
     weights = model_file(weights, engine, tiles.model_tile, config.precision)
     if is_onnx(weights) and tiles.model_tile != meta.tile_size:
         raise InputError(
@@ -255,6 +262,7 @@ def plan_run(
         paths,
         health,
         stream and health is not None,
+        calibration,
     )
 
 
@@ -285,11 +293,12 @@ def _segment(
     client: Client,
     transaction: OutputTransaction,
     health_stream: HealthStream | None,
+    evidence: RunEvidence,
     progress: Progress | None,
 ) -> tuple[_Tally, dict[str, float], ClassRasterWriter]:
     """Run the tiles through the model on the Dask cluster and write the class and
-    confidence rasters; returns the totals, the Dask stage seconds and the (closed)
-    writer, whose rasters are staged."""
+    confidence rasters, gathering ``evidence`` for the verdict; returns the totals,
+    the Dask stage seconds and the (closed) writer, whose rasters are staged."""
     n_classes = len(plan.meta.classes)
     tally = _Tally(np.zeros(n_classes, dtype="int64"), np.zeros(n_classes, dtype="float64"))
     grid, info, config = plan.tiles.grid, plan.info, plan.config
@@ -323,6 +332,7 @@ def _segment(
             t = time.perf_counter()
             writer.write(block.window, block.classes, block.confidence)
             tally.add(block, time.perf_counter() - t)
+            evidence.add(block.window, block.classes, block.confidence)
             if health_stream is not None:
                 health_stream.add(block.window, block.classes, block.confidence)
             if progress is not None:
@@ -352,13 +362,15 @@ def _summarise(
     tally: _Tally,
     health: dict[str, Any],
     timings_s: dict[str, float],
-    evidence: dict[str, Any],
+    reliability: Reliability,
+    found: dict[str, Any],
 ) -> dict[str, Any]:
     """The run's ``summary.json``."""
     info, meta = plan.info, plan.meta
     valid = int(tally.pixels.sum())
     return {
         "agriseg_version": __version__,
+        "reliability": reliability.to_json(),
         "input": {
             "path": str(plan.input_path.resolve()),
             "width": info.width,
@@ -384,11 +396,16 @@ def _summarise(
             "engine": plan.engine,
             "precision": model_precision(plan.weights),
         },
-        "scale": plan.tiles.summary(),
+        # Flagged too where the measured range says so, finer inputs included.
+        "scale": {
+            **plan.tiles.summary(),
+            "unreliable": plan.tiles.scale.unreliable
+            or any(c.name == "scale" and c.level == "unreliable" for c in reliability.checks),
+        },
         "tiles": plan.tiles.grid.n_tiles,
         "valid_pixels": valid,
         "classes": class_table(tally.pixels, tally.area_m2, meta.classes),
-        **evidence,
+        **found,
         **health,
         "warnings": plan.tiles.scale.warnings()
         + run_warnings(info, valid, meta)
@@ -470,8 +487,12 @@ def segment_raster(
                 else None
             )
             with health_stream or contextlib.nullcontext():
-                tally, stages, writer = _segment(plan, client, transaction, health_stream, progress)
+                evidence = RunEvidence(plan.info, plan.meta)
+                tally, stages, writer = _segment(
+                    plan, client, transaction, health_stream, evidence, progress
+                )
                 segmented = time.perf_counter()
+                reliability = evidence.finish(plan.tiles.scale, plan.calibration)
                 if health_stream is not None:
                     health = health_stream.finish()
                     health_s = health_stream.busy_s
@@ -485,16 +506,18 @@ def segment_raster(
             if config.gsd_m is not None:
                 tally.area_m2 = tally.pixels * config.gsd_m**2
         stages["vectorise_after_segmentation"] = round(time.perf_counter() - segmented, 3)
-        evidence = model_evidence(plan, writer.staged["classes"])
+        found = model_evidence(plan, writer.staged["classes"])
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()
         writer.to_cogs()
         qml = transaction.stage(plan.paths["classes_qml"])
         qml.write_text(class_raster_style(plan.meta.classes), encoding="utf-8")
         stages["cog"] = round(time.perf_counter() - converting, 3)
+        stamp_products(staging, stem, reliability)
         written = [plan.paths[kind] for kind in RUN_KINDS]
         if job is None and "preview" in plan.paths:
             _pixel_preview(plan, writer, transaction)
+            stamp_preview(transaction.staged(plan.paths["preview"]), reliability)
             written.append(plan.paths["preview"])
         for product in sorted(staging.iterdir()):
             written.append(out_dir / product.name)
@@ -511,7 +534,7 @@ def segment_raster(
         stages["infer"] = round(tally.model_s, 3)
         stages["write"] = round(tally.write_s, 3)
         stages["total"] = round(time.perf_counter() - started, 3)
-        summary = _summarise(plan, tally, health, stages, evidence)
+        summary = _summarise(plan, tally, health, stages, reliability, found)
         summary_tmp = transaction.stage(plan.paths["summary"])
         summary_tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return RunResult(outputs=plan.paths, summary=summary)

@@ -13,6 +13,7 @@ from agriseg_cli.common import (
     EXIT_ERROR,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    add_force_option,
     add_health_options,
     add_plant_options,
     add_prescription_options,
@@ -25,9 +26,11 @@ from agriseg_cli.common import (
 )
 from agriseg_cli.run import config_from_args
 
-from agriseg.errors import AgrisegError
+from agriseg.errors import AgrisegError, UnreliableMapError
 
 EXIT_SURVEYS_FAILED = 1
+#: Some survey's map was too unreliable to count plants or prescribe from.
+EXIT_REFUSED = EXIT_ERROR
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -40,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "The night's log is OUT/logs/agriseg-YYYYMMDD.log.",
         epilog=f"Exit status: 0 every survey succeeded or was already done; "
         f"{EXIT_SURVEYS_FAILED} some surveys failed (see the manifest); {EXIT_ERROR} the batch "
-        "could not run (no surveys, bad options, results folder unusable or locked); "
+        "could not run (no surveys, bad options, results folder unusable or locked), or "
+        "--plants/--prescribe refused an UNRELIABLE survey's map (the others got theirs); "
         f"{EXIT_INTERNAL} internal error (a bug: rerun with --debug and report "
         f"it); {EXIT_INTERRUPTED} interrupted (Ctrl-C: the next batch redoes the survey it "
         "stopped in).",
@@ -54,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "file, in any letter case); the other files are listed as not surveys",
     )
     parser.add_argument("--force", action="store_true", help="redo surveys already done")
+    add_force_option(parser, "--force-unreliable")
     parser.add_argument(
         "--checksum",
         action="store_true",
@@ -116,20 +121,35 @@ def execute(args: argparse.Namespace) -> int:
             )
             raise
     if not args.quiet:
-        rows = [(s.name, s.outcome, s.seconds) for s in result.surveys]
-        print_table(("survey", "status", "seconds"), rows)
+        rows = [(s.name, s.outcome, (s.verdict or "-").upper(), s.seconds) for s in result.surveys]
+        print_table(("survey", "status", "verdict", "seconds"), rows)
         for survey in result.failed:
             print(f"{survey.name} failed: {survey.error}")
         if result.ignored:
             print(f"not surveys: {', '.join(p.name for p in result.ignored)}")
         print(f"manifest: {result.manifest}; log: {log_file.baseFilename}")
+    done = [s for s in result.surveys if s.outcome != "failed"]
+    force = args.force_unreliable
+    refused = 0
     if prescription is not None:
-        done = [s for s in result.surveys if s.outcome != "failed"]
-        prescribed = [r for s in done for r in prescribe(args.out / s.name, prescription)]
+        prescribed = []
+        for s in done:
+            try:
+                prescribed += prescribe(args.out / s.name, prescription, force=force)
+            except UnreliableMapError as exc:  # the other surveys still get theirs
+                print(f"agriseg batch: {exc}", file=sys.stderr)
+                refused += 1
         print_prescriptions(prescribed, quiet=args.quiet)
     if plants is not None:
-        done = [s for s in result.surveys if s.outcome != "failed"]
-        counted = [r for s in done for r in count_run(args.out / s.name, plants)]
+        counted = []
+        for s in done:
+            try:
+                counted += count_run(args.out / s.name, plants, force=force)
+            except UnreliableMapError as exc:
+                print(f"agriseg batch: {exc}", file=sys.stderr)
+                refused += 1
         if not args.quiet:
             print_plant_counts(counted)
-    return 0 if result.ok else EXIT_SURVEYS_FAILED
+    if not result.ok:
+        return EXIT_SURVEYS_FAILED
+    return EXIT_REFUSED if refused else 0

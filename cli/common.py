@@ -303,8 +303,28 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def print_health_table(health: dict[str, Any]) -> None:
-    """The closing table of a run: class areas and the field-health indices."""
+def verdict_line(summary: dict[str, Any]) -> str:
+    """The run's reliability verdict as it leads the summary line (``UNRELIABLE (...)``)."""
+    from agriseg.health.verdict import Reliability
+
+    data = summary.get("reliability")
+    return "UNCHECKED" if data is None else Reliability.from_json(data).headline()
+
+
+def add_force_option(parser: argparse.ArgumentParser, flag: str = "--force") -> None:
+    """The option that lets plant counts and prescriptions act on an unreliable map."""
+    parser.add_argument(
+        flag,
+        dest="force_unreliable",
+        action="store_true",
+        help="count plants / prescribe even from a map judged UNRELIABLE, or with rows "
+        "closer than the imagery resolves (the override is recorded in the outputs)",
+    )
+
+
+def print_health_table(health: dict[str, Any], verdict: str = "") -> None:
+    """The closing table of a run: class areas and the field-health indices, the
+    summary line led by the run's ``verdict`` (:func:`verdict_line`)."""
     rows: list[tuple[Any, ...]] = [
         (name, c.get("role", ""), c["area_m2"], f"{c['area_ha']:.4f}", _percent(c["share"]))
         for name, c in health["classes"].items()
@@ -313,7 +333,8 @@ def print_health_table(health: dict[str, Any]) -> None:
     print_table(("class", "role", "area m²", "ha", "share"), rows)
     score = health["health_score"]
     print(
-        f"vegetation cover {_percent(health['vegetation_cover'])}  "
+        (f"{verdict}  " if verdict else "")
+        + f"vegetation cover {_percent(health['vegetation_cover'])}  "
         f"weed pressure {_percent(health['weed_pressure'])}  "
         f"disease incidence {_percent(health['disease_incidence'])}  "
         f"health score {'n/a' if score is None else f'{score:.0f}/100'}"

@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="SIZE_M",
         help="plants per m² per cell of a SIZE_M metre grid (the run's --grid zones)",
     )
+    common.add_force_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no table")
     return parser
 
@@ -34,7 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def execute(args: argparse.Namespace) -> int:
     from agriseg.field.plants import PlantOptions, count_run
 
-    results = count_run(args.run_dir, PlantOptions(fields=args.fields, grid_m=args.grid))
+    results = count_run(
+        args.run_dir,
+        PlantOptions(fields=args.fields, grid_m=args.grid),
+        force=args.force_unreliable,
+    )
     if not args.quiet:
         common.print_plant_counts(results)
     return 0

@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="where to write them (default: beside each run's outputs)",
     )
     common.add_prescription_options(parser)
+    common.add_force_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no table")
     return parser
 
@@ -37,6 +38,6 @@ def execute(args: argparse.Namespace) -> int:
 
     options = common.prescription_options_from_args(args)
     assert options is not None  # prescribe always prescribes
-    results = prescribe(args.run_dir, options, args.out)
+    results = prescribe(args.run_dir, options, args.out, force=args.force_unreliable)
     common.print_prescriptions(results, quiet=args.quiet)
     return 0

@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     common.add_health_options(parser)
     common.add_prescription_options(parser, after_run=True)
     common.add_plant_options(parser)
+    common.add_force_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
     return parser
 
@@ -85,8 +86,9 @@ def execute(args: argparse.Namespace) -> int:
         for note in result.summary.get("notes", []):
             print(f"agriseg run: note: {note}", file=sys.stderr)
         if "health" in result.summary:
-            common.print_health_table(result.summary["health"])
+            common.print_health_table(result.summary["health"], common.verdict_line(result.summary))
         else:
+            print(common.verdict_line(result.summary))
             common.print_table(
                 ("class", "pixels", "area m²", "share"),
                 [
@@ -100,10 +102,10 @@ def execute(args: argparse.Namespace) -> int:
                 ],
             )
     if prescription is not None:
-        results = prescribe(out, prescription, stems=[args.input.stem])
+        results = prescribe(out, prescription, stems=[args.input.stem], force=args.force_unreliable)
         common.print_prescriptions(results, quiet=args.quiet)
     if plants is not None:
-        counted = count_run(out, plants, stems=[args.input.stem])
+        counted = count_run(out, plants, stems=[args.input.stem], force=args.force_unreliable)
         if not args.quiet:
             common.print_plant_counts(counted)
     if not args.quiet:

@@ -36,8 +36,16 @@ ALLOWED: dict[str, set[str]] = {
     "agriseg.segmentation": BASE | {"agriseg.io", "agriseg.models"},
     "agriseg.health": BASE | {"agriseg.io", "agriseg.segmentation"},
     "agriseg.field": BASE | {"agriseg.io", "agriseg.health"},
-    "agriseg.run": BASE
+    "agriseg.reliability": BASE
     | {"agriseg.io", "agriseg.models", "agriseg.segmentation", "agriseg.health"},
+    "agriseg.run": BASE
+    | {
+        "agriseg.io",
+        "agriseg.models",
+        "agriseg.segmentation",
+        "agriseg.health",
+        "agriseg.reliability",
+    },
     "agriseg.learning": BASE
     | {"agriseg.io", "agriseg.models", "agriseg.segmentation", "agriseg.run"},
     "agriseg.batch": BASE | {"agriseg.io", "agriseg.models", "agriseg.run"},

@@ -31,7 +31,7 @@ import contextlib
 import itertools
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -599,9 +599,13 @@ def write_plants(
     gpkg: Path,
     summary: Path,
     transaction: OutputTransaction | None = None,
+    reliability: dict[str, Any] | None = None,
+    stamp: Callable[[Path], None] | None = None,
 ) -> None:
-    """Write the ``plants`` and ``missing_plants`` point layers and the JSON summary,
-    staged in ``transaction`` (both appear together), or each file atomically."""
+    """Write the ``plants`` and ``missing_plants`` point layers and the JSON summary
+    (with the run's ``reliability`` record, see :mod:`agriseg.field.trust`), staged in
+    ``transaction`` (both appear together), or each file atomically; ``stamp`` adds to
+    the GeoPackage before it appears."""
     with contextlib.ExitStack() as stack:
         if transaction is None:
             transaction = stack.enter_context(output_transaction())
@@ -611,12 +615,19 @@ def write_plants(
         transaction.adopt(work, gpkg)
         write_layer(count.plants, work, "plants")
         write_layer(count.missing, work, "missing_plants")
-        text = json.dumps(count.summary(transform), indent=2) + "\n"
-        transaction.stage(summary).write_text(text, encoding="utf-8")
+        if stamp is not None:
+            stamp(work)
+        data = count.summary(transform)
+        if reliability is not None:
+            data = {"reliability": reliability, **data}
+        transaction.stage(summary).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def count_run(
-    run_dir: Path, options: PlantOptions = PlantOptions(), stems: Sequence[str] | None = None
+    run_dir: Path,
+    options: PlantOptions = PlantOptions(),
+    stems: Sequence[str] | None = None,
+    force: bool = False,
 ) -> list[PlantResult]:
     """Count the plants of every run in ``run_dir`` (a run's or a batch's ``--out``; or
     those of ``stems``) and write ``<stem>.plants.gpkg`` and ``<stem>.plants.json``
@@ -624,9 +635,13 @@ def count_run(
 
     A file of either name that the run's summary does not list (e.g. the generator's
     truth ``<stem>.plants.gpkg`` in the input's folder) is never replaced: the count
-    is refused before anything is written (see :mod:`agriseg.io.ownership`).
+    is refused before anything is written (see :mod:`agriseg.io.ownership`). So is an
+    ``unreliable`` map, or rows or plants closer than the imagery resolves, unless
+    ``force`` (recorded in ``plants.json`` under ``reliability``; see
+    :mod:`agriseg.field.trust`).
     """
     from agriseg.field.prescriptions import find_runs
+    from agriseg.field.trust import admit, check_resolved, stamp_for
 
     runs = [r for r in find_runs(run_dir) if stems is None or r.stem in stems]
     for run in runs:
@@ -637,7 +652,8 @@ def count_run(
             )
         inputs = [options.fields] if options.fields else []
         check_free(run.run_dir, run.stem, PLANT_KINDS, inputs)
-    results = []
+    records = admit(runs, "count plants", force)
+    counted = []
     for run in runs:
         classes_path = run.run_dir / f"{run.stem}.classes.tif"
         if not classes_path.is_file():
@@ -646,12 +662,22 @@ def count_run(
             )
         gsd = (run.summary.get("scale") or {}).get("input_gsd_m")
         count = count_plants(classes_path, options, gsd_m=gsd)
-        with rasterio.open(classes_path) as src:
+        if count.rows is not None:
+            records[run.stem]["spacing"] = check_resolved(
+                classes_path, count.rows.row_spacing, count.rows.plant_spacing, force
+            )
+        counted.append((run, count))
+    results = []
+    for run, count in counted:
+        with rasterio.open(run.run_dir / f"{run.stem}.classes.tif") as src:
             transform = src.transform
         paths = output_paths(run.run_dir, run.stem, PLANT_KINDS)
         gpkg, summary = paths["plants_gpkg"], paths["plants_json"]
+        record = records[run.stem]
         with output_transaction() as transaction:
-            write_plants(count, transform, gpkg, summary, transaction)
+            write_plants(
+                count, transform, gpkg, summary, transaction, record, stamp_for(run, record)
+            )
             record_outputs(transaction, run.run_dir, run.stem, paths.values())
         results.append(PlantResult(run.stem, count, gpkg, summary))
     return results

@@ -770,11 +770,17 @@ def spot_warnings(stem: str, share: float) -> list[str]:
 
 
 def write_prescriptions(
-    made: RunPrescriptions, options: PrescriptionOptions, out_dir: Path
+    made: RunPrescriptions,
+    options: PrescriptionOptions,
+    out_dir: Path,
+    stamp: Callable[[Path], None] | None = None,
+    reliability: dict[str, Any] | None = None,
 ) -> PrescriptionResult:
     """Write one run's prescriptions into ``out_dir``, all files together or none;
     beside the run's own outputs they are listed in its summary, replacing its earlier
-    prescriptions as a whole (see :mod:`agriseg.io.ownership`)."""
+    prescriptions as a whole (see :mod:`agriseg.io.ownership`). ``stamp`` adds to the
+    GeoPackage before it appears, ``reliability`` (the run's verdict, see
+    :mod:`agriseg.field.trust`) goes into the prescription's summary."""
     stem, layers = made.stem, made.layers
     paths = {k: out_dir / f"{stem}{suffix}" for k, suffix in PRESCRIPTION_SUFFIXES.items()}
     zones = layers.get(ZONE_LAYER)
@@ -785,6 +791,8 @@ def write_prescriptions(
     # clears temporaries left by a killed run or prescribe.
     with output_folder(out_dir), output_transaction() as transaction:
         write_prescription_gpkg(layers, paths["gpkg"], transaction)
+        if stamp is not None:
+            stamp(transaction.staged(paths["gpkg"]))
         write_shapefile_zip(spot, paths["spot_shp"], transaction)
         if zones is not None:
             write_shapefile_zip(zones, paths["zones_shp"], transaction)
@@ -793,7 +801,10 @@ def write_prescriptions(
         )
         result = _result(made, paths)
         summary = transaction.stage(paths["summary"])
-        summary.write_text(json.dumps(_summary(result, options), indent=2), encoding="utf-8")
+        data = _summary(result, options)
+        if reliability is not None:
+            data = {"reliability": reliability, **data}
+        summary.write_text(json.dumps(data, indent=2), encoding="utf-8")
         if summary_path(out_dir, stem).is_file():
             record_outputs(transaction, out_dir, stem, paths.values(), PRESCRIPTION_KINDS)
     return result
@@ -847,13 +858,18 @@ def prescribe(
     options: PrescriptionOptions,
     out_dir: Path | None = None,
     stems: Sequence[str] | None = None,
+    force: bool = False,
 ) -> list[PrescriptionResult]:
     """Prescriptions for every run in ``run_dir`` (see :func:`find_runs`; or those of
     ``stems``), written to ``out_dir`` (default: beside each run's outputs).
 
     Every run's prescriptions are made (and the rate table checked against its zones)
-    before anything is written; each run's files appear together or not at all.
+    before anything is written; each run's files appear together or not at all. An
+    ``unreliable`` run is refused unless ``force`` (see :mod:`agriseg.field.trust`); the
+    GeoPackage records the run's verdict and any override.
     """
+    from agriseg.field.trust import admit, stamp_for
+
     runs = [r for r in find_runs(run_dir) if stems is None or r.stem in stems]
     for run in runs:
         # Beside a run, a file of a prescription's name that the run's summary does
@@ -862,5 +878,11 @@ def prescribe(
         if summary_path(target, run.stem).is_file():
             inputs = [options.fields] if options.fields else []
             check_free(target, run.stem, PRESCRIPTION_KINDS, inputs)
+    records = admit(runs, "prescribe", force)
     made = [(run, run_prescriptions(run, options)) for run in runs]
-    return [write_prescriptions(m, options, out_dir or run.run_dir) for run, m in made]
+    return [
+        write_prescriptions(
+            m, options, out_dir or run.run_dir, stamp_for(run, records[run.stem]), records[run.stem]
+        )
+        for run, m in made
+    ]

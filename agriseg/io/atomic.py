@@ -103,6 +103,10 @@ class OutputTransaction:
         self._staged[final] = tmp
         return tmp
 
+    def staged(self, final: Path) -> Path:
+        """The temporary ``final`` is being written to (see :meth:`stage`)."""
+        return self._staged[final]
+
     def staging_folder(self, directory: Path, purpose: str) -> Path:
         """A private temporary folder in ``directory`` for code that writes many files.
 

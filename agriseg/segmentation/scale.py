@@ -89,6 +89,50 @@ class Scale:
         ]
 
 
+@dataclass(frozen=True)
+class ScalePolicy:
+    """What ``--resample auto`` does with a model: the input GSDs it uses as they are,
+    and the GSD it resamples inputs outside them to.
+
+    A shipped model's policy is measured (``scripts/scale_sweep.py``, stored in its
+    calibration, see :mod:`agriseg.calibration`); other models get
+    :meth:`around` their training GSD.
+
+    Attributes:
+        finest_m: Inputs from this GSD...
+        coarsest_m: ...to this one are used as they are.
+        finer_target_m: GSD finer inputs are shrunk to (by at most :data:`MAX_DOWNSAMPLE`).
+        coarser_target_m: Finest GSD coarser inputs are enlarged to...
+        coarser_factor: ...enlarging them this many times (at most :data:`MAX_UPSAMPLE`).
+    """
+
+    finest_m: float
+    coarsest_m: float
+    finer_target_m: float
+    coarser_target_m: float
+    coarser_factor: float = MAX_UPSAMPLE
+
+    @classmethod
+    def around(cls, model_gsd_m: float) -> ScalePolicy:
+        """The unmeasured policy: the tolerances around the model's training GSD."""
+        finest = model_gsd_m / FINER_TOLERANCE
+        return cls(finest, model_gsd_m * COARSER_TOLERANCE, finest, model_gsd_m)
+
+    def target(self, input_gsd_m: float) -> float:
+        """The GSD the model sees for an input of ``input_gsd_m`` under ``auto``."""
+        if input_gsd_m < self.finest_m:
+            return min(self.finer_target_m, input_gsd_m * MAX_DOWNSAMPLE)
+        if input_gsd_m > self.coarsest_m:
+            factor = min(self.coarser_factor, MAX_UPSAMPLE)
+            return max(self.coarser_target_m, input_gsd_m / factor)
+        return input_gsd_m
+
+
+def _explicit_target(input_gsd_m: float, target_m: float) -> float:
+    """An explicit target GSD, kept within the resampling limits."""
+    return min(max(target_m, input_gsd_m / MAX_UPSAMPLE), input_gsd_m * MAX_DOWNSAMPLE)
+
+
 def format_gsd(metres: float) -> str:
     """A ground sampling distance for people: cm below a metre, then m, then km."""
     if metres < 1:
@@ -99,37 +143,52 @@ def format_gsd(metres: float) -> str:
 
 
 def decide_scale(
-    input_gsd_m: float | None, model_gsd_m: float | None, resample: Resample = "auto"
+    input_gsd_m: float | None,
+    model_gsd_m: float | None,
+    resample: Resample | float = "auto",
+    policy: ScalePolicy | None = None,
 ) -> Scale:
     """Decide the GSD the model sees.
 
-    With ``auto``, an input more than :data:`FINER_TOLERANCE` times finer than the
-    model's GSD is shrunk to that limit (only as far as needed, since detail helps;
-    by at most :data:`MAX_DOWNSAMPLE`), and one more than :data:`COARSER_TOLERANCE`
-    times coarser is enlarged to the model's GSD (by at most :data:`MAX_UPSAMPLE`).
-    Nothing is resampled with ``off``, or when either GSD is unknown (models trained
-    on plain images may not know theirs: ``gsd_m`` ``None`` or 0).
+    With ``auto``, inputs inside ``policy``'s range are used as they are and others
+    resampled to its targets (:meth:`ScalePolicy.target`; without a measured policy,
+    :meth:`ScalePolicy.around` the model's GSD: inputs more than
+    :data:`FINER_TOLERANCE` times finer are shrunk to that limit, ones more than
+    :data:`COARSER_TOLERANCE` times coarser enlarged to the model's GSD). A number is
+    a target GSD in metres (within the resampling limits). Nothing is resampled with
+    ``off``, or when either GSD is unknown (models trained on plain images may not
+    know theirs: ``gsd_m`` ``None`` or 0).
     """
-    if resample not in RESAMPLE_MODES:
-        raise InputError(f"--resample {resample!r} is not one of {', '.join(RESAMPLE_MODES)}")
-    for name, value, least in (("input", input_gsd_m, 0.0), ("model", model_gsd_m, -1.0)):
+    if not isinstance(resample, float) and resample not in RESAMPLE_MODES:
+        raise InputError(
+            f"--resample {resample!r} is not one of {', '.join(RESAMPLE_MODES)} "
+            "or a ground sampling distance in metres"
+        )
+    for name, value, least in (
+        ("input", input_gsd_m, 0.0),
+        ("model", model_gsd_m, -1.0),
+        ("target", resample if isinstance(resample, float) else None, 0.0),
+    ):
         # A model's 0 means "unknown"; an input's must be real.
         if value is not None and not (math.isfinite(value) and value > least):
             raise InputError(
                 f"{name} ground sampling distance {value!r} m must be a positive number; "
-                "check --gsd or the model's gsd_m"
+                "check --gsd, --resample or the model's gsd_m"
             )
     if not input_gsd_m or not model_gsd_m:
         return Scale(input_gsd_m or None, model_gsd_m or None, input_gsd_m or None, False, False)
     unreliable = input_gsd_m > UNRELIABLE_COARSER * model_gsd_m
-    finest = model_gsd_m / FINER_TOLERANCE
-    if resample == "off" or finest <= input_gsd_m <= model_gsd_m * COARSER_TOLERANCE:
-        return Scale(input_gsd_m, model_gsd_m, input_gsd_m, False, unreliable)
-    if input_gsd_m < finest:
-        target = min(finest, input_gsd_m * MAX_DOWNSAMPLE)
-        return Scale(input_gsd_m, model_gsd_m, target, True, unreliable)
-    target = max(model_gsd_m, input_gsd_m / MAX_UPSAMPLE)
-    return Scale(input_gsd_m, model_gsd_m, target, True, unreliable)
+    if isinstance(resample, float):
+        target = _explicit_target(input_gsd_m, resample)
+    elif resample == "off":
+        target = input_gsd_m
+    else:
+        target = (policy or ScalePolicy.around(model_gsd_m)).target(input_gsd_m)
+    # Targets within half a percent of the input are no resampling worth the work.
+    resampled = abs(target / input_gsd_m - 1) > 0.005
+    return Scale(
+        input_gsd_m, model_gsd_m, target if resampled else input_gsd_m, resampled, unreliable
+    )
 
 
 def raster_gsd_m(info: RasterInfo, override_m: float | None = None) -> float | None:
@@ -204,9 +263,14 @@ class TilePlan:
         }
 
 
-def plan_tiles(info: RasterInfo, meta: ModelMeta, config: RunConfig) -> TilePlan:
-    """Decide the scale of a run on ``info`` with ``meta``'s model, and its tile grid."""
-    scale = decide_scale(raster_gsd_m(info, config.gsd_m), meta.gsd_m or None, config.resample)
+def plan_tiles(
+    info: RasterInfo, meta: ModelMeta, config: RunConfig, policy: ScalePolicy | None = None
+) -> TilePlan:
+    """Decide the scale of a run on ``info`` with ``meta``'s model (``auto`` following
+    ``policy``, see :func:`decide_scale`), and its tile grid."""
+    scale = decide_scale(
+        raster_gsd_m(info, config.gsd_m), meta.gsd_m or None, config.resample, policy
+    )
     model_tile = config.tile_size or meta.tile_size
     grid = tile_grid(info.height, info.width, scale, model_tile, config.overlap, config.batch_size)
     return TilePlan(scale, grid, model_tile)

@@ -1,0 +1,354 @@
+"""How far to trust a run: a verdict (``ok``, ``doubtful``, ``unreliable``) with its
+reasons in plain words, drawn from evidence gathered during the run itself.
+
+A model trained on one kind of imagery produces confident-looking maps of anything;
+these checks tell a map the model can stand behind from one it cannot:
+
+* ``scale``: the input's ground sampling distance against the range where the model
+  was measured to hold up (:mod:`agriseg.segmentation.calibration`); an unknown GSD (a plain
+  photo) is a reason in itself;
+* ``input``: pixel type and bands against what the model was trained on;
+* ``vegetation``: plants found by a spectral index with the image's own threshold
+  (:mod:`agriseg.models.vegetation`), against the model's vegetation (crop, weed and
+  disease roles); a model that sees plants where the index sees soil, or the
+  reverse, misreads the imagery;
+* ``confidence``: the share of pixels the model was unsure of, against what it
+  showed on held-out surveys;
+* ``colour``: the image's band means against the training images' (the model's
+  normalisation), in training standard deviations.
+
+Thresholds come from the model's calibration (``scripts/calibrate_reliability.py``);
+a model without one gets :data:`DEFAULT_THRESHOLDS` and a ``doubtful`` verdict.
+:class:`RunEvidence` gathers the evidence block by block, in bounded memory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from agriseg.classes import NODATA, VEGETATION_ROLES
+from agriseg.health.verdict import Check, Reliability, Verdict, judge, worst
+from agriseg.io.raster import RasterInfo, open_dataset, read_window
+from agriseg.io.spectral import band_names, find_bands
+from agriseg.models.meta import ModelMeta, pixel_kind
+from agriseg.models.vegetation import (
+    Separation,
+    VegetationHistogram,
+    compute_index,
+    index_bands,
+    index_for,
+)
+from agriseg.segmentation.calibration import Calibration
+from agriseg.segmentation.scale import Scale, format_gsd
+
+#: Confidence (0-100) below which a pixel counts as unsure.
+LOW_CONFIDENCE = 60
+
+#: Bands only multispectral cameras and satellites have.
+SPECTRAL_ONLY = ("red_edge", "nir", "swir1", "swir2", "coastal")
+
+#: Thresholds of a model without calibration: generous, since nothing was measured.
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "vegetation": {
+        "doubtful_iou": 0.5,
+        "unreliable_iou": 0.25,
+        "doubtful_cover_gap": 0.2,
+        "unreliable_cover_gap": 0.35,
+        "min_gap": 1.5,
+        "bare_cover": 0.02,
+    },
+    "confidence": {"doubtful_low_share": 0.25, "unreliable_low_share": 0.45},
+    "colour": {"doubtful_distance": 2.5, "unreliable_distance": 5.0},
+    # Without a measured range: ratios of the input's GSD to the model's.
+    "scale": {"holds_ratio": 2.0, "usable_ratio": 4.0},
+}
+
+
+def check_scale(scale: Scale, calibration: Calibration, model_gsd_m: float | None) -> Check:
+    """The input's GSD against where the model holds up (see the module doc)."""
+    gsd = scale.input_gsd_m
+    values: dict[str, Any] = {"input_gsd_m": gsd, "target_gsd_m": scale.target_gsd_m}
+    if gsd is None:
+        return Check(
+            "scale",
+            "doubtful",
+            "unknown ground sampling distance (plain photo): the model cannot see plants "
+            "at the size it learnt them; give --gsd",
+            values,
+        )
+    ranges = calibration.scale_range
+    if ranges is not None:
+        holds = (ranges.holds_from_m, ranges.holds_to_m)
+        usable = (ranges.usable_from_m, ranges.usable_to_m)
+    elif model_gsd_m:
+        ratios = DEFAULT_THRESHOLDS["scale"]
+        holds = (model_gsd_m / ratios["holds_ratio"], model_gsd_m * ratios["holds_ratio"])
+        usable = (model_gsd_m / ratios["usable_ratio"], model_gsd_m * ratios["usable_ratio"])
+    else:
+        return Check("scale", "ok", None, values)
+    values.update(holds_from_m=holds[0], holds_to_m=holds[1])
+    values.update(usable_from_m=usable[0], usable_to_m=usable[1])
+    measured = f"measured to hold up from {format_gsd(holds[0])} to {format_gsd(holds[1])}"
+    side = "finer" if gsd < holds[0] else "coarser"
+    if usable[0] <= gsd <= usable[1]:
+        if holds[0] <= gsd <= holds[1]:
+            return Check("scale", "ok", None, values)
+        return Check(
+            "scale",
+            "doubtful",
+            f"ground sampling distance {format_gsd(gsd)} is {side} than the model is {measured}",
+            values,
+        )
+    return Check(
+        "scale",
+        "unreliable",
+        f"ground sampling distance {format_gsd(gsd)} is far {side} than the model is {measured}",
+        values,
+    )
+
+
+def check_input(info: RasterInfo, meta: ModelMeta) -> Check:
+    """Pixel type and bands against what the model was trained on."""
+    kind = pixel_kind(info.dtype)
+    with open_dataset(info.path, plain=info.crs is None) as src:
+        names = band_names(src)
+    unused = [n for n in names if n in SPECTRAL_ONLY and n not in meta.bands]
+    values: dict[str, Any] = {
+        "dtype": info.dtype,
+        "bands": list(names),
+        "model_pixel_kinds": list(meta.pixel_kinds),
+        "model_bands": list(meta.bands),
+    }
+    other_kind = bool(meta.pixel_kinds) and kind not in meta.pixel_kinds
+    if other_kind and unused:
+        return Check(
+            "input",
+            "unreliable",
+            f"a multispectral {info.dtype} survey (with {', '.join(unused)}), but the model "
+            f"learnt {' and '.join(meta.pixel_kinds)} {'/'.join(meta.bands)} images",
+            values,
+        )
+    if other_kind:
+        return Check(
+            "input",
+            "doubtful",
+            f"{info.dtype} pixels, but the model learnt {' and '.join(meta.pixel_kinds)} images",
+            values,
+        )
+    return Check("input", "ok", None, values)
+
+
+def _levels(value: float, doubtful: float, unreliable: float, higher_is_worse: bool) -> Verdict:
+    sign = 1 if higher_is_worse else -1
+    if sign * value > sign * unreliable:
+        return "unreliable"
+    if sign * value > sign * doubtful:
+        return "doubtful"
+    return "ok"
+
+
+def vegetation_values(sep: Separation | None) -> dict[str, Any] | None:
+    """What the vegetation check records (and judges, see :func:`check_vegetation`)."""
+    if sep is None:
+        return None
+    return {
+        "index": sep.index,
+        "threshold": sep.threshold,
+        "otsu": sep.otsu,
+        "effectiveness": sep.effectiveness,
+        "gap": sep.gap,
+        "pixels": sep.pixels,
+        "index_cover": sep.fraction,
+        "model_cover": sep.other_fraction,
+        "iou": sep.iou,
+    }
+
+
+def check_vegetation(values: dict[str, Any] | None, limits: dict[str, float]) -> Check:
+    """Vegetation by the spectral index against the model's vegetation roles
+    (``values``: :func:`vegetation_values`)."""
+    if values is None:
+        return Check(
+            "vegetation", "doubtful", "no vegetation index for these bands: not cross-checked"
+        )
+    index_cover, model_cover = values["index_cover"], values["model_cover"]
+    name = "NDVI" if values["index"] == "ndvi" else "the colour index"
+    separated = values["gap"] >= limits["min_gap"]
+    unseparated = f"{name} does not separate plants from soil here (separation {values['gap']:.1f})"
+    bare = limits["bare_cover"]
+    if not separated and model_cover < bare:
+        # One mode, no valley: a grey image, or a field without plants.
+        return Check("vegetation", "doubtful", f"{unseparated}: not cross-checked", values)
+    if not separated and index_cover < bare:
+        return Check(
+            "vegetation",
+            "unreliable",
+            f"{unseparated}, yet the model finds {100 * model_cover:.0f}% vegetation",
+            values,
+        )
+    if index_cover < bare and model_cover < bare:
+        return Check("vegetation", "ok", None, values)
+    iou = values["iou"] or 0.0
+    level = worst(
+        [
+            _levels(iou, limits["doubtful_iou"], limits["unreliable_iou"], False),
+            _levels(
+                abs(index_cover - model_cover),
+                limits["doubtful_cover_gap"],
+                limits["unreliable_cover_gap"],
+                True,
+            ),
+            "ok" if separated else "doubtful",
+        ]
+    )
+    if level == "ok":
+        return Check("vegetation", "ok", None, values)
+    return Check(
+        "vegetation",
+        level,
+        f"{name} finds {100 * index_cover:.0f}% vegetation where the model finds "
+        f"{100 * model_cover:.0f}% (overlap {100 * iou:.0f}%)",
+        values,
+    )
+
+
+def check_confidence(values: dict[str, Any], limits: dict[str, float]) -> Check:
+    """The share of unsure pixels (``values["low_share"]``) against held-out surveys'."""
+    low_share = values["low_share"]
+    level = _levels(low_share, limits["doubtful_low_share"], limits["unreliable_low_share"], True)
+    if level == "ok":
+        return Check("confidence", "ok", None, values)
+    return Check(
+        "confidence",
+        level,
+        f"the model is unsure of {100 * low_share:.0f}% of pixels (held-out surveys: "
+        f"under {100 * limits['doubtful_low_share']:.0f}%)",
+        values,
+    )
+
+
+def check_colour(values: dict[str, Any], limits: dict[str, float]) -> Check:
+    """The band means' distance from the training images' (``values["distance"]``)."""
+    distance = values["distance"]
+    if distance is None:
+        return Check("colour", "ok", None, values)
+    level = _levels(distance, limits["doubtful_distance"], limits["unreliable_distance"], True)
+    if level == "ok":
+        return Check("colour", "ok", None, values)
+    return Check(
+        "colour",
+        level,
+        f"colours unlike the training images ({distance:.1f} standard deviations off)",
+        values,
+    )
+
+
+def thresholds(calibration: Calibration) -> dict[str, dict[str, float]]:
+    """The calibrated thresholds, defaults where the calibration has none."""
+    return {k: {**v, **calibration.checks.get(k, {})} for k, v in DEFAULT_THRESHOLDS.items()}
+
+
+class RunEvidence:
+    """Evidence gathered block by block while a run writes its class raster.
+
+    Reads each block's window of the input (the bands of the vegetation index and
+    the model's), so it needs no pixels from the model's workers.
+
+    Args:
+        info: The validated input.
+        meta: The model's metadata.
+    """
+
+    def __init__(self, info: RasterInfo, meta: ModelMeta) -> None:
+        self.info, self.meta = info, meta
+        with open_dataset(info.path, plain=info.crs is None) as src:
+            self.index = index_for(band_names(src))
+            named = find_bands(src, index_bands(self.index)) if self.index else {}
+        if self.index is None and tuple(meta.bands[:3]) == ("red", "green", "blue"):
+            # Unnamed bands read as the model's RGB: the model sees them that way too.
+            self.index = "exgr"
+            named = dict(zip(meta.bands[:3], info.bands[:3], strict=True))
+        self._index_bands = [named[n] for n in index_bands(self.index)] if self.index else []
+        self._read = sorted({*info.bands, *self._index_bands})
+        self._rows = {band: i for i, band in enumerate(self._read)}
+        self.histogram = VegetationHistogram(self.index) if self.index else None
+        self._vegetation = np.zeros(256, dtype=bool)
+        for c in meta.classes:
+            self._vegetation[c.id] = c.role in VEGETATION_ROLES
+        self.confidence = np.zeros(101, dtype="int64")
+        self.band_sum = np.zeros(len(info.bands), dtype="float64")
+        self.valid = 0
+        self._scale = meta.normalization.scale_for(info.dtype)
+
+    def add(self, window: Window, classes: np.ndarray, confidence: np.ndarray) -> None:
+        """Take a finished block of the class and confidence rasters."""
+        known = classes != NODATA
+        if not known.any():
+            return
+        data = read_window(self.info.path, tuple(self._read), window, self.info.crs is None)
+        self.confidence += np.bincount(confidence[known], minlength=101)[:101]
+        model = data[[self._rows[b] for b in self.info.bands]]
+        ok = known & np.isfinite(model).all(axis=0)
+        self.band_sum += model[:, ok].sum(axis=1, dtype="float64")
+        self.valid += int(ok.sum())
+        if self.histogram is not None and self.index is not None:
+            index = compute_index(self.index, data[[self._rows[b] for b in self._index_bands]])
+            index[~known] = np.nan
+            self.histogram.add(index, self._vegetation[classes])
+
+    def finish(self, scale: Scale, calibration: Calibration) -> Reliability:
+        """The verdict of the run from the evidence gathered."""
+        limits = thresholds(calibration)
+        sep = self.histogram.separation() if self.histogram is not None else None
+        total = int(self.confidence.sum())
+        low = float(self.confidence[:LOW_CONFIDENCE].sum() / total) if total else 0.0
+        mean = float((self.confidence * np.arange(101)).sum() / total) if total else 0.0
+        means = (self.band_sum / max(self.valid, 1) / self._scale).tolist()
+        norm = self.meta.normalization
+        distance = None
+        if self.valid and len(norm.mean) == len(means):
+            z = [(m - mu) / sd for m, mu, sd in zip(means, norm.mean, norm.std, strict=True)]
+            distance = math.sqrt(sum(v * v for v in z) / len(z))
+        checks = [
+            check_scale(scale, calibration, self.meta.gsd_m or None),
+            check_input(self.info, self.meta),
+            check_vegetation(vegetation_values(sep), limits["vegetation"]),
+            check_confidence(
+                {"low_share": round(low, 4), "mean": round(mean, 2), "below": LOW_CONFIDENCE},
+                limits["confidence"],
+            ),
+            check_colour(
+                {
+                    "distance": None if distance is None else round(distance, 3),
+                    "means": [round(m, 4) for m in means],
+                },
+                limits["colour"],
+            ),
+        ]
+        if not calibration.calibrated:
+            checks.append(
+                Check(
+                    "calibration",
+                    "doubtful",
+                    f"model {self.meta.name} has no reliability calibration: "
+                    "how far it holds up on this imagery was never measured",
+                )
+            )
+        return Reliability(judge(checks), tuple(checks), _name(calibration.path))
+
+
+def _name(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+#: Re-judges a check from its recorded values (``scripts/calibrate_reliability.py``).
+JUDGES = {
+    "vegetation": check_vegetation,
+    "confidence": check_confidence,
+    "colour": check_colour,
+}
