@@ -13,12 +13,13 @@ crop from weed without any label (Bah, Hafiane & Canals 2018; Louargant et al. 2
    rows that bend or drift within the window are followed; each pixel gets its
    distance across from the nearest centre line.
 3. **Row width**: the vegetation profile across the rows (share of vegetation at each
-   distance from a centre line); the crop band is where it stays above a quarter of
+   distance from a centre line); the crop band is where it stays above a tenth of
    the way from the inter-row floor to the row peak.
 4. **Labels** (:func:`label_rows`): vegetation in the band is crop, outside it weed,
    and a patch of vegetation that never reaches a row's core is weed as a whole
-   (a weed just touching the band is not crop). A window without rows labels its
-   vegetation *off rows*, never weed.
+   (a weed just touching the band is not crop); with colour features, the patches
+   that do reach a row are split by colour at the band's edge. A window without rows
+   labels its vegetation *off rows*, never weed.
 
 Everything works in pixels; callers convert to metres with the GSD.
 """
@@ -210,8 +211,8 @@ def find_rows(
 
 
 def _half_width(veg: np.ndarray, distance: np.ndarray, spacing: float) -> float:
-    """Half width of the crop band: where the vegetation profile across the rows falls a
-    quarter of the way from the row peak to the inter-row floor (see :data:`BAND_LEVEL`)."""
+    """Half width of the crop band: where the vegetation profile across the rows falls to
+    a tenth of the way up from the inter-row floor to the row peak (:data:`BAND_LEVEL`)."""
     bins = 25
     at = np.minimum((distance / spacing * 2 * bins).astype(np.int64), bins - 1)
     total = np.bincount(at, minlength=bins)
