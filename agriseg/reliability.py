@@ -9,7 +9,7 @@ these checks tell a map the model can stand behind from one it cannot:
   photo) is a reason in itself;
 * ``input``: pixel type and bands against what the model was trained on;
 * ``vegetation``: plants found by a spectral index with the image's own threshold
-  (:mod:`agriseg.health.vegetation`), against the model's vegetation (crop, weed and
+  (:mod:`agriseg.models.vegetation`), against the model's vegetation (crop, weed and
   disease roles); a model that sees plants where the index sees soil, or the
   reverse, misreads the imagery;
 * ``confidence``: the share of pixels the model was unsure of, against what it
@@ -32,17 +32,17 @@ import numpy as np
 from rasterio.windows import Window
 
 from agriseg.classes import NODATA, VEGETATION_ROLES
-from agriseg.health.vegetation import (
+from agriseg.health.verdict import Check, Reliability, Verdict, judge, worst
+from agriseg.io.raster import RasterInfo, open_dataset, read_window
+from agriseg.io.spectral import band_names, find_bands
+from agriseg.models.meta import ModelMeta, pixel_kind
+from agriseg.models.vegetation import (
     Separation,
     VegetationHistogram,
     compute_index,
     index_bands,
     index_for,
 )
-from agriseg.health.verdict import Check, Reliability, Verdict, judge, worst
-from agriseg.io.raster import RasterInfo, open_dataset, read_window
-from agriseg.io.spectral import band_names, find_bands
-from agriseg.models.meta import ModelMeta, pixel_kind
 from agriseg.segmentation.calibration import Calibration
 from agriseg.segmentation.scale import Scale, format_gsd
 

@@ -47,7 +47,7 @@ from agriseg.models.inference import (
     resolve_device_name,
     resolve_engine,
 )
-from agriseg.models.meta import ModelMeta, pixel_kind
+from agriseg.models.meta import ModelMeta, is_index_model, pixel_kind
 from agriseg.models.registry import find_model, is_onnx
 from agriseg.reliability import RunEvidence
 from agriseg.segmentation.calibration import Calibration, read_calibration
@@ -222,6 +222,10 @@ def plan_run(
     :func:`agriseg.io.ownership.check_free`).
     """
     weights, meta = find_model(config.model)
+    if is_index_model(meta) and config.bands is None:
+        from agriseg.models.index_engine import bands_for_input
+
+        meta = bands_for_input(input_path, meta)
     calibration = read_calibration(weights)
     device = resolve_device_name(config.device)
     engine = resolve_engine(config.engine, device, weights)
@@ -340,12 +344,30 @@ def _segment(
     return tally, _stage_seconds(stream.data), writer
 
 
+def model_evidence(plan: RunPlan, classes_path: Path) -> dict[str, Any]:
+    """What a model without a network found in a finished run, under its own keys:
+    ``vegetation_index`` (how cleanly its index separates its vegetation from soil) and,
+    for the ``rows`` model, ``rows`` (see :mod:`agriseg.models.index_engine`)."""
+    if not is_index_model(plan.meta):
+        return {}
+    from agriseg.models.index_engine import rows_evidence, vegetation_evidence
+
+    meta, info = plan.meta, plan.info
+    separation = vegetation_evidence(info, meta.bands, classes_path, meta.classes)
+    evidence = {"vegetation_index": separation}
+    if meta.architecture == "crop-rows":
+        gsd = plan.tiles.scale.input_gsd_m
+        evidence["rows"] = rows_evidence(classes_path, meta.classes, info.transform, gsd)
+    return evidence
+
+
 def _summarise(
     plan: RunPlan,
     tally: _Tally,
     health: dict[str, Any],
     timings_s: dict[str, float],
     reliability: Reliability,
+    found: dict[str, Any],
 ) -> dict[str, Any]:
     """The run's ``summary.json``."""
     info, meta = plan.info, plan.meta
@@ -388,6 +410,7 @@ def _summarise(
         "tiles_run": tally.tiles_run,  # the others hold no valid pixel
         "valid_pixels": valid,
         "classes": class_table(tally.pixels, tally.area_m2, meta.classes),
+        **found,
         **health,
         "warnings": plan.tiles.scale.warnings()
         + run_warnings(info, valid, meta)
@@ -490,6 +513,7 @@ def segment_raster(
             if config.gsd_m is not None:
                 tally.area_m2 = tally.pixels * config.gsd_m**2
         stages["vectorise_after_segmentation"] = round(time.perf_counter() - segmented, 3)
+        found = model_evidence(plan, writer.staged["classes"])
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()
         writer.to_cogs()
@@ -517,7 +541,7 @@ def segment_raster(
         stages["infer"] = round(tally.model_s, 3)
         stages["write"] = round(tally.write_s, 3)
         stages["total"] = round(time.perf_counter() - started, 3)
-        summary = _summarise(plan, tally, health, stages, reliability)
+        summary = _summarise(plan, tally, health, stages, reliability, found)
         summary_tmp = transaction.stage(plan.paths["summary"])
         summary_tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return RunResult(outputs=plan.paths, summary=summary)

@@ -34,7 +34,9 @@ def execute(args: argparse.Namespace) -> int:
     aliases = {v: k for k, v in ALIASES.items() if k != "default"}
     rows = []
     for m in metas:
-        size_mb = (shipped_dir() / f"{m.name}.safetensors").stat().st_size / 2**20
+        weights = shipped_dir() / f"{m.name}.safetensors"
+        # A model without a network (is_index_model) ships its metadata alone.
+        size = f"{weights.stat().st_size / 2**20:.1f}" if weights.is_file() else "-"
         rows.append(
             (
                 m.name + (" (default)" if m.name == DEFAULT_MODEL else ""),
@@ -45,7 +47,7 @@ def execute(args: argparse.Namespace) -> int:
                 m.tile_size,
                 "-" if m.gsd_m is None else f"{100 * m.gsd_m:.1f}",
                 _miou(m.metrics),
-                f"{size_mb:.1f}",
+                size,
             )
         )
     print_table(

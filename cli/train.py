@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=Path,
         required=True,
         help="the labels: one file (GeoPackage/Shapefile/GeoJSON of polygons, class raster "
-        "or mask), or a folder or quoted glob pattern of masks",
+        "or mask), or a folder or quoted glob pattern of masks; or `rows`: each survey's own "
+        "crop rows (crop on them, weed between; see docs/labelfree.md)",
     )
     parser.add_argument(
         "--out",
@@ -225,7 +226,13 @@ def execute(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     config.check()
     output_checkpoint(args.out)  # a bad --out fails before the images are read
-    sources = pair_files(args.images, [args.labels])
+    labels: list[Path] = [args.labels]
+    if str(args.labels) == "rows":  # self-training on the surveys' own rows
+        from agriseg.learning.row_labels import ROW_LABEL_CLASSES, label_with_rows
+
+        labels = label_with_rows(args.images, args.out.with_name(args.out.name + ".row-labels"))
+        config = dataclasses.replace(config, classes=ROW_LABEL_CLASSES)
+    sources = pair_files(args.images, labels)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with common.progress_bar("reading labels", args.quiet, unit="image") as progress:

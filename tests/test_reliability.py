@@ -15,11 +15,11 @@ from affine import Affine
 from PIL import Image
 
 from agriseg.health.reliability_stamps import BANNER_COLOURS
-from agriseg.health.vegetation import VegetationHistogram, compute_index
 from agriseg.health.verdict import Reliability, judge
 from agriseg.learning.survey_files import write_survey
 from agriseg.learning.synthetic import draw_params, generate_survey
 from agriseg.models.registry import find_model
+from agriseg.models.vegetation import VegetationHistogram, compute_index
 from agriseg.reliability import (
     DEFAULT_THRESHOLDS,
     check_scale,

@@ -12,9 +12,10 @@ Everything is vectorised numpy; a seed fixes every random choice.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 import geopandas as gpd
 import numpy as np
@@ -87,6 +88,10 @@ class SurveyParams:
             ``disease_foci=0`` (those classes have no disease).
         crs: Projected CRS with metre units that the survey is georeferenced in.
         origin: Upper-left corner (x, y) in ``crs`` units.
+        row_curvature: Rows bend along arcs of radius ``1 / row_curvature`` metres
+            (0: straight rows, as sown on most fields).
+        layout: ``rows`` (crop on rows, weeds mostly between them) or ``scattered``
+            (crop plants and weeds anywhere: a field without rows).
     """
 
     height: int = 512
@@ -106,6 +111,8 @@ class SurveyParams:
     weed_species: bool = False
     crs: str = "EPSG:32633"
     origin: tuple[float, float] = (500000.0, 5300000.0)
+    row_curvature: float = 0.0
+    layout: Literal["rows", "scattered"] = "rows"
 
 
 def draw_params(seed: int, height: int = 512, width: int = 512, **overrides: Any) -> SurveyParams:
@@ -251,6 +258,7 @@ class _Plants:
     base: np.ndarray
     sharp: np.ndarray
     wobble: np.ndarray
+    line_reach: int = 0
 
 
 def _check(params: SurveyParams) -> CRS:
@@ -268,6 +276,8 @@ def _check(params: SurveyParams) -> CRS:
             f"weed_species surveys have no disease class; set disease_foci=0 "
             f"(not {params.disease_foci})"
         )
+    if params.layout not in ("rows", "scattered"):
+        raise InputError(f"survey layout {params.layout!r}: expected rows or scattered")
     if len(params.white_balance) != 3 or min(params.white_balance) <= 0:
         raise InputError(
             f"white_balance={params.white_balance!r} must be three positive gains (r, g, b)"
@@ -308,11 +318,15 @@ def _draw_plants(
     best = np.full(u.shape, -1, np.int64)
     depth = np.ones(u.shape, np.float32)
     across = np.zeros(u.shape, np.float32)
-    for ds in range(-plants.reach, plants.reach + 1):
-        idx = index + ds
+    # Plants may reach into the next slots along their line, and (``line_reach``) into
+    # the next lines.
+    for dk, ds in itertools.product(
+        range(-plants.line_reach, plants.line_reach + 1), range(-plants.reach, plants.reach + 1)
+    ):
+        idx = index + dk * plants.n_slots + ds
         r = plants.radius[idx]
         du = u_rel - np.float32(ds * plants.slot_pitch) - plants.du[idx]
-        dv = v_rel - plants.dv[idx]
+        dv = v_rel - np.float32(dk * plants.line_pitch) - plants.dv[idx]
         d2 = du * du + dv * dv
         cand = np.flatnonzero(d2 < r * r)
         if cand.size == 0:
@@ -361,9 +375,12 @@ def _crop_plants(
 ) -> tuple[_Plants, np.ndarray, np.ndarray]:
     """Crop plants on the rows; also returns the plants' centres (u, v)."""
     rs, ps = params.row_spacing_m, params.plant_spacing_m
+    scattered = params.layout == "scattered"
     jitter_u, jitter_v = 0.15 * ps, min(0.03, 0.06 * rs)
+    if scattered:  # anywhere in the slot's cell: the lattice leaves no trace
+        jitter_u, jitter_v = 0.5 * ps, 0.5 * rs
     r_mean = min(params.plant_radius_m, 0.36 * rs)
-    r_max = min(1.25 * r_mean, rs / 2 - jitter_v - 0.02)
+    r_max = min(1.25 * r_mean, rs / 2 - jitter_v - 0.02) if not scattered else 1.25 * r_mean
     reach = math.ceil((r_max + jitter_u) / ps - 0.5)
     line0 = float(rng.uniform(0, rs))
     k0, nk, s0, ns = _lattice_extent(u, v, line0, rs, ps, reach)
@@ -374,12 +391,23 @@ def _crop_plants(
     lines = np.arange(k0, k0 + nk)
     period = max(int(round(rng.uniform(12, 24) / rs)), 4)
     tram = (lines - int(rng.integers(0, period))) % period == 0
-    radius.reshape(nk, ns)[tram] = 0
+    if not scattered:
+        radius.reshape(nk, ns)[tram] = 0
     du = rng.uniform(-jitter_u, jitter_u, n)
     dv = rng.uniform(-jitter_v, jitter_v, n)
     tables = _plant_tables(rng, n, radius, (4, 7), (0.35, 0.55), (0.5, 1.1), (0.0, 0.04))
     plants = _Plants(
-        k0, s0, ns, line0, rs, ps, reach, du.astype(np.float32), dv.astype(np.float32), **tables
+        k0,
+        s0,
+        ns,
+        line0,
+        rs,
+        ps,
+        reach,
+        du.astype(np.float32),
+        dv.astype(np.float32),
+        **tables,
+        line_reach=int(scattered),
     )
     k = np.repeat(lines, ns)
     s = np.tile(np.arange(s0, s0 + ns), nk)
@@ -411,6 +439,10 @@ def _weeds(
     room = np.maximum(rs / 2 - radius * 1.05, 0)
     dv = np.clip(rng.normal(0, 0.2 * rs, n), -room, room)
     du = rng.uniform(-0.2, 0.2, n) * pitch
+    scattered = params.layout == "scattered"
+    if scattered:  # anywhere, like the crop
+        dv = rng.uniform(-0.5, 0.5, n) * rs
+        du = rng.uniform(-0.5, 0.5, n) * pitch
     tables["radius"] = np.minimum(tables["radius"], 0.75 * pitch).astype(np.float32)
     # Weeds grow in patches: the chance of one follows a smooth field over the ground.
     area = math.pi * _WEED_RADIUS_M**2 * 0.45
@@ -433,6 +465,7 @@ def _weeds(
         du.astype(np.float32),
         dv.astype(np.float32),
         **tables,
+        line_reach=int(scattered),
     )
     return plants, colour.astype(np.float32), kind
 
@@ -495,7 +528,13 @@ def generate_survey(params: SurveyParams, seed: int) -> Survey:
     v = np.broadcast_to(to_rows[1, 0] * x + to_rows[1, 1] * y, shape).ravel()
     # Rows are sown slightly wavy.
     wavy = wave_field(crop_rng, (4.0, 12.0))
-    v = v - 0.02 * wavy(u, np.zeros(1, np.float32))
+    # Rows bent along arcs: v shifts with the square of the distance from the middle.
+    u_mid = 0.5 * float(u.min() + u.max())
+
+    def bend(along: np.ndarray) -> np.ndarray:
+        return (0.5 * params.row_curvature * (along - u_mid) ** 2).astype(np.float32)
+
+    v = v - 0.02 * wavy(u, np.zeros(1, np.float32)) - bend(u)
 
     crop, crop_u, crop_v = _crop_plants(crop_rng, params, u, v)
     weeds, weed_colour, weed_kind = _weeds(weed_rng, params, u, v, crop.line0)
@@ -544,7 +583,9 @@ def generate_survey(params: SurveyParams, seed: int) -> Survey:
     image = _camera(camera_rng, params, refl.reshape(5, h, w))
     transform = Affine(gsd, 0.0, params.origin[0], 0.0, -gsd, params.origin[1])
     # The plants' true centres: undo the rows' waviness, then the rotation into rows.
-    centre_v = crop_v + 0.02 * wavy(crop_u.astype(np.float32), np.zeros(1, np.float32))
+    centre_v = (
+        crop_v + 0.02 * wavy(crop_u.astype(np.float32), np.zeros(1, np.float32)) + bend(crop_u)
+    )
     centre_x = to_rows[0, 0] * crop_u + to_rows[1, 0] * centre_v
     centre_y = to_rows[0, 1] * crop_u + to_rows[1, 1] * centre_v
     visible = np.bincount(crop_id[on_crop], minlength=crop.radius.size)

@@ -34,7 +34,7 @@ from PIL import Image
 from agriseg.config import ENGINES, RefineChoice
 from agriseg.errors import InputError, MissingDependencyError, ModelError
 from agriseg.models.meta import ModelMeta, Normalization
-from agriseg.models.registry import find_model, is_onnx, shipped_dir
+from agriseg.models.registry import find_model, is_index_file, is_onnx, shipped_dir
 from agriseg.optional import (
     TORCH_INSTALL,
     exporter_available,
@@ -46,6 +46,8 @@ from agriseg.optional import (
 
 if TYPE_CHECKING:
     import torch
+
+    from agriseg.models.index_engine import IndexForward
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -109,8 +111,9 @@ def normalize(data: np.ndarray, dtype: str, norm: Normalization) -> np.ndarray:
     return out
 
 
-#: What runs a model once ``auto`` is decided.
-Engine = Literal["torch", "onnx"]
+#: What runs a model once ``auto`` is decided (``index``: a model without a network,
+#: see :mod:`agriseg.models.index_engine`).
+Engine = Literal["torch", "onnx", "index"]
 
 
 def ships_onnx(model_path: str | Path) -> bool:
@@ -133,6 +136,14 @@ def resolve_engine(engine: str, device: str, model_path: str | Path = "") -> Eng
     """
     if engine not in ENGINES:
         raise InputError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if model_path and is_index_file(model_path):
+        if engine != "auto":
+            raise InputError(
+                f"--engine {engine}: model {Path(model_path).stem} has no network to run in "
+                "torch or ONNX Runtime (it computes its classes from the pixels); leave "
+                "--engine out"
+            )
+        return "index"
     onnx_file = is_onnx(model_path)
     if engine == "torch" and onnx_file:
         raise InputError(
@@ -170,6 +181,13 @@ def model_file(weights: Path, engine: Engine, model_tile: int, precision: str = 
     """
     from agriseg.models.onnx_export import INT8_SUFFIX, shipped_onnx
 
+    if engine == "index":
+        if precision == "int8":
+            raise InputError(
+                f"--precision int8: model {weights.stem} has no network, so no int8 variant; "
+                "leave --precision out"
+            )
+        return weights
     if engine == "torch" or is_onnx(weights):
         if precision == "int8" and not str(weights).endswith(INT8_SUFFIX):
             how = "use --engine onnx (or auto, on CPU)" if engine == "torch" else "export one"
@@ -452,7 +470,7 @@ class Predictor:
 
     def __init__(
         self,
-        forward: TorchForward | OnnxForward,
+        forward: TorchForward | OnnxForward | IndexForward,
         meta: ModelMeta,
         device: str,
         threads: int,
@@ -513,8 +531,13 @@ def get_predictor(
         predictor = _PREDICTORS.get(key)
         if predictor is None:
             device_name = resolve_device_name(device)
-            forward: TorchForward | OnnxForward
-            if engine == "onnx":
+            forward: TorchForward | OnnxForward | IndexForward
+            if engine == "index":
+                from agriseg.models.index_engine import IndexForward
+
+                meta = find_model(model_ref)[1]
+                forward = IndexForward(meta)
+            elif engine == "onnx":
                 source, meta = find_model(model_ref)
                 forward = OnnxForward(meta, key[2], source)
             else:

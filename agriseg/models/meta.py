@@ -22,6 +22,11 @@ SIZE_DIVISOR = 32
 
 RGB_BANDS = ("red", "green", "blue")
 
+#: Architectures of the models that run without a network (see
+#: :mod:`agriseg.models.index_engine`): a shipped ``NAME.json`` without weights, its
+#: classes computed from each tile's pixels.
+INDEX_ARCHITECTURES = ("vegetation-index", "crop-rows")
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -114,3 +119,8 @@ def read_meta(meta_path: Path) -> ModelMeta:
     except (TypeError, ValueError) as exc:  # InputError from the class list is a ValueError
         raise ModelError(f"{meta_path}: invalid checkpoint metadata ({exc})") from None
     return meta
+
+
+def is_index_model(meta: ModelMeta) -> bool:
+    """Whether ``meta`` is a model without a network (see :data:`INDEX_ARCHITECTURES`)."""
+    return meta.architecture in INDEX_ARCHITECTURES

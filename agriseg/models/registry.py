@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from agriseg.errors import InputError, ModelError
 from agriseg.io.atomic import atomic_output, write_text_atomic
-from agriseg.models.meta import ModelMeta, read_meta
+from agriseg.models.meta import ModelMeta, is_index_model, read_meta
 from agriseg.models.onnx_format import read_onnx_meta
 from agriseg.optional import require_torch
 
@@ -114,13 +114,21 @@ def is_onnx(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ONNX_SUFFIX
 
 
+def is_index_file(path: str | Path) -> bool:
+    """Whether a path :func:`resolve` gave names a model without a network (its metadata)."""
+    return Path(path).suffix == ".json"
+
+
 def resolve(ref: str | Path) -> Path:
-    """Find the weights file for a shipped model name, a checkpoint path or an ONNX file."""
+    """Find the weights file for a shipped model name, a checkpoint path or an ONNX file
+    (for a shipped model without a network, its metadata file)."""
     text = str(ref)
     name = ALIASES.get(text, text)
     shipped = shipped_dir() / f"{name}.safetensors"
     if shipped.exists():
         return shipped
+    if "/" not in name and (shipped_dir() / f"{name}.json").is_file():
+        return shipped_dir() / f"{name}.json"
     if is_onnx(text):
         if not Path(text).is_file():
             raise ModelError(f"{text}: no such ONNX model (export one with `agriseg export`)")
@@ -152,6 +160,11 @@ def load_model(ref: str | Path) -> tuple[torch.nn.Module, ModelMeta]:
         raise ModelError(
             f"{resolved}: an ONNX model runs only in ONNX Runtime (--engine onnx or auto, "
             "on CPU); torch needs the checkpoint (NAME.safetensors + NAME.json)"
+        )
+    if resolved.suffix == ".json" and is_index_model(read_meta(resolved)):
+        raise ModelError(
+            f"{resolved.stem}: a model without a network (its classes come from each tile's "
+            "pixels); it has no weights to load, train or export"
         )
     require_torch(f"loading {resolved} into torch")
     from safetensors import SafetensorError

@@ -79,8 +79,11 @@ class Block:
     tiles_run: int = 0  # of ``tiles``, those the model ran
 
 
-def _pad_to_extent(data: np.ndarray, grid: TileGrid, i: int, j: int) -> np.ndarray:
-    """Mirror-pad the in-raster part of a chunk's extent out to the full extent."""
+def _pad_to_extent(
+    data: np.ndarray, grid: TileGrid, i: int, j: int, mirror: bool = True
+) -> np.ndarray:
+    """Pad the in-raster part of a chunk's extent out to the full extent: mirrored, or
+    with NaN (invalid pixels) where ``mirror`` is False."""
     ext = grid.extent(i, j)
     top = max(0, -ext.row_off)
     left = max(0, -ext.col_off)
@@ -88,7 +91,10 @@ def _pad_to_extent(data: np.ndarray, grid: TileGrid, i: int, j: int) -> np.ndarr
     right = ext.width - left - data.shape[2]
     if top == left == bottom == right == 0:
         return data
-    return np.pad(data, ((0, 0), (top, bottom), (left, right)), mode="symmetric")
+    widths = ((0, 0), (top, bottom), (left, right))
+    if not mirror:
+        return np.pad(data, widths, mode="constant", constant_values=np.nan)
+    return np.pad(data, widths, mode="symmetric")
 
 
 def in_raster(window: Window, grid: TileGrid) -> tuple[slice, slice]:
@@ -137,9 +143,11 @@ def chunk_batch(
     dtype: str,
     norm: Normalization,
     skip_empty: bool = True,
+    mirror: bool = True,
 ) -> ChunkBatch:
-    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster; with
-    ``skip_empty``, only those with a valid pixel (see :func:`tiles_with_data`)."""
+    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster and
+    padded beyond it (see :func:`_pad_to_extent`); with ``skip_empty``, only those with
+    a valid pixel (see :func:`tiles_with_data`)."""
     core = grid.core(i, j)
     rows, cols = in_raster(grid.extent(i, j), grid)
     r_off, c_off = core.row_off - rows.start, core.col_off - cols.start
@@ -150,7 +158,7 @@ def chunk_batch(
     if not run.any():  # nothing to normalise
         empty = np.empty((0, data.shape[0], grid.tile, grid.tile), dtype="float32")
         return ChunkBatch(empty, valid, run)
-    x = normalize(_pad_to_extent(data, grid, i, j), dtype, norm)
+    x = normalize(_pad_to_extent(data, grid, i, j, mirror), dtype, norm)
     starts = np.flatnonzero(run) * grid.stride
     tiles = np.stack([x[:, :, k : k + grid.tile] for k in starts])
     return ChunkBatch(tiles, valid, run)
@@ -186,7 +194,12 @@ def infer_chunk(
     data = read_extent(info, grid, i, j)
     start = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads, engine)
-    batch = chunk_batch(data, grid, i, j, info.dtype, predictor.meta.normalization, skip_empty)
+    # A network sees a mirrored field beyond the raster's edge; a model without one
+    # measures rows and thresholds on the real pixels only (mirrored rows would cross).
+    mirror = predictor.engine != "index"
+    batch = chunk_batch(
+        data, grid, i, j, info.dtype, predictor.meta.normalization, skip_empty, mirror
+    )
     ran = len(batch.tiles)
     if not ran:
         prepare_s = time.perf_counter() - start

@@ -157,3 +157,102 @@ def _otsu(x: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     total_var = float((p * (x - mu_t) ** 2).sum())
     step = x[1] - x[0] if len(x) > 1 else 0.0
     return float(x[k] + step / 2), float(between[k] / total_var) if total_var > 0 else 0.0
+
+
+# -- vegetation of one tile (the network-free models, :mod:`agriseg.index_models`) ------
+
+#: Index of an RGB tile for the network-free models: CIVE (Kataoka et al. 2003), negated
+#: so that plants are high, without its constant, over the tile's median brightness.
+#: Unlike chromatic indices (ExG, ExG - ExR) it does not blow up the colour noise of
+#: dark pixels (shadows, dark soil), which on sparse plants over varied soil outweighs
+#: the plants: on the peanut test photos the best single threshold per photo gives
+#: vegetation IoU 0.78 with it, 0.59 with ExG - ExR, 0.53 with ExG.
+CIVE_WEIGHTS = (-0.441, 0.811, -0.385)
+
+#: The tile's own threshold lies this many robust spreads of the soil mode above it at
+#: least (so a tile of bare soil keeps ~0.1 % false plants), and at most
+#: :data:`SOIL_SPREADS_MAX` (sparse plants give no second mode for Otsu to find).
+SOIL_SPREADS_MIN, SOIL_SPREADS_MAX = 1.5, 5.0
+
+
+def cive(
+    red: np.ndarray, green: np.ndarray, blue: np.ndarray, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """The green contrast of :data:`CIVE_WEIGHTS` over the median brightness of the
+    ``valid`` pixels (float32)."""
+    wr, wg, wb = CIVE_WEIGHTS
+    value = (wr * red + wg * green + wb * blue).astype(np.float32)
+    total = red + green + blue
+    brightness = float(np.median(total if valid is None else total[valid])) if total.size else 1.0
+    return value / np.float32(max(brightness, 1e-6))
+
+
+def _soil_mode(values: np.ndarray) -> tuple[float, float]:
+    """The main mode of ``values`` (the soil's, where plants cover less than half) and
+    the robust spread of the values below it."""
+    hist, edges = np.histogram(values, 512)
+    centres = (edges[:-1] + edges[1:]) / 2
+    mode = float(centres[int(np.argmax(_smooth(hist)))])
+    below = values[values < mode]
+    spread = float(np.median(mode - below)) * 1.4826 if below.size else 0.0
+    return mode, max(spread, 1e-6)
+
+
+def _smooth(hist: np.ndarray) -> np.ndarray:
+    """A histogram smoothed over a few bins, so noise does not pick its mode."""
+    kernel = np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2)
+    return np.convolve(hist.astype(np.float64), kernel / kernel.sum(), mode="same")
+
+
+def tile_threshold(values: np.ndarray, index: str) -> tuple[float, float]:
+    """A threshold of one tile's index values and the width of its soft edge.
+
+    NDVI: Otsu's, held within :data:`BOUNDS`. The RGB index (:func:`cive`): Otsu's
+    held between :data:`SOIL_SPREADS_MIN` and :data:`SOIL_SPREADS_MAX` robust spreads
+    above the soil's mode, which follows the soil whatever the camera and exposure, or
+    the histogram's valley in that range where it is lower (plants with a mode of their
+    own).
+    """
+    finite = values[np.isfinite(values)]
+    if finite.size < 16:
+        return float("inf"), 1.0
+    hist, edges = np.histogram(finite, 256)
+    centres = (edges[:-1] + edges[1:]) / 2
+    otsu, _ = _otsu(centres, hist / hist.sum())
+    if index == "ndvi":
+        low, high = BOUNDS["ndvi"]
+        return min(max(otsu, low), high), 0.03
+    mode, spread = _soil_mode(finite)
+    low, high = mode + SOIL_SPREADS_MIN * spread, mode + SOIL_SPREADS_MAX * spread
+    threshold = min(max(otsu, low), high)
+    # Where the plants form a mode of their own, the valley before it, if lower.
+    fine, fine_edges = np.histogram(finite, 512, range=(low, high))
+    if fine.sum():
+        centre = (fine_edges[:-1] + fine_edges[1:]) / 2
+        threshold = min(threshold, float(centre[int(np.argmin(_smooth(fine)))]))
+    return threshold, spread
+
+
+def index_values(bands: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
+    """The index of :func:`tile_vegetation` (NDVI with ``nir``, else :func:`cive` over the
+    ``valid`` pixels' median brightness); -1 where undefined."""
+    if "nir" in bands:
+        values = compute_index("ndvi", np.stack([bands["nir"], bands["red"]]))
+    else:
+        values = cive(bands["red"], bands["green"], bands["blue"], valid)
+    return np.nan_to_num(values, nan=-1.0)
+
+
+def tile_vegetation(bands: dict[str, np.ndarray], valid: np.ndarray | None = None) -> np.ndarray:
+    """Probability of vegetation of each pixel of one tile, from its bands by name
+    (``red`` and ``nir``: NDVI; else ``red``, ``green``, ``blue``: :func:`cive`), with
+    the tile's own threshold (:func:`tile_threshold`) drawn from its ``valid`` pixels
+    (default all); 0 elsewhere."""
+    valid = np.ones(next(iter(bands.values())).shape, bool) if valid is None else valid
+    index = "ndvi" if "nir" in bands else "cive"
+    values = index_values(bands, valid)
+    if not valid.any():
+        return np.zeros(values.shape, np.float32)
+    threshold, width = tile_threshold(values[valid], index)
+    z = np.clip((values - np.float32(threshold)) / np.float32(width), -30, 30)
+    return np.where(valid, 1 / (1 + np.exp(-z)), 0).astype(np.float32)

@@ -1,0 +1,88 @@
+"""Training labels from a survey's own crop rows (self-training without a hand label).
+
+Bah, Hafiane & Canals (2018) label the vegetation between the rows of a survey as weed
+and the vegetation on them as crop, then train a network on those labels: the network
+learns what crop and weed look like on *this* field, so it also finds the weeds that
+stand in the rows and the crop where the rows are hard to see. Here the labels are a
+``--model rows`` run of the survey (:mod:`agriseg.models.index_engine`), with every
+pixel that run is unsure of left unlabelled (255, ignored by the loss):
+
+* vegetation off rows (headlands, gaps, a tile without rows): no class is known;
+* the edges of every region (a pixel whose 3 x 3 neighbourhood holds another class):
+  the row band's edge, where crop and weed meet, and the mixed pixels at plant edges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from scipy import ndimage
+
+from agriseg.classes import NODATA, ClassList, FieldClass
+from agriseg.config import HealthOptions, RunConfig
+from agriseg.errors import InputError
+from agriseg.io.atomic import atomic_output
+from agriseg.run import segment_raster
+
+#: The classes a network trained on row labels predicts.
+ROW_LABEL_CLASSES = ClassList(
+    (
+        FieldClass(0, "soil", (150, 105, 60), "background"),
+        FieldClass(1, "crop", (40, 160, 50), "crop"),
+        FieldClass(2, "weed", (230, 40, 160), "weed"),
+    )
+)
+
+#: Rows-model class id -> training label (plants off rows: unlabelled).
+_LABEL_OF = np.array([0, 1, 2, NODATA], np.uint8)
+
+
+def row_labels(classes: np.ndarray) -> np.ndarray:
+    """Training labels (:data:`ROW_LABEL_CLASSES`, 255 unlabelled) of a ``rows`` model's
+    class raster: its sure pixels only (see the module docstring)."""
+    labels = np.full(classes.shape, NODATA, np.uint8)
+    known = classes < _LABEL_OF.size
+    labels[known] = _LABEL_OF[classes[known]]
+    # A pixel is sure where its 3 x 3 neighbourhood is all one class.
+    same = ndimage.minimum_filter(labels, 3) == ndimage.maximum_filter(labels, 3)
+    labels[~same] = NODATA
+    return labels
+
+
+def label_with_rows(rasters: list[Path], out_dir: Path) -> list[Path]:
+    """Label each survey by its own rows: runs ``--model rows`` on it into ``out_dir``
+    and writes ``<stem>.row-labels.tif`` there (same grid); returns those files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = RunConfig(model="rows", health=HealthOptions(preview=False, polygons="none"))
+    written = []
+    for raster in rasters:
+        if not raster.is_file():
+            raise InputError(
+                f"{raster}: --labels rows labels survey files one by one; give files, "
+                "not a folder or pattern"
+            )
+        run = segment_raster(raster, out_dir / f"{raster.stem}.rows-run", config)
+        with rasterio.open(run.outputs["classes"]) as src:
+            labels = row_labels(src.read(1))
+            profile = _label_profile(src.profile)
+        if not (labels != NODATA).any():
+            raise InputError(
+                f"{raster}: no crop rows found (found share "
+                f"{run.summary['rows']['found_share']}), so no labels: --labels rows needs "
+                "a row crop early in the season"
+            )
+        target = out_dir / f"{raster.stem}.row-labels.tif"
+        with atomic_output(target) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(labels, 1)
+            dst.write_colormap(1, ROW_LABEL_CLASSES.colormap())
+            dst.update_tags(**ROW_LABEL_CLASSES.tags())
+        written.append(target)
+    return written
+
+
+def _label_profile(profile: Any) -> dict[str, Any]:
+    """The class raster's profile for a label raster: uint8, one band, nodata 255."""
+    return {**dict(profile), "driver": "GTiff", "count": 1, "dtype": "uint8", "nodata": NODATA}

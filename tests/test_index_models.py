@@ -1,0 +1,186 @@
+"""The models without a network: ``--model vegetation`` and ``--model rows``, run through
+``agriseg run`` on generated surveys (real GeoTIFFs, the real pipeline) and scored
+against the surveys' own labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from agriseg.classes import NODATA
+from agriseg.errors import InputError
+from agriseg.learning.row_labels import row_labels
+from agriseg.learning.survey_files import write_survey
+from agriseg.learning.synthetic import CROP, DISEASED, SOIL, WEED, draw_params, generate_survey
+from agriseg.models.croprows import find_rows, label_rows
+from agriseg.models.inference import resolve_engine
+from agriseg.models.registry import find_model, load_model, shipped_models
+
+SIZE = 512
+
+
+def survey(tmp_path: Path, seed: int, **overrides: object) -> tuple[Path, np.ndarray]:
+    """A generated survey's image and its labels (diseased plants as crop)."""
+    params = draw_params(seed, SIZE, SIZE, **overrides)
+    paths = write_survey(generate_survey(params, seed), tmp_path, f"s{seed}")
+    with rasterio.open(paths.labels) as src:
+        labels = src.read(1)
+    return paths.image, np.where(labels == DISEASED, CROP, labels)
+
+
+def run(run_cli, image: Path, out: Path, model: str) -> tuple[np.ndarray, dict]:
+    assert run_cli("run", image, "--model", model, "--out", out, "--quiet", "--no-preview") == 0
+    with rasterio.open(out / f"{image.stem}.classes.tif") as src:
+        classes = src.read(1)
+    summary = json.loads((out / f"{image.stem}.summary.json").read_text())
+    return classes, summary
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_listed_and_resolved_without_weights(run_cli, capsys):
+    names = {m.name for m in shipped_models()}
+    assert {"vegetation", "rows"} <= names
+    assert run_cli("models") == 0
+    out = capsys.readouterr().out
+    assert "vegetation-index" in out and "crop-rows" in out
+    weights, meta = find_model("rows")
+    assert meta.classes.names == ("soil", "crop", "weed", "plants_off_rows")
+    assert resolve_engine("auto", "cpu", weights) == "index"
+    with pytest.raises(InputError, match="no network"):
+        resolve_engine("onnx", "cpu", weights)
+    with pytest.raises(Exception, match="no weights"):
+        load_model("vegetation")
+
+
+def test_vegetation_model_on_rgb_survey(run_cli, tmp_path):
+    image, truth = survey(tmp_path, 30101, gsd_m=0.02, row_angle_deg=35.0)
+    classes, summary = run(run_cli, image, tmp_path / "out", "vegetation")
+    assert summary["parameters"]["engine"] == "index"
+    assert summary["model"]["name"] == "vegetation"
+    # Yellow weeds and diseased plants, a third of this survey's vegetation, fall partly
+    # below the green contrast (see docs/labelfree.md).
+    assert iou(classes == 1, truth != SOIL) > 0.65
+    assert summary["vegetation_index"]["index"] == "cive"
+    assert summary["vegetation_index"]["gap"] > 1.5
+    # The products of any run: polygons (vegetation has the crop role) and cover.
+    assert summary["health"]["vegetation_cover"] == pytest.approx((classes == 1).mean(), abs=0.02)
+
+
+def test_vegetation_model_uses_nir_when_there(run_cli, tmp_path):
+    image, truth = survey(tmp_path, 30102, gsd_m=0.02, multispectral=True)
+    classes, summary = run(run_cli, image, tmp_path / "out", "vegetation")
+    assert summary["model"]["bands"] == ["red", "green", "blue", "nir"]
+    assert summary["vegetation_index"]["index"] == "ndvi"
+    assert iou(classes == 1, truth != SOIL) > 0.8
+
+
+@pytest.mark.parametrize("angle", [20.0, 125.0])
+def test_rows_model_on_rotated_rows(run_cli, tmp_path, angle):
+    image, truth = survey(
+        tmp_path, 30103, gsd_m=0.015, row_angle_deg=angle, weed_density=0.08, disease_foci=0
+    )
+    classes, summary = run(run_cli, image, tmp_path / "out", "rows")
+    rows = summary["rows"]
+    params = draw_params(30103, SIZE, SIZE, gsd_m=0.015)
+    # Direction is axial: 0 and 180 are the same rows.
+    off = abs((rows["direction_deg"] - angle + 90) % 180 - 90)
+    assert off < 3
+    assert rows["spacing_m"] == pytest.approx(params.row_spacing_m, rel=0.05)
+    assert rows["found_share"] > 0.9
+    assert 0 < rows["regularity"] <= 1
+    assert iou(classes == 1, truth == CROP) > 0.75
+    assert iou(classes == 2, truth == WEED) > 0.4
+    assert (classes != NODATA).all()
+
+
+def test_rows_model_follows_curved_rows(run_cli, tmp_path):
+    # Rows bent on arcs of 15 m radius: over the survey's 7.7 m they drift by half a
+    # row spacing and more from a straight line.
+    image, truth = survey(
+        tmp_path, 30104, gsd_m=0.015, row_angle_deg=60.0, row_curvature=1 / 15, disease_foci=0
+    )
+    classes, summary = run(run_cli, image, tmp_path / "out", "rows")
+    assert summary["rows"]["found_share"] > 0.9
+    assert iou(classes == 1, truth == CROP) > 0.7
+
+
+def test_rowless_survey_gets_no_invented_weeds(run_cli, tmp_path):
+    image, truth = survey(tmp_path, 30105, gsd_m=0.015, layout="scattered", weed_density=0.05)
+    classes, summary = run(run_cli, image, tmp_path / "out", "rows")
+    assert summary["rows"]["found_share"] < 0.2
+    assert (classes == 2).mean() < 0.01  # weeds: at most stray pixels
+    # The plants are there, as plants off rows (neither crop nor weed).
+    assert iou((classes == 3) | (classes == 1), truth != SOIL) > 0.7
+    off_rows = next(c for c in summary["classes"] if c["class"] == "plants_off_rows")
+    assert off_rows["role"] == "other" and off_rows["fraction"] > 0.1
+
+
+def test_find_rows_on_stripes():
+    yy, xx = np.mgrid[0:256, 0:256]
+    angle = np.radians(30.0)
+    v = -xx * np.sin(angle) + yy * np.cos(angle)
+    stripes = np.abs(((v / 20.0) % 1.0) - 0.5) > 0.3  # rows 20 px apart, 8 px wide
+    rows = find_rows(stripes)
+    assert rows.found
+    assert rows.spacing == pytest.approx(20.0, rel=0.02)
+    assert (np.degrees(rows.angle) - 30.0 + 90) % 180 - 90 == pytest.approx(0, abs=1.5)
+    crop, weed = label_rows(stripes, rows)
+    assert crop.sum() > 0.95 * stripes.sum() and not weed.any()
+    # A plant between two rows is weed.
+    with_weed = stripes.copy()
+    between = np.argwhere(np.abs(((v / 20.0) % 1.0) - 0.5) < 0.05)
+    centre = between[np.argmin(np.abs(between - 128).sum(axis=1))]
+    with_weed[centre[0] - 2 : centre[0] + 2, centre[1] - 2 : centre[1] + 2] = True
+    crop, weed = label_rows(with_weed, find_rows(with_weed))
+    assert weed[centre[0], centre[1]]
+
+
+def test_find_rows_none_in_scattered_plants():
+    rng = np.random.default_rng(0)
+    plants = np.zeros((256, 256), bool)
+    for y, x in rng.integers(4, 252, (60, 2)):
+        plants[y - 3 : y + 4, x - 3 : x + 4] = True
+    assert not find_rows(plants).found
+
+
+def test_bench_accepts_index_models(run_cli, tmp_path, capsys):
+    assert run_cli("bench", "--model", "vegetation", "--size", "256") == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["engine"] == "index"
+    assert figures["model_only_s"] > 0
+
+
+def test_row_labels_leave_edges_and_off_rows_unlabelled():
+    classes = np.zeros((12, 12), np.uint8)
+    classes[:, 4:8] = 1  # a crop row
+    classes[1:3, 10:12] = 2  # a weed between the rows
+    classes[9:12, 0:3] = 3  # plants off rows
+    labels = row_labels(classes)
+    assert labels[6, 5] == 1 and labels[6, 1] == 0
+    assert labels[6, 4] == NODATA and labels[6, 3] == NODATA  # the row's edges
+    assert (labels[9:12, 0:3] == NODATA).all()
+    assert (labels[1:3, 10:12] == NODATA).all()  # a 2 px weed is all edge
+    classes[0:5, 9:12] = 2
+    assert row_labels(classes)[1, 10] == 2
+
+
+def test_train_on_the_surveys_own_rows(run_cli, tmp_path, one_torch_thread):
+    image, _ = survey(tmp_path, 30106, gsd_m=0.015, row_angle_deg=70.0)
+    out = tmp_path / "selfnet"
+    args = ["--epochs", "1", "--steps", "2", "--chips-per-step", "2", "--chip-size", "64"]
+    assert run_cli("train", image, "--labels", "rows", "--out", out, "--arch", "fcn", *args) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert [c["name"] for c in meta["classes"]] == ["soil", "crop", "weed"]
+    with rasterio.open(tmp_path / "selfnet.row-labels" / f"{image.stem}.row-labels.tif") as src:
+        labels = src.read(1)
+    assert set(np.unique(labels)) == {0, 1, 2, NODATA}
+    # The model runs like any other.
+    classes, summary = run(run_cli, image, tmp_path / "run", str(out))
+    assert classes.max() <= 2
