@@ -23,6 +23,8 @@ their own evidence instead (:func:`agriseg.run.model_evidence`), judged by:
 
 * ``index_gap``: how cleanly the index separates what the run called plants from soil
   (``vegetation_index.gap``); a grey or colourless image separates poorly;
+* ``chroma`` (the colour index): how much colour the image has; a grey image leaves
+  the colour index only brightness, and its separation then means nothing;
 * ``rows`` (the ``rows`` model): the share of the vegetation standing where rows were
   found (``rows.found_share``: crop and weed are told apart only there) and how
   regular the rows are.
@@ -83,13 +85,14 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     # Index models: the gap below ~1.5 means overlapping classes (see
     # agriseg.models.index_engine.vegetation_evidence).
     "index_gap": {"doubtful_gap": 1.5, "unreliable_gap": 1.0},
+    "chroma": {"doubtful_chroma": 0.2, "unreliable_chroma": 0.1},
     "rows": {"doubtful_found_share": 0.5, "doubtful_regularity": 0.2},
 }
 
 #: Checks of a model with a network, and of one without (see the module doc), when
 #: its calibration does not list them.
 NETWORK_CHECKS = ("scale", "input", "vegetation", "confidence", "colour")
-INDEX_CHECKS = ("scale", "input", "index_gap", "rows")
+INDEX_CHECKS = ("scale", "input", "index_gap", "chroma", "rows")
 
 
 def check_scale(scale: Scale, calibration: Calibration, model_gsd_m: float | None) -> Check:
@@ -298,6 +301,24 @@ def check_index_gap(values: dict[str, Any] | None, limits: dict[str, float]) -> 
     )
 
 
+def check_chroma(values: dict[str, Any] | None, limits: dict[str, float]) -> Check:
+    """How much colour the colour index had to work with (``values``: the summary's
+    ``vegetation_index``; no chroma with NDVI, which needs none)."""
+    chroma = None if values is None else values.get("chroma")
+    if values is None or chroma is None:
+        return Check("chroma", "ok", None, dict(values or {}))
+    level = _levels(chroma, limits["doubtful_chroma"], limits["unreliable_chroma"], False)
+    if level == "ok":
+        return Check("chroma", "ok", None, values)
+    return Check(
+        "chroma",
+        level,
+        f"almost no colour in the image (chroma {chroma:.2f}; generated surveys: above "
+        f"{limits['doubtful_chroma']:.2f}): the colour index sees only brightness here",
+        values,
+    )
+
+
 def check_rows(values: dict[str, Any] | None, limits: dict[str, float]) -> Check:
     """Where the ``rows`` model found rows and how regular they are (``values``: the
     summary's ``rows``); the model has no rows check otherwise."""
@@ -420,6 +441,7 @@ class RunEvidence:
             "index_gap": lambda: check_index_gap(
                 found.get("vegetation_index"), limits["index_gap"]
             ),
+            "chroma": lambda: check_chroma(found.get("vegetation_index"), limits["chroma"]),
             "rows": lambda: check_rows(found.get("rows"), limits["rows"]),
         }
         used = calibration.checks_used or (INDEX_CHECKS if found else NETWORK_CHECKS)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from PIL import Image
 
 from agriseg.classes import NODATA
 from agriseg.errors import InputError
@@ -184,3 +185,63 @@ def test_train_on_the_surveys_own_rows(run_cli, tmp_path, one_torch_thread):
     # The model runs like any other.
     classes, summary = run(run_cli, image, tmp_path / "run", str(out))
     assert classes.max() <= 2
+
+
+def _grey_lowlight(image: Path, out: Path) -> Path:
+    """A grey, low-light copy of ``image`` (luma at 30%): no colour for the index."""
+    with rasterio.open(image) as src:
+        rgb, profile = src.read().astype("float32"), src.profile
+    grey = 0.3 * (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(np.repeat(grey[None], 3, axis=0).round().astype("uint8"))
+    return out
+
+
+def test_rows_verdict_ok_on_row_crop(run_cli, tmp_path):
+    image, _ = survey(tmp_path, 30107, gsd_m=0.02, row_angle_deg=50.0)
+    _, summary = run(run_cli, image, tmp_path / "out", "rows")
+    reliability = summary["reliability"]
+    assert reliability["verdict"] == "ok", reliability["reasons"]
+    # Its own evidence, not the network checks.
+    assert set(reliability["checks"]) == {"scale", "input", "index_gap", "chroma", "rows"}
+    assert reliability["checks"]["rows"]["found_share"] == summary["rows"]["found_share"]
+    assert reliability["calibration"].endswith("calibration/rows.json")
+
+
+def test_rows_verdict_doubts_a_rowless_survey(run_cli, tmp_path):
+    image, _ = survey(tmp_path, 30108, gsd_m=0.02, layout="scattered")
+    _, summary = run(run_cli, image, tmp_path / "out", "rows")
+    reliability = summary["reliability"]
+    assert reliability["verdict"] != "ok"
+    assert reliability["checks"]["rows"]["level"] == "doubtful"
+    assert "rows found on only" in reliability["reasons"][0]
+    # The index itself separated the plants well: only the rows are in doubt.
+    assert reliability["checks"]["index_gap"]["level"] == "ok"
+
+
+def test_vegetation_verdict_on_grey_low_light_copy(run_cli, tmp_path):
+    image, _ = survey(tmp_path, 30109, gsd_m=0.02)
+    _, summary = run(run_cli, image, tmp_path / "out", "vegetation")
+    assert summary["reliability"]["verdict"] == "ok", summary["reliability"]["reasons"]
+    # The model IS the index: no model-vs-index, confidence or colour check.
+    assert set(summary["reliability"]["checks"]) == {"scale", "input", "index_gap", "chroma"}
+    dark = _grey_lowlight(image, tmp_path / "dark.tif")
+    _, summary = run(run_cli, dark, tmp_path / "dark", "vegetation")
+    reliability = summary["reliability"]
+    # The index's own separation does not always fall (brightness alone can split
+    # dark plants from light soil); the missing colour is what gives it away.
+    assert reliability["verdict"] == "unreliable"
+    assert reliability["checks"]["chroma"]["level"] == "unreliable"
+    assert "almost no colour" in reliability["reasons"][0]
+
+
+def test_index_models_need_no_gsd(run_cli, tmp_path):
+    # A plain photo (no CRS, no GSD): the index does not depend on the pixel size.
+    image, _ = survey(tmp_path, 30110, gsd_m=0.02)
+    with rasterio.open(image) as src:
+        rgb = src.read()
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.moveaxis(rgb, 0, -1)).save(photo, quality=95)
+    _, summary = run(run_cli, photo, tmp_path / "out", "vegetation")
+    assert summary["reliability"]["checks"]["scale"]["level"] == "ok"
+    assert summary["reliability"]["verdict"] == "ok", summary["reliability"]["reasons"]
