@@ -20,6 +20,8 @@ from agriseg.learning.synthetic import CROP, DISEASED, SOIL, WEED, draw_params, 
 from agriseg.models.croprows import find_rows, label_rows
 from agriseg.models.inference import resolve_engine
 from agriseg.models.registry import find_model, load_model, shipped_models
+from agriseg.reliability import check_chroma, check_index_gap, check_rows, thresholds
+from agriseg.segmentation.calibration import read_calibration
 
 SIZE = 512
 
@@ -245,3 +247,27 @@ def test_index_models_need_no_gsd(run_cli, tmp_path):
     _, summary = run(run_cli, photo, tmp_path / "out", "vegetation")
     assert summary["reliability"]["checks"]["scale"]["level"] == "ok"
     assert summary["reliability"]["verdict"] == "ok", summary["reliability"]["reasons"]
+
+
+def test_index_calibrations_list_their_checks():
+    for name, used in (("vegetation", 4), ("rows", 5)):
+        weights, _ = find_model(name)
+        calibration = read_calibration(weights)
+        assert calibration.any_gsd and len(calibration.checks_used) == used
+        limits = thresholds(calibration)
+        # Thresholds sit below every held-out row-crop survey's (the measured minima).
+        ranges = calibration.data["checks_measured"]["ranges"]["in-domain"]
+        assert limits["index_gap"]["doubtful_gap"] < ranges["gap"][0]
+        assert limits["chroma"]["unreliable_chroma"] < limits["chroma"]["doubtful_chroma"]
+    gap = limits["index_gap"]["unreliable_gap"]
+    assert check_index_gap({"index": "cive", "gap": gap - 0.1}, limits["index_gap"]).level == (
+        "unreliable"
+    )
+    assert check_chroma({"index": "ndvi", "gap": 4.0, "chroma": None}, limits["chroma"]).level == (
+        "ok"
+    )
+    found = {"found_share": 0.4, "regularity": 0.5}
+    check = check_rows(found, limits["rows"])
+    assert check.level == "doubtful" and "rows found on only 40% of the survey" in check.reason
+    assert check_rows({"found_share": 0.95, "regularity": None}, limits["rows"]).level == "doubtful"
+    assert check_rows({"found_share": 0.95, "regularity": 0.5}, limits["rows"]).level == "ok"
