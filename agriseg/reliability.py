@@ -17,6 +17,20 @@ these checks tell a map the model can stand behind from one it cannot:
 * ``colour``: the image's band means against the training images' (the model's
   normalisation), in training standard deviations.
 
+The models without a network (``vegetation``, ``rows``) have no training images and
+are the index themselves, so the last three checks say nothing of them; they report
+their own evidence instead (:func:`agriseg.run.model_evidence`), judged by:
+
+* ``index_gap``: how cleanly the index separates what the run called plants from soil
+  (``vegetation_index.gap``); a grey or colourless image separates poorly;
+* ``chroma`` (the colour index): how much colour the image has; a grey image leaves
+  the colour index only brightness, and its separation then means nothing;
+* ``rows`` (the ``rows`` model): the share of the vegetation standing where rows were
+  found (``rows.found_share``: crop and weed are told apart only there) and how
+  regular the rows are.
+
+Which checks a model uses is part of its calibration (``checks_used``).
+
 Thresholds come from the model's calibration (``scripts/calibrate_reliability.py``);
 a model without one gets :data:`DEFAULT_THRESHOLDS` and a ``doubtful`` verdict.
 :class:`RunEvidence` gathers the evidence block by block, in bounded memory.
@@ -25,6 +39,7 @@ a model without one gets :data:`DEFAULT_THRESHOLDS` and a ``doubtful`` verdict.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +47,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from agriseg.classes import NODATA, VEGETATION_ROLES
+from agriseg.errors import ModelError
 from agriseg.health.verdict import Check, Reliability, Verdict, judge, worst
 from agriseg.io.raster import RasterInfo, open_dataset, read_window
 from agriseg.io.spectral import band_names, find_bands
@@ -66,13 +82,25 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "colour": {"doubtful_distance": 2.5, "unreliable_distance": 5.0},
     # Without a measured range: ratios of the input's GSD to the model's.
     "scale": {"holds_ratio": 2.0, "usable_ratio": 4.0},
+    # Index models: the gap below ~1.5 means overlapping classes (see
+    # agriseg.models.index_engine.vegetation_evidence).
+    "index_gap": {"doubtful_gap": 1.5, "unreliable_gap": 1.0},
+    "chroma": {"doubtful_chroma": 0.2, "unreliable_chroma": 0.1},
+    "rows": {"doubtful_found_share": 0.5, "doubtful_regularity": 0.2},
 }
+
+#: Checks of a model with a network, and of one without (see the module doc), when
+#: its calibration does not list them.
+NETWORK_CHECKS = ("scale", "input", "vegetation", "confidence", "colour")
+INDEX_CHECKS = ("scale", "input", "index_gap", "chroma", "rows")
 
 
 def check_scale(scale: Scale, calibration: Calibration, model_gsd_m: float | None) -> Check:
     """The input's GSD against where the model holds up (see the module doc)."""
     gsd = scale.input_gsd_m
     values: dict[str, Any] = {"input_gsd_m": gsd, "target_gsd_m": scale.target_gsd_m}
+    if gsd is None and calibration.any_gsd:
+        return Check("scale", "ok", None, values)
     if gsd is None:
         return Check(
             "scale",
@@ -248,6 +276,82 @@ def check_colour(values: dict[str, Any], limits: dict[str, float]) -> Check:
     )
 
 
+def check_index_gap(values: dict[str, Any] | None, limits: dict[str, float]) -> Check:
+    """How cleanly the index separates the run's plants from its soil
+    (``values``: the summary's ``vegetation_index``)."""
+    gap = None if values is None else values.get("gap")
+    if values is None or gap is None:
+        return Check(
+            "index_gap",
+            "doubtful",
+            "no plants or no soil found: the index's separation could not be measured",
+            dict(values or {}),
+        )
+    level = _levels(gap, limits["doubtful_gap"], limits["unreliable_gap"], False)
+    if level == "ok":
+        return Check("index_gap", "ok", None, values)
+    name = "NDVI" if values["index"] == "ndvi" else "the colour index"
+    return Check(
+        "index_gap",
+        level,
+        f"{name} separates plants from soil poorly here (separation {gap:.1f}; "
+        f"generated surveys: above {limits['doubtful_gap']:.1f}): a grey, hazy or "
+        "colourless image, or a field without plants",
+        values,
+    )
+
+
+def check_chroma(values: dict[str, Any] | None, limits: dict[str, float]) -> Check:
+    """How much colour the colour index had to work with (``values``: the summary's
+    ``vegetation_index``; no chroma with NDVI, which needs none)."""
+    chroma = None if values is None else values.get("chroma")
+    if values is None or chroma is None:
+        return Check("chroma", "ok", None, dict(values or {}))
+    level = _levels(chroma, limits["doubtful_chroma"], limits["unreliable_chroma"], False)
+    if level == "ok":
+        return Check("chroma", "ok", None, values)
+    return Check(
+        "chroma",
+        level,
+        f"almost no colour in the image (chroma {chroma:.2f}; generated surveys: above "
+        f"{limits['doubtful_chroma']:.2f}): the colour index sees only brightness here",
+        values,
+    )
+
+
+def check_rows(values: dict[str, Any] | None, limits: dict[str, float]) -> Check:
+    """Where the ``rows`` model found rows and how regular they are (``values``: the
+    summary's ``rows``); the model has no rows check otherwise."""
+    if values is None:
+        return Check("rows", "ok", None)
+    share, regularity = values["found_share"], values.get("regularity")
+    if share < limits["doubtful_found_share"]:
+        return Check(
+            "rows",
+            "doubtful",
+            f"rows found on only {100 * share:.0f}% of the survey: crop/weed split is only "
+            "made there (elsewhere plants are plants_off_rows)",
+            values,
+        )
+    if regularity is None:
+        return Check(
+            "rows",
+            "doubtful",
+            "rows found tile by tile but not confirmed over the survey: the crop/weed "
+            "split may follow stray lines",
+            values,
+        )
+    if regularity < limits["doubtful_regularity"]:
+        return Check(
+            "rows",
+            "doubtful",
+            f"irregular rows (regularity {regularity:.2f}; generated surveys: above "
+            f"{limits['doubtful_regularity']:.2f}): weeds may be taken for crop and back",
+            values,
+        )
+    return Check("rows", "ok", None, values)
+
+
 def thresholds(calibration: Calibration) -> dict[str, dict[str, float]]:
     """The calibrated thresholds, defaults where the calibration has none."""
     return {k: {**v, **calibration.checks.get(k, {})} for k, v in DEFAULT_THRESHOLDS.items()}
@@ -301,8 +405,12 @@ class RunEvidence:
             index[~known] = np.nan
             self.histogram.add(index, self._vegetation[classes])
 
-    def finish(self, scale: Scale, calibration: Calibration) -> Reliability:
-        """The verdict of the run from the evidence gathered."""
+    def finish(
+        self, scale: Scale, calibration: Calibration, found: dict[str, Any] | None = None
+    ) -> Reliability:
+        """The verdict of the run from the evidence gathered, and what a model without
+        a network ``found`` (:func:`agriseg.run.model_evidence`; None or empty for a
+        network)."""
         limits = thresholds(calibration)
         sep = self.histogram.separation() if self.histogram is not None else None
         total = int(self.confidence.sum())
@@ -314,22 +422,36 @@ class RunEvidence:
         if self.valid and len(norm.mean) == len(means):
             z = [(m - mu) / sd for m, mu, sd in zip(means, norm.mean, norm.std, strict=True)]
             distance = math.sqrt(sum(v * v for v in z) / len(z))
-        checks = [
-            check_scale(scale, calibration, self.meta.gsd_m or None),
-            check_input(self.info, self.meta),
-            check_vegetation(vegetation_values(sep), limits["vegetation"]),
-            check_confidence(
+        found = found or {}
+        makers: dict[str, Callable[[], Check]] = {
+            "scale": lambda: check_scale(scale, calibration, self.meta.gsd_m or None),
+            "input": lambda: check_input(self.info, self.meta),
+            "vegetation": lambda: check_vegetation(vegetation_values(sep), limits["vegetation"]),
+            "confidence": lambda: check_confidence(
                 {"low_share": round(low, 4), "mean": round(mean, 2), "below": LOW_CONFIDENCE},
                 limits["confidence"],
             ),
-            check_colour(
+            "colour": lambda: check_colour(
                 {
                     "distance": None if distance is None else round(distance, 3),
                     "means": [round(m, 4) for m in means],
                 },
                 limits["colour"],
             ),
-        ]
+            "index_gap": lambda: check_index_gap(
+                found.get("vegetation_index"), limits["index_gap"]
+            ),
+            "chroma": lambda: check_chroma(found.get("vegetation_index"), limits["chroma"]),
+            "rows": lambda: check_rows(found.get("rows"), limits["rows"]),
+        }
+        used = calibration.checks_used or (INDEX_CHECKS if found else NETWORK_CHECKS)
+        unknown = sorted(set(used) - set(makers))
+        if unknown:
+            raise ModelError(
+                f"{calibration.path}: unknown reliability checks {', '.join(unknown)} in "
+                f"checks_used; use some of {', '.join(makers)}"
+            )
+        checks = [makers[name]() for name in used if name != "rows" or "rows" in found]
         if not calibration.calibrated:
             checks.append(
                 Check(

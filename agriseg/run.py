@@ -499,7 +499,6 @@ def segment_raster(
                     plan, client, transaction, health_stream, evidence, progress
                 )
                 segmented = time.perf_counter()
-                reliability = evidence.finish(plan.tiles.scale, plan.calibration)
                 if health_stream is not None:
                     health = health_stream.finish()
                     health_s = health_stream.busy_s
@@ -514,6 +513,7 @@ def segment_raster(
                 tally.area_m2 = tally.pixels * config.gsd_m**2
         stages["vectorise_after_segmentation"] = round(time.perf_counter() - segmented, 3)
         found = model_evidence(plan, writer.staged["classes"])
+        reliability = evidence.finish(plan.tiles.scale, plan.calibration, found)
         # after the health pass, which reads the rasters: their peaks do not add up
         converting = time.perf_counter()
         writer.to_cogs()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from PIL import Image
 
 from agriseg.classes import NODATA
 from agriseg.errors import InputError
@@ -19,6 +20,8 @@ from agriseg.learning.synthetic import CROP, DISEASED, SOIL, WEED, draw_params, 
 from agriseg.models.croprows import find_rows, label_rows
 from agriseg.models.inference import resolve_engine
 from agriseg.models.registry import find_model, load_model, shipped_models
+from agriseg.reliability import check_chroma, check_index_gap, check_rows, thresholds
+from agriseg.segmentation.calibration import read_calibration
 
 SIZE = 512
 
@@ -184,3 +187,87 @@ def test_train_on_the_surveys_own_rows(run_cli, tmp_path, one_torch_thread):
     # The model runs like any other.
     classes, summary = run(run_cli, image, tmp_path / "run", str(out))
     assert classes.max() <= 2
+
+
+def _grey_lowlight(image: Path, out: Path) -> Path:
+    """A grey, low-light copy of ``image`` (luma at 30%): no colour for the index."""
+    with rasterio.open(image) as src:
+        rgb, profile = src.read().astype("float32"), src.profile
+    grey = 0.3 * (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(np.repeat(grey[None], 3, axis=0).round().astype("uint8"))
+    return out
+
+
+def test_rows_verdict_ok_on_row_crop(run_cli, tmp_path):
+    image, _ = survey(tmp_path, 30107, gsd_m=0.02, row_angle_deg=50.0)
+    _, summary = run(run_cli, image, tmp_path / "out", "rows")
+    reliability = summary["reliability"]
+    assert reliability["verdict"] == "ok", reliability["reasons"]
+    # Its own evidence, not the network checks.
+    assert set(reliability["checks"]) == {"scale", "input", "index_gap", "chroma", "rows"}
+    assert reliability["checks"]["rows"]["found_share"] == summary["rows"]["found_share"]
+    assert reliability["calibration"].endswith("calibration/rows.json")
+
+
+def test_rows_verdict_doubts_a_rowless_survey(run_cli, tmp_path):
+    image, _ = survey(tmp_path, 30108, gsd_m=0.02, layout="scattered")
+    _, summary = run(run_cli, image, tmp_path / "out", "rows")
+    reliability = summary["reliability"]
+    assert reliability["verdict"] != "ok"
+    assert reliability["checks"]["rows"]["level"] == "doubtful"
+    assert "rows found on only" in reliability["reasons"][0]
+    # The index itself separated the plants well: only the rows are in doubt.
+    assert reliability["checks"]["index_gap"]["level"] == "ok"
+
+
+def test_vegetation_verdict_on_grey_low_light_copy(run_cli, tmp_path):
+    image, _ = survey(tmp_path, 30109, gsd_m=0.02)
+    _, summary = run(run_cli, image, tmp_path / "out", "vegetation")
+    assert summary["reliability"]["verdict"] == "ok", summary["reliability"]["reasons"]
+    # The model IS the index: no model-vs-index, confidence or colour check.
+    assert set(summary["reliability"]["checks"]) == {"scale", "input", "index_gap", "chroma"}
+    dark = _grey_lowlight(image, tmp_path / "dark.tif")
+    _, summary = run(run_cli, dark, tmp_path / "dark", "vegetation")
+    reliability = summary["reliability"]
+    # The index's own separation does not always fall (brightness alone can split
+    # dark plants from light soil); the missing colour is what gives it away.
+    assert reliability["verdict"] == "unreliable"
+    assert reliability["checks"]["chroma"]["level"] == "unreliable"
+    assert "almost no colour" in reliability["reasons"][0]
+
+
+def test_index_models_need_no_gsd(run_cli, tmp_path):
+    # A plain photo (no CRS, no GSD): the index does not depend on the pixel size.
+    image, _ = survey(tmp_path, 30110, gsd_m=0.02)
+    with rasterio.open(image) as src:
+        rgb = src.read()
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.moveaxis(rgb, 0, -1)).save(photo, quality=95)
+    _, summary = run(run_cli, photo, tmp_path / "out", "vegetation")
+    assert summary["reliability"]["checks"]["scale"]["level"] == "ok"
+    assert summary["reliability"]["verdict"] == "ok", summary["reliability"]["reasons"]
+
+
+def test_index_calibrations_list_their_checks():
+    for name, used in (("vegetation", 4), ("rows", 5)):
+        weights, _ = find_model(name)
+        calibration = read_calibration(weights)
+        assert calibration.any_gsd and len(calibration.checks_used) == used
+        limits = thresholds(calibration)
+        # Thresholds sit below every held-out row-crop survey's (the measured minima).
+        ranges = calibration.data["checks_measured"]["ranges"]["in-domain"]
+        assert limits["index_gap"]["doubtful_gap"] < ranges["gap"][0]
+        assert limits["chroma"]["unreliable_chroma"] < limits["chroma"]["doubtful_chroma"]
+    gap = limits["index_gap"]["unreliable_gap"]
+    assert check_index_gap({"index": "cive", "gap": gap - 0.1}, limits["index_gap"]).level == (
+        "unreliable"
+    )
+    assert check_chroma({"index": "ndvi", "gap": 4.0, "chroma": None}, limits["chroma"]).level == (
+        "ok"
+    )
+    found = {"found_share": 0.4, "regularity": 0.5}
+    check = check_rows(found, limits["rows"])
+    assert check.level == "doubtful" and "rows found on only 40% of the survey" in check.reason
+    assert check_rows({"found_share": 0.95, "regularity": None}, limits["rows"]).level == "doubtful"
+    assert check_rows({"found_share": 0.95, "regularity": 0.5}, limits["rows"]).level == "ok"

@@ -86,7 +86,7 @@ def worst(levels: list[Verdict]) -> Verdict:
 
 
 #: Checks that look at the pixels (the others at the file and the model).
-EVIDENCE_CHECKS = ("vegetation", "confidence", "colour")
+EVIDENCE_CHECKS = ("vegetation", "confidence", "colour", "index_gap", "chroma", "rows")
 
 
 def judge(checks: list[Check]) -> Verdict:

@@ -129,7 +129,9 @@ def bands_for_input(input_path: Path, meta: ModelMeta) -> ModelMeta:
     """``meta`` reading the bands ``input_path`` offers (see :func:`input_bands`); as it is
     when the file cannot be read (opening the input reports that)."""
     try:
-        available = find_bands(input_path, ("red", "green", "blue", "nir"))
+        # A plain photo is valid input: no warning for its missing georeferencing.
+        with open_dataset(input_path) as src:
+            available = find_bands(src, ("red", "green", "blue", "nir"))
     except (OSError, RasterioError):
         return meta
     return replace(meta, bands=input_bands(tuple(available), meta.name))
@@ -214,9 +216,14 @@ def vegetation_evidence(
     """How cleanly the index separates what a finished run called vegetation from soil:
     ``gap``, the distance of the two classes' mean index over their pooled spread
     (above ~3: two clean modes; below ~1.5: the classes overlap and the cover is
-    doubtful), over the whole survey, window by window of :data:`EVIDENCE_WINDOW_PX`."""
+    doubtful), over the whole survey, window by window of :data:`EVIDENCE_WINDOW_PX`;
+    and for the colour index ``chroma``, the mean spread of a pixel's red, green and
+    blue over its brightness (0: a grey image, where the index only sees brightness
+    and its separation means nothing; None with NDVI)."""
     veg_ids = np.array([c.id for c in classes if c.role != "background"], np.uint8)
     sums = np.zeros((2, 3))  # soil, vegetation: count, sum, sum of squares
+    rgb = [model_bands.index(b) for b in ("red", "green", "blue") if b in model_bands]
+    chroma = np.zeros(2)  # sum, count
     index = "ndvi" if "nir" in model_bands else "cive"
     plain = info.crs is None
     with open_dataset(classes_path) as src:
@@ -227,12 +234,21 @@ def vegetation_evidence(
             if not valid.any():
                 continue
             bands = dict(zip(model_bands, np.nan_to_num(data), strict=True))
+            if "nir" not in model_bands and len(rgb) == 3:
+                colours = np.nan_to_num(data[rgb][:, valid]).astype(np.float64)
+                spread = colours.max(axis=0) - colours.min(axis=0)
+                chroma += (
+                    float((spread / np.maximum(colours.mean(axis=0), 1e-9)).sum()),
+                    spread.size,
+                )
             values = index_values(bands, valid)
             veg = np.isin(ids, veg_ids)
             for k, mask in enumerate((valid & ~veg, valid & veg)):
                 v = values[mask].astype(np.float64)
                 sums[k] += (v.size, v.sum(), (v * v).sum())
-    evidence: dict[str, Any] = {"index": index, "gap": None}
+    evidence: dict[str, Any] = {"index": index, "gap": None, "chroma": None}
+    if chroma[1]:
+        evidence["chroma"] = round(float(chroma[0] / chroma[1]), 4)
     if sums[:, 0].min() > 1:
         mean = sums[:, 1] / sums[:, 0]
         var = np.maximum(sums[:, 2] / sums[:, 0] - mean**2, 0)

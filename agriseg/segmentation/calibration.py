@@ -10,7 +10,11 @@ apart from the models' own ``NAME.json``), and made by the scripts that measure 
   does (:class:`agriseg.scale.ScalePolicy`).
 * ``checks``: from ``scripts/calibrate_reliability.py``, thresholds of the run's
   reliability checks (:mod:`agriseg.reliability`) set on held-out generated surveys
-  and on real out-of-domain photos, and the rates they gave.
+  and on real out-of-domain photos, and the rates they gave;
+* ``checks_used``: which of those checks the verdict uses (the models without a
+  network judge their own evidence, not the network checks: see
+  ``scripts/calibrate_index_models.py``); ``scale.any_gsd``: the model does not
+  depend on knowing the GSD (an unknown one is no reason to doubt it).
 
 A model without a calibration (a checkpoint you trained) still gets a verdict, from
 default thresholds, and the verdict says it is uncalibrated.
@@ -51,6 +55,8 @@ class Calibration:
         policy: What ``--resample auto`` does (None: the default tolerances).
         scale_range: Where the model holds up (None: unmeasured).
         checks: Thresholds per check (see :mod:`agriseg.reliability`).
+        checks_used: The checks the verdict uses (empty: the default for the model).
+        any_gsd: The model works without knowing the input's GSD.
         data: The whole file, for the record.
     """
 
@@ -58,6 +64,8 @@ class Calibration:
     policy: ScalePolicy | None = None
     scale_range: ScaleRange | None = None
     checks: dict[str, dict[str, float]] = field(default_factory=dict)
+    checks_used: tuple[str, ...] = ()
+    any_gsd: bool = False
     data: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,15 +96,17 @@ def read_calibration(weights: Path) -> Calibration:
         policy = ScalePolicy(**scale["policy"]) if "policy" in scale else None
         ranges = ScaleRange(**scale["range"]) if "range" in scale else None
         checks = {k: dict(v) for k, v in data.get("checks", {}).items()}
+        used = tuple(str(name) for name in data.get("checks_used", ()))
+        any_gsd = bool(scale.get("any_gsd", False))
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ModelError(
             f"{path}: unreadable model calibration ({exc}); remove it or rerun "
             "scripts/scale_sweep.py and scripts/calibrate_reliability.py"
         ) from None
-    return Calibration(path, policy, ranges, checks, data)
+    return Calibration(path, policy, ranges, checks, used, any_gsd, data)
 
 
-def update_calibration(weights: Path, section: str, value: dict[str, Any]) -> Path:
+def update_calibration(weights: Path, section: str, value: dict[str, Any] | list[str]) -> Path:
     """Replace ``section`` of the calibration beside ``weights`` (made if missing)."""
     path = calibration_path(weights)
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
