@@ -180,6 +180,22 @@ def _levels(value: float, doubtful: float, unreliable: float, higher_is_worse: b
     return "ok"
 
 
+def _graded(
+    name: str,
+    value: float,
+    key: str,
+    higher_is_worse: bool,
+    limits: dict[str, float],
+    values: dict[str, Any],
+    reason: Callable[[], str],
+) -> Check:
+    """Check ``name``: ``value`` against ``limits["doubtful_<key>"]`` and
+    ``limits["unreliable_<key>"]``, with ``reason()`` unless it is ok."""
+    doubtful, unreliable = limits[f"doubtful_{key}"], limits[f"unreliable_{key}"]
+    level = _levels(value, doubtful, unreliable, higher_is_worse)
+    return Check(name, level, None if level == "ok" else reason(), values)
+
+
 def vegetation_values(sep: Separation | None) -> dict[str, Any] | None:
     """What the vegetation check records (and judges, see :func:`check_vegetation`)."""
     if sep is None:
@@ -248,15 +264,17 @@ def check_vegetation(values: dict[str, Any] | None, limits: dict[str, float]) ->
 def check_confidence(values: dict[str, Any], limits: dict[str, float]) -> Check:
     """The share of unsure pixels (``values["low_share"]``) against held-out surveys'."""
     low_share = values["low_share"]
-    level = _levels(low_share, limits["doubtful_low_share"], limits["unreliable_low_share"], True)
-    if level == "ok":
-        return Check("confidence", "ok", None, values)
-    return Check(
+    return _graded(
         "confidence",
-        level,
-        f"the model is unsure of {100 * low_share:.0f}% of pixels (held-out surveys: "
-        f"under {100 * limits['doubtful_low_share']:.0f}%)",
+        low_share,
+        "low_share",
+        True,
+        limits,
         values,
+        lambda: (
+            f"the model is unsure of {100 * low_share:.0f}% of pixels (held-out surveys: "
+            f"under {100 * limits['doubtful_low_share']:.0f}%)"
+        ),
     )
 
 
@@ -265,14 +283,14 @@ def check_colour(values: dict[str, Any], limits: dict[str, float]) -> Check:
     distance = values["distance"]
     if distance is None:
         return Check("colour", "ok", None, values)
-    level = _levels(distance, limits["doubtful_distance"], limits["unreliable_distance"], True)
-    if level == "ok":
-        return Check("colour", "ok", None, values)
-    return Check(
+    return _graded(
         "colour",
-        level,
-        f"colours unlike the training images ({distance:.1f} standard deviations off)",
+        distance,
+        "distance",
+        True,
+        limits,
         values,
+        lambda: f"colours unlike the training images ({distance:.1f} standard deviations off)",
     )
 
 
@@ -287,17 +305,19 @@ def check_index_gap(values: dict[str, Any] | None, limits: dict[str, float]) -> 
             "no plants or no soil found: the index's separation could not be measured",
             dict(values or {}),
         )
-    level = _levels(gap, limits["doubtful_gap"], limits["unreliable_gap"], False)
-    if level == "ok":
-        return Check("index_gap", "ok", None, values)
     name = "NDVI" if values["index"] == "ndvi" else "the colour index"
-    return Check(
+    return _graded(
         "index_gap",
-        level,
-        f"{name} separates plants from soil poorly here (separation {gap:.1f}; "
-        f"generated surveys: above {limits['doubtful_gap']:.1f}): a grey, hazy or "
-        "colourless image, or a field without plants",
+        gap,
+        "gap",
+        False,
+        limits,
         values,
+        lambda: (
+            f"{name} separates plants from soil poorly here (separation {gap:.1f}; "
+            f"generated surveys: above {limits['doubtful_gap']:.1f}): a grey, hazy or "
+            "colourless image, or a field without plants"
+        ),
     )
 
 
@@ -307,15 +327,17 @@ def check_chroma(values: dict[str, Any] | None, limits: dict[str, float]) -> Che
     chroma = None if values is None else values.get("chroma")
     if values is None or chroma is None:
         return Check("chroma", "ok", None, dict(values or {}))
-    level = _levels(chroma, limits["doubtful_chroma"], limits["unreliable_chroma"], False)
-    if level == "ok":
-        return Check("chroma", "ok", None, values)
-    return Check(
+    return _graded(
         "chroma",
-        level,
-        f"almost no colour in the image (chroma {chroma:.2f}; generated surveys: above "
-        f"{limits['doubtful_chroma']:.2f}): the colour index sees only brightness here",
+        chroma,
+        "chroma",
+        False,
+        limits,
         values,
+        lambda: (
+            f"almost no colour in the image (chroma {chroma:.2f}; generated surveys: "
+            f"above {limits['doubtful_chroma']:.2f}): the colour index sees only brightness here"
+        ),
     )
 
 

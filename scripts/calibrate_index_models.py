@@ -40,23 +40,21 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from agriseg.config import RunConfig
 from agriseg.health.verdict import Check, judge
 from agriseg.learning.survey_files import write_survey
 from agriseg.learning.synthetic import draw_params, generate_survey
 from agriseg.models.registry import find_model
 from agriseg.reliability import check_chroma, check_index_gap, check_rows
-from agriseg.run import segment_raster
 from agriseg.segmentation.calibration import update_calibration
 
 sys.path.insert(0, str(Path(__file__).parent))
 from calibrate_reliability import (  # noqa: E402
     IN_DOMAIN_SEEDS,
-    QUICK,
     SIZE,
     Case,
     _in_domain_gsd,
     _write_like,
+    run_cases,
 )
 
 MODELS = ("vegetation", "rows")
@@ -114,29 +112,6 @@ def make_cases(folder: Path) -> list[Case]:
                 _write_like(src, path, np.clip(data, 0, 255).astype("uint8"))
             cases.append(Case(path.stem, kind, path))
     return cases
-
-
-def run_cases(cases: list[Case], model: str, results: Path, work: Path) -> None:
-    done = set()
-    if results.exists():
-        done = {(r["model"], r["case"]) for r in map(json.loads, results.read_text().splitlines())}
-    for case in cases:
-        if (model, case.name) in done:
-            continue
-        config = RunConfig(model=model, device="cpu", gsd_m=case.gsd_m, health=QUICK)
-        summary = segment_raster(case.image, work / "out", config).summary
-        row = {
-            "model": model,
-            "case": case.name,
-            "group": case.group,
-            "gsd_m": summary["scale"]["input_gsd_m"],
-            "vegetation_index": summary.get("vegetation_index"),
-            "rows": summary.get("rows"),
-            "reliability": summary["reliability"],
-        }
-        with results.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps({"model": model, "case": case.name, "gap": row["vegetation_index"]}))
 
 
 def _values(rows: list[dict[str, Any]], section: str, key: str) -> list[float]:
@@ -205,7 +180,7 @@ def main() -> None:
     if not args.from_results:
         with tempfile.TemporaryDirectory(prefix="agriseg-calibrate-") as tmp:
             for model in args.models:
-                run_cases(cases, model, args.results, Path(tmp))
+                run_cases(cases, model, args.results, Path(tmp), ("vegetation_index", "rows"))
     rows = [json.loads(line) for line in args.results.read_text().splitlines()]
     for model in args.models:
         weights, _ = find_model(model)

@@ -124,7 +124,11 @@ def make_cases(folder: Path, photos_every: int = 1) -> list[Case]:
     return cases
 
 
-def run_cases(cases: list[Case], model: str, results: Path, work: Path) -> None:
+def run_cases(
+    cases: list[Case], model: str, results: Path, work: Path, keys: tuple[str, ...] = ()
+) -> None:
+    """Run ``model`` on each case not yet in ``results`` (JSON lines) and append its row:
+    the verdict, and the summary's ``keys``."""
     done = set()
     if results.exists():
         done = {(r["model"], r["case"]) for r in map(json.loads, results.read_text().splitlines())}
@@ -139,6 +143,7 @@ def run_cases(cases: list[Case], model: str, results: Path, work: Path) -> None:
             "group": case.group,
             "gsd_m": summary["scale"]["input_gsd_m"],
             "reliability": summary["reliability"],
+            **{key: summary.get(key) for key in keys},
         }
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
