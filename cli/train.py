@@ -82,6 +82,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=10, help="passes of --steps steps")
     parser.add_argument("--steps", type=int, default=100, help="optimiser steps per epoch")
     parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="time budget: train for at most this many minutes (validations included), "
+        "ending the learning-rate schedule with it; --epochs x --steps stays the most "
+        "(default: none, --epochs x --steps)",
+    )
+    parser.add_argument(
         "--chips-per-step",
         type=int,
         default=8,
@@ -155,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         chips_per_step=args.chips_per_step,
         epochs=args.epochs,
         steps_per_epoch=args.steps,
+        minutes=args.minutes,
         learning_rate=lr,
         val_fraction=args.val_fraction,
         val_block=args.val_block,

@@ -132,3 +132,21 @@ def test_bad_options_are_rejected(tmp_path: Path, run_cli) -> None:
     paths = write_survey(generate_survey(draw_params(1, 64, 64), 1), tmp_path, "f")
     code = run_cli("train", paths.image, paths.image, "--labels", paths.labels, "--out", "m")
     assert code == 2
+
+
+def test_a_time_budget_ends_training_and_its_schedule(tmp_path: Path) -> None:
+    # 400 x 50 steps would take far longer than the 3 s budget: the plan shrinks to what
+    # fits, the learning rate ends its decay there, and the model is written.
+    config = TrainConfig(epochs=400, minutes=0.05, **{**TINY, "steps_per_epoch": 50})
+    seen: list[tuple[int, int]] = []
+    result = train([scene()], tmp_path / "m", config, progress=lambda d, t: seen.append((d, t)))
+    done = result.meta.training["steps_done"]
+    assert 3 <= done < 400 * 50
+    assert seen[-1] == (done, done)  # the bar's total follows the plan and ends full
+    assert seen[0][1] == 400 * 50 and len({t for _, t in seen}) > 1
+    assert result.weights.is_file() and result.history[-1].epochs == -(-done // 50)
+    state = torch.load(state_path(tmp_path / "m"), weights_only=False)
+    lr = state["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(0.02 * config.learning_rate, rel=0.05)  # the decay's end
+    with pytest.raises(InputError, match="--minutes 0"):
+        train([scene()], tmp_path / "n", TrainConfig(minutes=0, **TINY))

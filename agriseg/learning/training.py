@@ -126,6 +126,7 @@ class TrainConfig:
     chips_per_step: int = 8
     epochs: int = 10
     steps_per_epoch: int = 100
+    minutes: float | None = None
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
@@ -156,6 +157,8 @@ class TrainConfig:
         for name in ("chips_per_step", "epochs", "steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} {getattr(self, name)} must be at least 1")
+        if self.minutes is not None and not self.minutes > 0:
+            raise InputError(f"--minutes {self.minutes} must be a time in minutes > 0")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"validation fraction {self.val_fraction} must be in [0, 1)")
         lo, hi = self.scale_jitter
@@ -501,16 +504,62 @@ def validate(
     return scores(cm, classes)
 
 
-def _schedule(total: int) -> Callable[[int], float]:
-    warmup = max(1, total // 30)
+def _schedule(plan: _StepPlan) -> Callable[[int], float]:
+    """Warm-up, then a cosine decay that ends with the plan's last step (the plan may
+    shorten while training runs, under a time budget)."""
 
     def factor(step: int) -> float:
+        total = plan.total
+        warmup = max(1, total // 30)
         if step < warmup:
             return (step + 1) / warmup
         t = (step - warmup) / max(1, total - warmup)
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
     return factor
+
+
+#: Share of a time budget kept back, before the first validation is timed, for the
+#: validations and checkpoints after each epoch.
+VALIDATION_RESERVE = 0.1
+
+
+@dataclass
+class _StepPlan:
+    """How many optimiser steps the training runs: ``epochs × steps`` or, with a time
+    budget, as many as fit in it, re-estimated from the steps' own pace as they run.
+
+    Attributes:
+        total: Steps planned (at most ``limit``).
+        limit: ``epochs × steps per epoch``.
+        budget_s: The time budget in seconds (None: none).
+        started: When training started (``time.perf_counter()``).
+        step_s: Seconds of the steps run so far, and their count.
+        validation_s: Seconds of the latest validation and checkpoint (None: none yet).
+    """
+
+    total: int
+    limit: int
+    budget_s: float | None = None
+    started: float = 0.0
+    step_s: float = 0.0
+    steps_timed: int = 0
+    validation_s: float | None = None
+
+    def after_step(self, done: int, seconds: float) -> None:
+        """Record one step of ``seconds``; ``done`` steps are done in all."""
+        self.step_s += seconds
+        self.steps_timed += 1
+        if self.budget_s is None or self.steps_timed < 3:
+            return
+        elapsed = time.perf_counter() - self.started
+        per_step = self.step_s / self.steps_timed
+        if self.validation_s is None:
+            reserve = VALIDATION_RESERVE * self.budget_s
+        else:  # one validation per epoch still to come, the last one included
+            reserve = self.validation_s
+        fit = done + int(max(0.0, self.budget_s - elapsed - reserve) / per_step)
+        self.total = max(done, min(self.limit, fit))
 
 
 def _model_and_meta(
@@ -564,20 +613,24 @@ def _train_epoch(
     rng: np.random.Generator,
     device: torch.device,
     steps: int,
+    plan: _StepPlan,
     progress: Progress | None = None,
     steps_before: int = 0,
-    steps_total: int = 0,
 ) -> float:
-    """Run ``steps`` optimiser steps on sampled chips; return the mean loss.
+    """Run up to ``steps`` optimiser steps on sampled chips, stopping early when the
+    ``plan`` ends; return the mean loss.
 
     The loss is cross-entropy plus Dice, both ignoring unlabelled pixels (255).
     ``progress`` is called with the steps done in the whole training (``steps_before``
-    plus this epoch's) and ``steps_total``.
+    plus this epoch's) and the steps planned.
     """
     dice = smp.losses.DiceLoss("multiclass", ignore_index=NODATA)
     model.train()
     losses = []
     for step in range(steps):
+        if steps_before + step >= plan.total:
+            break
+        start = time.perf_counter()
         x, y = sampler.batch(rng)
         x, y = x.to(device), y.to(device)
         logits = model(x)
@@ -587,8 +640,9 @@ def _train_epoch(
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
+        plan.after_step(steps_before + step + 1, time.perf_counter() - start)
         if progress is not None:
-            progress(steps_before + step + 1, steps_total)
+            progress(steps_before + step + 1, plan.total)
     return float(np.mean(losses))
 
 
@@ -636,8 +690,9 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    total = config.epochs * config.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total))
+    limit = config.epochs * config.steps_per_epoch
+    plan = _StepPlan(limit, limit, None if config.minutes is None else 60 * config.minutes)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(plan))
     history: list[EpochResult] = []
     records: list[dict[str, Any]] = []
     first_epoch = 1
@@ -650,7 +705,11 @@ def train(
                 "to train further"
             )
     started = time.perf_counter()
+    plan.started = started
+    steps = config.steps_per_epoch
     for epoch in range(first_epoch, config.epochs + 1):
+        if (epoch - 1) * steps >= plan.total:  # the time budget is spent
+            break
         epoch_start = time.perf_counter()
         loss = _train_epoch(
             model,
@@ -659,25 +718,28 @@ def train(
             scheduler,
             rng,
             device,
-            config.steps_per_epoch,
+            steps,
+            plan,
             progress,
-            (epoch - 1) * config.steps_per_epoch,
-            total,
+            (epoch - 1) * steps,
         )
+        checked = time.perf_counter()
         result = EpochResult(
             epoch=epoch,
-            epochs=config.epochs,
+            epochs=-(-plan.total // steps),
             loss=loss,
             validation=validate(model, scenes, splits, meta.normalization, device, meta.classes),
             seconds=time.perf_counter() - epoch_start,
         )
         history.append(result)
         records.append(result.to_dict())
+        steps_done = min(epoch * steps, plan.total)
         meta = _with_training_info(
-            meta, scenes, config, result, records, time.perf_counter() - started
+            meta, scenes, config, result, records, time.perf_counter() - started, steps_done
         )
         weights_path = save_checkpoint(model, meta, weights_path)
         _save_state(state_file, model, optimizer, scheduler, rng, epoch, records, meta)
+        plan.validation_s = time.perf_counter() - checked
         if on_epoch is not None:
             on_epoch(result)
     return TrainResult(weights_path, meta, tuple(history))
@@ -690,6 +752,7 @@ def _with_training_info(
     last: EpochResult,
     records: Sequence[dict[str, Any]],
     seconds: float,
+    steps_done: int,
 ) -> ModelMeta:
     config_dict = {k: v for k, v in dataclasses.asdict(config).items() if k != "command"}
     config_dict["classes"] = None if config.classes is None else config.classes.to_json()
@@ -702,7 +765,7 @@ def _with_training_info(
         "n_images": len(scenes),
         "config": config_dict,
         "epochs_done": last.epoch,
-        "steps_done": last.epoch * config.steps_per_epoch,
+        "steps_done": steps_done,
         "seconds": round(seconds, 1),
         "history": list(records),
     }
