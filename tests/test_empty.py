@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -97,24 +96,6 @@ def test_the_model_sees_only_tiles_with_valid_pixels(tmp_path: Path) -> None:
     assert summary["tiles"] == n * n == 121
     assert summary["tiles_run"] == rows * cols == 4
     assert summary["valid_pixels"] == patch * patch
-
-
-@pytest.mark.slow
-def test_an_empty_survey_costs_at_most_twice_its_valid_patch(tmp_path: Path) -> None:
-    patch = 1024
-    big = write_patch_survey(tmp_path / "big.tif", 8192, patch, (2830, 4133))
-    alone = write_patch_alone(tmp_path / "patch.tif", patch)
-    assert big.stat().st_size < 8 * 2**20  # sparse: the empty blocks are not in the file
-    config = RunConfig(device="cpu")
-    segment_raster(alone, tmp_path / "warm", config)
-
-    def seconds(image: Path, out: str) -> float:
-        start = time.perf_counter()
-        segment_raster(image, tmp_path / out, config)
-        return time.perf_counter() - start
-
-    patch_s, big_s = seconds(alone, "patch"), seconds(big, "big")
-    assert big_s <= 2 * patch_s, f"{big_s:.1f} s against {patch_s:.1f} s for the patch alone"
 
 
 def test_coverage_lists_the_blocks_a_sparse_file_leaves_out(tmp_path: Path) -> None:
