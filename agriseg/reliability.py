@@ -487,7 +487,9 @@ class RunEvidence:
 
 
 def _name(path: Path | None) -> str | None:
-    return None if path is None else str(path)
+    """The calibration file as the summary records it: beside the model's weights, so
+    its folder and name say which (no machine's install path)."""
+    return None if path is None else f"{path.parent.name}/{path.name}"
 
 
 #: Re-judges a check from its recorded values (``scripts/calibrate_reliability.py``).
