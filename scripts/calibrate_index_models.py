@@ -54,6 +54,7 @@ from calibrate_reliability import (  # noqa: E402
     Case,
     _in_domain_gsd,
     _write_like,
+    in_domain_cases,
     run_cases,
 )
 
@@ -88,13 +89,7 @@ COLOURLESS = ("grey", "grey-lowlight")
 
 
 def make_cases(folder: Path) -> list[Case]:
-    cases = []
-    for seed in IN_DOMAIN_SEEDS:
-        path = folder / f"indomain_{seed}.tif"
-        if not path.exists():
-            params = draw_params(seed, SIZE, SIZE, gsd_m=_in_domain_gsd(seed))
-            write_survey(generate_survey(params, seed), folder, path.stem)
-        cases.append(Case(path.stem, "in-domain", path))
+    cases = in_domain_cases(folder)
     for seed in SCATTERED_SEEDS:
         path = folder / f"scattered_{seed}.tif"
         if not path.exists():

@@ -83,7 +83,8 @@ def _write_like(
     return out
 
 
-def make_cases(folder: Path, photos_every: int = 1) -> list[Case]:
+def in_domain_cases(folder: Path) -> list[Case]:
+    """The held-out generated surveys (seeds never used in training), written once."""
     cases = []
     for seed in IN_DOMAIN_SEEDS:
         path = folder / f"indomain_{seed}.tif"
@@ -91,6 +92,11 @@ def make_cases(folder: Path, photos_every: int = 1) -> list[Case]:
             params = draw_params(seed, SIZE, SIZE, gsd_m=_in_domain_gsd(seed))
             write_survey(generate_survey(params, seed), folder, path.stem)
         cases.append(Case(path.stem, "in-domain", path))
+    return cases
+
+
+def make_cases(folder: Path, photos_every: int = 1) -> list[Case]:
+    cases = in_domain_cases(folder)
     for seed in DARK_SEEDS:
         src = folder / f"indomain_{seed}.tif"
         with rasterio.open(src) as opened:
