@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--balance", type=float, default=TrainConfig.balance)
+    parser.add_argument("--scratch", action="store_true", help="train from scratch")
     args = parser.parse_args()
     for k in args.surveys:
         seed, overrides = survey_params(k, args.n, args.size)
@@ -58,14 +61,21 @@ def main() -> None:
         rows, _, _ = run_model(paths.image, folder / "rows", "rows")
         labels = label_with_rows([paths.image], folder / "row-labels")
         config = replace(
-            TrainConfig(init="default", learning_rate=3e-4, device="cpu", seed=seed),
+            TrainConfig(
+                init=None if args.scratch else "default",
+                learning_rate=args.lr,
+                balance=args.balance,
+                device="cpu",
+                seed=seed,
+            ),
             classes=ROW_LABEL_CLASSES,
             epochs=args.epochs,
             steps_per_epoch=args.steps,
-            batch_size=4,
+            chips_per_step=4,
         )
         result = train_files(pair_files([paths.image], labels), folder / "net", config)
         net, _, _ = run_model(paths.image, folder / "net-run", str(result.weights))
+        net = np.where(net == DISEASED, CROP, net)  # a network that kept the class
         with rasterio.open(labels[0]) as src:
             labelled = float((src.read(1) != 255).mean())
         record = {
@@ -75,6 +85,9 @@ def main() -> None:
             "self_trained": scores(truth, net),
             "epochs": args.epochs,
             "steps": args.steps,
+            "lr": args.lr,
+            "balance": args.balance,
+            "from": "scratch" if args.scratch else "default",
         }
         print(json.dumps(record), flush=True)
 

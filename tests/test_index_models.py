@@ -14,7 +14,7 @@ from PIL import Image
 
 from agriseg.classes import NODATA
 from agriseg.errors import InputError
-from agriseg.learning.row_labels import row_labels
+from agriseg.learning.row_labels import SURE_CONFIDENCE, row_labels
 from agriseg.learning.survey_files import write_survey
 from agriseg.learning.synthetic import CROP, DISEASED, SOIL, WEED, draw_params, generate_survey
 from agriseg.models.croprows import find_rows, label_rows
@@ -160,18 +160,22 @@ def test_bench_accepts_index_models(run_cli, tmp_path, capsys):
     assert figures["model_only_s"] > 0
 
 
-def test_row_labels_leave_edges_and_off_rows_unlabelled():
+def test_row_labels_keep_sure_pixels_and_small_weeds_only():
     classes = np.zeros((12, 12), np.uint8)
     classes[:, 4:8] = 1  # a crop row
-    classes[1:3, 10:12] = 2  # a weed between the rows
+    classes[1:3, 10:12] = 2  # a small weed between the rows
+    classes[5, 8] = 2  # a weed touching the row
     classes[9:12, 0:3] = 3  # plants off rows
     labels = row_labels(classes)
-    assert labels[6, 5] == 1 and labels[6, 1] == 0
-    assert labels[6, 4] == NODATA and labels[6, 3] == NODATA  # the row's edges
+    assert labels[6, 5] == 1 and labels[6, 1] == 0 and labels[6, 4] == 1
+    assert (labels[1:3, 10:12] == 2).all()  # a 2 px weed keeps its label
+    assert labels[5, 8] == NODATA and labels[5, 7] == NODATA  # where crop meets weed
     assert (labels[9:12, 0:3] == NODATA).all()
-    assert (labels[1:3, 10:12] == NODATA).all()  # a 2 px weed is all edge
-    classes[0:5, 9:12] = 2
-    assert row_labels(classes)[1, 10] == 2
+    # Pixels the run was unsure of (index near its threshold) stay unlabelled.
+    confidence = np.full(classes.shape, 95, np.uint8)
+    confidence[:, 4] = SURE_CONFIDENCE - 1
+    sure = row_labels(classes, confidence)
+    assert (sure[:, 4] == NODATA).all() and sure[6, 5] == 1
 
 
 def test_train_on_the_surveys_own_rows(run_cli, tmp_path, one_torch_thread):
