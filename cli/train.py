@@ -105,7 +105,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--chip-size", type=int, default=256, help="chip edge in px")
     parser.add_argument("--lr", type=float, default=None, help="default 1e-3, 3e-4 with --from")
     parser.add_argument(
-        "--val-fraction", type=float, default=0.2, help="share of labelled blocks held out"
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share held out for validation: whole images from 8 images on (at most 4 "
+        "million labelled pixels), else blocks of each image",
     )
     parser.add_argument(
         "--val-block", type=int, default=None, help="validation block edge in px (default: chip)"

@@ -8,6 +8,13 @@ training half and an eastern held-out half with a gap between, scores the
 default model on the held-out half with ``agriseg evaluate``, fine-tunes it on
 the training half (vector labels) with ``agriseg train --from default`` and
 scores it again.
+
+With ``--sparse N`` it also fine-tunes, with the same steps, on sparse labels: about
+``N`` hand-sized polygons per class on the training half, as a user draws them in
+QGIS (each is the class's pixels within ``--radius`` px of a random pixel of that
+class, traced as a polygon: a weed outlined, a patch of soil, part of a crop row),
+everything else unlabelled. It prints both fine-tuned scores and the ratio of their
+mIoU.
 """
 
 from __future__ import annotations
@@ -18,8 +25,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import geopandas as gpd
+import numpy as np
 import rasterio
+from rasterio.features import shapes
 from rasterio.windows import Window
+from shapely.geometry import shape
 
 from agriseg.learning.survey_files import write_survey
 from agriseg.learning.synthetic import draw_params, generate_survey
@@ -55,6 +66,40 @@ def evaluate(raster: Path, labels: Path, model: str | Path, report: Path) -> dic
     return json.loads(report.read_text())
 
 
+def sparse_polygons(
+    labels_tif: Path, window: Window, per_class: int, radius: int, out: Path, seed: int = 0
+) -> tuple[Path, float]:
+    """About ``per_class`` hand-sized polygons of each class inside ``window`` of the
+    survey's class raster, written as a GeoPackage (layer ``labels``, column
+    ``class``); returns it and the share of the window's pixels they label."""
+    rng = np.random.default_rng(seed)
+    with rasterio.open(labels_tif) as src:
+        truth = src.read(1, window=window)
+        transform = src.window_transform(window)
+        crs = src.crs
+        names = {
+            int(k.removeprefix("class_")): v
+            for k, v in src.tags().items()
+            if k.startswith("class_")
+        }
+    h, w = truth.shape
+    yy, xx = np.mgrid[:h, :w]
+    drawn = np.full(truth.shape, 255, np.uint8)
+    for k in np.unique(truth):
+        if k == 255:
+            continue
+        rows, cols = np.nonzero(truth == k)
+        for i in rng.choice(rows.size, size=min(per_class, rows.size), replace=False):
+            disk = (yy - rows[i]) ** 2 + (xx - cols[i]) ** 2 <= radius**2
+            drawn[disk & (truth == k)] = k
+    records = [
+        {"class": names[int(v)], "geometry": shape(g)}
+        for g, v in shapes(drawn, mask=drawn != 255, transform=transform)
+    ]
+    gpd.GeoDataFrame(records, crs=crs).to_file(out, layer="labels")
+    return out, float((drawn != 255).mean())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, default=ROOT / "build" / "finetune")
@@ -62,6 +107,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sparse", type=int, default=0, help="polygons per class (0: none)")
+    parser.add_argument("--radius", type=int, default=12, help="polygon radius in px")
     args = parser.parse_args()
     folder = args.folder
     params = draw_params(
@@ -73,18 +120,31 @@ def main() -> int:
     train = crop(paths.image, folder / "train.tif", Window(0, 0, half - GAP // 2, SIZE))
     test = crop(paths.image, folder / "test.tif", Window(half + GAP // 2, 0, half - GAP // 2, SIZE))
     before = evaluate(test, paths.polygons, args.model, folder / "before.json")
-    tuned = folder / "finetuned"
-    agriseg(
-        "train", train, "--labels", paths.polygons, "--from", args.model, "--out", tuned,
-        "--epochs", args.epochs, "--steps", args.steps, "--device", "cpu",
-        "--threads", args.threads, "--val-fraction", "0.1", "--quiet",
-    )  # fmt: skip
-    after = evaluate(test, paths.polygons, tuned, folder / "after.json")
-    print(f"{'class':10} {'before':>8} {'after':>8}")
+    label_sets = {"after": paths.polygons}
+    if args.sparse:
+        window = Window(0, 0, half - GAP // 2, SIZE)
+        sparse, share = sparse_polygons(
+            paths.labels, window, args.sparse, args.radius, folder / "sparse.gpkg"
+        )
+        label_sets["sparse"] = sparse
+        print(f"sparse labels: {args.sparse} polygons per class, {share:.1%} of the pixels")
+    results = {"before": before}
+    for name, labels in label_sets.items():
+        tuned = folder / f"finetuned-{name}"
+        agriseg(
+            "train", train, "--labels", labels, "--from", args.model, "--out", tuned,
+            "--epochs", args.epochs, "--steps", args.steps, "--device", "cpu",
+            "--threads", args.threads, "--val-fraction", "0.1", "--quiet",
+        )  # fmt: skip
+        results[name] = evaluate(test, paths.polygons, tuned, folder / f"{name}.json")
+    print(f"{'class':10} " + " ".join(f"{k:>8}" for k in results))
     for name in before["classes"]:
-        b, a = before["classes"][name]["iou"], after["classes"][name]["iou"]
-        print(f"{name:10} {b:8.3f} {a:8.3f}")
-    print(f"{'mIoU':10} {before['miou']:8.3f} {after['miou']:8.3f}")
+        print(
+            f"{name:10} " + " ".join(f"{r['classes'][name]['iou']:8.3f}" for r in results.values())
+        )
+    print(f"{'mIoU':10} " + " ".join(f"{r['miou']:8.3f}" for r in results.values()))
+    if "sparse" in results:
+        print(f"sparse / full labels: {results['sparse']['miou'] / results['after']['miou']:.3f}")
     return 0
 
 

@@ -12,7 +12,16 @@ import torch
 from agriseg.errors import InputError, ModelError
 from agriseg.learning.survey_files import write_survey
 from agriseg.learning.synthetic import draw_params, generate_survey
-from agriseg.learning.training import ChipSampler, Scene, TrainConfig, _Split, state_path, train
+from agriseg.learning.training import (
+    VALIDATION_PIXELS,
+    ChipSampler,
+    Scene,
+    TrainConfig,
+    _Split,
+    held_out_images,
+    state_path,
+    train,
+)
 from agriseg.models.meta import Normalization
 from agriseg.models.registry import load_model
 
@@ -107,6 +116,32 @@ def test_chips_never_touch_validation_blocks_or_their_gap() -> None:
             r0, c0 = int(win.row_off) - 16, int(win.col_off) - 16
             r1, c1 = int(win.row_off + win.height) + 16, int(win.col_off + win.width) + 16
             assert row + size <= r0 or row >= r1 or col + size <= c0 or col >= c1
+
+
+def test_many_images_hold_out_whole_images_within_a_pixel_budget(tmp_path: Path) -> None:
+    photos = [scene(seed, 96) for seed in range(1, 11)]
+    config = TrainConfig(chip_size=64, val_fraction=0.2)
+    held = held_out_images(photos, config, np.random.default_rng(0))
+    assert len(held) == 2
+    splits = [_Split(s, config, np.random.default_rng(0), k in held) for k, s in enumerate(photos)]
+    for k, split in enumerate(splits):
+        if k in held:  # scored whole, never trained on
+            assert split.train_pixels == 0 and len(split.val_windows) == 1
+            assert (split.val_windows[0].width, split.val_windows[0].height) == (96, 96)
+        else:  # trained on whole: no block cut out of it
+            assert split.val_windows == [] and split.train_pixels == 96 * 96
+    # A budget of labelled pixels caps the images held out (at least one).
+    big = [scene(seed, 96) for seed in range(1, 11)]
+    many = TrainConfig(chip_size=64, val_fraction=0.9)
+    assert len(held_out_images(big, many, np.random.default_rng(0))) == 9
+    huge = [Scene(s.image, np.zeros((1900, 1900), np.uint8), "uint8", None, "h") for s in big[:8]]
+    assert 1900 * 1900 <= VALIDATION_PIXELS < 2 * 1900 * 1900
+    assert len(held_out_images(huge, many, np.random.default_rng(0))) == 1
+    # Fewer images: blocks of each, as before.
+    assert held_out_images(photos[:7], config, np.random.default_rng(0)) == set()
+    # Training on them runs, validating on the held-out images.
+    result = train(photos, tmp_path / "m", TrainConfig(epochs=1, val_fraction=0.2, **TINY))
+    assert result.history[-1].validation is not None
 
 
 def test_chips_are_balanced_augmented_and_seeded() -> None:

@@ -308,25 +308,73 @@ def _fit_normalization(scenes: Sequence[Scene]) -> Normalization:
     )
 
 
+#: From this many training images on, validation holds out whole images rather
+#: than blocks of every image.
+HOLD_OUT_IMAGES_FROM = 8
+
+#: Most labelled pixels held out for validation when whole images are: validation
+#: runs after every epoch, and every pixel held out is one the model does not learn.
+VALIDATION_PIXELS = 4_000_000
+
+
+def held_out_images(
+    scenes: Sequence[Scene], config: TrainConfig, rng: np.random.Generator
+) -> set[int]:
+    """Indexes of the scenes held out whole for validation (empty: blocks of each).
+
+    With many images (photos, or many small surveys) whole images are held out:
+    ``val_fraction`` of them, at most :data:`VALIDATION_PIXELS` labelled pixels, at
+    least one. Blocks cut out of every image would leave chips few places to fit
+    (a chip may not touch a block or its gap) and score pixels that sit beside
+    trained ones. With fewer images, blocks of each are held out (see :class:`_Split`).
+    """
+    if config.val_fraction == 0 or len(scenes) < HOLD_OUT_IMAGES_FROM:
+        return set()
+    wanted = max(1, round(config.val_fraction * len(scenes)))
+    chosen: set[int] = set()
+    pixels = 0
+    for index in rng.permutation(len(scenes)):
+        labelled = int((scenes[index].labels != NODATA).sum())
+        if chosen and (len(chosen) >= wanted or pixels + labelled > VALIDATION_PIXELS):
+            break
+        if labelled:
+            chosen.add(int(index))
+            pixels += labelled
+    return chosen
+
+
 class _Split:
     """One scene's held-out blocks and the chip positions allowed for training."""
 
-    def __init__(self, scene: Scene, config: TrainConfig, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        scene: Scene,
+        config: TrainConfig,
+        rng: np.random.Generator,
+        held_out: bool | None = None,
+    ) -> None:
+        """``held_out``: True holds the whole scene out, False none of it, None blocks."""
         h, w = scene.labels.shape
         block = config.val_block or config.chip_size
         gap = config.chip_size // 4 if config.gap is None else config.gap
-        # Validation blocks are drawn among blocks holding labels: with sparse labels
-        # most blocks hold none and would score nothing.
-        starts = [
-            (r, c)
-            for r in range(0, h, block)
-            for c in range(0, w, block)
-            if (scene.labels[r : r + block, c : c + block] != NODATA).any()
-        ]
+        if held_out is not None:
+            starts = [(0, 0)] if held_out else []
+            block = max(h, w)
+        else:
+            # Validation blocks are drawn among blocks holding labels: with sparse
+            # labels most blocks hold none and would score nothing.
+            starts = [
+                (r, c)
+                for r in range(0, h, block)
+                for c in range(0, w, block)
+                if (scene.labels[r : r + block, c : c + block] != NODATA).any()
+            ]
         n_val = round(config.val_fraction * len(starts))
-        if config.val_fraction > 0:
+        if config.val_fraction > 0 and held_out is None:
             n_val = max(1, n_val)
-        if n_val >= len(starts) and n_val:
+        if held_out is not None:
+            n_val = len(starts)
+        if n_val >= len(starts) and n_val and held_out is None:
             raise InputError(
                 f"{scene.name}: {h}x{w} px gives {len(starts)} labelled block(s) of "
                 f"{block} px, too few to hold any out; use a smaller --val-block or "
@@ -682,7 +730,11 @@ def train(
     name = model_name(weights_path)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    splits = [_Split(scene, config, rng) for scene in scenes]
+    whole = held_out_images(scenes, config, rng)
+    splits = [
+        _Split(scene, config, rng, (k in whole) if whole else None)
+        for k, scene in enumerate(scenes)
+    ]
     model, meta = _model_and_meta(scenes, band_names, name, config)
     _check_label_ids(scenes, meta.classes)
     sampler = ChipSampler(scenes, splits, meta.normalization, config)
