@@ -77,11 +77,8 @@ def sparse_polygons(
         truth = src.read(1, window=window)
         transform = src.window_transform(window)
         crs = src.crs
-        names = {
-            int(k.removeprefix("class_")): v
-            for k, v in src.tags().items()
-            if k.startswith("class_")
-        }
+        tags = src.tags()
+    names = {k: tags.get(f"class_{k}", str(k)) for k in range(255)}
     h, w = truth.shape
     yy, xx = np.mgrid[:h, :w]
     drawn = np.full(truth.shape, 255, np.uint8)

@@ -415,6 +415,8 @@ def main() -> int:
                 epochs=args.epochs,
                 steps_per_epoch=args.steps,
                 val_fraction=0.1,
+                scale_jitter=(0.7, 1.4),  # the shipped models' recipe: GSD robustness
+                precision="fp32",
                 device="cpu",
                 seed=0,
                 resume=args.resume,

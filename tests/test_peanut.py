@@ -30,7 +30,7 @@ def test_a_short_fine_tune_on_real_photos_learns_their_three_classes(run_cli, tm
     code = run_cli(
         "train", DATA / "train" / "images", "--labels", DATA / "train" / "masks",
         "--label-colors", COLOURS, "--gsd", "0.001", "--from", "default", "--out", out,
-        "--epochs", "1", "--steps", "12", "--chips-per-step", "4", "--chip-size", "128",
+        "--epochs", "1", "--steps", "30", "--chips-per-step", "4", "--chip-size", "256",
         "--lr", "1e-3", "--device", "cpu", "--quiet",
     )  # fmt: skip
     assert code == 0
@@ -44,4 +44,4 @@ def test_a_short_fine_tune_on_real_photos_learns_their_three_classes(run_cli, tm
     # Pooled over the four test photos, scored on their three classes only.
     assert after["n_images"] == 4 and len(after["per_image"]) == 4
     assert after["scored_classes"] == ["soil", "crop", "weed"]
-    assert after["miou"] > before["miou"] + 0.15
+    assert after["miou"] > before["miou"] + 0.25

@@ -25,7 +25,7 @@ from agriseg.models.architectures import with_classes
 from agriseg.models.registry import load_model
 
 CUSTOM = "soil:background,maize:crop,grass_weed:weed,broadleaf_weed:weed,thistle:weed"
-TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--chips-per-step", "2")
+TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "32", "--chips-per-step", "2")
 CPU = ("--device", "cpu", "--threads", "1", "--quiet")
 
 

@@ -18,6 +18,7 @@ from agriseg.learning.training import (
     Scene,
     TrainConfig,
     _Split,
+    bf16_steps,
     held_out_images,
     state_path,
     train,
@@ -185,3 +186,23 @@ def test_a_time_budget_ends_training_and_its_schedule(tmp_path: Path) -> None:
     assert lr == pytest.approx(0.02 * config.learning_rate, rel=0.05)  # the decay's end
     with pytest.raises(InputError, match="--minutes 0"):
         train([scene()], tmp_path / "n", TrainConfig(minutes=0, **TINY))
+
+
+def test_training_steps_in_bfloat16_or_float32(tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    assert bf16_steps("auto", cpu) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert bf16_steps("bf16", cpu) and not bf16_steps("fp32", cpu)
+    assert not bf16_steps("auto", torch.device("cuda"))
+    scenes = [scene()]
+    results = {}
+    for precision in ("fp32", "bf16"):
+        config = TrainConfig(epochs=1, precision=precision, seed=3, **TINY)
+        results[precision] = train(scenes, tmp_path / precision, config)
+        model, _ = load_model(str(results[precision].weights))
+        # Weights stay float32 either way.
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # Same chips, same start: the two losses agree to bfloat16's precision.
+    fp32, bf16 = (results[p].history[0].loss for p in ("fp32", "bf16"))
+    assert fp32 == pytest.approx(bf16, rel=0.1) and fp32 != bf16
+    with pytest.raises(InputError, match="training precision 'fp16'"):
+        train(scenes, tmp_path / "x", TrainConfig(precision="fp16", **TINY))

@@ -64,6 +64,9 @@ from agriseg.segmentation.scale import raster_gsd_m
 #: Called as ``progress(steps_done, steps_total)``.
 Progress = Callable[[int, int], None]
 
+#: Arithmetic of the training steps (see :attr:`TrainConfig.precision`).
+TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
+
 #: Pixels of each class remembered per scene as chip centres.
 _CENTRES_PER_CLASS = 20_000
 
@@ -96,7 +99,9 @@ class TrainConfig:
         val_block: Edge of the validation blocks in pixels; ``None``: ``chip_size``.
         gap: Pixels around validation blocks that chips may not touch; ``None``:
             ``chip_size // 4``.
-        scale_jitter: Range of the factor a chip is resampled by (GSD robustness).
+        scale_jitter: Range of the factor a chip is resampled by (GSD robustness;
+            wider ranges shrink thin leaves and grass further: 0.8-1.25 beat 0.7-1.4
+            on real photos within a 5-minute budget).
         colour_jitter: Strength of brightness, per-band gain and contrast jitter.
         balance: Probability a chip is centred on a randomly chosen class rather
             than a random pixel.
@@ -109,6 +114,10 @@ class TrainConfig:
             only polygon layer.
         tile_size: Tile edge recorded for inference.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: Arithmetic of the training steps: ``bf16`` (bfloat16 autocast,
+            weights kept in float32), ``fp32``, or ``auto``: ``bf16`` on a CPU with
+            bfloat16 instructions (AVX-512 BF16 or AMX: about twice the steps per
+            minute), else ``fp32``. Validation always runs in float32.
         seed: Seed of every random choice.
         resume: Continue from ``NAME.state.pt`` beside the output checkpoint.
         description: Written into the checkpoint metadata.
@@ -132,7 +141,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     val_block: int | None = None
     gap: int | None = None
-    scale_jitter: tuple[float, float] = (0.7, 1.4)
+    scale_jitter: tuple[float, float] = (0.8, 1.25)
     colour_jitter: float = 0.15
     balance: float = 0.8
     bands: tuple[int, ...] | None = None
@@ -141,6 +150,7 @@ class TrainConfig:
     label_layer: str | None = None
     tile_size: int = 512
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
     resume: bool = False
     description: str = ""
@@ -164,6 +174,10 @@ class TrainConfig:
         lo, hi = self.scale_jitter
         if not 0 < lo <= hi:
             raise InputError(f"scale jitter {self.scale_jitter} must satisfy 0 < low <= high")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise InputError(
+                f"training precision {self.precision!r} is not one of {', '.join(TRAIN_PRECISIONS)}"
+            )
         if self.learning_rate <= 0:
             raise InputError(f"learning rate {self.learning_rate} must be > 0")
         if self.gsd_m is not None and not self.gsd_m > 0:
@@ -653,6 +667,15 @@ def _model_and_meta(
     return model.train(), meta
 
 
+def bf16_steps(precision: str, device: torch.device) -> bool:
+    """Whether training steps run under bfloat16 autocast (see
+    :attr:`TrainConfig.precision`): ``auto`` chooses it on CPUs with bfloat16
+    instructions only; on CUDA, ``auto`` keeps float32."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _train_epoch(
     model: torch.nn.Module,
     sampler: ChipSampler,
@@ -664,11 +687,14 @@ def _train_epoch(
     plan: _StepPlan,
     progress: Progress | None = None,
     steps_before: int = 0,
+    bf16: bool = False,
 ) -> float:
     """Run up to ``steps`` optimiser steps on sampled chips, stopping early when the
     ``plan`` ends; return the mean loss.
 
-    The loss is cross-entropy plus Dice, both ignoring unlabelled pixels (255).
+    The loss is cross-entropy plus Dice, both ignoring unlabelled pixels (255), in
+    float32; with ``bf16`` the forward pass runs under bfloat16 autocast. Chips are
+    channels-last, as the model is (faster convolutions on CPU).
     ``progress`` is called with the steps done in the whole training (``steps_before``
     plus this epoch's) and the steps planned.
     """
@@ -680,15 +706,19 @@ def _train_epoch(
             break
         start = time.perf_counter()
         x, y = sampler.batch(rng)
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        y = y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        logits = logits.float()
         loss = F.cross_entropy(logits, y, ignore_index=NODATA) + dice(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        # The plan first, so the rate of the next step follows a plan that just shrank.
+        plan.after_step(steps_before + step + 1, time.perf_counter() - start)
         scheduler.step()
         losses.append(float(loss.detach()))
-        plan.after_step(steps_before + step + 1, time.perf_counter() - start)
         if progress is not None:
             progress(steps_before + step + 1, plan.total)
     return float(np.mean(losses))
@@ -738,7 +768,8 @@ def train(
     model, meta = _model_and_meta(scenes, band_names, name, config)
     _check_label_ids(scenes, meta.classes)
     sampler = ChipSampler(scenes, splits, meta.normalization, config)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)
+    bf16 = bf16_steps(config.precision, device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -774,6 +805,7 @@ def train(
             plan,
             progress,
             (epoch - 1) * steps,
+            bf16,
         )
         checked = time.perf_counter()
         result = EpochResult(
