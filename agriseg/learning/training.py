@@ -768,7 +768,8 @@ def train(
     model, meta = _model_and_meta(scenes, band_names, name, config)
     _check_label_ids(scenes, meta.classes)
     sampler = ChipSampler(scenes, splits, meta.normalization, config)
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     bf16 = bf16_steps(config.precision, device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
