@@ -79,15 +79,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="fine-tune a shipped model (default, agriseg-pspnet...) or a checkpoint "
         "(default: a new model)",
     )
-    parser.add_argument("--epochs", type=int, default=10, help="passes of --steps steps")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="passes of --steps steps (default: 10; with --minutes, as many as fit)",
+    )
     parser.add_argument("--steps", type=int, default=100, help="optimiser steps per epoch")
     parser.add_argument(
         "--minutes",
         type=float,
         default=None,
         help="time budget: train for at most this many minutes (validations included), "
-        "ending the learning-rate schedule with it; --epochs x --steps stays the most "
-        "(default: none, --epochs x --steps)",
+        "ending the learning-rate schedule with it; as many epochs as fit, or at most "
+        "--epochs x --steps when --epochs is given (default: none, --epochs x --steps)",
     )
     parser.add_argument(
         "--chips-per-step",
@@ -142,6 +147,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tile-size", type=int, default=512, help="tile edge `agriseg run` will use"
     )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="stop after this many epochs without a better validation mIoU (0: never); "
+        "the model keeps the best epoch's weights",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
         "--precision",
@@ -178,7 +190,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         gsd_m=args.gsd,
         chip_size=args.chip_size,
         chips_per_step=args.chips_per_step,
-        epochs=args.epochs,
+        epochs=args.epochs if args.epochs is not None else (10 if args.minutes is None else 10_000),
         steps_per_epoch=args.steps,
         minutes=args.minutes,
         learning_rate=lr,
@@ -193,6 +205,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         precision=args.precision,
         seed=args.seed,
+        patience=args.patience,
         resume=args.resume,
         description=args.description,
         command=command_line(args),
@@ -279,5 +292,13 @@ def execute(args: argparse.Namespace) -> int:
             None if args.quiet else _epoch_table,
         )
     if not args.quiet:
+        last = result.history[-1].epoch if result.history else None
+        if result.stopped_early:
+            print(
+                f"stopped early: validation mIoU has not improved for {config.patience} "
+                f"epochs (--patience)"
+            )
+        if result.best_epoch is not None and result.best_epoch != last:
+            print(f"the model holds epoch {result.best_epoch}'s weights, the best on validation")
         print(f"model {result.weights}; use it with: agriseg run SURVEY --model {args.out}")
     return 0

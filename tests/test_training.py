@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from agriseg.learning.training import (
     Scene,
     TrainConfig,
     _Split,
+    best_epoch,
     bf16_steps,
     held_out_images,
     state_path,
@@ -206,3 +208,40 @@ def test_training_steps_in_bfloat16_or_float32(tmp_path: Path) -> None:
     assert fp32 == pytest.approx(bf16, rel=0.1) and fp32 != bf16
     with pytest.raises(InputError, match="training precision 'fp16'"):
         train(scenes, tmp_path / "x", TrainConfig(precision="fp16", **TINY))
+
+
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    records = [
+        {"epoch": 1, "val_miou": 0.5},
+        {"epoch": 2, "val_miou": 0.7},
+        {"epoch": 3, "val_miou": 0.6},
+        {"epoch": 4, "val_miou": 0.7},
+    ]
+    assert best_epoch(records) == 2  # the earliest of equals
+    assert best_epoch([{"epoch": 1, "loss": 0.3}]) is None  # no validation
+
+
+def test_training_stops_when_validation_stops_improving(tmp_path: Path) -> None:
+    # A learning rate this large wrecks the network within its first steps: validation
+    # stops improving, and training stops `patience` epochs after its best.
+    config = TrainConfig(epochs=8, patience=2, learning_rate=10.0, val_fraction=0.25, **TINY)
+    result = train([scene(seed=6, size=192)], tmp_path / "m", config)
+    assert result.stopped_early and result.best_epoch is not None
+    assert len(result.history) == result.best_epoch + 2 < 8
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["training"]["epochs_done"] == result.best_epoch  # the best is kept
+    never = train([scene(seed=6, size=192)], tmp_path / "n", replace(config, patience=0))
+    assert not never.stopped_early and len(never.history) == 8
+
+
+def test_a_time_budget_without_epochs_runs_as_many_as_fit(tmp_path: Path, run_cli) -> None:
+    paths = write_survey(generate_survey(draw_params(3, 160, 160), 3), tmp_path, "f")
+    out = tmp_path / "m"
+    code = run_cli(
+        "train", paths.image, "--labels", paths.labels, "--out", out, "--minutes", "0.1",
+        "--steps", "1", "--chip-size", "64", "--chips-per-step", "1", "--val-fraction", "0",
+        "--device", "cpu", "--threads", "1", "--quiet",
+    )  # fmt: skip
+    assert code == 0
+    training = json.loads((out / "model.json").read_text())["training"]
+    assert training["epochs_done"] > 10  # the default 10 epochs bind only without --minutes

@@ -119,6 +119,9 @@ class TrainConfig:
             bfloat16 instructions (AVX-512 BF16 or AMX: about twice the steps per
             minute), else ``fp32``. Validation always runs in float32.
         seed: Seed of every random choice.
+        patience: Early stopping: epochs in a row without a better validation mIoU
+            after which training stops (0: never). The checkpoint always holds the
+            weights of the epoch with the best validation mIoU.
         resume: Continue from ``NAME.state.pt`` beside the output checkpoint.
         description: Written into the checkpoint metadata.
         command: The command that trained the model, recorded in the metadata.
@@ -152,6 +155,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
+    patience: int = 3
     resume: bool = False
     description: str = ""
     command: str = ""
@@ -164,6 +168,8 @@ class TrainConfig:
             )
         if self.tile_size % SIZE_DIVISOR:
             raise InputError(f"tile size {self.tile_size} must be a multiple of {SIZE_DIVISOR}")
+        if self.patience < 0:
+            raise InputError(f"--patience {self.patience} must be 0 (never stop early) or more")
         for name in ("chips_per_step", "epochs", "steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} {getattr(self, name)} must be at least 1")
@@ -241,6 +247,8 @@ class TrainResult:
     meta: ModelMeta
     history: tuple[EpochResult, ...]
     warnings: tuple[str, ...] = ()
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
 
 @dataclass(frozen=True)
@@ -791,6 +799,7 @@ def train(
     started = time.perf_counter()
     plan.started = started
     steps = config.steps_per_epoch
+    best, stopped, checkpoint_meta = best_epoch(records), False, meta
     for epoch in range(first_epoch, config.epochs + 1):
         if (epoch - 1) * steps >= plan.total:  # the time budget is spent
             break
@@ -822,12 +831,27 @@ def train(
         meta = _with_training_info(
             meta, scenes, config, result, records, time.perf_counter() - started, steps_done
         )
-        weights_path = save_checkpoint(model, meta, weights_path)
+        best = best_epoch(records)
+        if best is None or best == epoch:  # the checkpoint keeps the best weights
+            weights_path = save_checkpoint(model, meta, weights_path)
+            checkpoint_meta = meta
         _save_state(state_file, model, optimizer, scheduler, rng, epoch, records, meta)
         plan.validation_s = time.perf_counter() - checked
         if on_epoch is not None:
             on_epoch(result)
-    return TrainResult(weights_path, meta, tuple(history))
+        if best is not None and config.patience and epoch - best >= config.patience:
+            stopped = True
+            break
+    return TrainResult(
+        weights_path, checkpoint_meta, tuple(history), best_epoch=best, stopped_early=stopped
+    )
+
+
+def best_epoch(records: Sequence[dict[str, Any]]) -> int | None:
+    """The epoch of ``records`` with the best validation mIoU (the earliest of equals);
+    ``None`` without validation."""
+    scored = [(r["val_miou"], -r["epoch"]) for r in records if r.get("val_miou") is not None]
+    return -max(scored)[1] if scored else None
 
 
 def _with_training_info(
