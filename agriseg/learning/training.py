@@ -1,11 +1,12 @@
 """Training and fine-tuning segmentation models on labelled orthomosaics.
 
-Each training image (a :class:`Scene`) is cut into square blocks; a seeded share of
-whole blocks is held out for validation, and training chips never come within
-``gap`` pixels of them, so neighbouring chips cannot leak into the validation
-score. Chips are centred on pixels of a randomly chosen class (class balancing),
-then flipped, rotated, colour- and scale-jittered (robustness to lighting and
-ground sampling distance). Unlabelled pixels (255) are ignored by the loss.
+With many training images (:data:`HOLD_OUT_IMAGES_FROM`), a seeded share of whole
+images is held out for validation (:func:`held_out_images`). With fewer, each image
+(a :class:`Scene`) is cut into square blocks; a seeded share of whole blocks is held
+out, and training chips never come within ``gap`` pixels of them, so neighbouring
+chips cannot leak into the validation score. Chips are centred on pixels of a
+randomly chosen class (class balancing), then flipped, rotated, colour- and
+scale-jittered (robustness to lighting and ground sampling distance). Unlabelled pixels (255) are ignored by the loss.
 
 The classes come from the labels: a model predicts exactly the classes its labels
 mark (see :func:`load_training_set`). Labels may be sparse: only the pixels a mask
@@ -13,10 +14,12 @@ or polygon labels are learnt from and scored, validation blocks are drawn among
 blocks holding labels, and vector labels on a large survey read only the part of
 the image around the polygons.
 
-After every epoch the checkpoint (``OUT/model.safetensors`` + ``model.json``, or
-``NAME.safetensors`` + ``NAME.json``) and the training state (``model.state.pt``:
-weights, optimiser, schedule, epoch, random states) are written, so an interrupted
-run leaves a usable model and can resume.
+After every epoch the training state (``model.state.pt``: weights, optimiser,
+schedule, epoch, random states) is written, and the checkpoint
+(``OUT/model.safetensors`` + ``model.json``, or ``NAME.safetensors`` + ``NAME.json``)
+when the epoch is the best on validation so far, so an interrupted run leaves a
+usable model and can resume; training stops early when validation stops improving
+(:attr:`TrainConfig.patience`).
 """
 
 from __future__ import annotations
