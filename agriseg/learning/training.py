@@ -6,7 +6,8 @@ images is held out for validation (:func:`held_out_images`). With fewer, each im
 out, and training chips never come within ``gap`` pixels of them, so neighbouring
 chips cannot leak into the validation score. Chips are centred on pixels of a
 randomly chosen class (class balancing), then flipped, rotated, colour- and
-scale-jittered (robustness to lighting and ground sampling distance). Unlabelled pixels (255) are ignored by the loss.
+scale-jittered (robustness to lighting and ground sampling distance). Unlabelled
+pixels (255) are ignored by the loss.
 
 The classes come from the labels: a model predicts exactly the classes its labels
 mark (see :func:`load_training_set`). Labels may be sparse: only the pixels a mask
