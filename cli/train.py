@@ -150,9 +150,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--patience",
         type=int,
-        default=3,
-        help="stop after this many epochs without a better validation mIoU (0: never); "
-        "the model keeps the best epoch's weights",
+        default=0,
+        help="early stopping: stop after this many epochs without a better validation "
+        "mIoU, keeping the best epoch's weights (0: never; the model holds the last epoch)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
