@@ -19,7 +19,7 @@ from agriseg.learning.synthetic import draw_params, generate_survey
 COLORS = {"soil": (0, 0, 0), "crop": (0, 255, 0), "weed": (255, 0, 0), "diseased": (255, 255, 0)}
 SPEC = ",".join(f"{name}=#{r:02x}{g:02x}{b:02x}" for name, (r, g, b) in COLORS.items())
 GREY = (128, 128, 128)
-TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "64", "--chips-per-step", "2")
+TINY = ("--epochs", "1", "--steps", "2", "--chip-size", "32", "--chips-per-step", "2")
 CPU = ("--device", "cpu", "--threads", "1", "--quiet")
 
 
