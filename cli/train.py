@@ -268,10 +268,16 @@ def execute(args: argparse.Namespace) -> int:
     output_checkpoint(args.out)  # a bad --out fails before the images are read
     labels: list[Path] = [args.labels]
     if str(args.labels) == "rows":  # self-training on the surveys' own rows
-        from agriseg.learning.row_labels import ROW_LABEL_CLASSES, label_with_rows
+        from agriseg.learning.row_labels import label_classes_for, label_with_rows
+        from agriseg.models.registry import find_model
 
-        labels = label_with_rows(args.images, args.out.with_name(args.out.name + ".row-labels"))
-        config = dataclasses.replace(config, classes=ROW_LABEL_CLASSES)
+        base = find_model(config.init)[1].classes if config.init is not None else None
+        target = label_classes_for(base)
+        folder = args.out.with_name(args.out.name + ".row-labels")
+        labels = label_with_rows(args.images, folder, target)
+        config = dataclasses.replace(
+            config, classes=target, keep_classes=target == base, vegetation_mask="index"
+        )
     sources = pair_files(args.images, labels)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

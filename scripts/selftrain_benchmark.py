@@ -25,10 +25,11 @@ import rasterio
 from labelfree_benchmark import iou, run_model, survey_params
 
 from agriseg.learning.datasets import pair_files
-from agriseg.learning.row_labels import ROW_LABEL_CLASSES, label_with_rows
+from agriseg.learning.row_labels import label_classes_for, label_with_rows
 from agriseg.learning.survey_files import write_survey
 from agriseg.learning.synthetic import CROP, DISEASED, SOIL, WEED, draw_params, generate_survey
 from agriseg.learning.training import TrainConfig, train_files
+from agriseg.models.registry import find_model
 
 
 def scores(truth: np.ndarray, classes: np.ndarray) -> dict[str, float]:
@@ -59,7 +60,10 @@ def main() -> None:
             truth = src.read(1)
         truth = np.where(truth == DISEASED, CROP, truth)
         rows, _, _ = run_model(paths.image, folder / "rows", "rows")
-        labels = label_with_rows([paths.image], folder / "row-labels")
+        # What `agriseg train SURVEY --labels rows [--from default]` does.
+        base = None if args.scratch else find_model("default")[1].classes
+        target = label_classes_for(base)
+        labels = label_with_rows([paths.image], folder / "row-labels", target)
         config = replace(
             TrainConfig(
                 init=None if args.scratch else "default",
@@ -68,7 +72,9 @@ def main() -> None:
                 device="cpu",
                 seed=seed,
             ),
-            classes=ROW_LABEL_CLASSES,
+            classes=target,
+            keep_classes=target == base,
+            vegetation_mask="index",
             epochs=args.epochs,
             steps_per_epoch=args.steps,
             chips_per_step=4,

@@ -18,6 +18,7 @@ from agriseg.learning.row_labels import SURE_CONFIDENCE, row_labels
 from agriseg.learning.survey_files import write_survey
 from agriseg.learning.synthetic import CROP, DISEASED, SOIL, WEED, draw_params, generate_survey
 from agriseg.models.croprows import find_rows, label_rows
+from agriseg.models.index_plants import plants_on_index
 from agriseg.models.inference import resolve_engine
 from agriseg.models.registry import find_model, load_model, shipped_models
 from agriseg.reliability import check_chroma, check_index_gap, check_rows, thresholds
@@ -185,12 +186,52 @@ def test_train_on_the_surveys_own_rows(run_cli, tmp_path, one_torch_thread):
     assert run_cli("train", image, "--labels", "rows", "--out", out, "--arch", "fcn", *args) == 0
     meta = json.loads((out / "model.json").read_text())
     assert [c["name"] for c in meta["classes"]] == ["soil", "crop", "weed"]
+    assert meta["vegetation_mask"] == "index"
     with rasterio.open(tmp_path / "selfnet.row-labels" / f"{image.stem}.row-labels.tif") as src:
         labels = src.read(1)
     assert set(np.unique(labels)) == {0, 1, 2, NODATA}
     # The model runs like any other.
     classes, summary = run(run_cli, image, tmp_path / "run", str(out))
     assert classes.max() <= 2
+
+
+def test_self_trained_from_default_keeps_its_classes_and_the_index_draws_soil(
+    run_cli, tmp_path, one_torch_thread
+):
+    image, truth = survey(tmp_path, 30107, gsd_m=0.02, row_angle_deg=120.0)
+    out = tmp_path / "selfnet"
+    args = ["--epochs", "1", "--steps", "2", "--chips-per-step", "2", "--chip-size", "64"]
+    assert (
+        run_cli("train", image, "--labels", "rows", "--from", "default", "--out", out, *args) == 0
+    )
+    meta = json.loads((out / "model.json").read_text())
+    # Row labels know soil, crop and weed; the shipped model's diseased class stays.
+    assert [c["name"] for c in meta["classes"]] == ["soil", "crop", "weed", "diseased"]
+    assert meta["vegetation_mask"] == "index"
+    classes, _ = run(run_cli, image, tmp_path / "run", str(out))
+    vegetation, _ = run(run_cli, image, tmp_path / "veg", "vegetation")
+    # Soil is where the index puts it (the network only splits the plants).
+    assert ((classes == SOIL) == (vegetation == 0)).mean() > 0.97
+    assert iou(truth == SOIL, classes == SOIL) > 0.9
+
+
+def test_plants_on_index_takes_soil_from_the_index():
+    meta = find_model("default")[1]
+    raw = np.zeros((3, 64, 64), np.float32)
+    raw[:, :, :16] = np.array([0.25, 0.55, 0.2])[:, None, None]  # green leaves
+    raw[:, :, 16:] = np.array([0.55, 0.42, 0.3])[:, None, None]  # brown soil
+    raw += np.random.default_rng(0).normal(0, 0.01, raw.shape).astype(np.float32)
+    mean = np.asarray(meta.normalization.mean, np.float32)[:, None, None]
+    std = np.asarray(meta.normalization.std, np.float32)[:, None, None]
+    tiles = ((raw - mean) / std)[None]
+    probs = np.empty((1, 4, 64, 64), np.float32)
+    probs[0, :] = np.array([0.7, 0.2, 0.06, 0.04])[:, None, None]  # the network: "soil"
+    out = plants_on_index(probs.copy(), tiles, meta)[0]
+    assert (out[0, :, :16] < 0.05).all()
+    assert (out[0, :, 16:] > 0.5).mean() > 0.97 and out[0, :, 16:].mean() > 0.9
+    assert np.allclose(out.sum(axis=0), 1, atol=1e-5)
+    # The plants share the vegetation in the network's proportions.
+    assert np.allclose(out[1, :, :16] / out[2, :, :16], 0.2 / 0.06, rtol=1e-3)
 
 
 def _grey_lowlight(image: Path, out: Path) -> Path:

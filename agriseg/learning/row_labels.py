@@ -27,7 +27,7 @@ import numpy as np
 import rasterio
 from scipy import ndimage
 
-from agriseg.classes import NODATA, ClassList, FieldClass
+from agriseg.classes import NODATA, ClassList, FieldClass, Role
 from agriseg.config import HealthOptions, RunConfig
 from agriseg.errors import InputError
 from agriseg.io.atomic import atomic_output
@@ -50,10 +50,28 @@ _LABEL_OF = np.array([0, 1, 2, NODATA], np.uint8)
 SURE_CONFIDENCE = 80
 
 
-def row_labels(classes: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray:
-    """Training labels (:data:`ROW_LABEL_CLASSES`, 255 unlabelled) of a ``rows`` model's
-    class raster and its confidence raster: its sure pixels only (see the module
-    docstring); without ``confidence`` every pixel's class is taken as sure."""
+def label_classes_for(base: ClassList | None) -> ClassList:
+    """The classes row labels are written in: ``base``'s (a ``--from`` model's, which
+    then keeps every class it has) when it has a soil, a crop and a weed class, else
+    :data:`ROW_LABEL_CLASSES`."""
+    if base is not None and all(base.ids_with_role(r) for r in _ROLES):
+        return base
+    return ROW_LABEL_CLASSES
+
+
+#: Roles of the row labels' soil, crop and weed.
+_ROLES: tuple[Role, ...] = ("background", "crop", "weed")
+
+
+def row_labels(
+    classes: np.ndarray,
+    confidence: np.ndarray | None = None,
+    target: ClassList = ROW_LABEL_CLASSES,
+) -> np.ndarray:
+    """Training labels (ids of ``target``'s soil, crop and weed classes, found by role;
+    255 unlabelled) of a ``rows`` model's class raster and its confidence raster: its
+    sure pixels only (see the module docstring); without ``confidence`` every pixel's
+    class is taken as sure."""
     labels = np.full(classes.shape, NODATA, np.uint8)
     known = classes < _LABEL_OF.size
     labels[known] = _LABEL_OF[classes[known]]
@@ -61,12 +79,17 @@ def row_labels(classes: np.ndarray, confidence: np.ndarray | None = None) -> np.
         labels[confidence < SURE_CONFIDENCE] = NODATA
     crop, weed = (ndimage.maximum_filter(labels == k, 3) for k in (1, 2))
     labels[(labels == 1) & weed | (labels == 2) & crop] = NODATA
-    return labels
+    lookup = np.full(256, NODATA, np.uint8)
+    lookup[:3] = [target.ids_with_role(role)[0] for role in _ROLES]
+    return lookup[labels]
 
 
-def label_with_rows(rasters: list[Path], out_dir: Path) -> list[Path]:
+def label_with_rows(
+    rasters: list[Path], out_dir: Path, target: ClassList = ROW_LABEL_CLASSES
+) -> list[Path]:
     """Label each survey by its own rows: runs ``--model rows`` on it into ``out_dir``
-    and writes ``<stem>.row-labels.tif`` there (same grid); returns those files."""
+    and writes ``<stem>.row-labels.tif`` there (same grid, ids of ``target``, see
+    :func:`row_labels`); returns those files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = RunConfig(model="rows", health=HealthOptions(preview=False, polygons="none"))
     written = []
@@ -80,7 +103,7 @@ def label_with_rows(rasters: list[Path], out_dir: Path) -> list[Path]:
         with rasterio.open(run.outputs["confidence"]) as src:
             confidence = src.read(1)
         with rasterio.open(run.outputs["classes"]) as src:
-            labels = row_labels(src.read(1), confidence)
+            labels = row_labels(src.read(1), confidence, target)
             profile = _label_profile(src.profile)
         if not (labels != NODATA).any():
             raise InputError(
@@ -88,12 +111,12 @@ def label_with_rows(rasters: list[Path], out_dir: Path) -> list[Path]:
                 f"{run.summary['rows']['found_share']}), so no labels: --labels rows needs "
                 "a row crop early in the season"
             )
-        target = out_dir / f"{raster.stem}.row-labels.tif"
-        with atomic_output(target) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        path = out_dir / f"{raster.stem}.row-labels.tif"
+        with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.write(labels, 1)
-            dst.write_colormap(1, ROW_LABEL_CLASSES.colormap())
-            dst.update_tags(**ROW_LABEL_CLASSES.tags())
-        written.append(target)
+            dst.write_colormap(1, target.colormap())
+            dst.update_tags(**target.tags())
+        written.append(path)
     return written
 
 

@@ -130,6 +130,11 @@ class TrainConfig:
             noisy epochs at a high rate stopped a 20-minute peanut fine-tune after
             10 minutes.
         resume: Continue from ``NAME.state.pt`` beside the output checkpoint.
+        vegetation_mask: ``index``: the model leaves soil and plant to the vegetation
+            index and tells the plants apart (see :mod:`agriseg.models.index_plants`;
+            what ``--labels rows`` trains); ``None``: ``init``'s, else ``none``.
+        keep_classes: Keep ``init``'s classes that no label marks (self-training on
+            row labels, which know soil, crop and weed only, keeps a disease class).
         description: Written into the checkpoint metadata.
         command: The command that trained the model, recorded in the metadata.
     """
@@ -164,6 +169,8 @@ class TrainConfig:
     seed: int = 0
     patience: int = 0
     resume: bool = False
+    vegetation_mask: str | None = None
+    keep_classes: bool = False
     description: str = ""
     command: str = ""
 
@@ -656,7 +663,10 @@ def _model_and_meta(
                     f"--from {config.init} is a {getattr(base, option)} {option}, not {value}; "
                     "drop the option or train from scratch"
                 )
-        meta = dataclasses.replace(base, name=name, tile_size=config.tile_size)
+        mask = config.vegetation_mask or base.vegetation_mask
+        meta = dataclasses.replace(
+            base, name=name, tile_size=config.tile_size, vegetation_mask=mask
+        )
         if config.classes is not None:
             model, meta = with_classes(model, meta, config.classes)
         return model.train(), meta
@@ -671,6 +681,7 @@ def _model_and_meta(
         tile_size=config.tile_size,
         arch_params=dict(config.arch_params),
         classes=config.classes or DEFAULT_CLASSES,
+        vegetation_mask=config.vegetation_mask or "none",
     )
     try:
         model = build_model(meta)
@@ -1001,6 +1012,9 @@ def load_training_set(
         scenes.append(load_scene(raster, labels, wanted, config, classes))
         if progress is not None:
             progress(done, len(sources))
+    if config.keep_classes and config.init is not None and classes == base.classes:
+        _check_label_ids(scenes, classes)
+        return TrainingSet(tuple(scenes), classes, wanted, ())
     kept, classes, warnings = labelled_classes(scenes, classes, source)
     return TrainingSet(tuple(kept), classes, wanted, tuple(warnings))
 

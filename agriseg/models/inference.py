@@ -507,9 +507,20 @@ class Predictor:
         returns the seconds spent on the device, resizing and CRF included (excluding
         waiting for it).
         """
-        return self._executor.submit(
-            self.forward.run, tiles, weight, model_tile, tta, self.threads, refine
+        if self.meta.vegetation_mask != "index":
+            return self._executor.submit(
+                self.forward.run, tiles, weight, model_tile, tta, self.threads, refine
+            ).result()
+        from agriseg.models.index_plants import plants_on_index
+
+        probs, seconds = self._executor.submit(
+            self.forward.run, tiles, None, model_tile, tta, self.threads, refine
         ).result()
+        start = time.perf_counter()
+        probs = plants_on_index(probs, tiles, self.meta)
+        if weight is not None:
+            probs *= weight
+        return probs, seconds + time.perf_counter() - start
 
 
 _PREDICTORS: dict[tuple[str, str, int, str], Predictor] = {}

@@ -59,6 +59,12 @@ def pixel_kind(dtype: str) -> PixelKind:
     return "float"
 
 
+#: Values of ``ModelMeta.vegetation_mask``: the network decides soil against plant
+#: (``none``), or the vegetation index does (``index``, see
+#: :mod:`agriseg.models.index_plants`).
+VEGETATION_MASKS = ("none", "index")
+
+
 @dataclass(frozen=True)
 class ModelMeta:
     """Everything needed to rebuild and correctly feed a model."""
@@ -77,6 +83,7 @@ class ModelMeta:
     description: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    vegetation_mask: str = "none"
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -94,6 +101,11 @@ class ModelMeta:
                 kwargs[key] = tuple(kwargs[key])
         if "classes" in kwargs:
             kwargs["classes"] = ClassList.from_json(kwargs["classes"], "model classes")
+        if kwargs.get("vegetation_mask", "none") not in VEGETATION_MASKS:
+            raise ValueError(
+                f"vegetation_mask {kwargs['vegetation_mask']!r} is not one of "
+                f"{', '.join(VEGETATION_MASKS)}"
+            )
         return cls(
             normalization=Normalization(
                 mean=tuple(norm.get("mean", Normalization().mean)),
