@@ -79,3 +79,16 @@ def test_a_run_writes_cogs_that_the_health_pass_reads(tmp_path: Path, run_cli) -
         assert_cog(out / f"survey.{kind}.tif", [])  # one block: no overviews needed
     assert (out / "survey.health.gpkg").is_file()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_working_rasters_compress_fast(tmp_path):
+    from agriseg.io.working_copies import working_compression
+
+    options = working_compression()
+    assert options in ({"compress": "zstd", "zstd_level": 1}, {"compress": "deflate", "zlevel": 1})
+    path = tmp_path / "working.tif"
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 1, "dtype": "uint8"}
+    with rasterio.open(path, "w", **profile, **options, crs=UTM, transform=UTM_TRANSFORM) as dst:
+        dst.write(np.arange(64 * 64, dtype=np.uint16).reshape(1, 64, 64).astype(np.uint8))
+    with rasterio.open(path) as src:
+        assert src.compression.name.lower() == options["compress"]

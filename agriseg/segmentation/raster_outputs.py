@@ -19,6 +19,7 @@ from agriseg.classes import NODATA, ClassList
 from agriseg.errors import OutputError
 from agriseg.io.atomic import OutputTransaction
 from agriseg.io.raster import RasterInfo
+from agriseg.io.working_copies import working_compression
 
 #: The rasters a :class:`ClassRasterWriter` writes, keys of
 #: :func:`agriseg.io.ownership.output_paths`.
@@ -84,7 +85,8 @@ def category_names_pam(classes: ClassList) -> str:
 
 
 def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
-    """rasterio profile of a uint8 class raster on ``info``'s grid (tiled, deflate, nodata 255).
+    """rasterio profile of a uint8 working class raster on ``info``'s grid (tiled,
+    nodata 255, compressed for speed: see :mod:`agriseg.io.working_copies`).
 
     ``block`` is the tile edge; rasters smaller than it get 256-px tiles.
     """
@@ -101,7 +103,7 @@ def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
         "tiled": True,
         "blockxsize": block,
         "blockysize": block,
-        "compress": "deflate",
+        **working_compression(),
         "BIGTIFF": "IF_SAFER",
     }
 
