@@ -17,6 +17,7 @@ from agriseg.io.atomic import output_transaction
 from agriseg.io.grid import Grid
 from agriseg.io.ownership import output_paths
 from agriseg.io.raster import RasterInfo
+from agriseg.segmentation import overviews, raster_outputs
 from agriseg.segmentation.raster_outputs import ClassRasterWriter
 
 CLASSES = ClassList.build(["soil", "crop", "weed"])
@@ -92,3 +93,50 @@ def test_working_rasters_compress_fast(tmp_path):
         dst.write(np.arange(64 * 64, dtype=np.uint16).reshape(1, 64, 64).astype(np.uint8))
     with rasterio.open(path) as src:
         assert src.compression.name.lower() == options["compress"]
+
+
+def test_nodata_blocks_are_neither_written_nor_resampled(tmp_path: Path, monkeypatch) -> None:
+    # An irregular flight area on a large rectangle: one 300-px patch of data.
+    classes = np.full((SIZE, SIZE), NODATA, dtype="uint8")
+    classes[700:1000, 300:600] = np.random.default_rng(3).integers(0, 3, (300, 300))
+    confidence = np.where(classes == NODATA, NODATA, 90).astype("uint8")
+    asked = []
+    original = overviews.build_overviews
+
+    def counting(path, reduce, factors, has_data):
+        def noted(window):
+            asked.append(has_data(window))
+            return asked[-1]
+
+        return original(path, reduce, factors, noted)
+
+    monkeypatch.setattr(raster_outputs, "build_overviews", counting)
+    grid = Grid(SIZE, SIZE, UTM_TRANSFORM, CRS.from_string(UTM))
+    info = RasterInfo(tmp_path / "in.tif", grid, 3, "uint8", (256, 256), (1, 2, 3))
+    paths = output_paths(tmp_path, "in")
+    with output_transaction() as transaction:
+        with ClassRasterWriter(info, paths, 256, "test", transaction, CLASSES) as writer:
+            for row in range(0, SIZE, 256):
+                for col in range(0, SIZE, 256):
+                    window = Window(col, row, min(256, SIZE - col), min(256, SIZE - row))
+                    rows, cols = window.toslices()
+                    writer.write(window, classes[rows, cols], confidence[rows, cols])
+        working = writer.staged["classes"]
+        with rasterio.open(working) as src:
+            present = [
+                (r, c)
+                for r in range(6)
+                for c in range(6)
+                if int(src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", 1) or 0)
+            ]
+        # Only the 256-px blocks the patch touches reach the working raster.
+        assert present == [(r, c) for r in (2, 3) for c in (1, 2)]
+        writer.to_cogs()
+    assert asked == [True, True]  # one 2048-px window, once per raster, with data
+    for kind in ("classes", "confidence"):
+        assert_cog(paths[kind], [2, 4])
+    with rasterio.open(paths["classes"]) as src:
+        assert np.array_equal(src.read(1), classes)
+        overview = src.read(1, out_shape=(SIZE // 4, SIZE // 4))
+        assert (overview[:175] == NODATA).all() and (overview[250:] == NODATA).all()
+        assert set(np.unique(overview[175:250, 75:150])) <= {0, 1, 2}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +21,14 @@ from agriseg.errors import OutputError
 from agriseg.io.atomic import OutputTransaction
 from agriseg.io.raster import RasterInfo
 from agriseg.io.working_copies import working_compression
+from agriseg.segmentation.overviews import (
+    Reduce,
+    build_overviews,
+    mean_2x2,
+    mode_2x2,
+    overview_factors,
+    overview_vrt,
+)
 
 #: The rasters a :class:`ClassRasterWriter` writes, keys of
 #: :func:`agriseg.io.ownership.output_paths`.
@@ -33,35 +42,46 @@ WRITE_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS"}
 #: Block edge of the finished rasters (cloud-optimised GeoTIFFs).
 COG_BLOCK = 512
 
-#: How each raster's overviews are resampled: the most frequent class (mode never
-#: invents a class between two others), the mean confidence.
-OVERVIEW_RESAMPLING = {"classes": "MODE", "confidence": "AVERAGE"}
+#: How each raster's next overview level is made (see :mod:`agriseg.segmentation.overviews`):
+#: the most frequent class (a mode never invents a class between two others), the mean
+#: confidence.
+OVERVIEW_REDUCE: dict[str, Reduce] = {"classes": mode_2x2, "confidence": mean_2x2}
 
 
-def write_cog(path: Path, resampling: str) -> None:
+def write_cog(path: Path, reduce: Reduce, has_data: Callable[[Window], bool]) -> None:
     """Rewrite the GeoTIFF ``path`` in place as a cloud-optimised GeoTIFF.
 
-    512-px deflate blocks and internal overviews halving down to one block. GDAL's COG
-    driver copies block by block (overviews go through a temporary file beside
-    ``path``), so the raster is never held in memory; it keeps the colour table,
-    tags and band descriptions.
+    512-px deflate blocks and internal overviews halving down to one block, built by
+    :func:`~agriseg.segmentation.overviews.build_overviews` with ``reduce`` where
+    ``has_data`` says the raster holds valid pixels. GDAL's COG driver then copies the
+    raster and its overviews block by block, so nothing is held in memory; it keeps
+    the colour table, tags and band descriptions.
     """
     cog = path.with_name(f"{path.name}.cog{path.suffix}")
+    temporary = [cog]
     try:
+        with rasterio.open(path) as src:
+            factors = overview_factors(src.width, src.height, COG_BLOCK)
+        source = path
+        if factors:
+            temporary += build_overviews(path, reduce, factors, has_data)
+            source = overview_vrt(path, temporary[1:])
+            temporary.append(source)
         rasterio.shutil.copy(
-            path,
+            source,
             cog,
             driver="COG",
             BLOCKSIZE=COG_BLOCK,
             COMPRESS="DEFLATE",
-            OVERVIEW_RESAMPLING=resampling,
+            OVERVIEWS="FORCE_USE_EXISTING" if factors else "NONE",
             BIGTIFF="IF_SAFER",
             NUM_THREADS="ALL_CPUS",
         )
         os.replace(cog, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            cog.unlink()
+        for leftover in temporary:
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
 
 def category_names_pam(classes: ClassList) -> str:
@@ -86,7 +106,7 @@ def category_names_pam(classes: ClassList) -> str:
 
 def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
     """rasterio profile of a uint8 working class raster on ``info``'s grid (tiled,
-    nodata 255, compressed for speed: see :mod:`agriseg.io.working_copies`).
+    nodata 255, sparse, compressed for speed: see :mod:`agriseg.io.working_copies`).
 
     ``block`` is the tile edge; rasters smaller than it get 256-px tiles.
     """
@@ -104,6 +124,8 @@ def class_raster_profile(info: RasterInfo, block: int = 256) -> dict[str, Any]:
         "blockxsize": block,
         "blockysize": block,
         **working_compression(),
+        # Blocks without a valid pixel are not written (they read back as nodata).
+        "sparse_ok": True,
         "BIGTIFF": "IF_SAFER",
     }
 
@@ -125,12 +147,14 @@ def _gdal_reason(exc: rasterio.errors.RasterioError) -> str:
     return str(exc.__cause__ or exc).splitlines()[0]
 
 
-def incomplete_geotiff(path: Path) -> str | None:
+def incomplete_geotiff(path: Path, has_data: Callable[[Window], bool] | None = None) -> str | None:
     """Why a freshly closed GeoTIFF did not fully reach the disk, or ``None`` if it did.
 
     GDAL flushes cached blocks when a dataset closes and only logs failures there
     (a full disk, ``ulimit -f``), which would leave a truncated file or blocks that
-    read back as nodata. Every block must have a non-zero offset inside the file.
+    read back as nodata. Every block must have a non-zero offset inside the file;
+    with ``has_data``, only the blocks it says hold data (a sparse working raster
+    leaves the others out).
     """
     size = path.stat().st_size
     try:
@@ -140,6 +164,8 @@ def incomplete_geotiff(path: Path) -> str | None:
             for bidx in src.indexes:
                 for r in range(rows):
                     for c in range(cols):
+                        if has_data is not None and not has_data(src.block_window(bidx, r, c)):
+                            continue
                         offset = int(src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", bidx) or 0)
                         length = int(src.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx) or 0)
                         if offset == 0 or offset + length > size:
@@ -179,6 +205,9 @@ class ClassRasterWriter:
         self._stack = contextlib.ExitStack()
         self._classes: rasterio.io.DatasetWriter | None = None
         self._confidence: rasterio.io.DatasetWriter | None = None
+        # The working rasters' blocks that hold a valid pixel so far.
+        self._written = np.zeros((0, 0), dtype=bool)
+        self._block_edge = block
 
     @property
     def staged(self) -> dict[str, Path]:
@@ -193,7 +222,7 @@ class ClassRasterWriter:
         for kind in KINDS:
             try:
                 with rasterio.Env(**WRITE_ENV):
-                    write_cog(self._tmp[kind], OVERVIEW_RESAMPLING[kind])
+                    write_cog(self._tmp[kind], OVERVIEW_REDUCE[kind], self.has_data)
             except rasterio.errors.RasterioError as err:
                 raise _write_failed(self._paths[kind], _gdal_reason(err)) from None
             reason = incomplete_geotiff(self._tmp[kind])
@@ -218,6 +247,14 @@ class ClassRasterWriter:
             self._confidence = self._stack.enter_context(
                 rasterio.open(self._tmp["confidence"], "w", **profile)
             )
+            self._block_edge = profile["blockxsize"]
+            self._written = np.zeros(
+                (
+                    -(-self._info.height // self._block_edge),
+                    -(-self._info.width // self._block_edge),
+                ),
+                dtype=bool,
+            )
         except rasterio.errors.RasterioIOError as exc:
             self._stack.close()
             raise OutputError(
@@ -238,8 +275,33 @@ class ClassRasterWriter:
         self._confidence.set_band_description(1, "confidence")
         return self
 
+    def _blocks(self, window: Window) -> tuple[slice, slice]:
+        """The working rasters' blocks ``window`` touches."""
+        (r0, r1), (c0, c1) = window.toranges()
+        edge = self._block_edge
+        return slice(int(r0) // edge, -(-int(r1) // edge)), slice(
+            int(c0) // edge, -(-int(c1) // edge)
+        )
+
+    def has_data(self, window: Window) -> bool:
+        """Whether a block with a valid pixel, written so far, touches ``window``."""
+        return bool(self._written[self._blocks(window)].any())
+
     def write(self, window: Window, classes: np.ndarray, confidence: np.ndarray) -> None:
         assert self._classes is not None and self._confidence is not None
+        valid = classes != NODATA
+        if not valid.any():
+            return  # the working rasters are sparse: a block never written reads as nodata
+        # GDAL leaves out any block that is all nodata, written or not: note the others.
+        rows, cols = self._blocks(window)
+        edge, top, left = self._block_edge, int(window.row_off), int(window.col_off)
+        for r in range(rows.start, rows.stop):
+            for c in range(cols.start, cols.stop):
+                part = valid[
+                    max(0, r * edge - top) : (r + 1) * edge - top,
+                    max(0, c * edge - left) : (c + 1) * edge - left,
+                ]
+                self._written[r, c] |= bool(part.any())
         try:
             self._classes.write(classes, 1, window=window)
             self._confidence.write(confidence, 1, window=window)
@@ -258,7 +320,7 @@ class ClassRasterWriter:
             raise _write_failed(self._paths["classes"], _gdal_reason(err)) from None
         if exc_type is None:
             for kind in KINDS:
-                reason = incomplete_geotiff(self._tmp[kind])
+                reason = incomplete_geotiff(self._tmp[kind], self.has_data)
                 if reason is not None:
                     raise _write_failed(self._paths[kind], reason)
         return suppressed
