@@ -163,10 +163,9 @@ class RunConfig:
             runs one single-threaded forward per core at a time. Outputs are
             bit-identical for equal values.
         stream_health: run the field-health pass strip by strip beside the
-            segmentation (True) or over the finished rasters (False); ``None``
-            streams on CUDA, where the CPU is otherwise idle, and not on CPU, where
-            the model already takes every core and the two memory peaks would add up.
-            The products are identical either way.
+            segmentation (True, and ``None``) or over the finished rasters (False,
+            which needs less memory: the two peaks do not add up). The products are
+            identical either way.
         resample: ``auto`` resamples tiles to a ground sampling distance the model
             knows when the input's is far from the model's (see
             :mod:`agriseg.segmentation.scale`); ``off`` feeds the input's pixels as they

@@ -240,9 +240,7 @@ def plan_run(
     inputs = [input_path, *([config.health.fields] if config.health.fields else [])]
     paths = check_free(out_dir, input_path.stem, (*kinds, *later), inputs)
     paths = {kind: paths[kind] for kind in kinds}
-    stream = config.stream_health
-    if stream is None:
-        stream = device.startswith("cuda")
+    stream = config.stream_health is not False
     tiles = plan_tiles(info, meta, config, calibration.policy)
     weights = model_file(weights, engine, tiles.model_tile, config.precision)
     if is_onnx(weights) and tiles.model_tile != meta.tile_size:
@@ -399,6 +397,7 @@ def _summarise(
             "device": plan.device,
             "engine": plan.engine,
             "precision": model_precision(plan.weights),
+            "stream_health": plan.stream_health,
         },
         # Flagged too where the measured range says so, finer inputs included.
         "scale": {

@@ -122,8 +122,8 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help=(
-            "vectorise strip by strip while segmenting (default: on with CUDA, off on CPU, "
-            "where the model takes every core); the outputs are the same"
+            "vectorise strip by strip while segmenting (default), or after it with "
+            "--no-stream-health (less memory); the outputs are the same"
         ),
     )
 

@@ -112,14 +112,16 @@ def test_cli_stream_health_flag_gives_the_same_products(tmp_path: Path) -> None:
 
     image = write_raster(tmp_path / "plot.tif", field_image(96, 128, seed=4))
     fast = ["--device", "cpu", "--quiet", "--tile-size", "64", "--overlap", "16"]
-    for flag in ("--stream-health", "--no-stream-health"):
+    for flag in ("--stream-health", "--no-stream-health", "--quiet"):
         assert main(["run", str(image), "--out", str(tmp_path / flag), flag, *fast]) == 0
     on, off = tmp_path / "--stream-health", tmp_path / "--no-stream-health"
     name = "plot.health.geojson"
     assert (on / name).read_bytes() == (off / name).read_bytes()
-    summaries = [json.loads((d / "plot.summary.json").read_text()) for d in (on, off)]
+    default = tmp_path / "--quiet"
+    summaries = [json.loads((d / "plot.summary.json").read_text()) for d in (on, off, default)]
     assert summaries[0]["parameters"]["stream_health"] is True
     assert summaries[1]["parameters"]["stream_health"] is False
+    assert summaries[2]["parameters"]["stream_health"] is True  # the default, on CPU too
     assert summaries[0]["health"] == summaries[1]["health"]
 
 
