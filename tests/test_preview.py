@@ -10,6 +10,7 @@ import rasterio
 from conftest import write_raster
 from PIL import Image
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 
 from agriseg.classes import CLASSES, NODATA
 from agriseg.health.pane_polygons import picked_pixels
@@ -122,3 +123,23 @@ def test_a_preview_streamed_strip_by_strip_is_the_one_drawn_whole(
     expected = np.asarray(blend_preview(canvas.classes, CLASSES, image))
     with Image.open(path) as back:
         assert np.array_equal(np.asarray(back), expected)
+
+
+def test_rows_put_above_a_streamed_png_read_back_in_pillow_and_gdal(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (301, 97, 3), dtype=np.uint8)
+    image[100:200] = 40  # runs the deflater matches back into
+    top = rng.integers(0, 256, (23, 97, 3), dtype=np.uint8)
+    path = tmp_path / "preview.png"
+    with PngWriter(path, len(image), image.shape[1]) as png:
+        png.write(image[:150])
+        png.write(image[150:])
+    PngWriter.rows_above(path, top)
+    expected = np.concatenate([top, image])
+    with Image.open(path) as opened:
+        opened.load()  # checks the zlib checksum and every chunk's CRC
+        assert np.array_equal(np.asarray(opened.convert("RGB")), expected)
+    with pytest.warns(NotGeoreferencedWarning), rasterio.open(path) as src:  # GDAL's PNG driver
+        assert np.array_equal(src.read().transpose(1, 2, 0), expected)
+    with pytest.raises(ValueError):
+        PngWriter.rows_above(path, top[:, :50])

@@ -56,11 +56,8 @@ def stamp_preview(path: Path, reliability: Reliability) -> None:
     """Put the verdict's banner above the preview PNG at ``path`` (rewritten in place:
     it is a staged file of the run's transaction)."""
     with Image.open(path) as opened:
-        preview = np.asarray(opened.convert("RGB"))
-    top = np.asarray(banner(preview.shape[1], reliability))
-    with PngWriter(path, len(top) + len(preview), preview.shape[1]) as png:
-        png.write(top)
-        png.write(preview)
+        width = opened.width
+    PngWriter.rows_above(path, np.asarray(banner(width, reliability).convert("RGB")))
 
 
 def stamp_geopackage(path: Path, reliability: Reliability, override: str | None = None) -> None:
