@@ -44,22 +44,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio.windows import Window
 
-from agriseg.classes import NODATA, VEGETATION_ROLES
+from agriseg.classes import VEGETATION_ROLES
 from agriseg.errors import ModelError
 from agriseg.health.verdict import Check, Reliability, Verdict, judge, worst
-from agriseg.io.raster import RasterInfo, open_dataset, read_window
+from agriseg.io.raster import RasterInfo, open_dataset
 from agriseg.io.spectral import band_names, find_bands
 from agriseg.models.meta import ModelMeta, pixel_kind
 from agriseg.models.vegetation import (
     Separation,
     VegetationHistogram,
-    compute_index,
     index_bands,
     index_for,
 )
 from agriseg.segmentation.calibration import Calibration
+from agriseg.segmentation.evidence import CONFIDENCE_BINS, BlockEvidence, EvidencePlan
 from agriseg.segmentation.scale import Scale, format_gsd
 
 #: Confidence (0-100) below which a pixel counts as unsure.
@@ -382,8 +381,9 @@ def thresholds(calibration: Calibration) -> dict[str, dict[str, float]]:
 class RunEvidence:
     """Evidence gathered block by block while a run writes its class raster.
 
-    Reads each block's window of the input (the bands of the vegetation index and
-    the model's), so it needs no pixels from the model's workers.
+    :attr:`plan` tells the chunk tasks which bands to read (the model's and the
+    vegetation index's) and what to note of them, so the input is read once (see
+    :mod:`agriseg.segmentation.evidence`).
 
     Args:
         info: The validated input.
@@ -399,33 +399,33 @@ class RunEvidence:
             # Unnamed bands read as the model's RGB: the model sees them that way too.
             self.index = "exgr"
             named = dict(zip(meta.bands[:3], info.bands[:3], strict=True))
-        self._index_bands = [named[n] for n in index_bands(self.index)] if self.index else []
-        self._read = sorted({*info.bands, *self._index_bands})
-        self._rows = {band: i for i, band in enumerate(self._read)}
-        self.histogram = VegetationHistogram(self.index) if self.index else None
-        self._vegetation = np.zeros(256, dtype=bool)
+        index_bands_read = [named[n] for n in index_bands(self.index)] if self.index else []
+        read = sorted({*info.bands, *index_bands_read})
+        rows = {band: i for i, band in enumerate(read)}
+        vegetation = np.zeros(256, dtype=bool)
         for c in meta.classes:
-            self._vegetation[c.id] = c.role in VEGETATION_ROLES
-        self.confidence = np.zeros(101, dtype="int64")
+            vegetation[c.id] = c.role in VEGETATION_ROLES
+        self.plan = EvidencePlan(
+            tuple(read),
+            tuple(rows[b] for b in info.bands),
+            self.index,
+            tuple(rows[b] for b in index_bands_read),
+            vegetation,
+        )
+        self.histogram = VegetationHistogram(self.index) if self.index else None
+        self.confidence = np.zeros(CONFIDENCE_BINS, dtype="int64")
         self.band_sum = np.zeros(len(info.bands), dtype="float64")
         self.valid = 0
         self._scale = meta.normalization.scale_for(info.dtype)
 
-    def add(self, window: Window, classes: np.ndarray, confidence: np.ndarray) -> None:
-        """Take a finished block of the class and confidence rasters."""
-        known = classes != NODATA
-        if not known.any():
-            return
-        data = read_window(self.info.path, tuple(self._read), window, self.info.crs is None)
-        self.confidence += np.bincount(confidence[known], minlength=101)[:101]
-        model = data[[self._rows[b] for b in self.info.bands]]
-        ok = known & np.isfinite(model).all(axis=0)
-        self.band_sum += model[:, ok].sum(axis=1, dtype="float64")
-        self.valid += int(ok.sum())
-        if self.histogram is not None and self.index is not None:
-            index = compute_index(self.index, data[[self._rows[b] for b in self._index_bands]])
-            index[~known] = np.nan
-            self.histogram.add(index, self._vegetation[classes])
+    def add(self, block: BlockEvidence) -> None:
+        """Take a finished block's evidence."""
+        self.confidence += block.confidence
+        self.band_sum += block.band_sum
+        self.valid += block.valid
+        if self.histogram is not None and block.index_all is not None:
+            assert block.index_vegetation is not None
+            self.histogram.add_counts(block.index_all, block.index_vegetation)
 
     def finish(
         self, scale: Scale, calibration: Calibration, found: dict[str, Any] | None = None

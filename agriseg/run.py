@@ -329,12 +329,14 @@ def _segment(
             config.tta,
             n_classes,
             config.refine,
+            evidence.plan,
         )
         for block in blocks:
             t = time.perf_counter()
             writer.write(block.window, block.classes, block.confidence)
             tally.add(block, time.perf_counter() - t)
-            evidence.add(block.window, block.classes, block.confidence)
+            if block.evidence is not None:
+                evidence.add(block.evidence)
             if health_stream is not None:
                 health_stream.add(block.window, block.classes, block.confidence)
             if progress is not None:

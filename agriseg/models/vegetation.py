@@ -105,6 +105,12 @@ class VegetationHistogram:
         self.all += np.bincount(bins, minlength=self.n_bins)
         self.inside += np.bincount(bins[mask[defined]], minlength=self.n_bins)
 
+    def add_counts(self, every: np.ndarray, inside: np.ndarray) -> None:
+        """Add histograms counted elsewhere with this one's bins (see
+        :func:`agriseg.segmentation.evidence.block_evidence`)."""
+        self.all += every
+        self.inside += inside
+
     def centres(self) -> np.ndarray:
         return self.low + (np.arange(self.n_bins) + 0.5) / BINS_PER_UNIT
 

@@ -33,6 +33,13 @@ from agriseg.io.coverage import Coverage, read_coverage
 from agriseg.io.raster import RasterInfo, read_window
 from agriseg.models.inference import DEFAULT_FORWARD_THREADS, Engine, get_predictor, normalize
 from agriseg.models.meta import Normalization
+from agriseg.segmentation.evidence import (
+    BlockEvidence,
+    CoreEvidence,
+    EvidencePlan,
+    block_evidence,
+    core_evidence,
+)
 from agriseg.segmentation.tiling import TileGrid
 
 #: Most chunk rows submitted beyond the row being stitched.
@@ -55,12 +62,13 @@ class ChunkResult:
     row_start: int = 0  # extent rows above ``acc`` (cut away by :func:`bottom_rows`)
     read_s: float = 0.0  # seconds spent reading the chunk's extent
     tiles_run: int = 0  # tiles the model ran (those with a valid pixel)
+    evidence: CoreEvidence | None = None  # what the run's verdict notes of the core
 
 
 def bottom_rows(part: ChunkResult, row_start: int) -> ChunkResult:
     """``part`` without its extent rows above ``row_start`` (which no later stitch needs)."""
     keep = None if part.acc is None else part.acc[:, row_start - part.row_start :].copy()
-    return replace(part, acc=keep, valid=part.valid[:0], row_start=row_start)
+    return replace(part, acc=keep, valid=part.valid[:0], row_start=row_start, evidence=None)
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class Block:
     prepare_s: float
     read_s: float = 0.0
     tiles_run: int = 0  # of ``tiles``, those the model ran
+    evidence: BlockEvidence | None = None  # for the run's verdict; None: no valid pixel
 
 
 def _pad_to_extent(
@@ -106,11 +115,22 @@ def in_raster(window: Window, grid: TileGrid) -> tuple[slice, slice]:
     return slice(r0, r1), slice(c0, c1)
 
 
-def read_extent(info: RasterInfo, grid: TileGrid, i: int, j: int) -> np.ndarray:
+def read_extent(
+    info: RasterInfo, grid: TileGrid, i: int, j: int, bands: tuple[int, ...] | None = None
+) -> np.ndarray:
     """Chunk ``(i, j)``'s extent clipped to the raster, read from ``info``'s file (float32,
-    invalid pixels NaN; see :func:`~agriseg.io.raster.read_window`)."""
+    invalid pixels NaN; see :func:`~agriseg.io.raster.read_window`): ``bands`` (1-based),
+    by default the model's."""
     window = Window.from_slices(*in_raster(grid.extent(i, j), grid))
-    return read_window(info.path, info.bands, window, plain=info.crs is None)
+    return read_window(info.path, bands or info.bands, window, plain=info.crs is None)
+
+
+def core_of_extent(grid: TileGrid, i: int, j: int) -> tuple[slice, slice]:
+    """Rows and columns of chunk ``(i, j)``'s core in its extent clipped to the raster."""
+    core = grid.core(i, j)
+    rows, cols = in_raster(grid.extent(i, j), grid)
+    r_off, c_off = core.row_off - rows.start, core.col_off - cols.start
+    return slice(r_off, r_off + core.height), slice(c_off, c_off + core.width)
 
 
 @dataclass(frozen=True)
@@ -148,11 +168,8 @@ def chunk_batch(
     """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster and
     padded beyond it (see :func:`_pad_to_extent`); with ``skip_empty``, only those with
     a valid pixel (see :func:`tiles_with_data`)."""
-    core = grid.core(i, j)
-    rows, cols = in_raster(grid.extent(i, j), grid)
-    r_off, c_off = core.row_off - rows.start, core.col_off - cols.start
     valid_data = ~np.isnan(data[0])
-    valid = valid_data[r_off : r_off + core.height, c_off : c_off + core.width]
+    valid = valid_data[core_of_extent(grid, i, j)]
     n = grid.chunk_tiles(j)
     run = tiles_with_data(valid_data, grid, i, j) if skip_empty else np.ones(n, dtype=bool)
     if not run.any():  # nothing to normalise
@@ -177,6 +194,7 @@ def infer_chunk(
     tta: bool = False,
     refine: RefineChoice = "none",
     skip_empty: bool = True,
+    evidence: EvidencePlan | None = None,
 ) -> ChunkResult:
     """Read chunk ``(i, j)``'s extent (clipped to the raster) and run its tiles as one batch.
 
@@ -188,11 +206,18 @@ def infer_chunk(
     with ``tta``, each tile's probabilities are the mean of its eight D4 views; with
     ``refine``, a dense CRF refines them (see :mod:`agriseg.models.refine`). With
     ``skip_empty``, tiles without a valid pixel are left out of the batch (their
-    probabilities are zero), and a chunk without any runs nothing.
+    probabilities are zero), and a chunk without any runs nothing. With ``evidence``,
+    the bands it names are read and the core's evidence noted (see
+    :mod:`agriseg.segmentation.evidence`).
     """
     reading = time.perf_counter()
-    data = read_extent(info, grid, i, j)
+    data = read_extent(info, grid, i, j, evidence.read if evidence else None)
     start = time.perf_counter()
+    noted = None
+    if evidence is not None:
+        core = data[(slice(None), *core_of_extent(grid, i, j))]
+        noted = core_evidence(evidence, core) if np.isfinite(core[0]).any() else None
+        data = data[list(evidence.model_rows)]
     predictor = get_predictor(model_ref, device, threads, engine)
     # A network sees a mirrored field beyond the raster's edge; a model without one
     # measures rows and thresholds on the real pixels only (mirrored rows would cross).
@@ -203,7 +228,9 @@ def infer_chunk(
     ran = len(batch.tiles)
     if not ran:
         prepare_s = time.perf_counter() - start
-        return ChunkResult(None, batch.valid, 0.0, prepare_s, read_s=start - reading)
+        return ChunkResult(
+            None, batch.valid, 0.0, prepare_s, read_s=start - reading, evidence=noted
+        )
     called = time.perf_counter()
     probs, model_s = predictor.probabilities(
         batch.tiles, grid.weight_window(), model_tile, tta, refine
@@ -215,7 +242,15 @@ def infer_chunk(
         probs = every
     acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
-    return ChunkResult(acc, batch.valid, model_s, prepare_s, read_s=start - reading, tiles_run=ran)
+    return ChunkResult(
+        acc,
+        batch.valid,
+        model_s,
+        prepare_s,
+        read_s=start - reading,
+        tiles_run=ran,
+        evidence=noted,
+    )
 
 
 def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
@@ -264,11 +299,18 @@ def empty_block(
 
 
 def stitch_chunk(
-    grid: TileGrid, i: int, j: int, info: RasterInfo, n_classes: int, *parts: ChunkResult | None
+    grid: TileGrid,
+    i: int,
+    j: int,
+    info: RasterInfo,
+    n_classes: int,
+    evidence: EvidencePlan | None,
+    *parts: ChunkResult | None,
 ) -> Block:
     """Blend the neighbouring chunks' contributions into chunk ``(i, j)``'s core
     (``n_classes``: the model's class count; a part is None where the file holds no
-    valid pixel under its chunk, see :func:`known_empty`)."""
+    valid pixel under its chunk, see :func:`known_empty`), and complete the evidence
+    its chunk noted (see :mod:`agriseg.segmentation.evidence`)."""
     core = grid.core(i, j)
     own = parts[grid.neighbours(i, j).index((i, j))]
     if own is None or not own.valid.any():  # nodata whatever the tiles say
@@ -295,6 +337,9 @@ def stitch_chunk(
     confidence = np.clip(np.rint(total.max(axis=0) * 100), 0, 100).astype("uint8")
     classes[~own.valid] = NODATA
     confidence[~own.valid] = NODATA
+    noted = None
+    if own.evidence is not None and evidence is not None:
+        noted = block_evidence(evidence, own.evidence, classes, confidence)
     row_counts = np.stack([(classes == c).sum(axis=1) for c in range(n_classes)])
     rows = np.arange(core.row_off, core.row_off + core.height)
     row_area = pixel_area_rows_m2(info.crs, info.transform, rows, core.col_off + core.width / 2)
@@ -309,6 +354,7 @@ def stitch_chunk(
         prepare_s=own.prepare_s,
         read_s=own.read_s,
         tiles_run=own.tiles_run,
+        evidence=noted,
     )
 
 
@@ -357,6 +403,7 @@ def segment_blocks(
     tta: bool = False,
     classes: int = 4,
     refine: RefineChoice = "none",
+    evidence: EvidencePlan | None = None,
 ) -> Iterator[Block]:
     """Yield every core block of the raster, computed on ``client``'s cluster.
 
@@ -370,7 +417,8 @@ def segment_blocks(
     intra-op thread count of every forward pass on every worker, so outputs do not
     depend on where chunks ran. ``model_tile``, when it differs from ``grid.tile``,
     is the edge tiles are resized to for the model. ``engine`` runs the model (see
-    :func:`~agriseg.models.inference.resolve_engine`).
+    :func:`~agriseg.models.inference.resolve_engine`). With ``evidence``, each block
+    carries what the run's verdict takes of it (see :mod:`agriseg.segmentation.evidence`).
     """
     threads = threads or DEFAULT_FORWARD_THREADS
     skip_empty = agriseg.classes.SKIP_EMPTY
@@ -396,6 +444,7 @@ def segment_blocks(
             tta,
             refine,
             skip_empty,
+            evidence,
         )
         pending[(i, j)] = client.compute(task, priority=-i)
 
@@ -423,6 +472,7 @@ def segment_blocks(
                 j,
                 info,
                 classes,
+                evidence,
                 *[pending[n] for n in grid.neighbours(i, j)],
                 priority=10 - i,
                 pure=False,
