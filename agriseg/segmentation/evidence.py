@@ -72,7 +72,10 @@ def core_evidence(plan: EvidencePlan, core: np.ndarray) -> CoreEvidence:
     """Note a chunk's core: ``core`` is its read data there (plan's bands, NaN invalid)."""
     model = core[list(plan.model_rows)]
     ok = np.isfinite(model).all(axis=0)
-    band_sum = model[:, ok].sum(axis=1, dtype="float64")
+    if ok.all():  # the same sums without copying the valid pixels out
+        band_sum = model.reshape(len(model), -1).sum(axis=1, dtype="float64")
+    else:
+        band_sum = model[:, ok].sum(axis=1, dtype="float64")
     bins = None
     if plan.index is not None:
         values = compute_index(plan.index, core[list(plan.index_rows)])
@@ -89,11 +92,14 @@ def block_evidence(
 ) -> BlockEvidence:
     """A finished block's evidence: its chunk's notes with its classes and confidence."""
     known = classes != NODATA
-    counts = np.bincount(confidence[known], minlength=CONFIDENCE_BINS)[:CONFIDENCE_BINS]
+    # Bin 0 of each count takes what is left out (unknown, undefined): no masked copies.
+    shifted = np.where(known, confidence + np.uint8(1), np.uint8(0))  # 0-100: no overflow
+    counts = np.bincount(shifted.ravel(), minlength=CONFIDENCE_BINS + 1)[1 : CONFIDENCE_BINS + 1]
     index_all = index_vegetation = None
     if core.bins is not None:
-        defined = (core.bins >= 0) & known
         n = plan.index_bins
-        index_all = np.bincount(core.bins[defined], minlength=n)
-        index_vegetation = np.bincount(core.bins[defined & plan.vegetation[classes]], minlength=n)
+        bins = np.where(known, core.bins + np.int16(1), np.int16(0))
+        index_all = np.bincount(bins.ravel(), minlength=n + 1)[1:]
+        inside = np.where(plan.vegetation[classes], bins, np.int16(0))
+        index_vegetation = np.bincount(inside.ravel(), minlength=n + 1)[1:]
     return BlockEvidence(core.band_sum, core.valid, counts, index_all, index_vegetation)
