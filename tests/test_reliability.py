@@ -22,6 +22,7 @@ from agriseg.models.registry import find_model
 from agriseg.models.vegetation import VegetationHistogram, compute_index
 from agriseg.reliability import (
     DEFAULT_THRESHOLDS,
+    RunEvidence,
     check_scale,
     check_vegetation,
     vegetation_values,
@@ -332,3 +333,44 @@ def test_batch_refuses_plants_for_an_unreliable_survey_only(
     assert len(refused) == 1 and "aerial.summary.json" in refused[0]
     assert not list((out / "aerial").glob("*.plants.*"))
     assert (out / "good" / "good.plants.json").is_file()
+
+
+def test_evidence_gathered_by_the_chunks_is_the_whole_inputs(tmp_path: Path) -> None:
+    """The chunk and stitch tasks note the evidence from the pixels they read; it must
+    be what the finished input and rasters give when read whole."""
+    from conftest import field_image, write_raster
+
+    from agriseg.config import RunConfig
+    from agriseg.io.atomic import output_transaction
+    from agriseg.io.raster import open_raster
+    from agriseg.run import _segment, plan_run
+    from agriseg.segmentation.execution import dask_client
+
+    image = field_image(300, 370, seed=3)
+    mask = np.ones(image.shape[1:], bool)
+    mask[:60, :90] = False  # an irregular flight area
+    path = write_raster(tmp_path / "field.tif", image, mask=mask)
+    config = RunConfig(device="cpu", tile_size=128, overlap=32, batch_size=2)
+    plan = plan_run(path, tmp_path / "out", config)
+    plan.out_dir.mkdir()
+    evidence = RunEvidence(plan.info, plan.meta)
+    with dask_client() as client, output_transaction() as transaction:
+        _, _, writer = _segment(plan, client, transaction, None, evidence, None)
+        with rasterio.open(writer.staged["classes"]) as src:
+            classes = src.read(1)
+        with rasterio.open(writer.staged["confidence"]) as src:
+            confidence = src.read(1)
+    pixels = open_raster(path, plan.meta.bands).path
+    with rasterio.open(pixels) as src:
+        data = src.read().astype("float32")
+    known = classes != 255
+    assert known.sum() == mask.sum() == evidence.valid
+    assert np.allclose(evidence.band_sum, data[:, known].sum(axis=1, dtype="float64"))
+    assert np.array_equal(evidence.confidence, np.bincount(confidence[known], minlength=101))
+    reference = VegetationHistogram(evidence.index)
+    index = compute_index(evidence.index, data)
+    index[~known] = np.nan
+    vegetation = np.isin(classes, [c.id for c in plan.meta.classes if c.role != "background"])
+    reference.add(index, vegetation)
+    assert np.array_equal(evidence.histogram.all, reference.all)
+    assert np.array_equal(evidence.histogram.inside, reference.inside)
