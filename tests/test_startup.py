@@ -36,3 +36,20 @@ def test_help_and_version_import_no_heavy_library(argv: list[str]) -> None:
 
 def test_architecture_names_offered_by_the_parser_are_the_registry() -> None:
     assert tuple(sorted(ARCHITECTURES)) == ARCHITECTURE_NAMES
+
+
+def test_a_default_run_without_an_nvidia_driver_never_imports_torch(tmp_path) -> None:
+    """``--device auto`` looks for an NVIDIA driver before importing PyTorch (~650 MB)."""
+    from conftest import field_image, write_raster
+
+    from agriseg.models.inference import cuda_driver_present
+
+    if cuda_driver_present():
+        pytest.skip("an NVIDIA driver is installed: --device auto may use CUDA here")
+    image = write_raster(tmp_path / "field.tif", field_image(96, 96))
+    argv = ["run", str(image), "--out", str(tmp_path / "out"), "--quiet"]
+    code = PROBE.format(argv=argv, heavy=HEAVY)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "rasterio" in imported and "torch" not in imported
+    assert (tmp_path / "out" / "field.classes.tif").is_file()

@@ -18,6 +18,8 @@ one machine or on any number of Dask workers.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import re
 import threading
@@ -52,12 +54,27 @@ if TYPE_CHECKING:
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+@functools.cache
+def cuda_driver_present() -> bool:
+    """Whether an NVIDIA driver is installed (its CUDA library loads), found without
+    importing PyTorch, whose import alone takes ~650 MB of memory."""
+    names = ("nvcuda.dll",) if os.name == "nt" else ("libcuda.so.1", "libcuda.so")
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
+
+
 def resolve_device_name(device: str) -> str:
     """Turn ``auto|cpu|cuda[:N]`` into the device a run uses (``cpu``, ``cuda``,
-    ``cuda:N``), checking CUDA is there. Without PyTorch, ``auto`` is the CPU."""
+    ``cuda:N``), checking CUDA is there. Without PyTorch, or without an NVIDIA driver,
+    ``auto`` is the CPU, and PyTorch is not imported to find that out."""
     if not _DEVICE_RE.match(device):
         raise InputError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
-    if device == "cpu" or (device == "auto" and not torch_available()):
+    if device == "cpu" or (device == "auto" and not (torch_available() and cuda_driver_present())):
         return "cpu"
     require_torch(f"--device {device}")
     import torch
