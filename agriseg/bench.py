@@ -225,6 +225,16 @@ def peak_gpu_mb(device: str) -> dict[str, float | None]:
     }
 
 
+def gpu_busy_share(device: str, forward_s: float, end_to_end_s: float) -> float | None:
+    """The share of a CUDA run during which the GPU held a forward: the forwards'
+    seconds (one at a time on a GPU, copies to and from it included, see
+    :class:`~agriseg.models.inference.TorchForward`) over the run's; None off CUDA,
+    where forwards run side by side on the cores."""
+    if not device.startswith("cuda") or end_to_end_s <= 0:
+        return None
+    return round(min(1.0, forward_s / end_to_end_s), 3)
+
+
 def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any]:
     """Run the pipeline, then the model alone, in this process; return the figures.
 
@@ -243,6 +253,7 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
     with ThreadPoolExecutor(max_workers=1) as pool:
         passes = pool.submit(model_only_seconds, input_path, config).result()
     model_setups = {name: p.wall_s for name, p in passes.items()}
+    device = summary["parameters"]["device"]
     model_s = min(model_setups.values())
     pixels = summary["input"]["width"] * summary["input"]["height"]
     # The run's own setup: its forwards cost what this pass's did.
@@ -261,6 +272,7 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
         "peak_rss_mb": summary["peak_rss_mb"],
         "peak_gpu_mb": gpu_mb["allocated"],
         "peak_gpu_reserved_mb": gpu_mb["reserved"],
+        "gpu_busy_share": gpu_busy_share(device, summary["timings_s"]["infer"], end_to_end),
         "device": summary["parameters"]["device"],
         "engine": summary["parameters"]["engine"],
         "precision": summary["parameters"]["precision"],

@@ -63,5 +63,7 @@ def execute(args: argparse.Namespace) -> int:
         f"({figures['cpu_s']:.1f} CPU-s for the run, {figures['model_cpu_s']:.1f} for the "
         "model alone)"
     )
+    if figures["gpu_busy_share"] is not None:
+        print(f"GPU busy {figures['gpu_busy_share']:.0%} of the run (forwards and their copies)")
     print(json.dumps(figures))
     return 0

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import torch
 
-from agriseg.bench import BenchConfig, bench, write_bench_raster
+from agriseg.bench import BenchConfig, bench, gpu_busy_share, write_bench_raster
 from agriseg.config import RunConfig
 
 
@@ -39,6 +39,7 @@ def test_bench_prints_the_figures_as_one_json_line_last(tmp_path, run_cli, capsy
     assert figures["model_only_s"] > 0
     assert figures["peak_rss_mb"] > 100
     assert figures["peak_gpu_mb"] is None and figures["peak_gpu_reserved_mb"] is None
+    assert figures["gpu_busy_share"] is None
     assert {"read", "infer", "stitch", "write", "total"} <= set(figures["stages_s"])
     # CPU seconds outside the model: the run's less the model-only pass's, per Mpx.
     assert figures["cpu_s"] > figures["model_cpu_s"] > 0
@@ -57,7 +58,14 @@ def test_bench_on_cuda_matches_the_cpu_classes_closely(tmp_path):
         assert figures["device"].startswith(device)
         if device == "cuda":  # the run's own peak: the model's weights and a batch, at least
             assert 0 < figures["peak_gpu_mb"] <= figures["peak_gpu_reserved_mb"]
+            assert 0 < figures["gpu_busy_share"] <= 1
         with rasterio.open(tmp_path / device / "outputs" / "bench-512.classes.tif") as src:
             runs[device] = src.read(1)
     # bf16/fp16 autocast on the GPU: nearly, not bit-, identical to fp32 on the CPU.
     assert np.mean(runs["cpu"] == runs["cuda"]) > 0.97
+
+
+def test_gpu_busy_share_is_the_forwards_share_of_a_cuda_run():
+    assert gpu_busy_share("cuda", 3.0, 12.0) == 0.25
+    assert gpu_busy_share("cuda:1", 13.0, 12.0) == 1.0  # timer rounding: never above all
+    assert gpu_busy_share("cpu", 3.0, 12.0) is None  # forwards side by side on the cores

@@ -49,6 +49,9 @@ _LABEL_OF = np.array([0, 1, 2, NODATA], np.uint8)
 #: unlabelled: the vegetation index is within a fifth of certainty of the threshold.
 SURE_CONFIDENCE = 80
 
+#: Roles of the row labels' soil, crop and weed.
+_ROLES: tuple[Role, ...] = ("background", "crop", "weed")
+
 
 def label_classes_for(base: ClassList | None) -> ClassList:
     """The classes row labels are written in: ``base``'s (a ``--from`` model's, which
@@ -57,10 +60,6 @@ def label_classes_for(base: ClassList | None) -> ClassList:
     if base is not None and all(base.ids_with_role(r) for r in _ROLES):
         return base
     return ROW_LABEL_CLASSES
-
-
-#: Roles of the row labels' soil, crop and weed.
-_ROLES: tuple[Role, ...] = ("background", "crop", "weed")
 
 
 def row_labels(

@@ -42,6 +42,11 @@ WRITE_ENV = {"GDAL_NUM_THREADS": "ALL_CPUS"}
 #: Block edge of the finished rasters (cloud-optimised GeoTIFFs).
 COG_BLOCK = 512
 
+#: Deflate level of the finished rasters. Their 16384² COGs took 4.65 s (classes, 31
+#: MB) and 5.26 s (confidence, 162 MB) to write at zlib's default level 6, 1.36 s
+#: (37 MB) and 2.53 s (168 MB) at level 3, 1.14 s (46 MB) and 1.98 s (172 MB) at level 1.
+COG_DEFLATE_LEVEL = 3
+
 #: How each raster's next overview level is made (see :mod:`agriseg.segmentation.overviews`):
 #: the most frequent class (a mode never invents a class between two others), the mean
 #: confidence.
@@ -51,7 +56,8 @@ OVERVIEW_REDUCE: dict[str, Reduce] = {"classes": mode_2x2, "confidence": mean_2x
 def write_cog(path: Path, reduce: Reduce, has_data: Callable[[Window], bool]) -> None:
     """Rewrite the GeoTIFF ``path`` in place as a cloud-optimised GeoTIFF.
 
-    512-px deflate blocks and internal overviews halving down to one block, built by
+    512-px deflate blocks (level :data:`COG_DEFLATE_LEVEL`) and internal overviews
+    halving down to one block, built by
     :func:`~agriseg.segmentation.overviews.build_overviews` with ``reduce`` where
     ``has_data`` says the raster holds valid pixels. GDAL's COG driver then copies the
     raster and its overviews block by block, so nothing is held in memory; it keeps
@@ -73,6 +79,7 @@ def write_cog(path: Path, reduce: Reduce, has_data: Callable[[Window], bool]) ->
             driver="COG",
             BLOCKSIZE=COG_BLOCK,
             COMPRESS="DEFLATE",
+            LEVEL=COG_DEFLATE_LEVEL,
             OVERVIEWS="FORCE_USE_EXISTING" if factors else "NONE",
             BIGTIFF="IF_SAFER",
             NUM_THREADS="ALL_CPUS",
