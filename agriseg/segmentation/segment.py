@@ -217,7 +217,8 @@ def infer_chunk(
     if evidence is not None:
         core = data[(slice(None), *core_of_extent(grid, i, j))]
         noted = core_evidence(evidence, core) if np.isfinite(core[0]).any() else None
-        data = data[list(evidence.model_rows)]
+        if evidence.model_rows != tuple(range(len(data))):  # the index's own bands too
+            data = data[list(evidence.model_rows)]
     predictor = get_predictor(model_ref, device, threads, engine)
     # A network sees a mirrored field beyond the raster's edge; a model without one
     # measures rows and thresholds on the real pixels only (mirrored rows would cross).
