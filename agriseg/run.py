@@ -333,12 +333,16 @@ def _segment(
         )
         for block in blocks:
             t = time.perf_counter()
-            writer.write(block.window, block.classes, block.confidence)
+            if block.has_data:
+                writer.write(block.window, block.classes, block.confidence)
             tally.add(block, time.perf_counter() - t)
             if block.evidence is not None:
                 evidence.add(block.evidence)
             if health_stream is not None:
-                health_stream.add(block.window, block.classes, block.confidence)
+                if block.has_data:
+                    health_stream.add(block.window, block.classes, block.confidence)
+                else:
+                    health_stream.add_nodata(block.window)
             if progress is not None:
                 progress(tally.tiles, grid.n_tiles)
     return tally, _stage_seconds(stream.data), writer

@@ -116,6 +116,11 @@ class HealthStream:
         for strip in self._assembler.add(window, classes, confidence):
             self._put(strip)
 
+    def add_nodata(self, window: Window) -> None:
+        """Take one written block that is nodata throughout."""
+        for strip in self._assembler.add(window):
+            self._put(strip)
+
     def finish(self) -> dict[str, Any]:
         """Wait for the pass to end; return its summary (see ``write_health_products``)."""
         if not self._assembler.done:

@@ -147,13 +147,20 @@ class StripAssembler:
             self._classes = np.concatenate([self._classes, pad])
             self._confidence = np.concatenate([self._confidence, pad])
 
-    def add(self, window: Window, classes: np.ndarray, confidence: np.ndarray) -> list[Strip]:
-        """Take one block; return the strips it completed (in order)."""
+    def add(
+        self,
+        window: Window,
+        classes: np.ndarray | None = None,
+        confidence: np.ndarray | None = None,
+    ) -> list[Strip]:
+        """Take one block (``classes`` and ``confidence`` None: nodata throughout, which
+        the buffers already hold); return the strips it completed (in order)."""
         r0, c0 = int(window.row_off), int(window.col_off)
         r1, c1 = r0 + int(window.height), c0 + int(window.width)
         self._grow(r1)
-        self._classes[r0 - self._start : r1 - self._start, c0:c1] = classes
-        self._confidence[r0 - self._start : r1 - self._start, c0:c1] = confidence
+        if classes is not None and confidence is not None:
+            self._classes[r0 - self._start : r1 - self._start, c0:c1] = classes
+            self._confidence[r0 - self._start : r1 - self._start, c0:c1] = confidence
         self._filled[r0:r1] += c1 - c0
         while self._complete < self._height and self._filled[self._complete] >= self._width:
             self._complete += 1

@@ -86,6 +86,7 @@ class Block:
     read_s: float = 0.0
     tiles_run: int = 0  # of ``tiles``, those the model ran
     evidence: BlockEvidence | None = None  # for the run's verdict; None: no valid pixel
+    has_data: bool = True  # False: every pixel is nodata (see empty_block)
 
 
 def _pad_to_extent(
@@ -281,14 +282,18 @@ def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
 def empty_block(
     grid: TileGrid, i: int, j: int, n_classes: int, own: ChunkResult | None = None
 ) -> Block:
-    """Chunk ``(i, j)``'s core when it holds no valid pixel: nodata (with ``own``'s timings)."""
+    """Chunk ``(i, j)``'s core when it holds no valid pixel: nodata (with ``own``'s timings).
+
+    Its rasters are one read-only nodata value seen at the core's shape, which costs
+    no memory: an orthomosaic's empty rectangle makes thousands of these.
+    """
     core = grid.core(i, j)
-    nodata = np.full((core.height, core.width), NODATA, dtype="uint8")
-    own = own or ChunkResult(None, nodata[:0].astype(bool), 0.0, 0.0)
+    nodata = np.broadcast_to(np.uint8(NODATA), (core.height, core.width))
+    own = own or ChunkResult(None, np.zeros((0, 0), dtype=bool), 0.0, 0.0)
     return Block(
         core,
         nodata,
-        nodata.copy(),
+        nodata,
         np.zeros(n_classes, dtype="int64"),
         np.zeros(n_classes),
         grid.chunk_tiles(j),
@@ -296,6 +301,7 @@ def empty_block(
         own.prepare_s,
         own.read_s,
         own.tiles_run,
+        has_data=False,
     )
 
 
