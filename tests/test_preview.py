@@ -22,6 +22,7 @@ from agriseg.health.preview import (
     blend_preview,
     legend_rows,
     preview_shape,
+    read_preview_image,
     render_preview,
     write_preview,
 )
@@ -143,3 +144,16 @@ def test_rows_put_above_a_streamed_png_read_back_in_pillow_and_gdal(tmp_path: Pa
         assert np.array_equal(src.read().transpose(1, 2, 0), expected)
     with pytest.raises(ValueError):
         PngWriter.rows_above(path, top[:, :50])
+
+
+def test_a_sparse_image_is_read_for_the_preview_only_where_it_has_data(tmp_path, monkeypatch):
+    from test_empty import write_patch_survey
+
+    import agriseg.classes
+
+    image = write_patch_survey(tmp_path / "survey.tif", 1100, 300, (530, 610))
+    pieces = read_preview_image(image, (550, 550))  # scale 2: pieces average alike
+    monkeypatch.setattr(agriseg.classes, "SKIP_EMPTY", False)
+    whole = read_preview_image(image, (550, 550))
+    assert np.array_equal(pieces, whole)
+    assert (whole[:200] == 255).all() and (whole[265:300, 305:450] != 255).any()

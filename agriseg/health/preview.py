@@ -16,10 +16,13 @@ import numpy as np
 import rasterio
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
+from rasterio.windows import Window
 
+import agriseg.classes
 from agriseg.classes import NODATA, ClassList
 from agriseg.health.pane_polygons import picked_pixels
 from agriseg.io.atomic import atomic_output
+from agriseg.io.coverage import Coverage, read_coverage
 from agriseg.io.raster import READ_ENV
 from agriseg.io.spectral import find_bands
 
@@ -65,13 +68,48 @@ def read_preview_image(image_path: Path, shape: tuple[int, int]) -> np.ndarray:
             bands = [found[name] for name in RGB]
         else:
             bands = [1, 2, 3] if src.count >= 3 else [1]
-        data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average)
-        valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+        coverage = read_coverage(image_path) if agriseg.classes.SKIP_EMPTY else None
+        if coverage is None or coverage.maybe_valid.all():
+            data = src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average)
+            valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+        else:
+            data, valid = _read_where_valid(src, bands, shape, coverage)
     rgb = np.stack([_stretch(b, valid) for b in data], axis=-1)
     if rgb.shape[-1] == 1:
         rgb = np.repeat(rgb, 3, axis=-1)
     rgb[~valid] = 255
     return rgb
+
+
+#: Edge in preview pixels of the pieces a sparse image is read in for the preview.
+PREVIEW_PIECE = 256
+
+
+def _read_where_valid(
+    src: rasterio.io.DatasetReader, bands: list[int], shape: tuple[int, int], coverage: Coverage
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_preview_image`'s pixels and validity, read piece by piece where the
+    file's layout says the image may hold valid pixels (the rest stays invalid): an
+    orthomosaic's empty rectangle is not averaged down (40000² RGBA survey with one
+    1024² patch: 4.2 s of the preview's 4.3 s)."""
+    data = np.zeros((len(bands), *shape), dtype=src.dtypes[bands[0] - 1])
+    valid = np.zeros(shape, dtype=bool)
+    scale_y, scale_x = src.height / shape[0], src.width / shape[1]
+    for r0 in range(0, shape[0], PREVIEW_PIECE):
+        r1 = min(shape[0], r0 + PREVIEW_PIECE)
+        rows = (round(r0 * scale_y), round(r1 * scale_y))
+        for c0 in range(0, shape[1], PREVIEW_PIECE):
+            c1 = min(shape[1], c0 + PREVIEW_PIECE)
+            window = Window.from_slices(rows, (round(c0 * scale_x), round(c1 * scale_x)))
+            if not coverage.any_valid(window):
+                continue
+            piece = (r1 - r0, c1 - c0)
+            data[:, r0:r1, c0:c1] = src.read(
+                bands, window=window, out_shape=(len(bands), *piece), resampling=Resampling.average
+            )
+            mask = src.dataset_mask(window=window, out_shape=piece, resampling=Resampling.nearest)
+            valid[r0:r1, c0:c1] = mask > 0
+    return data, valid
 
 
 def _legend_size(shape: tuple[int, int]) -> int:
