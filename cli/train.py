@@ -236,9 +236,16 @@ def _epoch_table(result: EpochResult) -> None:
         print(f"{head} ({result.seconds:.0f} s)")
         return
     print(f"{head}, validation mIoU {result.validation.miou:.3f} ({result.seconds:.0f} s)")
+    # A class no validation pixel is labelled with has no score (it is left out of
+    # the mIoU): a "0.000" there would read as a failure.
     common.print_table(
         ("class", "IoU", "F1", "pixels"),
-        [(c.name, f"{c.iou:.3f}", f"{c.f1:.3f}", c.support) for c in result.validation.classes],
+        [
+            (c.name, f"{c.iou:.3f}", f"{c.f1:.3f}", c.support)
+            if c.support
+            else (c.name, "-", "-", "0 (not labelled)")
+            for c in result.validation.classes
+        ],
     )
 
 

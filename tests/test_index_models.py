@@ -196,7 +196,7 @@ def test_train_on_the_surveys_own_rows(run_cli, tmp_path, one_torch_thread):
 
 
 def test_self_trained_from_default_keeps_its_classes_and_the_index_draws_soil(
-    run_cli, tmp_path, one_torch_thread
+    run_cli, tmp_path, one_torch_thread, capsys
 ):
     image, truth = survey(tmp_path, 30107, gsd_m=0.02, row_angle_deg=120.0)
     out = tmp_path / "selfnet"
@@ -208,6 +208,9 @@ def test_self_trained_from_default_keeps_its_classes_and_the_index_draws_soil(
     # Row labels know soil, crop and weed; the shipped model's diseased class stays.
     assert [c["name"] for c in meta["classes"]] == ["soil", "crop", "weed", "diseased"]
     assert meta["vegetation_mask"] == "index"
+    # The validation table scores no class nobody labelled.
+    table = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["diseased", "-", "-", "0", "(not", "labelled)"] in table
     classes, _ = run(run_cli, image, tmp_path / "run", str(out))
     vegetation, _ = run(run_cli, image, tmp_path / "veg", "vegetation")
     # Soil is where the index puts it (the network only splits the plants).
