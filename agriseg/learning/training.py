@@ -396,6 +396,7 @@ class _Split:
         if held_out is not None:
             starts = [(0, 0)] if held_out else []
             block = max(h, w)
+            n_val = len(starts)
         else:
             # Validation blocks are drawn among blocks holding labels: with sparse
             # labels most blocks hold none and would score nothing.
@@ -405,17 +406,15 @@ class _Split:
                 for c in range(0, w, block)
                 if (scene.labels[r : r + block, c : c + block] != NODATA).any()
             ]
-        n_val = round(config.val_fraction * len(starts))
-        if config.val_fraction > 0 and held_out is None:
-            n_val = max(1, n_val)
-        if held_out is not None:
-            n_val = len(starts)
-        if n_val >= len(starts) and n_val and held_out is None:
-            raise InputError(
-                f"{scene.name}: {h}x{w} px gives {len(starts)} labelled block(s) of "
-                f"{block} px, too few to hold any out; use a smaller --val-block or "
-                "--val-fraction 0"
-            )
+            n_val = round(config.val_fraction * len(starts))
+            if config.val_fraction > 0:
+                n_val = max(1, n_val)
+            if n_val and n_val >= len(starts):
+                raise InputError(
+                    f"{scene.name}: {h}x{w} px gives {len(starts)} labelled block(s) of "
+                    f"{block} px, too few to hold any out; use a smaller --val-block or "
+                    "--val-fraction 0"
+                )
         chosen: list[int] = (
             sorted(int(i) for i in rng.choice(len(starts), size=n_val, replace=False))
             if n_val
