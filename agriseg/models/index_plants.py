@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from agriseg.models.index_engine import BAND_SETS
 from agriseg.models.meta import ModelMeta
 from agriseg.models.vegetation import tile_vegetation
 
 
-def index_bands(meta: ModelMeta) -> bool:
-    """Whether ``meta``'s bands give a vegetation index (red, green and blue, or red and nir)."""
-    names = set(meta.bands)
-    return names >= {"red", "green", "blue"} or names >= {"red", "nir"}
+def _has_index_bands(meta: ModelMeta) -> bool:
+    """Whether ``meta``'s bands give a vegetation index (the bands the index models read)."""
+    return any(set(meta.bands) >= set(bands) for bands in BAND_SETS)
 
 
 def plants_on_index(probs: np.ndarray, tiles: np.ndarray, meta: ModelMeta) -> np.ndarray:
@@ -33,7 +33,7 @@ def plants_on_index(probs: np.ndarray, tiles: np.ndarray, meta: ModelMeta) -> np
     out of its threshold and calls them soil (they end up nodata).
     """
     soil = [c.id for c in meta.classes if c.role == "background"]
-    if not soil or not index_bands(meta):
+    if not soil or not _has_index_bands(meta):
         return probs
     background = soil[0]
     plants = [c.id for c in meta.classes if c.id != background]

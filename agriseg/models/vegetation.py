@@ -87,21 +87,33 @@ class Separation:
     iou: float | None
 
 
+def histogram_bins(index: VegetationIndex) -> int:
+    """How many bins the histogram of ``index`` has (:data:`BINS_PER_UNIT` over its range)."""
+    low, high = RANGES[index]
+    return round((high - low) * BINS_PER_UNIT)
+
+
+def bin_of(index: VegetationIndex, values: np.ndarray) -> np.ndarray:
+    """The histogram bin of each of ``index``'s finite ``values`` (int64; values out of
+    the range go to the end bins)."""
+    bins = ((values - RANGES[index][0]) * BINS_PER_UNIT).astype("int64")
+    return np.clip(bins, 0, histogram_bins(index) - 1, out=bins)
+
+
 class VegetationHistogram:
     """The index histogram of an image, with the part of it inside another mask."""
 
     def __init__(self, index: VegetationIndex) -> None:
         self.index = index
-        self.low, high = RANGES[index]
-        self.n_bins = round((high - self.low) * BINS_PER_UNIT)
+        self.low = RANGES[index][0]
+        self.n_bins = histogram_bins(index)
         self.all = np.zeros(self.n_bins, dtype="int64")
         self.inside = np.zeros(self.n_bins, dtype="int64")
 
     def add(self, values: np.ndarray, mask: np.ndarray) -> None:
         """Count index ``values`` (NaN: left out), and those where ``mask`` is True."""
         defined = np.isfinite(values)
-        bins = ((values[defined] - self.low) * BINS_PER_UNIT).astype("int64")
-        np.clip(bins, 0, self.n_bins - 1, out=bins)
+        bins = bin_of(self.index, values[defined])
         self.all += np.bincount(bins, minlength=self.n_bins)
         self.inside += np.bincount(bins[mask[defined]], minlength=self.n_bins)
 

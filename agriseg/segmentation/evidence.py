@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agriseg.classes import NODATA
-from agriseg.models.vegetation import BINS_PER_UNIT, RANGES, VegetationIndex, compute_index
+from agriseg.models.vegetation import VegetationIndex, bin_of, compute_index, histogram_bins
 
 #: Confidence histogram bins: 0-100 %.
 CONFIDENCE_BINS = 101
@@ -42,10 +42,7 @@ class EvidencePlan:
 
     @property
     def index_bins(self) -> int:
-        if self.index is None:
-            return 0
-        low, high = RANGES[self.index]
-        return round((high - low) * BINS_PER_UNIT)
+        return 0 if self.index is None else histogram_bins(self.index)
 
 
 @dataclass(frozen=True)
@@ -79,11 +76,9 @@ def core_evidence(plan: EvidencePlan, core: np.ndarray) -> CoreEvidence:
     bins = None
     if plan.index is not None:
         values = compute_index(plan.index, core[list(plan.index_rows)])
-        low = RANGES[plan.index][0]
         defined = np.isfinite(values)
         bins = np.full(values.shape, -1, np.int16)
-        scaled = ((values[defined] - low) * BINS_PER_UNIT).astype("int64")
-        bins[defined] = np.clip(scaled, 0, plan.index_bins - 1)
+        bins[defined] = bin_of(plan.index, values[defined])
     return CoreEvidence(band_sum, int(ok.sum()), bins)
 
 
