@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,14 @@ def assert_cog(path: Path, overviews: list[int]) -> None:
         assert src.overviews(1) == overviews
 
 
-def write_outputs(tmp_path: Path, classes: np.ndarray, confidence: np.ndarray) -> dict:
+def write_outputs(
+    tmp_path: Path,
+    classes: np.ndarray,
+    confidence: np.ndarray,
+    before_cogs: Callable[[ClassRasterWriter], None] | None = None,
+) -> dict:
+    """Write the rasters block by block as a run does; ``before_cogs`` sees the closed
+    writer before its rasters become COGs."""
     grid = Grid(SIZE, SIZE, UTM_TRANSFORM, CRS.from_string(UTM))
     info = RasterInfo(tmp_path / "in.tif", grid, 3, "uint8", (256, 256), (1, 2, 3))
     paths = output_paths(tmp_path, "in")
@@ -45,6 +53,8 @@ def write_outputs(tmp_path: Path, classes: np.ndarray, confidence: np.ndarray) -
                     window = Window(col, row, min(256, SIZE - col), min(256, SIZE - row))
                     rows, cols = window.toslices()
                     writer.write(window, classes[rows, cols], confidence[rows, cols])
+        if before_cogs is not None:
+            before_cogs(writer)
         writer.to_cogs()
     return paths
 
@@ -111,27 +121,20 @@ def test_nodata_blocks_are_neither_written_nor_resampled(tmp_path: Path, monkeyp
         return original(path, reduce, factors, noted)
 
     monkeypatch.setattr(raster_outputs, "build_overviews", counting)
-    grid = Grid(SIZE, SIZE, UTM_TRANSFORM, CRS.from_string(UTM))
-    info = RasterInfo(tmp_path / "in.tif", grid, 3, "uint8", (256, 256), (1, 2, 3))
-    paths = output_paths(tmp_path, "in")
-    with output_transaction() as transaction:
-        with ClassRasterWriter(info, paths, 256, "test", transaction, CLASSES) as writer:
-            for row in range(0, SIZE, 256):
-                for col in range(0, SIZE, 256):
-                    window = Window(col, row, min(256, SIZE - col), min(256, SIZE - row))
-                    rows, cols = window.toslices()
-                    writer.write(window, classes[rows, cols], confidence[rows, cols])
-        working = writer.staged["classes"]
-        with rasterio.open(working) as src:
-            present = [
+    present = []
+
+    def blocks_written(writer: ClassRasterWriter) -> None:
+        with rasterio.open(writer.staged["classes"]) as src:
+            present.extend(
                 (r, c)
                 for r in range(6)
                 for c in range(6)
                 if int(src.get_tag_item(f"BLOCK_OFFSET_{c}_{r}", "TIFF", 1) or 0)
-            ]
-        # Only the 256-px blocks the patch touches reach the working raster.
-        assert present == [(r, c) for r in (2, 3) for c in (1, 2)]
-        writer.to_cogs()
+            )
+
+    paths = write_outputs(tmp_path, classes, confidence, blocks_written)
+    # Only the 256-px blocks the patch touches reach the working raster.
+    assert present == [(r, c) for r in (2, 3) for c in (1, 2)]
     assert asked == [True, True]  # one 2048-px window, once per raster, with data
     for kind in ("classes", "confidence"):
         assert_cog(paths[kind], [2, 4])
