@@ -55,6 +55,41 @@ def test_assembled_strips_equal_the_strips_read_from_the_file(
         assert np.array_equal(got.confidence, want.confidence)
 
 
+@pytest.mark.parametrize(("strip", "halo"), [(8, 3), (16, 0)])
+def test_strips_of_nodata_blocks_are_empty_and_hold_no_memory(
+    tmp_path: Path, strip: int, halo: int
+) -> None:
+    # Valid pixels only in rows 40-55: blocks outside them come as nodata (None).
+    rng = np.random.default_rng(strip)
+    classes = np.full((96, 45), NODATA, dtype="uint8")
+    classes[40:56, 5:30] = rng.choice([0, 1, 2, 3], (16, 25))
+    confidence = np.where(classes == NODATA, NODATA, 70).astype("uint8")
+    write_raster(tmp_path / "c.tif", classes[None], nodata=NODATA, block=16)
+    write_raster(tmp_path / "p.tif", confidence[None], nodata=NODATA, block=16)
+    assembler = StripAssembler(96, 45, strip, halo)
+    streamed = []
+    for w in scrambled_blocks(96, 45, 13, seed=2):
+        rows, cols = slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width)
+        if (classes[rows, cols] == NODATA).all():
+            streamed += assembler.add(w)
+        else:
+            streamed += assembler.add(w, classes[rows, cols], confidence[rows, cols])
+    expected = list(file_strips(tmp_path / "c.tif", tmp_path / "p.tif", strip, halo))
+    assert len(streamed) == len(expected)
+    empties = 0
+    for got, want in zip(streamed, expected, strict=True):
+        assert np.array_equal(got.classes, want.classes)
+        assert np.array_equal(got.confidence, want.confidence)
+        # Blocks are 13 rows: a strip is known empty when no block with data reached it.
+        reached = range(39, 65)  # rows 39-64: the blocks starting at rows 39 and 52
+        top, bottom = got.row_off - got.above, got.row_off - got.above + len(got.classes)
+        assert got.empty == (max(top, reached.start) >= min(bottom, reached.stop))
+        if got.empty:
+            empties += 1
+            assert got.classes.strides == (0, 0)  # nodata taking no memory
+    assert empties >= 96 // strip - 5
+
+
 def test_run_streams_the_same_products_as_a_pass_over_the_finished_rasters(
     tmp_path: Path,
 ) -> None:

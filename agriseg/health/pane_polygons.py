@@ -91,6 +91,11 @@ class PanePolygons:
     class_counts: np.ndarray
     picked: np.ndarray | None = None
 
+    @property
+    def empty(self) -> bool:
+        """Whether the pane holds no valid pixel."""
+        return int(self.class_counts[NODATA]) == int(self.window.width) * int(self.window.height)
+
 
 def picked_pixels(
     data: np.ndarray, row_off: int, col_off: int, rows: np.ndarray, cols: np.ndarray

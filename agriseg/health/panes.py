@@ -206,7 +206,16 @@ def file_pane_tasks(strip: FileStrip, sieve_px: int, pane_size: int) -> list[Fil
 
 
 def pane_tasks(strip: Strip, sieve_px: int, pane_size: int) -> list[PaneTask]:
-    """The strip cut into panes of ``pane_size`` columns, each with its sieving halo."""
+    """The strip cut into panes of ``pane_size`` columns, each with its sieving halo
+    (an :attr:`~agriseg.health.strips.Strip.empty` strip's are :meth:`PaneTask.nodata`)."""
+    if strip.empty:
+        width = strip.classes.shape[1]
+        return [
+            PaneTask.nodata(
+                Window(col, strip.row_off, min(pane_size, width - col), strip.height), sieve_px
+            )
+            for col in range(0, width, pane_size)
+        ]
     halo = sieve_halo(sieve_px, pane_size)
     rows = slice(
         max(0, strip.above - halo), min(len(strip.classes), strip.above + strip.height + halo)

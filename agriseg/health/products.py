@@ -45,6 +45,7 @@ from agriseg.health.indices import IndexReader, zone_index_means
 from agriseg.health.pane_polygons import (
     PanePolygons,
     PolygonSettings,
+    picked_pixels,
     run_pane,
 )
 from agriseg.health.panes import (
@@ -519,33 +520,57 @@ def _write_polygons(
             key = (int(pane.window.row_off) // size, int(pane.window.col_off) // size)
             class_counts[key] = class_counts.get(key, 0) + pane.class_counts
         row_off = int(found[0].window.row_off)
-        if dst is not None:
+        # The sieved copy is sparse: rows without a valid pixel need no writing.
+        if dst is not None and not all(pane.empty for pane in found):
             core = np.concatenate([pane.sieved for pane in found], axis=1)
             dst.write(core, 1, window=Window(0, row_off, grid.width, core.shape[0]))
         if preview is not None:
             preview.add(np.concatenate([pane.picked for pane in found], axis=1), row_off)
         return polygons.add_panes(found)
 
+    def join_empty(strip: Strip) -> PolygonBatch:
+        """:func:`join` of a strip known to hold no valid pixel, without its panes."""
+        for col in range(0, grid.width, size):
+            counts = np.zeros(256, dtype="int64")
+            counts[NODATA] = strip.height * min(size, grid.width - col)
+            key = (strip.row_off // size, col // size)
+            class_counts[key] = class_counts.get(key, 0) + counts
+        if preview is not None:
+            preview.add(picked_pixels(strip.core, strip.row_off, 0, *preview.picks), strip.row_off)
+        return polygons.add_empty()
+
     def pixel_batches(dst: rasterio.io.DatasetWriter | None) -> Iterator[PolygonBatch]:
-        in_flight: deque[list[Pending[PanePolygons]]] = deque()
+        in_flight: deque[list[Pending[PanePolygons]] | Strip] = deque()
+
+        def settle(item: list[Pending[PanePolygons]] | Strip, last: bool) -> PolygonBatch:
+            if isinstance(item, Strip):
+                return join_empty(item)
+            found = results(item)
+            if last and texts is not None:
+                texts.runner_idle = True  # the panes are done: the last text can go there
+            return join(found, dst)
+
         for strip in strips:
             tasks: Sequence[PaneTask | FilePaneTask]
-            if isinstance(strip, FileStrip) and run.local:
-                tasks = [
-                    _unread_if_empty(task, image_coverage)
-                    for task in file_pane_tasks(strip, job.sieve_px, options.pane_size)
-                ]
-            else:  # a cluster's workers may not see this machine's files
-                read = strip.read() if isinstance(strip, FileStrip) else strip
-                tasks = pane_tasks(read, job.sieve_px, options.pane_size)
-            in_flight.append([_runner_for(task, run)(run_pane, task, settings) for task in tasks])
+            if isinstance(strip, Strip) and strip.empty:
+                in_flight.append(strip)
+            else:
+                if isinstance(strip, FileStrip) and run.local:
+                    tasks = [
+                        _unread_if_empty(task, image_coverage)
+                        for task in file_pane_tasks(strip, job.sieve_px, options.pane_size)
+                    ]
+                else:  # a cluster's workers may not see this machine's files
+                    read = strip.read() if isinstance(strip, FileStrip) else strip
+                    tasks = pane_tasks(read, job.sieve_px, options.pane_size)
+                in_flight.append(
+                    [_runner_for(task, run)(run_pane, task, settings) for task in tasks]
+                )
             if len(in_flight) > STRIPS_AHEAD:
-                yield join(results(in_flight.popleft()), dst)
+                yield settle(in_flight.popleft(), last=False)
         while in_flight:
-            found = results(in_flight.popleft())
-            if not in_flight and texts is not None:
-                texts.runner_idle = True  # the panes are done: the last text can go there
-            yield join(found, dst)
+            item = in_flight.popleft()
+            yield settle(item, last=not in_flight)
 
     def results(found: list[Pending[PanePolygons]]) -> list[PanePolygons]:
         if texts is not None:

@@ -135,6 +135,16 @@ class StripPolygons:
         found = [run_pane(task, self._settings) for task in pane_tasks(strip, 0, self._pane_size)]
         return self.add_panes(found)
 
+    def add_empty(self) -> PolygonBatch:
+        """Take a strip without a valid pixel (what :meth:`add_panes` does with its panes,
+        without them): every region still open is finished."""
+        carry, count = self._carry, len(self._carry)
+        region = _components(count, np.column_stack([np.arange(count), self._carry_root]))
+        self._carry = PolygonBatch.empty(self._settings.n_values)
+        self._carry_root = np.empty(0, dtype="int64")
+        self._carry_row = np.zeros(self._width, dtype="int64")
+        return _merge_groups(carry, region) if count else carry
+
     def add_panes(self, found: list[PanePolygons]) -> PolygonBatch:
         """Join the polygonised panes of the next strip (left to right) to the regions
         still open above it; return the regions this strip finished."""

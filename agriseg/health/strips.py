@@ -32,6 +32,8 @@ class Strip:
             (the context rows, clipped to the raster, are what sieving looks at).
         above: Context rows above the strip in ``classes``.
         confidence: Confidence (0–100, nodata 255) of the strip's own rows, or None.
+        empty: Known to hold no valid pixel, context rows included (its arrays are
+            then read-only nodata taking no memory); False says nothing.
     """
 
     row_off: int
@@ -39,6 +41,7 @@ class Strip:
     classes: np.ndarray
     above: int
     confidence: np.ndarray | None
+    empty: bool = False
 
     @property
     def core(self) -> np.ndarray:
@@ -114,12 +117,32 @@ def file_strips(
         yield strip.read()
 
 
+@dataclass
+class _Band:
+    """Rows ``[start, stop)`` of the strips being assembled; arrays None while no block
+    with data has touched them (nodata throughout, held in no memory)."""
+
+    start: int
+    stop: int
+    classes: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+
+
+def _nodata(rows: int, width: int) -> np.ndarray:
+    """Read-only nodata of ``rows`` x ``width``, taking no memory."""
+    return np.broadcast_to(np.uint8(NODATA), (rows, width))
+
+
 class StripAssembler:
     """Collects class and confidence blocks written in any order into ``strip_height``-row strips.
 
-    Only the rows not yet handed out in a strip (and the context rows the next strip
-    needs) are kept, so memory is about ``(strip_height + 2 * halo + block rows) x width``
-    bytes per raster, whatever the raster's height.
+    Rows are held in bands, one per extent of rows that a block first reached; a
+    band's arrays exist only once a block with data lands in it, and a strip whose
+    rows (context included) lie in bands without data comes out :attr:`Strip.empty`,
+    so a survey's empty stretches cost neither memory nor copies. Only the rows not
+    yet handed out in a strip (and the context rows the next strip needs) are kept:
+    about ``(strip_height + 2 * halo + 2 * block rows) x width`` bytes per raster,
+    whatever the raster's height.
 
     Args:
         height: Rows of the raster.
@@ -134,18 +157,10 @@ class StripAssembler:
         self._strip_height = strip_height
         self._halo = halo
         self._next_row = 0  # first row of the next strip
-        self._start = 0  # first row held in the buffers
-        self._classes = np.full((0, width), NODATA, dtype="uint8")
-        self._confidence = np.full((0, width), NODATA, dtype="uint8")
+        self._bands: list[_Band] = []  # consecutive, from the first row still needed
+        self._end = 0  # rows [.., end) have a band
         self._filled = np.zeros(height, dtype="int64")  # columns written, per row
         self._complete = 0  # rows [0, complete) are written across the whole width
-
-    def _grow(self, stop: int) -> None:
-        extra = stop - (self._start + len(self._classes))
-        if extra > 0:
-            pad = np.full((extra, self._width), NODATA, dtype="uint8")
-            self._classes = np.concatenate([self._classes, pad])
-            self._confidence = np.concatenate([self._confidence, pad])
 
     def add(
         self,
@@ -154,17 +169,45 @@ class StripAssembler:
         confidence: np.ndarray | None = None,
     ) -> list[Strip]:
         """Take one block (``classes`` and ``confidence`` None: nodata throughout, which
-        the buffers already hold); return the strips it completed (in order)."""
+        needs no writing); return the strips it completed (in order)."""
         r0, c0 = int(window.row_off), int(window.col_off)
         r1, c1 = r0 + int(window.height), c0 + int(window.width)
-        self._grow(r1)
+        if r1 > self._end:
+            self._bands.append(_Band(self._end, r1))
+            self._end = r1
         if classes is not None and confidence is not None:
-            self._classes[r0 - self._start : r1 - self._start, c0:c1] = classes
-            self._confidence[r0 - self._start : r1 - self._start, c0:c1] = confidence
+            for band in self._bands:
+                lo, hi = max(r0, band.start), min(r1, band.stop)
+                if lo >= hi:
+                    continue
+                if band.classes is None or band.confidence is None:
+                    band.classes = np.full((band.stop - band.start, self._width), NODATA, "uint8")
+                    band.confidence = band.classes.copy()
+                rows = slice(lo - band.start, hi - band.start)
+                band.classes[rows, c0:c1] = classes[lo - r0 : hi - r0]
+                band.confidence[rows, c0:c1] = confidence[lo - r0 : hi - r0]
         self._filled[r0:r1] += c1 - c0
         while self._complete < self._height and self._filled[self._complete] >= self._width:
             self._complete += 1
         return self._ready()
+
+    def _rows(self, top: int, bottom: int, confidence: bool) -> np.ndarray | None:
+        """Rows ``[top, bottom)`` of the class (or confidence) buffers, copied; None if
+        no block with data reached them."""
+        pieces, any_data = [], False
+        for band in self._bands:
+            lo, hi = max(top, band.start), min(bottom, band.stop)
+            if lo < hi:
+                held = band.confidence if confidence else band.classes
+                any_data |= held is not None
+                pieces.append(
+                    _nodata(hi - lo, self._width)
+                    if held is None
+                    else held[lo - band.start : hi - band.start]
+                )
+        if not any_data:
+            return None
+        return np.concatenate(pieces)
 
     def _ready(self) -> list[Strip]:
         strips = []
@@ -175,17 +218,26 @@ class StripAssembler:
             if self._complete < bottom:
                 break
             top = max(0, row - self._halo)
-            a, b = top - self._start, bottom - self._start
-            conf = self._confidence[row - self._start : row - self._start + rows].copy()
-            strips.append(Strip(row, rows, self._classes[a:b].copy(), row - top, conf))
+            classes = self._rows(top, bottom, confidence=False)
+            conf = self._rows(row, row + rows, confidence=True)
+            if classes is None:
+                strip = Strip(
+                    row,
+                    rows,
+                    _nodata(bottom - top, self._width),
+                    row - top,
+                    _nodata(rows, self._width),
+                    empty=True,
+                )
+            else:
+                if conf is None:
+                    conf = _nodata(rows, self._width)
+                strip = Strip(row, rows, classes, row - top, conf)
+            strips.append(strip)
             self._next_row = row + rows
             # Keep only what later strips need: their context above and beyond.
             keep_from = max(0, self._next_row - self._halo)
-            drop = keep_from - self._start
-            if drop > 0:
-                self._classes = self._classes[drop:].copy()
-                self._confidence = self._confidence[drop:].copy()
-                self._start = keep_from
+            self._bands = [band for band in self._bands if band.stop > keep_from]
         return strips
 
     @property
