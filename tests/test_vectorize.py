@@ -349,3 +349,25 @@ def test_polygons_pickle_as_coordinate_arrays_and_come_back_bit_for_bit() -> Non
             (a is None and b is None) or shapely.equals_exact(a, b, 0)
             for a, b in zip(again, other, strict=True)
         )
+
+
+def test_an_empty_strip_closes_the_open_regions_as_a_nodata_strip_would() -> None:
+    from agriseg.health.seams import StripPolygons
+
+    data = blocky(96, 80, 10, seed=7)
+    data[32:48] = NODATA  # rows no valid pixel reaches: regions above them end there
+    batches = {}
+    for empty in (False, True):
+        polygons = StripPolygons(96, 80, 32)
+        found = []
+        for row in range(0, 96, 16):
+            if empty and row == 32:
+                found.append(polygons.add_empty())
+            else:
+                found.append(polygons.add(data[row : row + 16], None, row))
+        batches[empty] = found
+    assert len(batches[True][2]) > 3  # regions of rows 0-31 finished at the empty strip
+    for a, b in zip(batches[False], batches[True], strict=True):
+        assert len(a) == len(b)
+        assert shapely.equals(a.geometry, b.geometry).all()
+        assert np.array_equal(a.class_id, b.class_id) and np.array_equal(a.pixels, b.pixels)
