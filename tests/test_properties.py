@@ -20,7 +20,7 @@ from agriseg.classes import CLASSES, NODATA
 from agriseg.io.raster import open_raster
 from agriseg.models.registry import resolve
 from agriseg.segmentation.execution import dask_client
-from agriseg.segmentation.segment import join_row, segment_blocks
+from agriseg.segmentation.segment import argmax_classes, join_row, segment_blocks
 from agriseg.segmentation.tiling import TileGrid
 
 
@@ -98,3 +98,19 @@ def test_join_row_equals_summing_the_tiles_in_float32(n, tile_overlap, seed):
     joined = join_row(probs, stride)
     assert joined.dtype == np.float16
     np.testing.assert_array_equal(joined, expected.astype("float16"))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    classes=st.integers(1, 6),
+    levels=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_argmax_classes_is_numpys_argmax_and_max_ties_included(classes, levels, seed):
+    # Few distinct levels: many pixels where classes tie, which the first one wins.
+    rng = np.random.default_rng(seed)
+    probs = (rng.integers(0, levels, (classes, 37, 29)) / levels).astype("float32")
+    found, best = argmax_classes(probs)
+    assert found.dtype == np.uint8
+    np.testing.assert_array_equal(found, np.argmax(probs, axis=0))
+    np.testing.assert_array_equal(best, probs.max(axis=0))
