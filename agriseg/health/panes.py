@@ -28,10 +28,16 @@ from agriseg.io.raster import READ_ENV
 def panes(height: int, width: int, pane_size: int) -> Iterator[list[Window]]:
     """Windows of at most ``pane_size`` px tiling the raster, one list per pane row."""
     for row in range(0, height, pane_size):
-        h = min(pane_size, height - row)
-        yield [
-            Window(col, row, min(pane_size, width - col), h) for col in range(0, width, pane_size)
-        ]
+        yield strip_panes(row, min(pane_size, height - row), width, pane_size)
+
+
+def strip_panes(row_off: int, height: int, width: int, pane_size: int) -> list[Window]:
+    """The panes of the strip of ``height`` rows from ``row_off``, left to right: windows
+    at most ``pane_size`` px wide across the raster's ``width``."""
+    return [
+        Window(col, row_off, min(pane_size, width - col), height)
+        for col in range(0, width, pane_size)
+    ]
 
 
 def sieve_size(min_area_m2: float, pixel_area_m2: float) -> int:
@@ -194,36 +200,26 @@ def file_pane_tasks(strip: FileStrip, sieve_px: int, pane_size: int) -> list[Fil
     """:func:`pane_tasks` of a strip not read yet: panes their processes read."""
     halo = sieve_halo(sieve_px, pane_size)
     return [
-        FilePaneTask(
-            strip.classes_path,
-            strip.confidence_path,
-            Window(col, strip.row_off, min(pane_size, strip.width - col), strip.height),
-            halo,
-            sieve_px,
-        )
-        for col in range(0, strip.width, pane_size)
+        FilePaneTask(strip.classes_path, strip.confidence_path, window, halo, sieve_px)
+        for window in strip_panes(strip.row_off, strip.height, strip.width, pane_size)
     ]
 
 
 def pane_tasks(strip: Strip, sieve_px: int, pane_size: int) -> list[PaneTask]:
     """The strip cut into panes of ``pane_size`` columns, each with its sieving halo
     (an :attr:`~agriseg.health.strips.Strip.empty` strip's are :meth:`PaneTask.nodata`)."""
+    width = strip.classes.shape[1]
+    windows = strip_panes(strip.row_off, strip.height, width, pane_size)
     if strip.empty:
-        width = strip.classes.shape[1]
-        return [
-            PaneTask.nodata(
-                Window(col, strip.row_off, min(pane_size, width - col), strip.height), sieve_px
-            )
-            for col in range(0, width, pane_size)
-        ]
+        return [PaneTask.nodata(window, sieve_px) for window in windows]
     halo = sieve_halo(sieve_px, pane_size)
     rows = slice(
         max(0, strip.above - halo), min(len(strip.classes), strip.above + strip.height + halo)
     )
-    width = strip.classes.shape[1]
     tasks = []
-    for col in range(0, width, pane_size):
-        c1 = min(width, col + pane_size)
+    for window in windows:
+        col = int(window.col_off)
+        c1 = col + int(window.width)
         c0o, c1o = max(0, col - halo), min(width, c1 + halo)
         conf = strip.confidence[:, col:c1] if strip.confidence is not None else None
         tasks.append(
@@ -231,7 +227,7 @@ def pane_tasks(strip: Strip, sieve_px: int, pane_size: int) -> list[PaneTask]:
                 strip.classes[rows, c0o:c1o],
                 strip.above - rows.start,
                 col - c0o,
-                Window(col, strip.row_off, c1 - col, strip.height),
+                window,
                 conf,
                 sieve_px,
             )

@@ -55,6 +55,7 @@ from agriseg.health.panes import (
     pane_tasks,
     sieve_halo,
     sieve_size,
+    strip_panes,
 )
 from agriseg.health.polygon_batch import PolygonBatch
 from agriseg.health.preview import (
@@ -515,12 +516,16 @@ def _write_polygons(
 
     size = options.pane_size
 
+    def add_counts(window: Window, counts: np.ndarray) -> None:
+        """Add a pane's pixel counts to its window of the pane grid."""
+        key = (int(window.row_off) // size, int(window.col_off) // size)
+        class_counts[key] = class_counts.get(key, 0) + counts
+
     def join(found: list[PanePolygons], dst: rasterio.io.DatasetWriter | None) -> PolygonBatch:
         for pane in found:
             value_sum[:] += pane.value_sum
             value_count[:] += pane.value_count
-            key = (int(pane.window.row_off) // size, int(pane.window.col_off) // size)
-            class_counts[key] = class_counts.get(key, 0) + pane.class_counts
+            add_counts(pane.window, pane.class_counts)
         row_off = int(found[0].window.row_off)
         # The sieved copy is sparse: rows without a valid pixel need no writing.
         if dst is not None and not all(pane.empty for pane in found):
@@ -532,11 +537,10 @@ def _write_polygons(
 
     def join_empty(strip: Strip) -> PolygonBatch:
         """:func:`join` of a strip known to hold no valid pixel, without its panes."""
-        for col in range(0, grid.width, size):
+        for window in strip_panes(strip.row_off, strip.height, grid.width, size):
             counts = np.zeros(256, dtype="int64")
-            counts[NODATA] = strip.height * min(size, grid.width - col)
-            key = (strip.row_off // size, col // size)
-            class_counts[key] = class_counts.get(key, 0) + counts
+            counts[NODATA] = int(window.height) * int(window.width)
+            add_counts(window, counts)
         if preview is not None:
             preview.add(picked_pixels(strip.core, strip.row_off, 0, *preview.picks), strip.row_off)
         return polygons.add_empty()
