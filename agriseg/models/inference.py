@@ -115,14 +115,20 @@ def forward_streams(device: str, threads: int) -> int:
     return 1 if device.startswith("cuda") else max(1, default_threads() // threads)
 
 
-def normalize(data: np.ndarray, dtype: str, norm: Normalization) -> np.ndarray:
-    """Raw pixel values (float32, NaN = invalid) to model input; NaN becomes 0 (the mean)."""
+def normalization_terms(dtype: str, norm: Normalization) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, b)``, float32 ``(bands, 1, 1)``: model input is ``x * a - b`` of raw values
+    ``x``, the one multiply and subtract per pixel that ``(x / scale - mean) / std`` is."""
     scale = np.float32(norm.scale_for(dtype))
     mean = np.asarray(norm.mean, dtype="float32")[:, None, None]
     std = np.asarray(norm.std, dtype="float32")[:, None, None]
-    # One multiply-add per pixel: (x / scale - mean) / std = x * a + b.
-    out = np.multiply(data, 1 / (scale * std), dtype="float32")
-    out -= mean / std
+    return (1 / (scale * std)).astype("float32"), (mean / std).astype("float32")
+
+
+def normalize(data: np.ndarray, dtype: str, norm: Normalization) -> np.ndarray:
+    """Raw pixel values (float32, NaN = invalid) to model input; NaN becomes 0 (the mean)."""
+    a, b = normalization_terms(dtype, norm)
+    out = np.multiply(data, a, dtype="float32")
+    out -= b
     # copyto with a mask: a third of nan_to_num's time, same result.
     np.copyto(out, 0, where=~np.isfinite(out))
     return out
@@ -335,6 +341,55 @@ class TorchForward:
             out = probs.cpu().numpy()
             return out, time.perf_counter() - start
 
+    def run_row(
+        self,
+        extent: np.ndarray,
+        run: np.ndarray,
+        stride: int,
+        dtype: str,
+        weight: np.ndarray,
+        model_tile: int | None,
+        tta: bool,
+        threads: int,
+    ) -> tuple[np.ndarray, float]:
+        """See :meth:`Predictor.blended_row`: the extent goes to the device once and
+        everything after happens there; only the float16 row comes back."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(extent))
+        cuda = self.device.type == "cuda"
+        if cuda:
+            x = x.pin_memory()
+        edge = int(extent.shape[1])
+        resize = model_tile is not None and model_tile != edge
+        a, b = normalization_terms(dtype, self.normalization)
+        starts = [int(k) * stride for k in np.flatnonzero(run)]
+        with torch.inference_mode():
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            x = x.to(self.device, non_blocking=cuda)
+            x = x * torch.from_numpy(a).to(self.device)  # a new tensor: ``extent`` stays
+            x -= torch.from_numpy(b).to(self.device)
+            x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            tiles = torch.stack([x[:, :, s : s + edge] for s in starts])
+            if resize:
+                tiles = _resize_on_device(tiles, model_tile or edge)
+            probs = d4_mean(self, tiles) if tta else self(tiles)
+            if resize:
+                probs = _resize_on_device(probs, edge)
+            probs *= torch.from_numpy(weight).to(self.device, non_blocking=cuda)
+            # Overlap-add at the stride: neighbours share at most half a tile, so each
+            # value is one float32 sum of at most two, rounded to float16 once.
+            row = torch.zeros(
+                (probs.shape[1], edge, (len(run) - 1) * stride + edge),
+                dtype=probs.dtype,
+                device=self.device,
+            )
+            for k, s in enumerate(starts):
+                row[:, :, s : s + edge] += probs[k]
+            out = row.to(torch.float16).cpu().numpy()
+            return out, time.perf_counter() - start
+
 
 def resize_tiles(tiles: np.ndarray, size: int) -> np.ndarray:
     """Resize a float32 batch ``(N, C, H, W)`` to ``size`` x ``size``: bilinear,
@@ -504,6 +559,41 @@ class Predictor:
         # as many at once as the device takes (see forward_streams).
         self.streams = forward_streams(device, threads)
         self._executor = ThreadPoolExecutor(self.streams, thread_name_prefix="agriseg-forward")
+
+    @property
+    def blends_on_device(self) -> bool:
+        """Whether :meth:`blended_row` runs a chunk on the model's device (torch, a
+        network's own probabilities); else the chunk's tiles are cut and blended here."""
+        return isinstance(self.forward, TorchForward) and self.meta.vegetation_mask != "index"
+
+    def blended_row(
+        self,
+        extent: np.ndarray,
+        run: np.ndarray,
+        stride: int,
+        dtype: str,
+        weight: np.ndarray,
+        model_tile: int | None = None,
+        tta: bool = False,
+    ) -> tuple[np.ndarray, float]:
+        """A chunk's row of tiles, from raw pixels to blended probabilities, on the device.
+
+        ``extent`` is the chunk's raw pixel values (``(bands, tile, width)`` float32,
+        NaN invalid, padded beyond the raster) of pixel type ``dtype``; ``run`` says
+        which of its tiles (one every ``stride`` px) the model sees. The pixels are
+        normalised, cut into tiles (``model_tile``, ``tta``: see :meth:`probabilities`),
+        run, multiplied by ``weight`` and summed where tiles overlap, all on the device:
+        one copy in, and only the row's float16 sums ``(C, tile, width)`` come back (a
+        tile left out adds nothing). The same sums as cutting, running and
+        :func:`~agriseg.segmentation.segment.join_row` on the host. Also returns the seconds
+        on the device.
+        """
+        if not self.blends_on_device:
+            raise ValueError(f"the {self.engine} engine blends tiles on the host")
+        assert isinstance(self.forward, TorchForward)
+        return self._executor.submit(
+            self.forward.run_row, extent, run, stride, dtype, weight, model_tile, tta, self.threads
+        ).result()
 
     def probabilities(
         self,

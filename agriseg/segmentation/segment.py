@@ -1,9 +1,11 @@
 """Segmenting a raster: overlapping tiles through the model, stitched without seams.
 
 The work is a Dask graph. Each chunk task (one row of tiles, one batch) reads its
-extent (:func:`agriseg.io.raster.read_window`) and returns its tiles' class probabilities
-multiplied by the blending window; each stitch task sums the contributions of the
-chunks around one core window, normalises, and yields class ids and confidence.
+extent (:func:`agriseg.io.raster.read_window`) and returns the sum of its tiles' class
+probabilities, each multiplied by the blending window, over the row (made on the
+model's device with PyTorch, see :meth:`~agriseg.models.inference.Predictor.blended_row`,
+else here); each stitch task sums the contributions of the chunks around one core
+window, normalises, and yields class ids and confidence.
 Tiles without a valid pixel never reach the model, and a core without one is
 written as nodata without stitching; chunks whose blocks a sparse file leaves out
 (:mod:`agriseg.io.coverage`) are not even read: an orthomosaic's nodata costs next to
@@ -135,6 +137,15 @@ def core_of_extent(grid: TileGrid, i: int, j: int) -> tuple[slice, slice]:
 
 
 @dataclass(frozen=True)
+class ChunkExtent:
+    """One chunk's pixels, before the model: which tiles it runs and where it is valid."""
+
+    data: np.ndarray  # (bands, tile, extent width) float32 raw values, NaN invalid, padded
+    valid: np.ndarray  # (core h, core w) bool
+    run: np.ndarray  # (chunk tiles,) bool: whether the model sees the tile
+
+
+@dataclass(frozen=True)
 class ChunkBatch:
     """One chunk's tiles, ready for the model."""
 
@@ -156,6 +167,32 @@ def tiles_with_data(valid: np.ndarray, grid: TileGrid, i: int, j: int) -> np.nda
     return np.array([columns[k : k + grid.tile].any() for k in starts], dtype=bool)
 
 
+def chunk_extent(
+    data: np.ndarray,
+    grid: TileGrid,
+    i: int,
+    j: int,
+    skip_empty: bool = True,
+    mirror: bool = True,
+) -> ChunkExtent:
+    """Chunk ``(i, j)``'s extent from ``data``, the extent clipped to the raster: padded
+    beyond it (see :func:`_pad_to_extent`) unless no tile runs; with ``skip_empty``,
+    only the tiles with a valid pixel run (see :func:`tiles_with_data`)."""
+    valid_data = ~np.isnan(data[0])
+    valid = valid_data[core_of_extent(grid, i, j)]
+    n = grid.chunk_tiles(j)
+    run = tiles_with_data(valid_data, grid, i, j) if skip_empty else np.ones(n, dtype=bool)
+    padded = _pad_to_extent(data, grid, i, j, mirror) if run.any() else data
+    return ChunkExtent(padded, valid, run)
+
+
+def cut_tiles(x: np.ndarray, run: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """The tiles of a chunk's (padded) extent ``x`` that ``run`` says the model sees,
+    ``(N run, bands, tile, tile)``."""
+    starts = np.flatnonzero(run) * grid.stride
+    return np.stack([x[:, :, k : k + grid.tile] for k in starts])
+
+
 def chunk_batch(
     data: np.ndarray,
     grid: TileGrid,
@@ -166,20 +203,13 @@ def chunk_batch(
     skip_empty: bool = True,
     mirror: bool = True,
 ) -> ChunkBatch:
-    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster and
-    padded beyond it (see :func:`_pad_to_extent`); with ``skip_empty``, only those with
-    a valid pixel (see :func:`tiles_with_data`)."""
-    valid_data = ~np.isnan(data[0])
-    valid = valid_data[core_of_extent(grid, i, j)]
-    n = grid.chunk_tiles(j)
-    run = tiles_with_data(valid_data, grid, i, j) if skip_empty else np.ones(n, dtype=bool)
-    if not run.any():  # nothing to normalise
+    """Cut chunk ``(i, j)``'s tiles from ``data`` (see :func:`chunk_extent`), normalised."""
+    extent = chunk_extent(data, grid, i, j, skip_empty, mirror)
+    if not extent.run.any():  # nothing to normalise
         empty = np.empty((0, data.shape[0], grid.tile, grid.tile), dtype="float32")
-        return ChunkBatch(empty, valid, run)
-    x = normalize(_pad_to_extent(data, grid, i, j, mirror), dtype, norm)
-    starts = np.flatnonzero(run) * grid.stride
-    tiles = np.stack([x[:, :, k : k + grid.tile] for k in starts])
-    return ChunkBatch(tiles, valid, run)
+        return ChunkBatch(empty, extent.valid, extent.run)
+    tiles = cut_tiles(normalize(extent.data, dtype, norm), extent.run, grid)
+    return ChunkBatch(tiles, extent.valid, extent.run)
 
 
 def infer_chunk(
@@ -224,29 +254,36 @@ def infer_chunk(
     # A network sees a mirrored field beyond the raster's edge; a model without one
     # measures rows and thresholds on the real pixels only (mirrored rows would cross).
     mirror = predictor.engine != "index"
-    batch = chunk_batch(
-        data, grid, i, j, info.dtype, predictor.meta.normalization, skip_empty, mirror
-    )
-    ran = len(batch.tiles)
+    extent = chunk_extent(data, grid, i, j, skip_empty, mirror)
+    ran = int(extent.run.sum())
     if not ran:
         prepare_s = time.perf_counter() - start
         return ChunkResult(
-            None, batch.valid, 0.0, prepare_s, read_s=start - reading, evidence=noted
+            None, extent.valid, 0.0, prepare_s, read_s=start - reading, evidence=noted
         )
-    called = time.perf_counter()
-    probs, model_s = predictor.probabilities(
-        batch.tiles, grid.weight_window(), model_tile, tta, refine
-    )
-    returned = time.perf_counter()
-    if ran < len(batch.run):
-        every = np.zeros((len(batch.run), *probs.shape[1:]), dtype=probs.dtype)
-        every[batch.run] = probs
-        probs = every
-    acc = join_row(probs, grid.stride)
+    weight = grid.weight_window()
+    if predictor.blends_on_device and refine == "none":
+        called = time.perf_counter()
+        acc, model_s = predictor.blended_row(
+            extent.data, extent.run, grid.stride, info.dtype, weight, model_tile, tta
+        )
+        returned = time.perf_counter()
+    else:
+        tiles = cut_tiles(
+            normalize(extent.data, info.dtype, predictor.meta.normalization), extent.run, grid
+        )
+        called = time.perf_counter()
+        probs, model_s = predictor.probabilities(tiles, weight, model_tile, tta, refine)
+        returned = time.perf_counter()
+        if ran < len(extent.run):
+            every = np.zeros((len(extent.run), *probs.shape[1:]), dtype=probs.dtype)
+            every[extent.run] = probs
+            probs = every
+        acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
     return ChunkResult(
         acc,
-        batch.valid,
+        extent.valid,
         model_s,
         prepare_s,
         read_s=start - reading,
