@@ -79,3 +79,49 @@ def test_chunks_share_a_row_evenly_and_their_cores_cover_it_once(width: int, bat
         core = grid.core(0, j)
         cover[core.col_off : core.col_off + core.width] += 1
     assert (cover == 1).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    height=st.integers(1, 1500),
+    width=st.integers(1, 1500),
+    tile=st.sampled_from([64, 128, 256]),
+    overlap_frac=st.sampled_from([0, 0.125, 0.25, 0.5]),
+    per_chunk=st.integers(1, 4),
+)
+def test_a_settled_window_is_the_part_of_its_core_no_other_chunk_reaches(
+    height, width, tile, overlap_frac, per_chunk
+):
+    overlap = int(tile * overlap_frac) // 2 * 2
+    grid = TileGrid(height, width, tile, overlap, per_chunk)
+    reached = np.zeros((grid.height, grid.width), dtype=int)
+    for i in range(grid.chunk_rows):
+        for j in range(grid.chunk_cols):
+            ext = grid.extent(i, j)
+            rows = slice(max(0, ext.row_off), max(0, ext.row_off + ext.height))
+            cols = slice(max(0, ext.col_off), max(0, ext.col_off + ext.width))
+            reached[rows, cols] += 1
+    for i in range(grid.chunk_rows):
+        for j in range(grid.chunk_cols):
+            core, settled = grid.core(i, j), grid.settled(i, j)
+            rows = slice(settled.row_off, settled.row_off + settled.height)
+            cols = slice(settled.col_off, settled.col_off + settled.width)
+            assert core.row_off <= rows.start <= rows.stop <= core.row_off + core.height
+            assert core.col_off <= cols.start <= cols.stop <= core.col_off + core.width
+            assert (reached[rows, cols] == 1).all()  # its own chunk's tiles only
+            # Outside it, the core is reached by another chunk (so it is the whole part).
+            inside = np.zeros((core.height, core.width), dtype=bool)
+            inside[
+                rows.start - core.row_off : rows.stop - core.row_off,
+                cols.start - core.col_off : cols.stop - core.col_off,
+            ] = True
+            shared = reached[
+                core.row_off : core.row_off + core.height, core.col_off : core.col_off + core.width
+            ]
+            assert (shared[~inside] > 1).all()
+    if overlap == 0:  # nothing is shared: every core is settled by its own chunk
+        assert all(
+            grid.settled(i, j) == grid.core(i, j)
+            for i in range(grid.chunk_rows)
+            for j in range(grid.chunk_cols)
+        )

@@ -318,28 +318,39 @@ class TorchForward:
         """See :meth:`Predictor.probabilities`; resizing runs on the device too."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(tiles))
-        cuda = self.device.type == "cuda"
-        if cuda:
-            x = x.pin_memory()
-        edge = x.shape[-1]
-        resize = model_tile is not None and model_tile != edge
         with torch.inference_mode():
             torch.set_num_threads(threads)
             start = time.perf_counter()
-            x = x.to(self.device, non_blocking=cuda)
-            if resize:
-                x = _resize_on_device(x, model_tile or edge)
-            probs = d4_mean(self, x) if tta else self(x)
-            if resize:
-                probs = _resize_on_device(probs, edge)
+            probs = self._tile_probabilities(self._to_device(tiles), model_tile, tta)
             if refine == "crf":
                 refined = crf_marginals(probs.cpu().numpy(), tiles, self.normalization)
                 probs = torch.from_numpy(refined).to(self.device)
             if weight is not None:
-                probs *= torch.from_numpy(weight).to(self.device, non_blocking=cuda)
+                probs *= self._to_device(weight)
             out = probs.cpu().numpy()
             return out, time.perf_counter() - start
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """``array`` on the device: one copy, from pinned memory on CUDA (asynchronous)."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(array))
+        cuda = self.device.type == "cuda"
+        if cuda:
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=cuda)
+
+    def _tile_probabilities(
+        self, tiles: torch.Tensor, model_tile: int | None, tta: bool
+    ) -> torch.Tensor:
+        """Probabilities of ``tiles`` (on the device), resized to ``model_tile`` for the
+        model and back, over the eight views with ``tta``."""
+        edge = int(tiles.shape[-1])
+        resize = model_tile is not None and model_tile != edge
+        if resize:
+            tiles = _resize_on_device(tiles, model_tile or edge)
+        probs = d4_mean(self, tiles) if tta else self(tiles)
+        return _resize_on_device(probs, edge) if resize else probs
 
     def run_row(
         self,
@@ -348,36 +359,29 @@ class TorchForward:
         stride: int,
         dtype: str,
         weight: np.ndarray,
+        settled: Settled | None,
         model_tile: int | None,
         tta: bool,
         threads: int,
-    ) -> tuple[np.ndarray, float]:
+    ) -> BlendedRow:
         """See :meth:`Predictor.blended_row`: the extent goes to the device once and
-        everything after happens there; only the float16 row comes back."""
+        everything after happens there; only the float16 row and the settled classes
+        come back."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(extent))
-        cuda = self.device.type == "cuda"
-        if cuda:
-            x = x.pin_memory()
         edge = int(extent.shape[1])
-        resize = model_tile is not None and model_tile != edge
         a, b = normalization_terms(dtype, self.normalization)
         starts = [int(k) * stride for k in np.flatnonzero(run)]
         with torch.inference_mode():
             torch.set_num_threads(threads)
             start = time.perf_counter()
-            x = x.to(self.device, non_blocking=cuda)
-            x = x * torch.from_numpy(a).to(self.device)  # a new tensor: ``extent`` stays
-            x -= torch.from_numpy(b).to(self.device)
+            x = self._to_device(extent)
+            x = x * self._to_device(a)  # a new tensor: ``extent`` stays as it was
+            x -= self._to_device(b)
             x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
             tiles = torch.stack([x[:, :, s : s + edge] for s in starts])
-            if resize:
-                tiles = _resize_on_device(tiles, model_tile or edge)
-            probs = d4_mean(self, tiles) if tta else self(tiles)
-            if resize:
-                probs = _resize_on_device(probs, edge)
-            probs *= torch.from_numpy(weight).to(self.device, non_blocking=cuda)
+            probs = self._tile_probabilities(tiles, model_tile, tta)
+            probs *= self._to_device(weight)
             # Overlap-add at the stride: neighbours share at most half a tile, so each
             # value is one float32 sum of at most two, rounded to float16 once.
             row = torch.zeros(
@@ -387,8 +391,39 @@ class TorchForward:
             )
             for k, s in enumerate(starts):
                 row[:, :, s : s + edge] += probs[k]
-            out = row.to(torch.float16).cpu().numpy()
-            return out, time.perf_counter() - start
+            row16 = row.to(torch.float16)
+            classes = confidence = None
+            if settled is not None:
+                # As the stitch does it: the float16 sums over the summed weights, the
+                # first class of the highest probability, that probability in percent.
+                region = row16[:, settled.rows, settled.cols].to(torch.float32)
+                region /= self._to_device(settled.weights)
+                best, ids = region.max(dim=0)
+                classes = ids.to(torch.uint8).cpu().numpy()
+                confidence = torch.round(best * 100).clamp_(0, 100).to(torch.uint8).cpu().numpy()
+            sums = row16.cpu().numpy()
+            return BlendedRow(sums, classes, confidence, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Where in a chunk's row of tiles the classes are settled by its tiles alone (see
+    :meth:`~agriseg.segmentation.tiling.TileGrid.settled`): rows and columns of the
+    row, and the tiles' weights summed there (float32)."""
+
+    rows: slice
+    cols: slice
+    weights: np.ndarray
+
+
+@dataclass(frozen=True)
+class BlendedRow:
+    """A chunk's row of tiles run and blended (see :meth:`Predictor.blended_row`)."""
+
+    sums: np.ndarray  # (C, tile, width) float16: probabilities x weights, summed
+    classes: np.ndarray | None  # uint8 class ids where settled, else None
+    confidence: np.ndarray | None  # uint8 0-100 where settled, else None
+    seconds: float  # on the device
 
 
 def resize_tiles(tiles: np.ndarray, size: int) -> np.ndarray:
@@ -573,9 +608,10 @@ class Predictor:
         stride: int,
         dtype: str,
         weight: np.ndarray,
+        settled: Settled | None = None,
         model_tile: int | None = None,
         tta: bool = False,
-    ) -> tuple[np.ndarray, float]:
+    ) -> BlendedRow:
         """A chunk's row of tiles, from raw pixels to blended probabilities, on the device.
 
         ``extent`` is the chunk's raw pixel values (``(bands, tile, width)`` float32,
@@ -583,16 +619,26 @@ class Predictor:
         which of its tiles (one every ``stride`` px) the model sees. The pixels are
         normalised, cut into tiles (``model_tile``, ``tta``: see :meth:`probabilities`),
         run, multiplied by ``weight`` and summed where tiles overlap, all on the device:
-        one copy in, and only the row's float16 sums ``(C, tile, width)`` come back (a
-        tile left out adds nothing). The same sums as cutting, running and
-        :func:`~agriseg.segmentation.segment.join_row` on the host. Also returns the seconds
-        on the device.
+        one copy in; back come the row's float16 sums ``(C, tile, width)`` (a tile left
+        out adds nothing), the same as cutting, running and
+        :func:`~agriseg.segmentation.segment.join_row` on the host, and, where
+        ``settled`` says no other chunk's tiles reach, the classes and confidence
+        (uint8), the same as the stitch would make of the sums.
         """
         if not self.blends_on_device:
             raise ValueError(f"the {self.engine} engine blends tiles on the host")
         assert isinstance(self.forward, TorchForward)
         return self._executor.submit(
-            self.forward.run_row, extent, run, stride, dtype, weight, model_tile, tta, self.threads
+            self.forward.run_row,
+            extent,
+            run,
+            stride,
+            dtype,
+            weight,
+            settled,
+            model_tile,
+            tta,
+            self.threads,
         ).result()
 
     def probabilities(

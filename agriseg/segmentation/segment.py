@@ -5,7 +5,8 @@ extent (:func:`agriseg.io.raster.read_window`) and returns the sum of its tiles'
 probabilities, each multiplied by the blending window, over the row (made on the
 model's device with PyTorch, see :meth:`~agriseg.models.inference.Predictor.blended_row`,
 else here); each stitch task sums the contributions of the chunks around one core
-window, normalises, and yields class ids and confidence.
+window, normalises, and yields class ids and confidence (where the chunk settled
+part of its core on the device, only the rest: see :class:`SettledClasses`).
 Tiles without a valid pixel never reach the model, and a core without one is
 written as nodata without stitching; chunks whose blocks a sparse file leaves out
 (:mod:`agriseg.io.coverage`) are not even read: an orthomosaic's nodata costs next to
@@ -33,7 +34,13 @@ from agriseg.config import RefineChoice
 from agriseg.io.areas import pixel_area_rows_m2
 from agriseg.io.coverage import Coverage, read_coverage
 from agriseg.io.raster import RasterInfo, read_window
-from agriseg.models.inference import DEFAULT_FORWARD_THREADS, Engine, get_predictor, normalize
+from agriseg.models.inference import (
+    DEFAULT_FORWARD_THREADS,
+    Engine,
+    Settled,
+    get_predictor,
+    normalize,
+)
 from agriseg.models.meta import Normalization
 from agriseg.segmentation.evidence import (
     BlockEvidence,
@@ -65,12 +72,26 @@ class ChunkResult:
     read_s: float = 0.0  # seconds spent reading the chunk's extent
     tiles_run: int = 0  # tiles the model ran (those with a valid pixel)
     evidence: CoreEvidence | None = None  # what the run's verdict notes of the core
+    settled: SettledClasses | None = None  # classes its tiles alone decide, made with them
+
+
+@dataclass(frozen=True)
+class SettledClasses:
+    """Classes and confidence of the part of a chunk's core that no other chunk's tiles
+    reach (:meth:`~agriseg.segmentation.tiling.TileGrid.settled`), made where its tiles
+    were blended (see :meth:`~agriseg.models.inference.Predictor.blended_row`)."""
+
+    window: Window  # in the raster
+    classes: np.ndarray  # uint8, (window height, window width)
+    confidence: np.ndarray  # uint8 0-100
 
 
 def bottom_rows(part: ChunkResult, row_start: int) -> ChunkResult:
     """``part`` without its extent rows above ``row_start`` (which no later stitch needs)."""
     keep = None if part.acc is None else part.acc[:, row_start - part.row_start :].copy()
-    return replace(part, acc=keep, valid=part.valid[:0], row_start=row_start, evidence=None)
+    return replace(
+        part, acc=keep, valid=part.valid[:0], row_start=row_start, evidence=None, settled=None
+    )
 
 
 @dataclass(frozen=True)
@@ -137,10 +158,9 @@ def core_of_extent(grid: TileGrid, i: int, j: int) -> tuple[slice, slice]:
 
 
 @dataclass(frozen=True)
-class ChunkExtent:
-    """One chunk's pixels, before the model: which tiles it runs and where it is valid."""
+class ChunkValidity:
+    """Where one chunk is valid, and which of its tiles the model sees."""
 
-    data: np.ndarray  # (bands, tile, extent width) float32 raw values, NaN invalid, padded
     valid: np.ndarray  # (core h, core w) bool
     run: np.ndarray  # (chunk tiles,) bool: whether the model sees the tile
 
@@ -167,23 +187,25 @@ def tiles_with_data(valid: np.ndarray, grid: TileGrid, i: int, j: int) -> np.nda
     return np.array([columns[k : k + grid.tile].any() for k in starts], dtype=bool)
 
 
-def chunk_extent(
-    data: np.ndarray,
-    grid: TileGrid,
-    i: int,
-    j: int,
-    skip_empty: bool = True,
-    mirror: bool = True,
-) -> ChunkExtent:
-    """Chunk ``(i, j)``'s extent from ``data``, the extent clipped to the raster: padded
-    beyond it (see :func:`_pad_to_extent`) unless no tile runs; with ``skip_empty``,
-    only the tiles with a valid pixel run (see :func:`tiles_with_data`)."""
+def chunk_validity(
+    data: np.ndarray, grid: TileGrid, i: int, j: int, skip_empty: bool = True
+) -> ChunkValidity:
+    """Chunk ``(i, j)``'s validity from ``data``, its extent clipped to the raster (NaN
+    invalid); with ``skip_empty``, only the tiles with a valid pixel run (see
+    :func:`tiles_with_data`)."""
     valid_data = ~np.isnan(data[0])
     valid = valid_data[core_of_extent(grid, i, j)]
     n = grid.chunk_tiles(j)
     run = tiles_with_data(valid_data, grid, i, j) if skip_empty else np.ones(n, dtype=bool)
-    padded = _pad_to_extent(data, grid, i, j, mirror) if run.any() else data
-    return ChunkExtent(padded, valid, run)
+    return ChunkValidity(valid, run)
+
+
+def padded_extent(
+    data: np.ndarray, grid: TileGrid, i: int, j: int, mirror: bool = True
+) -> np.ndarray:
+    """Chunk ``(i, j)``'s whole extent from ``data``, its extent clipped to the raster:
+    padded beyond the raster's edge, mirrored or with NaN (see :func:`_pad_to_extent`)."""
+    return _pad_to_extent(data, grid, i, j, mirror)
 
 
 def cut_tiles(x: np.ndarray, run: np.ndarray, grid: TileGrid) -> np.ndarray:
@@ -203,13 +225,15 @@ def chunk_batch(
     skip_empty: bool = True,
     mirror: bool = True,
 ) -> ChunkBatch:
-    """Cut chunk ``(i, j)``'s tiles from ``data`` (see :func:`chunk_extent`), normalised."""
-    extent = chunk_extent(data, grid, i, j, skip_empty, mirror)
-    if not extent.run.any():  # nothing to normalise
+    """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster,
+    normalised; with ``skip_empty`` only those with a valid pixel (see
+    :func:`chunk_validity`, :func:`padded_extent`)."""
+    chunk = chunk_validity(data, grid, i, j, skip_empty)
+    if not chunk.run.any():  # nothing to normalise
         empty = np.empty((0, data.shape[0], grid.tile, grid.tile), dtype="float32")
-        return ChunkBatch(empty, extent.valid, extent.run)
-    tiles = cut_tiles(normalize(extent.data, dtype, norm), extent.run, grid)
-    return ChunkBatch(tiles, extent.valid, extent.run)
+        return ChunkBatch(empty, chunk.valid, chunk.run)
+    x = normalize(padded_extent(data, grid, i, j, mirror), dtype, norm)
+    return ChunkBatch(cut_tiles(x, chunk.run, grid), chunk.valid, chunk.run)
 
 
 def infer_chunk(
@@ -254,42 +278,70 @@ def infer_chunk(
     # A network sees a mirrored field beyond the raster's edge; a model without one
     # measures rows and thresholds on the real pixels only (mirrored rows would cross).
     mirror = predictor.engine != "index"
-    extent = chunk_extent(data, grid, i, j, skip_empty, mirror)
-    ran = int(extent.run.sum())
+    chunk = chunk_validity(data, grid, i, j, skip_empty)
+    ran = int(chunk.run.sum())
     if not ran:
         prepare_s = time.perf_counter() - start
         return ChunkResult(
-            None, extent.valid, 0.0, prepare_s, read_s=start - reading, evidence=noted
+            None, chunk.valid, 0.0, prepare_s, read_s=start - reading, evidence=noted
         )
     weight = grid.weight_window()
+    settled = None
+    # The padded extent is made where it is used, so that no copy of it waits for the
+    # model with the chunk (up to four chunks wait at once: 11 MB each at 512 px).
     if predictor.blends_on_device and refine == "none":
+        window, where = _settled_in_row(grid, i, j)
         called = time.perf_counter()
-        acc, model_s = predictor.blended_row(
-            extent.data, extent.run, grid.stride, info.dtype, weight, model_tile, tta
+        row = predictor.blended_row(
+            padded_extent(data, grid, i, j, mirror),
+            chunk.run,
+            grid.stride,
+            info.dtype,
+            weight,
+            where,
+            model_tile,
+            tta,
         )
         returned = time.perf_counter()
+        acc, model_s = row.sums, row.seconds
+        if row.classes is not None and row.confidence is not None:
+            settled = SettledClasses(window, row.classes, row.confidence)
     else:
-        tiles = cut_tiles(
-            normalize(extent.data, info.dtype, predictor.meta.normalization), extent.run, grid
-        )
+        norm = predictor.meta.normalization
+        extent = padded_extent(data, grid, i, j, mirror)
+        tiles = cut_tiles(normalize(extent, info.dtype, norm), chunk.run, grid)
+        del extent  # not held while the chunk waits for the model
         called = time.perf_counter()
         probs, model_s = predictor.probabilities(tiles, weight, model_tile, tta, refine)
         returned = time.perf_counter()
-        if ran < len(extent.run):
-            every = np.zeros((len(extent.run), *probs.shape[1:]), dtype=probs.dtype)
-            every[extent.run] = probs
+        if ran < len(chunk.run):
+            every = np.zeros((len(chunk.run), *probs.shape[1:]), dtype=probs.dtype)
+            every[chunk.run] = probs
             probs = every
         acc = join_row(probs, grid.stride)
     prepare_s = (called - start) + (time.perf_counter() - returned)
     return ChunkResult(
         acc,
-        extent.valid,
+        chunk.valid,
         model_s,
         prepare_s,
         read_s=start - reading,
         tiles_run=ran,
         evidence=noted,
+        settled=settled,
     )
+
+
+def _settled_in_row(grid: TileGrid, i: int, j: int) -> tuple[Window, Settled | None]:
+    """Chunk ``(i, j)``'s settled window in the raster, and where it lies in the chunk's
+    row of tiles with the weights summed there (None when it is empty)."""
+    window = grid.settled(i, j)
+    if not (window.height and window.width):
+        return window, None
+    ext = grid.extent(i, j)
+    top, left = window.row_off - ext.row_off, window.col_off - ext.col_off
+    rows, cols = slice(top, top + window.height), slice(left, left + window.width)
+    return window, Settled(rows, cols, grid.weight_sums(window))
 
 
 def join_row(probs: np.ndarray, stride: int) -> np.ndarray:
@@ -355,6 +407,59 @@ def argmax_classes(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return classes, best
 
 
+def _around(outer: Window, inner: Window) -> list[Window]:
+    """``outer`` less ``inner`` (inside it, maybe empty) as up to four windows: the
+    rows above and below ``inner``, and beside it the columns before and after."""
+    if not (inner.height and inner.width):
+        return [outer]
+    top, bottom = inner.row_off, inner.row_off + inner.height
+    left, right = inner.col_off, inner.col_off + inner.width
+    outer_bottom = outer.row_off + outer.height
+    outer_right = outer.col_off + outer.width
+    pieces = [
+        Window(outer.col_off, outer.row_off, outer.width, top - outer.row_off),
+        Window(outer.col_off, bottom, outer.width, outer_bottom - bottom),
+        Window(outer.col_off, top, left - outer.col_off, inner.height),
+        Window(right, top, outer_right - right, inner.height),
+    ]
+    return [w for w in pieces if w.height > 0 and w.width > 0]
+
+
+def _blend(
+    grid: TileGrid,
+    window: Window,
+    n_classes: int,
+    neighbours: list[tuple[int, int]],
+    parts: tuple[ChunkResult | None, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and confidence (uint8) over ``window``, inside one core: the summed rows
+    of the chunks whose tiles reach it, over the summed weights."""
+    total = np.zeros((n_classes, window.height, window.width), dtype="float32")
+    for (a, b), part in zip(neighbours, parts, strict=True):
+        if part is None or part.acc is None:  # no tile of it ran: it adds nothing
+            continue
+        ext = grid.extent(a, b)
+        r0 = max(window.row_off, ext.row_off + part.row_start)
+        r1 = min(window.row_off + window.height, ext.row_off + ext.height)
+        c0 = max(window.col_off, ext.col_off)
+        c1 = min(window.col_off + window.width, ext.col_off + ext.width)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        top = ext.row_off + part.row_start
+        total[
+            :, r0 - window.row_off : r1 - window.row_off, c0 - window.col_off : c1 - window.col_off
+        ] += part.acc[:, r0 - top : r1 - top, c0 - ext.col_off : c1 - ext.col_off]
+    total /= grid.weight_sums(window)
+    classes, best = argmax_classes(total)
+    return classes, np.clip(np.rint(best * 100), 0, 100).astype("uint8")
+
+
+def _in(window: Window, core: Window) -> tuple[slice, slice]:
+    """Rows and columns of ``window`` in ``core``'s arrays."""
+    top, left = window.row_off - core.row_off, window.col_off - core.col_off
+    return slice(top, top + window.height), slice(left, left + window.width)
+
+
 def stitch_chunk(
     grid: TileGrid,
     i: int,
@@ -367,31 +472,24 @@ def stitch_chunk(
     """Blend the neighbouring chunks' contributions into chunk ``(i, j)``'s core
     (``n_classes``: the model's class count; a part is None where the file holds no
     valid pixel under its chunk, see :func:`known_empty`), and complete the evidence
-    its chunk noted (see :mod:`agriseg.segmentation.evidence`)."""
+    its chunk noted (see :mod:`agriseg.segmentation.evidence`). Where the chunk brings
+    its settled classes (see :class:`SettledClasses`), only the rest is blended here."""
     core = grid.core(i, j)
-    own = parts[grid.neighbours(i, j).index((i, j))]
+    neighbours = grid.neighbours(i, j)
+    own = parts[neighbours.index((i, j))]
     if own is None or not own.valid.any():  # nodata whatever the tiles say
         return empty_block(grid, i, j, n_classes, own)
-    total = np.zeros((n_classes, core.height, core.width), dtype="float32")
-    for (a, b), part in zip(grid.neighbours(i, j), parts, strict=True):
-        if part is None or part.acc is None:  # no tile of it ran: it adds nothing
-            continue
-        ext = grid.extent(a, b)
-        r0 = max(core.row_off, ext.row_off + part.row_start)
-        r1 = min(core.row_off + core.height, ext.row_off + ext.height)
-        c0 = max(core.col_off, ext.col_off)
-        c1 = min(core.col_off + core.width, ext.col_off + ext.width)
-        if r0 >= r1 or c0 >= c1:
-            continue
-        top = ext.row_off + part.row_start
-        total[:, r0 - core.row_off : r1 - core.row_off, c0 - core.col_off : c1 - core.col_off] += (
-            part.acc[:, r0 - top : r1 - top, c0 - ext.col_off : c1 - ext.col_off]
-        )
-    wy = grid.weight_sum(core.row_off, core.row_off + core.height, grid.tile_rows)
-    wx = grid.weight_sum(core.col_off, core.col_off + core.width, grid.tile_cols)
-    total /= np.outer(wy, wx).astype("float32")
-    classes, best = argmax_classes(total)
-    confidence = np.clip(np.rint(best * 100), 0, 100).astype("uint8")
+    classes = np.empty((core.height, core.width), dtype="uint8")
+    confidence = np.empty((core.height, core.width), dtype="uint8")
+    rest = [core]
+    if own.settled is not None:
+        where = _in(own.settled.window, core)
+        classes[where] = own.settled.classes
+        confidence[where] = own.settled.confidence
+        rest = _around(core, own.settled.window)
+    for window in rest:
+        where = _in(window, core)
+        classes[where], confidence[where] = _blend(grid, window, n_classes, neighbours, parts)
     classes[~own.valid] = NODATA
     confidence[~own.valid] = NODATA
     noted = None

@@ -127,6 +127,35 @@ class TileGrid:
         r = self.ramp()
         return np.outer(r, r)
 
+    def weight_sums(self, window: Window) -> np.ndarray:
+        """The blending weights of every tile summed over ``window`` (float32 ``(h, w)``):
+        what the summed probabilities there are divided by."""
+        rows = self.weight_sum(window.row_off, window.row_off + window.height, self.tile_rows)
+        cols = self.weight_sum(window.col_off, window.col_off + window.width, self.tile_cols)
+        return np.outer(rows, cols).astype("float32")
+
+    def settled(self, i: int, j: int) -> Window:
+        """The part of chunk ``(i, j)``'s core that no other chunk's tiles reach, so that
+        its own tiles alone settle its classes (empty when the overlap covers it all).
+        Only the chunks next to it reach into a core: the one above and the one before
+        reach its top rows and first columns, the ones below and after its last."""
+        core = self.core(i, j)
+        top, left = core.row_off, core.col_off
+        bottom, right = top + core.height, left + core.width
+        if i > 0:
+            above = self.extent(i - 1, j)
+            top = max(top, above.row_off + above.height)
+        if i + 1 < self.chunk_rows:
+            bottom = min(bottom, self.extent(i + 1, j).row_off)
+        if j > 0:
+            before = self.extent(i, j - 1)
+            left = max(left, before.col_off + before.width)
+        if j + 1 < self.chunk_cols:
+            right = min(right, self.extent(i, j + 1).col_off)
+        if bottom <= top or right <= left:
+            return Window(core.col_off, core.row_off, 0, 0)
+        return Window(left, top, right - left, bottom - top)
+
     def weight_sum(self, start: int, stop: int, n_tiles: int) -> np.ndarray:
         """Sum of the 1-D ramps of all ``n_tiles`` tiles over raster coordinates [start, stop)."""
         coords = np.arange(start, stop)
