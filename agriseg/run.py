@@ -113,10 +113,10 @@ PIXEL_MODE_NOTE = (
 #: What the stage seconds of ``timings_s`` measure (summed over workers, so they may
 #: add up to more than ``total``).
 TIMINGS_NOTE = (
-    "total is wall-clock seconds; read, prepare, infer and stitch are summed over every "
-    "worker thread and process (CPU-seconds of work), so with several workers they can "
-    "exceed total; vectorise is the health pass's busy time, cog and write the calling "
-    "process's"
+    "total is wall-clock seconds; read, load (waiting for the model to load), prepare, "
+    "infer and stitch are summed over every worker thread and process (seconds of work "
+    "or waiting), so with several workers they can exceed total; vectorise is the "
+    "health pass's busy time, cog and write the calling process's"
 )
 
 
@@ -278,6 +278,7 @@ class _Tally:
     model_s: float = 0.0
     prepare_s: float = 0.0
     read_s: float = 0.0
+    load_s: float = 0.0
 
     def add(self, block: Block, write_s: float) -> None:
         self.pixels += block.pixels
@@ -288,6 +289,7 @@ class _Tally:
         self.model_s += block.model_s
         self.prepare_s += block.prepare_s
         self.read_s += block.read_s
+        self.load_s += block.load_s
 
 
 def _segment(
@@ -542,6 +544,7 @@ def segment_raster(
         health["outputs"] = listing(stem, written)
         stages["vectorise"] = round(health_s, 3)
         stages["read"] = round(tally.read_s, 3)
+        stages["load"] = round(tally.load_s, 3)
         stages["prepare"] = round(tally.prepare_s, 3)
         stages["infer"] = round(tally.model_s, 3)
         stages["write"] = round(tally.write_s, 3)

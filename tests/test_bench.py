@@ -40,7 +40,7 @@ def test_bench_prints_the_figures_as_one_json_line_last(tmp_path, run_cli, capsy
     assert figures["peak_rss_mb"] > 100
     assert figures["peak_gpu_mb"] is None and figures["peak_gpu_reserved_mb"] is None
     assert figures["gpu_busy_share"] is None
-    assert {"read", "infer", "stitch", "write", "total"} <= set(figures["stages_s"])
+    assert {"read", "load", "infer", "stitch", "write", "total"} <= set(figures["stages_s"])
     # CPU seconds outside the model: the run's less the model-only pass's, per Mpx.
     assert figures["cpu_s"] > figures["model_cpu_s"] > 0
     outside = (figures["cpu_s"] - figures["model_cpu_s"]) / (256 * 256 / 1e6)

@@ -73,6 +73,7 @@ class ChunkResult:
     tiles_run: int = 0  # tiles the model ran (those with a valid pixel)
     evidence: CoreEvidence | None = None  # what the run's verdict notes of the core
     settled: SettledClasses | None = None  # classes its tiles alone decide, made with them
+    load_s: float = 0.0  # seconds it waited for its worker's model to load (the first load)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Block:
     tiles_run: int = 0  # of ``tiles``, those the model ran
     evidence: BlockEvidence | None = None  # for the run's verdict; None: no valid pixel
     has_data: bool = True  # False: every pixel is nodata (see empty_block)
+    load_s: float = 0.0  # seconds its chunk waited for the model to load
 
 
 def _pad_to_extent(
@@ -274,16 +276,25 @@ def infer_chunk(
         noted = core_evidence(evidence, core) if np.isfinite(core[0]).any() else None
         if evidence.model_rows != tuple(range(len(data))):  # the index's own bands too
             data = data[list(evidence.model_rows)]
+    loading = time.perf_counter()
     predictor = get_predictor(model_ref, device, threads, engine)
+    # The first chunks of a worker wait here while its model loads: "load", not "prepare".
+    load_s = time.perf_counter() - loading
     # A network sees a mirrored field beyond the raster's edge; a model without one
     # measures rows and thresholds on the real pixels only (mirrored rows would cross).
     mirror = predictor.engine != "index"
     chunk = chunk_validity(data, grid, i, j, skip_empty)
     ran = int(chunk.run.sum())
     if not ran:
-        prepare_s = time.perf_counter() - start
+        prepare_s = time.perf_counter() - start - load_s
         return ChunkResult(
-            None, chunk.valid, 0.0, prepare_s, read_s=start - reading, evidence=noted
+            None,
+            chunk.valid,
+            0.0,
+            prepare_s,
+            read_s=start - reading,
+            evidence=noted,
+            load_s=load_s,
         )
     weight = grid.weight_window()
     settled = None
@@ -319,7 +330,7 @@ def infer_chunk(
             every[chunk.run] = probs
             probs = every
         acc = join_row(probs, grid.stride)
-    prepare_s = (called - start) + (time.perf_counter() - returned)
+    prepare_s = (called - start - load_s) + (time.perf_counter() - returned)
     return ChunkResult(
         acc,
         chunk.valid,
@@ -329,6 +340,7 @@ def infer_chunk(
         tiles_run=ran,
         evidence=noted,
         settled=settled,
+        load_s=load_s,
     )
 
 
@@ -391,6 +403,7 @@ def empty_block(
         own.read_s,
         own.tiles_run,
         has_data=False,
+        load_s=own.load_s,
     )
 
 
@@ -510,6 +523,7 @@ def stitch_chunk(
         read_s=own.read_s,
         tiles_run=own.tiles_run,
         evidence=noted,
+        load_s=own.load_s,
     )
 
 
