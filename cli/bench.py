@@ -49,8 +49,10 @@ def execute(args: argparse.Namespace) -> int:
         size=args.size, input=args.input, run=config_from_args(args), seed=args.seed
     )
     figures = bench(config, args.work_dir)
-    for stage, seconds in figures["stages_s"].items():
-        print(f"{stage:>10}  {seconds:8.2f} s")
+    stages = figures["stages_s"]
+    width = max(map(len, stages), default=0)
+    for stage, seconds in stages.items():
+        print(f"{stage:>{width}}  {seconds:8.2f} s")
     gpu = figures["peak_gpu_mb"]
     print(
         f"{figures['pixels'] / 1e6:.1f} Mpx, {figures['tiles']} tiles on {figures['device']}: "
