@@ -41,7 +41,10 @@ from agriseg.io.ownership import RUN_KINDS, check_free, listing, owned_outputs
 from agriseg.io.raster import RasterInfo, open_dataset, open_raster, parse_crs, pixel_grid_ok
 from agriseg.io.spectral import band_names
 from agriseg.models.inference import (
+    DEFAULT_FORWARD_THREADS,
     Engine,
+    default_threads,
+    forward_streams,
     model_file,
     model_precision,
     resolve_device_name,
@@ -430,6 +433,14 @@ def _summarise(
     }
 
 
+def _spare_cores(plan: RunPlan, config: RunConfig) -> int:
+    """The cores a run's forwards leave free (on a GPU, all but the one feeding it)."""
+    if plan.device.startswith("cuda"):
+        return default_threads() - 1
+    threads = config.threads or DEFAULT_FORWARD_THREADS
+    return default_threads() - forward_streams(plan.device, threads) * threads
+
+
 def _has_worker_processes(config: RunConfig) -> bool:
     """Whether the run's Dask cluster has worker processes of its own (not threads here)."""
     return config.workers is not None or scheduler_address(config.scheduler) is not None
@@ -490,7 +501,11 @@ def segment_raster(
             # Entered before segmenting, so local health processes start while tiles run.
             run_tasks = (
                 health_stack.enter_context(
-                    job.task_runner(health_client, valid_pixels_at_most(input_path))
+                    job.task_runner(
+                        health_client,
+                        valid_pixels_at_most(input_path),
+                        _spare_cores(plan, config) if plan.stream_health else None,
+                    )
                 )
                 if job is not None
                 else None

@@ -283,8 +283,9 @@ def add_health_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="processes sieving and polygonising in parallel (default: one per core; "
-        "on a Dask cluster its workers do it)",
+        help="processes sieving and polygonising in parallel (default: one per core the "
+        "model leaves free, for rasters of 8 Mpx or more; on a Dask cluster its workers "
+        "do it)",
     )
     parser.add_argument(
         "--fields",

@@ -2,7 +2,8 @@
 
 On CUDA this keeps the per-pixel work beside the model; on a CPU the same torch code
 runs, so these tests hold the device path to the host's numbers: the same float16
-sums, bit for bit, whatever the tiles, views, resizing or skipped tiles.
+sums, bit for bit, whatever the tiles, views, resizing or skipped tiles, and the same
+classes and confidence where a chunk settles them itself.
 """
 
 from __future__ import annotations

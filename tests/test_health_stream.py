@@ -16,6 +16,7 @@ from agriseg.config import RunConfig
 from agriseg.health.health_stream import HealthStream
 from agriseg.health.products import ClassRaster, HealthOptions, plan_health, write_health_products
 from agriseg.health.strips import StripAssembler, file_strips
+from agriseg.health.task_runner import PARALLEL_MIN_PX, default_workers, run_inline, task_runner
 from agriseg.run import segment_raster
 
 
@@ -221,3 +222,15 @@ def test_panes_on_processes_or_dask_workers_give_byte_identical_products(
     for frame in frames[1:]:
         assert frame.drop(columns="geometry").equals(frames[0].drop(columns="geometry"))
         assert shapely.equals_exact(frame.geometry.values, frames[0].geometry.values, 0).all()
+
+
+def test_beside_a_segmentation_taking_every_core_the_pass_runs_in_its_own_thread() -> None:
+    big = PARALLEL_MIN_PX
+    with task_runner(None, None, big, spare_cores=0) as run:
+        assert run.submit is run_inline and run.parallel == 1
+    with task_runner(None, None, big - 1, spare_cores=8) as run:  # small: one is enough
+        assert run.submit is run_inline
+    if default_workers() > 1:  # alone, a large raster's pass gets a process per core
+        with task_runner(None, None, big) as run:
+            assert run.parallel == default_workers() and run.submit is not run_inline
+            assert run(sum, [1, 2]).result() == 3

@@ -352,16 +352,21 @@ class HealthJob:
         return _run_health(self, strips, image_path, Path(out_dir), stem, runner)
 
     def task_runner(
-        self, client: Client | None = None, valid_pixels: int | None = None
+        self,
+        client: Client | None = None,
+        valid_pixels: int | None = None,
+        spare_cores: int | None = None,
     ) -> contextlib.AbstractContextManager[TaskRunner]:
         """Where this pass's tasks run: ``client``'s Dask workers, else
         ``options.workers`` local processes, started (and their modules imported) right
         away; as many as the raster's size asks for, or its ``valid_pixels`` when known
-        (nodata costs next to nothing)."""
+        (nodata costs next to nothing), and no more than the ``spare_cores`` a
+        segmentation running beside the pass leaves (see
+        :func:`~agriseg.health.task_runner.task_runner`)."""
         pixels = self.grid.width * self.grid.height
         if valid_pixels is not None:
             pixels = min(pixels, valid_pixels)
-        return task_runner(client, self.options.workers, pixels)
+        return task_runner(client, self.options.workers, pixels, spare_cores)
 
 
 def plan_health(raster: ClassRaster, options: HealthOptions | None = None) -> HealthJob:

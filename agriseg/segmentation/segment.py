@@ -114,11 +114,12 @@ class Block:
     load_s: float = 0.0  # seconds its chunk waited for the model to load
 
 
-def _pad_to_extent(
+def padded_extent(
     data: np.ndarray, grid: TileGrid, i: int, j: int, mirror: bool = True
 ) -> np.ndarray:
-    """Pad the in-raster part of a chunk's extent out to the full extent: mirrored, or
-    with NaN (invalid pixels) where ``mirror`` is False."""
+    """Chunk ``(i, j)``'s whole extent from ``data``, the part of it inside the raster:
+    padded beyond the raster's edge, mirrored, or with NaN (invalid pixels) where
+    ``mirror`` is False (``data`` itself where the extent is all inside)."""
     ext = grid.extent(i, j)
     top = max(0, -ext.row_off)
     left = max(0, -ext.col_off)
@@ -184,7 +185,7 @@ def tiles_with_data(valid: np.ndarray, grid: TileGrid, i: int, j: int) -> np.nda
     the outside of the raster its mirrored border reaches), which end up nodata
     whatever they hold: leaving it out changes no output.
     """
-    columns = _pad_to_extent(valid[None], grid, i, j)[0].any(axis=0)
+    columns = padded_extent(valid[None], grid, i, j)[0].any(axis=0)
     starts = np.arange(grid.chunk_tiles(j)) * grid.stride
     return np.array([columns[k : k + grid.tile].any() for k in starts], dtype=bool)
 
@@ -200,14 +201,6 @@ def chunk_validity(
     n = grid.chunk_tiles(j)
     run = tiles_with_data(valid_data, grid, i, j) if skip_empty else np.ones(n, dtype=bool)
     return ChunkValidity(valid, run)
-
-
-def padded_extent(
-    data: np.ndarray, grid: TileGrid, i: int, j: int, mirror: bool = True
-) -> np.ndarray:
-    """Chunk ``(i, j)``'s whole extent from ``data``, its extent clipped to the raster:
-    padded beyond the raster's edge, mirrored or with NaN (see :func:`_pad_to_extent`)."""
-    return _pad_to_extent(data, grid, i, j, mirror)
 
 
 def cut_tiles(x: np.ndarray, run: np.ndarray, grid: TileGrid) -> np.ndarray:
@@ -228,8 +221,8 @@ def chunk_batch(
     mirror: bool = True,
 ) -> ChunkBatch:
     """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster,
-    normalised; with ``skip_empty`` only those with a valid pixel (see
-    :func:`chunk_validity`, :func:`padded_extent`)."""
+    padded beyond it and normalised; with ``skip_empty`` only those with a valid pixel
+    (see :func:`chunk_validity`, :func:`padded_extent`)."""
     chunk = chunk_validity(data, grid, i, j, skip_empty)
     if not chunk.run.any():  # nothing to normalise
         empty = np.empty((0, data.shape[0], grid.tile, grid.tile), dtype="float32")
