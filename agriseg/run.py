@@ -15,6 +15,7 @@ import platform
 import resource
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -441,6 +442,13 @@ def _spare_cores(plan: RunPlan, config: RunConfig) -> int:
     return default_threads() - forward_streams(plan.device, threads) * threads
 
 
+def _seconds(fn: Callable[[], object]) -> float:
+    """Call ``fn``; the seconds it took."""
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 def _has_worker_processes(config: RunConfig) -> bool:
     """Whether the run's Dask cluster has worker processes of its own (not threads here)."""
     return config.workers is not None or scheduler_address(config.scheduler) is not None
@@ -522,8 +530,12 @@ def segment_raster(
                 )
                 segmented = time.perf_counter()
                 if health_stream is not None:
-                    health = health_stream.finish()
-                    health_s = health_stream.busy_s
+                    # The rasters are whole: their COGs are made while the pass finishes.
+                    with ThreadPoolExecutor(1, "agriseg-cog") as pool:
+                        cogs = pool.submit(_seconds, writer.to_cogs)
+                        health = health_stream.finish()
+                        health_s = health_stream.busy_s
+                        cog_s = cogs.result()
             if health_client is None:
                 cluster.close()
             if job is not None and health_stream is None:
@@ -534,14 +546,14 @@ def segment_raster(
             if config.gsd_m is not None:
                 tally.area_m2 = tally.pixels * config.gsd_m**2
         stages["vectorise_after_segmentation"] = round(time.perf_counter() - segmented, 3)
+        if health_stream is None:
+            # after the health pass, which reads the rasters: their peaks do not add up
+            cog_s = _seconds(writer.to_cogs)
         found = model_evidence(plan, writer.staged["classes"])
         reliability = evidence.finish(plan.tiles.scale, plan.calibration, found)
-        # after the health pass, which reads the rasters: their peaks do not add up
-        converting = time.perf_counter()
-        writer.to_cogs()
         qml = transaction.stage(plan.paths["classes_qml"])
         qml.write_text(class_raster_style(plan.meta.classes), encoding="utf-8")
-        stages["cog"] = round(time.perf_counter() - converting, 3)
+        stages["cog"] = round(cog_s, 3)
         stamp_products(staging, stem, reliability)
         written = [plan.paths[kind] for kind in RUN_KINDS]
         if job is None and "preview" in plan.paths:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.errors
+from agriseg_cli.main import main
 from conftest import UTM, UTM_TRANSFORM, field_image, write_raster
 from rasterio.crs import CRS
 from rasterio.windows import Window
@@ -143,3 +145,23 @@ def test_nodata_blocks_are_neither_written_nor_resampled(tmp_path: Path, monkeyp
         overview = src.read(1, out_shape=(SIZE // 4, SIZE // 4))
         assert (overview[:175] == NODATA).all() and (overview[250:] == NODATA).all()
         assert set(np.unique(overview[175:250, 75:150])) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("stream", ["--stream-health", "--no-stream-health"])
+def test_a_cog_that_cannot_be_written_fails_the_run_in_one_line_and_leaves_nothing(
+    tmp_path: Path, monkeypatch, capsys, stream: str
+) -> None:
+    # The COGs are written while a streamed health pass finishes, or after the pass:
+    # either way a GDAL failure is one line naming the file, and nothing is left.
+    def disk_full(path: Path, *args: object) -> None:
+        raise rasterio.errors.RasterioError(f"{path}: No space left on device")
+
+    monkeypatch.setattr(raster_outputs, "write_cog", disk_full)
+    image = write_raster(tmp_path / "field.tif", field_image(160, 160))
+    out = tmp_path / "out"
+    options = ("--device", "cpu", "--quiet", "--tile-size", "128", "--overlap", "32")
+    assert main(["run", str(image), "--out", str(out), *options, stream]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field.classes.tif" in err[0] and "No space left" in err[0]
+    assert "Traceback" not in err[0]
+    assert not out.exists()
