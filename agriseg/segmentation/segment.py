@@ -343,9 +343,7 @@ def _settled_in_row(grid: TileGrid, i: int, j: int) -> tuple[Window, Settled | N
     window = grid.settled(i, j)
     if not (window.height and window.width):
         return window, None
-    ext = grid.extent(i, j)
-    top, left = window.row_off - ext.row_off, window.col_off - ext.col_off
-    rows, cols = slice(top, top + window.height), slice(left, left + window.width)
+    rows, cols = _in(window, grid.extent(i, j))
     return window, Settled(rows, cols, grid.weight_sums(window))
 
 
@@ -460,9 +458,9 @@ def _blend(
     return classes, np.clip(np.rint(best * 100), 0, 100).astype("uint8")
 
 
-def _in(window: Window, core: Window) -> tuple[slice, slice]:
-    """Rows and columns of ``window`` in ``core``'s arrays."""
-    top, left = window.row_off - core.row_off, window.col_off - core.col_off
+def _in(window: Window, outer: Window) -> tuple[slice, slice]:
+    """Rows and columns of ``window`` in the arrays of ``outer``, a window around it."""
+    top, left = window.row_off - outer.row_off, window.col_off - outer.col_off
     return slice(top, top + window.height), slice(left, left + window.width)
 
 
