@@ -1,9 +1,10 @@
-"""Which ONNX Runtime session options, batch size and precision run a model fastest here.
+"""Which ONNX Runtime session options, tiles a run and precision run a model fastest here.
 
     .venv/bin/python scripts/ort_settings.py [--model agriseg-unet] [--int8 FILE.onnx]
 
 Times the model alone as a run feeds it (see :mod:`agriseg.bench`): the same 16
-normalised 512 px tiles of a generated survey, in batches, on as many concurrent
+normalised 512 px tiles of a generated survey, in batches of four (a chunk's
+tiles, which a forward runs ``tiles_per_run`` at a time), on as many concurrent
 forward streams as the setup has (cores / threads per forward), each forward a
 :class:`~agriseg.models.inference.OnnxForward` with the setup's
 :class:`~agriseg.models.inference.OrtSettings`. Setups alternate round by round so that
@@ -67,10 +68,10 @@ def main() -> int:
     base = OrtSettings()
     # name: (file, settings, threads per forward, batch)
     setups: dict[str, tuple[Path, OrtSettings, int, int]] = {
-        "adopted (all, 1 thread x cores, batch 4)": (fp32, base, 1, 4),
+        "adopted (all, arena, 1 thread x cores, 1 tile a run)": (fp32, base, 1, 4),
         "optimisation extended": (fp32, dataclasses.replace(base, optimization="extended"), 1, 4),
         "optimisation basic": (fp32, dataclasses.replace(base, optimization="basic"), 1, 4),
-        "memory arena on": (fp32, dataclasses.replace(base, memory_arena=True), 1, 4),
+        "memory arena off": (fp32, dataclasses.replace(base, memory_arena=False), 1, 4),
         "parallel execution, 2 inter-op threads": (
             fp32, dataclasses.replace(base, parallel=True, inter_op_threads=2), 1, 4
         ),
@@ -78,14 +79,26 @@ def main() -> int:
         f"{cores} threads x 1 forward, no spinning": (
             fp32, dataclasses.replace(base, spinning=False), cores, 4
         ),
-        "batch 1": (fp32, base, 1, 1),
-        "batch 2": (fp32, base, 1, 2),
-        "batch 8": (fp32, base, 1, 8),
+        "2 tiles a run": (fp32, dataclasses.replace(base, tiles_per_run=2), 1, 4),
+        "4 tiles a run": (fp32, dataclasses.replace(base, tiles_per_run=4), 1, 4),
+        "4 tiles a run, memory arena off": (
+            fp32, dataclasses.replace(base, tiles_per_run=4, memory_arena=False), 1, 4
+        ),
     }  # fmt: skip
     if args.int8 is not None:
         setups["int8 (adopted options)"] = (args.int8, base, 1, 4)
-        setups["int8, batch 2"] = (args.int8, base, 1, 2)
-        setups["int8, batch 1"] = (args.int8, base, 1, 1)
+        setups["int8, 4 tiles a run"] = (
+            args.int8,
+            dataclasses.replace(base, tiles_per_run=4),
+            1,
+            4,
+        )
+        setups["int8, memory arena off"] = (
+            args.int8,
+            dataclasses.replace(base, memory_arena=False),
+            1,
+            4,
+        )
     if args.only:
         setups = {k: v for k, v in setups.items() if any(w in k for w in args.only)}
     forwards = {

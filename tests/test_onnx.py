@@ -302,3 +302,27 @@ def test_precision_picks_the_shipped_int8_or_fp32_file(field, tmp_path, run_cli,
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "--precision int8" in err and "--precision fp32" in err
         assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_batch_run_a_tile_at_a_time_gives_the_whole_batchs_probabilities(precision):
+    """ONNX Runtime runs a chunk's tiles one at a time, with its memory arena, by
+    default (``OrtSettings``); the probabilities are those of one run of the whole
+    batch without the arena, bit for bit."""
+    from agriseg.models.inference import OnnxForward, OrtSettings
+    from agriseg.models.onnx_export import shipped_onnx
+    from agriseg.models.onnx_format import read_onnx_meta
+
+    weights, meta = find_model("agriseg-unet")
+    path = shipped_onnx(weights, meta.tile_size, precision)
+    assert path is not None
+    onnx_meta = read_onnx_meta(path)
+    x = np.random.default_rng(5).normal(size=(3, 3, meta.tile_size, meta.tile_size))
+    default = OnnxForward(onnx_meta, 1, path)
+    assert default.settings.memory_arena and default.settings.tiles_per_run == 1
+    whole = OnnxForward(onnx_meta, 1, path, OrtSettings(memory_arena=False, tiles_per_run=4))
+    pairs = OnnxForward(onnx_meta, 1, path, OrtSettings(tiles_per_run=2))
+    expected = whole(x)
+    assert expected.shape == (3, len(meta.classes), meta.tile_size, meta.tile_size)
+    assert np.array_equal(default(x), expected)
+    assert np.array_equal(pairs(x), expected)
