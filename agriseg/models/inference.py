@@ -468,7 +468,7 @@ class OrtSettings:
         memory_arena: ONNX Runtime's CPU memory arena, which keeps a forward's
             intermediate buffers for the next one. Without it each forward maps
             them afresh (they exceed glibc's 32 MB mmap ceiling) and the kernel
-            faults in and zeroes every page: a fifth of a forward's CPU time.
+            faults in and zeroes every page: a quarter of a forward's CPU time.
         tiles_per_run: tiles a session runs at once; a chunk's batch is run this
             many at a time into one array. The arena keeps the biggest run's
             buffers, so one 512 px tile at a time needs a quarter of four tiles'
