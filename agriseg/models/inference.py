@@ -124,10 +124,16 @@ def normalization_terms(dtype: str, norm: Normalization) -> tuple[np.ndarray, np
     return (1 / (scale * std)).astype("float32"), (mean / std).astype("float32")
 
 
-def normalize(data: np.ndarray, dtype: str, norm: Normalization) -> np.ndarray:
-    """Raw pixel values (float32, NaN = invalid) to model input; NaN becomes 0 (the mean)."""
+def normalize(
+    data: np.ndarray, dtype: str, norm: Normalization, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Raw pixel values (float32, NaN = invalid) to model input; NaN becomes 0 (the mean).
+
+    ``data`` is ``(bands, ...)``, or ``(tiles, bands, ...)``. The result goes to ``out``
+    when given (``data`` itself, float32, to normalise in place), else to a new array.
+    """
     a, b = normalization_terms(dtype, norm)
-    out = np.multiply(data, a, dtype="float32")
+    out = np.multiply(data, a, out=out, dtype="float32")
     out -= b
     # copyto with a mask: a third of nan_to_num's time, same result.
     np.copyto(out, 0, where=~np.isfinite(out))

@@ -205,9 +205,10 @@ def chunk_validity(
 
 def cut_tiles(x: np.ndarray, run: np.ndarray, grid: TileGrid) -> np.ndarray:
     """The tiles of a chunk's (padded) extent ``x`` that ``run`` says the model sees,
-    ``(N run, bands, tile, tile)``."""
+    ``(N run, bands, tile, tile)`` float32 (a new array)."""
     starts = np.flatnonzero(run) * grid.stride
-    return np.stack([x[:, :, k : k + grid.tile] for k in starts])
+    tiles = np.stack([x[:, :, k : k + grid.tile] for k in starts])
+    return tiles.astype("float32", copy=False)
 
 
 def chunk_batch(
@@ -227,8 +228,8 @@ def chunk_batch(
     if not chunk.run.any():  # nothing to normalise
         empty = np.empty((0, data.shape[0], grid.tile, grid.tile), dtype="float32")
         return ChunkBatch(empty, chunk.valid, chunk.run)
-    x = normalize(padded_extent(data, grid, i, j, mirror), dtype, norm)
-    return ChunkBatch(cut_tiles(x, chunk.run, grid), chunk.valid, chunk.run)
+    tiles = cut_tiles(padded_extent(data, grid, i, j, mirror), chunk.run, grid)
+    return ChunkBatch(normalize(tiles, dtype, norm, out=tiles), chunk.valid, chunk.run)
 
 
 def infer_chunk(
@@ -311,10 +312,10 @@ def infer_chunk(
         if row.classes is not None and row.confidence is not None:
             settled = SettledClasses(window, row.classes, row.confidence)
     else:
-        norm = predictor.meta.normalization
-        extent = padded_extent(data, grid, i, j, mirror)
-        tiles = cut_tiles(normalize(extent, info.dtype, norm), chunk.run, grid)
-        del extent  # not held while the chunk waits for the model
+        # The tiles are cut from the raw extent and normalised where they lie: one
+        # copy, and no normalised extent held while the chunk waits for the model.
+        tiles = cut_tiles(padded_extent(data, grid, i, j, mirror), chunk.run, grid)
+        normalize(tiles, info.dtype, predictor.meta.normalization, out=tiles)
         called = time.perf_counter()
         probs, model_s = predictor.probabilities(tiles, weight, model_tile, tta, refine)
         returned = time.perf_counter()
