@@ -211,6 +211,23 @@ def cut_tiles(x: np.ndarray, run: np.ndarray, grid: TileGrid) -> np.ndarray:
     return tiles.astype("float32", copy=False)
 
 
+def normalized_tiles(
+    data: np.ndarray,
+    grid: TileGrid,
+    i: int,
+    j: int,
+    run: np.ndarray,
+    dtype: str,
+    norm: Normalization,
+    mirror: bool = True,
+) -> np.ndarray:
+    """The tiles ``run`` says the model sees, cut from chunk ``(i, j)``'s raw extent
+    ``data`` (clipped to the raster; see :func:`padded_extent`) and normalised where
+    they lie: one copy, and no normalised extent."""
+    tiles = cut_tiles(padded_extent(data, grid, i, j, mirror), run, grid)
+    return normalize(tiles, dtype, norm, out=tiles)
+
+
 def chunk_batch(
     data: np.ndarray,
     grid: TileGrid,
@@ -223,13 +240,13 @@ def chunk_batch(
 ) -> ChunkBatch:
     """Cut chunk ``(i, j)``'s tiles from ``data``, its extent clipped to the raster,
     padded beyond it and normalised; with ``skip_empty`` only those with a valid pixel
-    (see :func:`chunk_validity`, :func:`padded_extent`)."""
+    (see :func:`chunk_validity`, :func:`normalized_tiles`)."""
     chunk = chunk_validity(data, grid, i, j, skip_empty)
     if not chunk.run.any():  # nothing to normalise
         empty = np.empty((0, data.shape[0], grid.tile, grid.tile), dtype="float32")
         return ChunkBatch(empty, chunk.valid, chunk.run)
-    tiles = cut_tiles(padded_extent(data, grid, i, j, mirror), chunk.run, grid)
-    return ChunkBatch(normalize(tiles, dtype, norm, out=tiles), chunk.valid, chunk.run)
+    tiles = normalized_tiles(data, grid, i, j, chunk.run, dtype, norm, mirror)
+    return ChunkBatch(tiles, chunk.valid, chunk.run)
 
 
 def infer_chunk(
@@ -312,10 +329,8 @@ def infer_chunk(
         if row.classes is not None and row.confidence is not None:
             settled = SettledClasses(window, row.classes, row.confidence)
     else:
-        # The tiles are cut from the raw extent and normalised where they lie: one
-        # copy, and no normalised extent held while the chunk waits for the model.
-        tiles = cut_tiles(padded_extent(data, grid, i, j, mirror), chunk.run, grid)
-        normalize(tiles, info.dtype, predictor.meta.normalization, out=tiles)
+        norm = predictor.meta.normalization
+        tiles = normalized_tiles(data, grid, i, j, chunk.run, info.dtype, norm, mirror)
         called = time.perf_counter()
         probs, model_s = predictor.probabilities(tiles, weight, model_tile, tta, refine)
         returned = time.perf_counter()
