@@ -10,10 +10,12 @@ polygons, which need a CRS (the summary has no ``health`` entry and says why in
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import platform
 import resource
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -57,6 +59,7 @@ from agriseg.reliability import RunEvidence
 from agriseg.segmentation.calibration import Calibration, read_calibration
 from agriseg.segmentation.execution import dask_client, release_free_memory, scheduler_address
 from agriseg.segmentation.raster_outputs import (
+    KINDS,
     ClassRasterWriter,
     block_size_for,
     class_raster_profile,
@@ -449,6 +452,18 @@ def _seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+def _run_jobs(jobs: deque[Callable[[], object]]) -> float:
+    """Take jobs from ``jobs`` and run them until it is empty (threads may share it);
+    the seconds they took."""
+    spent = 0.0
+    while True:
+        try:
+            job = jobs.popleft()
+        except IndexError:
+            return spent
+        spent += _seconds(job)
+
+
 def _has_worker_processes(config: RunConfig) -> bool:
     """Whether the run's Dask cluster has worker processes of its own (not threads here)."""
     return config.workers is not None or scheduler_address(config.scheduler) is not None
@@ -530,12 +545,18 @@ def segment_raster(
                 )
                 segmented = time.perf_counter()
                 if health_stream is not None:
-                    # The rasters are whole: their COGs are made while the pass finishes.
+                    # The rasters are whole: their COGs are made while the pass finishes,
+                    # and this thread makes any the COG thread has not begun by then (the
+                    # larger, the confidence raster's, first).
+                    cog_jobs: deque[Callable[[], object]] = deque(
+                        functools.partial(writer.to_cog, kind) for kind in reversed(KINDS)
+                    )
                     with ThreadPoolExecutor(1, "agriseg-cog") as pool:
-                        cogs = pool.submit(_seconds, writer.to_cogs)
+                        cogs = pool.submit(_run_jobs, cog_jobs)
                         health = health_stream.finish()
                         health_s = health_stream.busy_s
-                        cog_s = cogs.result()
+                        cog_s = _run_jobs(cog_jobs) + cogs.result()
+                    writer.stage_category_names()
             if health_client is None:
                 cluster.close()
             if job is not None and health_stream is None:

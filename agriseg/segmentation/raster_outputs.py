@@ -222,19 +222,30 @@ class ClassRasterWriter:
         return dict(self._tmp)
 
     def to_cogs(self) -> None:
-        """Rewrite the rasters as COGs (:func:`write_cog`), still staged, and stage the
-        class raster's category names (:func:`category_names_pam`); after the writer
+        """Rewrite the rasters as COGs (:meth:`to_cog`), still staged, and stage the
+        class raster's category names (:meth:`stage_category_names`); after the writer
         has closed them."""
-        assert self._classes is not None and self._classes.closed, "close the writer first"
         for kind in KINDS:
-            try:
-                with rasterio.Env(**WRITE_ENV):
-                    write_cog(self._tmp[kind], OVERVIEW_REDUCE[kind], self.has_data)
-            except rasterio.errors.RasterioError as err:
-                raise _write_failed(self._paths[kind], _gdal_reason(err)) from None
-            reason = incomplete_geotiff(self._tmp[kind])
-            if reason is not None:
-                raise _write_failed(self._paths[kind], reason)
+            self.to_cog(kind)
+        self.stage_category_names()
+
+    def to_cog(self, kind: str) -> None:
+        """Rewrite the staged raster ``kind`` (one of :data:`KINDS`) as a COG
+        (:func:`write_cog`), after the writer has closed it. The two rasters may be
+        rewritten on two threads at once."""
+        assert self._classes is not None and self._classes.closed, "close the writer first"
+        try:
+            with rasterio.Env(**WRITE_ENV):
+                write_cog(self._tmp[kind], OVERVIEW_REDUCE[kind], self.has_data)
+        except rasterio.errors.RasterioError as err:
+            raise _write_failed(self._paths[kind], _gdal_reason(err)) from None
+        reason = incomplete_geotiff(self._tmp[kind])
+        if reason is not None:
+            raise _write_failed(self._paths[kind], reason)
+
+    def stage_category_names(self) -> None:
+        """Stage the class raster's category names (:func:`category_names_pam`), after
+        its COG is written (GDAL's copy would write its own beside its temporary)."""
         aux = self._paths["classes_aux"]
         try:
             self._transaction.stage(aux).write_text(
