@@ -43,6 +43,7 @@ from agriseg.models.inference import (
 )
 from agriseg.models.registry import find_model
 from agriseg.run import segment_raster
+from agriseg.segmentation.execution import numpy_small_pages
 from agriseg.segmentation.scale import plan_tiles
 from agriseg.segmentation.segment import chunk_batch, read_extent
 
@@ -249,8 +250,9 @@ def measure(input_path: Path, out_dir: Path, config: RunConfig) -> dict[str, Any
     # A run's forwards happen on Dask worker threads, and OpenMP teams started from
     # the main thread behave differently (with the default active wait policy we
     # measured main-thread forwards up to 2x slower on a busy machine): time the
-    # model alone on a worker thread too.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # model alone on a worker thread too, and on the pages a run's arrays get
+    # (numpy_small_pages).
+    with numpy_small_pages(), ThreadPoolExecutor(max_workers=1) as pool:
         passes = pool.submit(model_only_seconds, input_path, config).result()
     model_setups = {name: p.wall_s for name, p in passes.items()}
     device = summary["parameters"]["device"]

@@ -57,7 +57,12 @@ from agriseg.models.meta import ModelMeta, is_index_model, pixel_kind
 from agriseg.models.registry import find_model, is_onnx
 from agriseg.reliability import RunEvidence
 from agriseg.segmentation.calibration import Calibration, read_calibration
-from agriseg.segmentation.execution import dask_client, release_free_memory, scheduler_address
+from agriseg.segmentation.execution import (
+    dask_client,
+    numpy_small_pages,
+    release_free_memory,
+    scheduler_address,
+)
 from agriseg.segmentation.raster_outputs import (
     KINDS,
     ClassRasterWriter,
@@ -512,7 +517,12 @@ def segment_raster(
     started = time.perf_counter()
     plan = plan_run(input_path, out_dir, config, later)
     stem = input_path.stem
-    with run_settings(), output_folder(out_dir), output_transaction() as transaction:
+    with (
+        run_settings(),
+        numpy_small_pages(),
+        output_folder(out_dir),
+        output_transaction() as transaction,
+    ):
         staging = transaction.staging_folder(out_dir, "health")
         job = plan.health
         with contextlib.ExitStack() as health_stack:
