@@ -43,7 +43,7 @@ from agriseg.models.inference import (
 )
 from agriseg.models.registry import find_model
 from agriseg.run import segment_raster
-from agriseg.segmentation.execution import numpy_small_pages
+from agriseg.segmentation.numpy_pages import numpy_small_pages
 from agriseg.segmentation.scale import plan_tiles
 from agriseg.segmentation.segment import chunk_batch, read_extent
 

@@ -26,6 +26,7 @@ import agriseg.classes
 from agriseg.classes import NODATA
 from agriseg.health.panes import FilePaneTask, PaneTask
 from agriseg.health.polygon_batch import PolygonBatch
+from agriseg.segmentation.numpy_pages import small_pages_for_good
 
 #: Polygons built from GDAL's shapes at a time (bounds their Python coordinate lists).
 SHAPES_SLICE = 2048
@@ -110,6 +111,13 @@ def picked_pixels(
 def ignore_interrupts() -> None:
     """Make this (worker) process ignore Ctrl-C, which its parent handles."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_worker() -> None:
+    """Set up a worker process of the health pass: Ctrl-C is its parent's, and NumPy's
+    arrays go on small pages (see :mod:`agriseg.segmentation.numpy_pages`)."""
+    ignore_interrupts()
+    small_pages_for_good()
 
 
 def warm_up(*modules: str) -> None:

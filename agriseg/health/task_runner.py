@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from agriseg.health.pane_polygons import (
-    ignore_interrupts,
+    start_worker,
     warm_up,
 )
 
@@ -113,7 +113,7 @@ def task_runner(
     # Spawned, not forked: the parent runs threads (Dask's, the preview's). Ctrl-C is
     # the parent's to handle: it shuts the pool down.
     pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker
     )
     try:
         for _ in range(workers):  # each submit to a pool without an idle process starts one

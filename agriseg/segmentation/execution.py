@@ -7,7 +7,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-import importlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from distributed import Client, LocalCluster
 
 from agriseg.errors import InputError
 from agriseg.models.inference import default_threads
+from agriseg.segmentation.numpy_pages import HUGEPAGE_ENV
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
@@ -94,52 +94,11 @@ def release_free_memory() -> None:
         trim(0)
 
 
-#: NumPy's switch for asking the kernel for transparent huge pages (read at import).
-HUGEPAGE_ENV = "NUMPY_MADVISE_HUGEPAGE"
-
-
-def _hugepage_switch() -> Callable[[bool], bool] | None:
-    """NumPy's runtime switch for its huge-page requests (it returns the previous
-    setting), where this NumPy has one."""
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            switch = getattr(importlib.import_module(module), "_set_madvise_hugepage", None)
-        except ImportError:
-            continue
-        if switch is not None:
-            return switch  # type: ignore[no-any-return]
-    return None
-
-
-@contextlib.contextmanager
-def numpy_small_pages() -> Iterator[None]:
-    """NumPy's new arrays on the kernel's ordinary pages while inside (then as before).
-
-    NumPy asks for transparent huge pages (``madvise``) for every array of 4 MB or
-    more. A run makes and frees such arrays for every chunk (its tiles, their
-    probabilities, its blended rows), and where the kernel gives huge pages only on
-    request (``/sys/kernel/mm/transparent_hugepage/enabled`` set to ``madvise``, as
-    on many distributions) every such array is faulted in again 2 MB at a time, each
-    page zeroed whole: on a 2-core VM, zeroing pages took 10-16 % of a 2048² run's
-    CPU samples, 0.1-0.2 % without; the run took 4.4-4.7 CPU-s instead of 4.8-5.2,
-    a whole 4096² run 9.6-9.8 s instead of 10.2-10.6. Setting
-    :data:`HUGEPAGE_ENV` yourself keeps your choice (nothing is switched here).
-    """
-    switch = None if HUGEPAGE_ENV in os.environ else _hugepage_switch()
-    if switch is None:
-        yield
-        return
-    previous = switch(False)
-    try:
-        yield
-    finally:
-        switch(previous)
-
-
 def worker_environment() -> dict[str, object]:
     """What Dask sets in the environment of the worker processes a run starts, before
     they start (``distributed.nanny.pre-spawn-environ``): Dask's own settings, and
-    NumPy's huge pages as in :func:`numpy_small_pages` (off, unless
+    NumPy's huge pages as in
+    :func:`~agriseg.segmentation.numpy_pages.numpy_small_pages` (off, unless
     :data:`HUGEPAGE_ENV` is set here)."""
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     return {**environ, HUGEPAGE_ENV: os.environ.get(HUGEPAGE_ENV, "0")}
