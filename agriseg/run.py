@@ -57,7 +57,12 @@ from agriseg.models.meta import ModelMeta, is_index_model, pixel_kind
 from agriseg.models.registry import find_model, is_onnx
 from agriseg.reliability import RunEvidence
 from agriseg.segmentation.calibration import Calibration, read_calibration
-from agriseg.segmentation.execution import dask_client, release_free_memory, scheduler_address
+from agriseg.segmentation.execution import (
+    dask_client,
+    frozen_objects,
+    release_free_memory,
+    scheduler_address,
+)
 from agriseg.segmentation.numpy_pages import numpy_small_pages
 from agriseg.segmentation.raster_outputs import (
     KINDS,
@@ -516,6 +521,7 @@ def segment_raster(
     with (
         run_settings(),
         numpy_small_pages(),
+        frozen_objects(),
         output_folder(out_dir),
         output_transaction() as transaction,
     ):

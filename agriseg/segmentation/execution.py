@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -78,6 +79,27 @@ def limited_malloc_arenas() -> Iterator[None]:
         yield
     finally:
         mallopt(_M_ARENA_MAX, _default_arena_max())
+
+
+@contextlib.contextmanager
+def frozen_objects() -> Iterator[None]:
+    """Leave the objects that exist on entering (modules, classes, the caller's own) out
+    of the cyclic garbage collector's passes while inside (``gc.freeze``), then put
+    them back (``gc.unfreeze``); a no-op when the caller has frozen objects itself.
+
+    The polygons and Dask's bookkeeping make the collector run often, and each full
+    pass walked the hundreds of thousands of objects that imports left: a 4096² run
+    took 14.4-14.5 CPU-s with them frozen, 14.6-15.1 without (7.7-7.8 s against
+    7.9-8.1 s, three pairs on two cores).
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def release_free_memory() -> None:
